@@ -1,0 +1,29 @@
+"""Typed run configuration (see ``config.schema``).
+
+    from config import load_config
+    cfg = load_config("config/finetune.yaml", ["train.epochs=1"])
+"""
+from .schema import (
+    CHOICES,
+    PATTERNS,
+    ConfigError,
+    DataConfig,
+    DistillConfig,
+    ExportConfig,
+    ModelConfig,
+    RunConfig,
+    SbertConfig,
+    ServeConfig,
+    TrainConfig,
+    VirtConfig,
+    config_to_dict,
+    load_config,
+    parse_overrides,
+    save_config,
+)
+
+__all__ = [
+    "CHOICES", "PATTERNS", "ConfigError", "DataConfig", "DistillConfig", "ExportConfig",
+    "ModelConfig", "RunConfig", "SbertConfig", "ServeConfig", "TrainConfig", "VirtConfig",
+    "config_to_dict", "load_config", "parse_overrides", "save_config",
+]

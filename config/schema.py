@@ -1,0 +1,301 @@
+"""Typed run configuration: dataclasses filled from YAML plus ``section.key=value`` overrides.
+
+    from config import load_config, parse_overrides, save_config
+    cfg = load_config("config/finetune.yaml", ["train.epochs=5", "model.pooling=mean"])
+    cfg.train.epochs                        # -> 5
+    save_config(cfg, "runs/x/config.yaml")  # load_config("runs/x/config.yaml") == cfg
+
+    # CLI: accepts "--set a.b=1 c.d=2" as well as repeated --set
+    p.add_argument("--config"); p.add_argument("--set", action="append", nargs="+", default=[])
+    cfg = load_config(args.config, parse_overrides(args.set))
+
+Types are checked strictly against the annotations; errors are ``ConfigError`` naming the key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+
+@dataclass
+class ModelConfig:
+    init: str | None = "minilm"  # checkpoint dir (HF, Google TF1, ours) | "minilm" (all-MiniLM-L6-v2) | None = random
+    num_layers: int | None = None  # keep the first k layers; also the depth for random init (None there = 4)
+    pooling: str = "cls"  # sentence vector: cls|mean|max
+    dropout: float = 0.1  # dropout rate in the encoder and the head
+    allow_mismatch: bool = False  # load a checkpoint even if some weights are missing or unexpected
+    lowercase: bool | None = None  # lowercase the input text; None = as the checkpoint says
+    vocab: str | None = None  # random init: vocab.txt; None = build it from the training data
+    vocab_lang: str = "zh"  # random init: language used when building the vocab
+    vocab_min_freq: int = 2  # random init: minimum count for a token to enter the built vocab
+    hidden_size: int = 256  # random init: hidden width
+    num_heads: int = 4  # random init: attention heads
+    intermediate_size: int = 1024  # random init: feed-forward width
+    max_position: int = 512  # random init: number of position embeddings
+
+
+@dataclass
+class DataConfig:
+    train: str | None = None  # training file; None = the generated sample data
+    valid: str | None = None  # validation file; None = hold out valid_fraction of train
+    test: str | None = None  # test file (optional)
+    format: str = "auto"  # auto|csv|tsv|jsonl|bq|lcqmc|afqmc|mrpc
+    text_a: str = "sentence1"  # column / field of the first sentence
+    text_b: str = "sentence2"  # column / field of the second sentence
+    label: str = "label"  # column / field of the label
+    labels: list[str] | None = None  # class order; None = sorted values found in train
+    on_bad_row: str = "error"  # what to do with malformed rows: error|skip
+    swap_augment: bool = False  # also train on (b, a) for every (a, b)
+    max_rows: int | None = None  # read at most this many rows per file (quick runs)
+    valid_fraction: float = 0.1  # share of train held out when there is no valid file
+    text: list[str] = field(default_factory=list)  # plain-text or pair files for pretraining
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 3  # passes over the training data
+    batch_size: int = 32  # per replica
+    learning_rate: float = 5e-5  # peak learning rate
+    warmup_ratio: float = 0.1  # share of steps with linear warm-up
+    weight_decay: float = 0.01  # AdamW weight decay
+    clip_norm: float | None = 1.0  # global gradient-norm clipping; None = off
+    max_seq_len: int = 128  # tokens per (pair) input, longer inputs are truncated
+    seed: int = 42  # random seed for data order and init
+    strategy: str = "auto"  # tf.distribute: auto|mirrored|multiworker|one_device
+    cpu_replicas: int = 0  # split the CPU into this many logical devices (0 = off)
+    mixed_precision: str | None = None  # None|mixed_bfloat16|mixed_float16
+    jit_compile: bool = False  # XLA-compile the train step
+    metric: str = "f1"  # model selection / early stopping: accuracy|f1|macro_f1|auc|loss
+    patience: int = 2  # epochs without improvement before stopping
+    steps_per_epoch: int | None = None  # cap on steps per epoch (quick runs)
+    eval_batch_size: int = 64  # batch size for evaluation and prediction
+    verbose: int = 1  # Keras verbosity: 0 silent, 1 progress bar, 2 one line per epoch
+    save_every: int = 200  # steps between resume checkpoints (also saved at each epoch end)
+
+
+@dataclass
+class DistillConfig:
+    teacher: str | None = None  # teacher model directory
+    alpha: float = 0.2  # weight of the hard-label loss (1 - alpha on the soft loss)
+    temperature: float = 10.0  # softmax temperature for the soft targets
+    online: bool = False  # run the teacher during training instead of caching its logits
+    intermediate: bool = False  # also match hidden states layer by layer
+    layer_map: list[int] | None = None  # teacher layer for each student layer; None = uniform
+    intermediate_weight: float = 1.0  # weight of the intermediate-layer loss
+
+
+@dataclass
+class VirtConfig:
+    teacher: str | None = None  # cross-encoder teacher directory
+    alpha: float = 1.0  # weight of the interaction-distillation loss
+    layers: str = "all"  # layers to distil: all|first-k|last-k|skip-k (e.g. "last-2")
+    distill: bool = True  # also distil the teacher's logits
+    adapted_interaction: bool = True  # use the adapted interaction features in the head
+    layer_map: list[int] | None = None  # teacher layer for each student layer; None = same index
+
+
+@dataclass
+class SbertConfig:
+    objective: str = "softmax"  # softmax|cosine|mnrl (multiple negatives ranking)
+    pooling: str = "mean"  # sentence vector: cls|mean|max
+    normalize: bool = False  # L2-normalise the sentence vectors
+    scale: float = 20.0  # similarity scale for mnrl / cosine logits
+
+
+@dataclass
+class ExportConfig:
+    model: str | None = None  # model directory to export
+    name: str | None = None  # exported model name; None = the directory name
+    opset: int = 17  # ONNX opset
+    int8: bool = True  # also write a dynamically quantised int8 model
+    ort_optimization: str | None = None  # onnxruntime graph optimisation level; None = off
+    max_seq_len: int = 128  # maximum sequence length of the exported graph
+
+
+@dataclass
+class ServeConfig:
+    model: str | None = None  # exported model directory
+    host: str = "127.0.0.1"  # bind address
+    port: int = 8501  # bind port
+    name: str | None = None  # model name in the API; None = the directory name
+    max_batch: int = 32  # largest dynamic batch
+    max_wait_ms: float = 5.0  # longest wait to fill a batch
+    max_texts: int = 256  # most texts / pairs per request
+    max_chars: int = 2000  # longest accepted text
+    backend: str = "onnx"  # onnx|tf
+
+
+@dataclass
+class RunConfig:
+    """A whole run: the task plus one section per component."""
+    task: str = "finetune"  # finetune|distill|sbert|virt|pretrain|export|serve
+    out: str | None = None  # output directory; None = chosen by the task
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    virt: VirtConfig = field(default_factory=VirtConfig)
+    sbert: SbertConfig = field(default_factory=SbertConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "model.pooling": ("cls", "mean", "max"),
+    "sbert.pooling": ("cls", "mean", "max"),
+    "data.format": ("auto", "csv", "tsv", "jsonl", "bq", "lcqmc", "afqmc", "mrpc"),
+    "data.on_bad_row": ("error", "skip"),
+    "train.strategy": ("auto", "mirrored", "multiworker", "one_device"),
+    "train.mixed_precision": ("mixed_bfloat16", "mixed_float16"),
+    "train.metric": ("accuracy", "f1", "macro_f1", "auc", "loss"),
+    "sbert.objective": ("softmax", "cosine", "mnrl"),
+    "serve.backend": ("onnx", "tf"),
+}
+PATTERNS: dict[str, tuple[str, str]] = {  # key -> (regex, description)
+    "virt.layers": (r"all|(first|last|skip)-\d+", "all|first-k|last-k|skip-k")}
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; the message names the offending key or file."""
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader closer to YAML 1.2: ``1e-4`` is a float; ``yes``/``on``/``2024-01-01`` stay strings."""
+
+
+_BOOL = "tag:yaml.org,2002:bool"
+_Loader.yaml_implicit_resolvers = {  # drop YAML 1.1 yes/no/on/off booleans and timestamps
+    c: [r for r in rs if r[0] not in (_BOOL, "tag:yaml.org,2002:timestamp")]
+    for c, rs in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(
+    r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),
+                base: dict | None = None) -> RunConfig:
+    """Defaults <- ``base`` (nested dict) <- YAML file ``path`` <- ``overrides``, validated.
+
+    >>> load_config(None, ["train.epochs=1", "data.labels=[0, 1]"]).data.labels
+    ['0', '1']
+    """
+    raw: dict = {}
+    _merge(raw, base or {})
+    if path is not None:
+        path = Path(path)
+        try:
+            loaded = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read config file ({e.strerror or e})") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: invalid YAML: {e}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections, got {type(loaded).__name__}")
+        _merge(raw, loaded or {})
+    for item in overrides:
+        key, value = _parse_override(item)
+        section, _, name = key.rpartition(".")
+        _merge(raw, {section: {name: value}} if section else {name: value})
+    return _build(RunConfig, raw, "")
+
+
+def parse_overrides(items: Iterable[str | Sequence[str]] | None) -> list[str]:
+    """Flatten ``--set`` values: ``[["a.b=1", "c.d=2"], ["e.f=3"]]`` -> ``["a.b=1", "c.d=2", "e.f=3"]``."""
+    return [s for item in items or () for s in ([item] if isinstance(item, str) else item)]
+
+
+def config_to_dict(cfg: RunConfig) -> dict:
+    """Plain nested dict (YAML-ready) of a config."""
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    """Write ``cfg`` as YAML that ``load_config`` reads back to an equal RunConfig."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True),
+                    encoding="utf-8")
+
+
+def _merge(dst: dict, src: dict) -> None:
+    """Merge ``src`` into ``dst``: sections merge key by key, everything else replaces."""
+    for k, v in src.items():
+        dst[k] = {**dst[k], **v} if isinstance(v, dict) and isinstance(dst.get(k), dict) else v
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    """``"train.epochs=3"`` -> ``("train.epochs", 3)``; the value is read as YAML."""
+    key, sep, text = (s.strip() for s in item.partition("="))
+    if not sep or not all(key.split(".")) or key.count(".") > 1:
+        raise ConfigError(f"bad override {item!r}: expected section.key=value")
+    if not text:
+        raise ConfigError(f"{key}: missing value in override {item!r} (use {key}=null for None)")
+    try:
+        return key, yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{key}: cannot parse value {text!r}: {e}") from None
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    """Instantiate dataclass ``cls`` from ``data``, checking every key and value."""
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.')}: expected a mapping of keys, got {data!r}")
+    hints = get_type_hints(cls)
+    kwargs = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if key not in hints:
+            raise ConfigError(_unknown(name, prefix, hints, isinstance(value, dict)))
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value, f"{name}.")
+            continue
+        kwargs[key] = v = _coerce(value, tp)
+        if v is _BAD:
+            want = str(tp) if get_origin(tp) else tp.__name__  # "int", "float | None", "list[str]"
+            raise ConfigError(f"{name}: expected {want}, got {value!r}")
+        if name in CHOICES and v is not None and v not in CHOICES[name]:
+            null = " or null" if _coerce(None, tp) is None else ""
+            raise ConfigError(f"{name}: expected one of {'|'.join(CHOICES[name])}{null}, got {v!r}")
+        if name in PATTERNS and not re.fullmatch(PATTERNS[name][0], v):
+            raise ConfigError(f"{name}: expected {PATTERNS[name][1]}, got {v!r}")
+    return cls(**kwargs)
+
+
+def _unknown(name: str, prefix: str, hints: dict, is_mapping: bool) -> str:
+    pool = {k: f"{prefix}{k}" for k in hints}  # leaf name -> full name to suggest
+    if not prefix:  # a top-level typo may be a key missing its section: "epochs" -> "train.epochs"
+        for k, tp in hints.items():
+            for f in get_type_hints(tp) if dataclasses.is_dataclass(tp) else ():
+                pool.setdefault(f, f"{k}.{f}")
+    close = difflib.get_close_matches(name[len(prefix):], list(pool), n=1)
+    kind = "section" if not prefix and is_mapping else "key"
+    return f"unknown {kind} '{name}'" + (f" (did you mean '{pool[close[0]]}'?)" if close else "")
+
+
+_BAD = object()  # sentinel: value does not fit the type
+
+
+def _coerce(value: Any, tp: Any) -> Any:
+    """Return ``value`` converted to ``tp`` (strict: no bool->int, no "3"->int), or ``_BAD``."""
+    origin, args = get_origin(tp), get_args(tp)
+    if origin in (Union, types.UnionType):
+        if value is None:
+            return None if type(None) in args else _BAD
+        return next((v for a in args if (v := _coerce(value, a)) is not _BAD), _BAD)
+    if origin is list:
+        items = [_coerce(v, args[0]) for v in value] if isinstance(value, list) else [_BAD]
+        return _BAD if any(i is _BAD for i in items) else items
+    if isinstance(value, bool) or tp is bool:
+        return value if tp is bool and isinstance(value, bool) else _BAD
+    accepted = {int: int, float: (int, float), str: (str, int, float)}.get(tp, ())
+    return tp(value) if isinstance(value, accepted) else _BAD  # float(3) -> 3.0, str(0) -> "0"
+
