@@ -1,0 +1,62 @@
+"""Cross-encoder (interaction model): `[CLS] a [SEP] b [SEP]` -> encoder -> pool -> classifier.
+
+The "Tiny RoBERTa" of the original project, the teacher of distillation and
+of VIRT (which uses mean pooling).
+"""
+
+from __future__ import annotations
+
+import keras
+
+from modeling.encoder import BertEncoder, pool
+from modeling.task_model import PairModel, pair_dummy_inputs
+
+
+def as_encoder(encoder):
+    """Accept a built `BertEncoder` or its architecture dict (from a saved config)."""
+    return encoder if isinstance(encoder, BertEncoder) else BertEncoder(**encoder, name="encoder")
+
+
+@keras.saving.register_keras_serializable(package="textmatch")
+class CrossEncoder(PairModel):
+    """Sentence-pair classifier over one jointly encoded input.
+
+    Args:
+        encoder: a `BertEncoder` (or its `architecture()` dict).
+        num_labels: number of classes.
+        pooling: `cls` (BERT's tanh pooler on [CLS] when the encoder has one,
+            as HF's `BertForSequenceClassification`), `mean` or `max`.
+        dropout: dropout before the classifier.
+    """
+
+    kind = "cross_encoder"
+
+    def __init__(self, encoder, num_labels, pooling="cls", dropout=0.1, **kwargs):
+        super().__init__(**kwargs)
+        self.encoder = as_encoder(encoder)
+        self.num_labels = num_labels
+        self.pooling = pooling
+        self.dropout_rate = dropout
+        self.dropout = keras.layers.Dropout(dropout, name="classifier_dropout")
+        # float32 logits keep the softmax stable under mixed precision.
+        self.classifier = keras.layers.Dense(num_labels, dtype="float32", name="classifier",
+                                             kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02))
+
+    def featurize(self, tokenizer, texts_a, texts_b, max_len):
+        return tokenizer.encode_pairs(texts_a, texts_b, max_len)
+
+    def pooled(self, inputs, training=False):
+        out = self.encoder(inputs, training=training)  # last_hidden_state [B, T, H]
+        if self.pooling == "cls" and "pooler_output" in out:
+            return out["pooler_output"]  # [B, H]
+        return pool(out["last_hidden_state"], inputs["attention_mask"], self.pooling)
+
+    def call(self, inputs, training=False):
+        return self.classifier(self.dropout(self.pooled(inputs, training), training=training))  # [B, C]
+
+    def dummy_inputs(self):
+        return pair_dummy_inputs()
+
+    def get_config(self):
+        return {**super().get_config(), "encoder": self.encoder.architecture(),
+                "num_labels": self.num_labels, "pooling": self.pooling, "dropout": self.dropout_rate}

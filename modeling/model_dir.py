@@ -1,0 +1,122 @@
+"""Our model directory: what every task writes and every task, export and server reads.
+
+Layout::
+
+    model/
+      model.json         kind, the Keras config of the model, labels, tokenizer settings
+      vocab.txt          the tokenizer's vocabulary
+      model.weights.h5   Keras weights of the whole model
+
+A directory is written under a temporary name and renamed when complete, so a
+crash never leaves a half-written model where a good one was.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+
+from modeling.checkpoints import CheckpointError
+from modeling.tokenization import PairTokenizer
+
+FORMAT = "textmatch-model"
+FORMAT_VERSION = 1
+
+# kind -> module that registers the model class with Keras serialisation.
+KIND_MODULES = {
+    "cross_encoder": "modeling.cross_encoder",
+    "sbert": "senbert.model",
+    "virt": "virt.model",
+    "mlm": "pretrain.model",
+}
+
+
+@dataclass
+class LoadedModel:
+    model: keras.Model
+    tokenizer: PairTokenizer
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def kind(self):
+        return self.meta["kind"]
+
+    @property
+    def labels(self):
+        return self.meta.get("labels")
+
+    @property
+    def max_seq_len(self):
+        return self.meta.get("max_seq_len", 128)
+
+
+def save_model_dir(model, path, tokenizer, labels=None, max_seq_len=128, extra=None):
+    """Write `model` (a task model with `kind` and `dummy_inputs()`) as a model directory."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "kind": model.kind,
+        "model": keras.saving.serialize_keras_object(model),
+        "labels": list(labels) if labels is not None else None,
+        "tokenizer": {"vocab": "vocab.txt", "lowercase": tokenizer.lowercase},
+        "max_seq_len": int(max_seq_len),
+        **(extra or {}),
+    }
+    (tmp / "model.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
+    shutil.copyfile(tokenizer.vocab_file, tmp / "vocab.txt")
+    model.save_weights(str(tmp / "model.weights.h5"))
+    if path.exists():
+        old = path.with_name(path.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        path.rename(old)
+        tmp.rename(path)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(path)
+    return path
+
+
+def read_meta(path):
+    path = Path(path)
+    meta_file = path / "model.json"
+    if not meta_file.is_file():
+        raise CheckpointError(f"{path}: not a model directory (no model.json)")
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{meta_file}: not valid JSON ({e})") from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{meta_file}: not a {FORMAT} model directory")
+    if meta.get("kind") not in KIND_MODULES:
+        raise CheckpointError(f"{meta_file}: unknown model kind {meta.get('kind')!r}")
+    return meta
+
+
+def load_model_dir(path, expect_kind=None):
+    """Rebuild the model of a model directory with its weights and tokenizer."""
+    path = Path(path)
+    meta = read_meta(path)
+    if expect_kind is not None and meta["kind"] not in (
+            (expect_kind,) if isinstance(expect_kind, str) else tuple(expect_kind)):
+        raise CheckpointError(f"{path}: a {meta['kind']} model, expected {expect_kind}")
+    importlib.import_module(KIND_MODULES[meta["kind"]])
+    for name in ("vocab.txt", "model.weights.h5"):
+        if not (path / name).is_file():
+            raise CheckpointError(f"{path}: {name} is missing (half-written model directory?)")
+    model = keras.saving.deserialize_keras_object(meta["model"])
+    model(model.dummy_inputs())  # create the variables before loading them
+    try:
+        model.load_weights(str(path / "model.weights.h5"))
+    except Exception as e:  # h5py / Keras raise many types for a damaged file
+        raise CheckpointError(f"{path / 'model.weights.h5'}: cannot load weights ({e})") from None
+    tokenizer = PairTokenizer(path / "vocab.txt", meta["tokenizer"]["lowercase"])
+    return LoadedModel(model=model, tokenizer=tokenizer, meta=meta)
