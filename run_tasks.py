@@ -1,0 +1,90 @@
+#!/usr/bin/env python
+"""Entry point: `python run_tasks.py --task TASK [--config FILE] [--set key=value ...] [--out DIR]`.
+
+Without a config file a task reads `config/<task>.yaml`; without data keys the
+training tasks use generated sample data and all-MiniLM-L6-v2 (the embedded default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out of the way
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+
+# task -> (module, function, default config, one-line help)
+TASKS = {
+    "finetune": ("training.finetune", "finetune", "finetune",
+                 "fine-tune a cross-encoder ([CLS] a [SEP] b [SEP] -> classifier)"),
+    "evaluate": ("training.finetune", "evaluate", "finetune",
+                 "metrics + confusion matrix of a model directory (model.init) on data.test"),
+    "predict": ("training.finetune", "predict", "finetune",
+                "score pairs of data.test (or a<TAB>b lines on stdin) with model.init; --out FILE"),
+    "virt": ("virt.task", "train_virt", "virt",
+             "VIRT: siamese student distilling a cross-encoder's attention + adapted interaction"),
+    "virt-plot": ("virt.plot", "plot_task", "virt",
+                  "heat maps of teacher / VIRT / siamese x->y attention for one pair (PNG)"),
+}
+
+MAIN_KEYS = """main keys (--set section.key=value; see README for all):
+  model.init        checkpoint: minilm | HF dir | Google TF1 dir | model directory | null (random)
+  model.num_layers  keep the first k layers ("tiny" models)
+  data.train / data.valid / data.test   pair files; data.format auto|csv|tsv|jsonl|bq|lcqmc|afqmc|mrpc
+  data.text_a / data.text_b / data.label  column names
+  train.epochs, train.batch_size (per replica), train.learning_rate, train.max_seq_len, train.seed
+  train.strategy auto|mirrored|multiworker|one_device, train.cpu_replicas N
+"""
+
+
+def build_parser():
+    tasks = "\n".join(f"  {name:<10} {spec[3]}" for name, spec in TASKS.items())
+    p = argparse.ArgumentParser(
+        description="Text-pair matching toolkit (TensorFlow / Keras 3).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"tasks:\n{tasks}\n\n{MAIN_KEYS}")
+    p.add_argument("--task", required=True, choices=sorted(TASKS), metavar="TASK", help="see the list below")
+    p.add_argument("--config", help="YAML config (default: config/<task>.yaml)")
+    p.add_argument("--set", action="append", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="override config keys, e.g. --set train.epochs=3 model.num_layers=2")
+    p.add_argument("--out", help="run directory (default runs/<task>/<timestamp>) or output file")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    module, func, default_cfg, _ = TASKS[args.task]
+    try:
+        from config import load_config, parse_overrides
+
+        path = args.config or ROOT / "config" / f"{default_cfg}.yaml"
+        overrides = parse_overrides(args.set) + [f"task={args.task}"]
+        if args.out:
+            overrides.append(f"out={args.out}")
+        cfg = load_config(path, overrides)
+        getattr(importlib.import_module(module), func)(cfg)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # one line for users; --debug shows the traceback
+        if args.debug:
+            raise
+        from training.trainer import TrainingInterrupted
+
+        print(f"error: {e}", file=sys.stderr)
+        return 143 if isinstance(e, TrainingInterrupted) else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

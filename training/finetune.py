@@ -1,0 +1,116 @@
+"""finetune, evaluate and predict: the cross-encoder tasks."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from data import DataError, PairData, read_pairs
+from modeling.cross_encoder import CrossEncoder
+from modeling.model_dir import load_model_dir
+from training.metrics import classification_metrics
+from training.tasks import (init_encoder, load_splits, prepare_run_dir, print_summary, tokenize, train_task,
+                            write_json)
+from training.trainer import predict_outputs
+
+log = logging.getLogger(__name__)
+
+
+def finetune(cfg):
+    """Fine-tune a cross-encoder; writes <out>/model, metrics.json, config.yaml, tensorboard/."""
+    run_dir = prepare_run_dir(cfg)
+    splits = load_splits(cfg)
+
+    def build():
+        encoder, tokenizer = init_encoder(cfg.model, splits.train.text_a + splits.train.text_b, run_dir)
+        model = CrossEncoder(encoder, num_labels=len(splits.label_names), pooling=cfg.model.pooling,
+                             dropout=cfg.model.dropout, name="cross_encoder")
+        return model, tokenizer
+
+    metrics = train_task(cfg, run_dir, build, splits)
+    print_summary(run_dir, metrics)
+    return metrics
+
+
+def _model_path(cfg):
+    path = cfg.model.init
+    if path is None or path == "minilm":
+        raise DataError("set model.init to a trained model directory, e.g. --set model.init=runs/finetune/<stamp>/model")
+    return path
+
+
+def evaluate(cfg):
+    """A model directory on a labelled file -> metrics and a confusion matrix (printed, and JSON with --out)."""
+    loaded = load_model_dir(_model_path(cfg))
+    path = cfg.data.test or cfg.data.valid
+    if path is None:
+        raise DataError("set data.test (or data.valid) to the labelled file to evaluate on")
+    d = cfg.data
+    pairs = read_pairs(path, format=d.format, text_a=d.text_a, text_b=d.text_b, label=d.label,
+                       labels=loaded.labels, on_bad_row=d.on_bad_row)
+    split = tokenize(loaded.model, loaded.tokenizer, pairs, loaded.labels, loaded.max_seq_len, "eval")
+    probs = predict_outputs(loaded.model, split.features, cfg.train.eval_batch_size)
+    metrics = classification_metrics(split.labels, probs, loaded.labels)
+    cm = metrics["confusion_matrix"]
+    print(f"{path}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
+    print("confusion matrix (rows = true, columns = predicted):")
+    width = max(len(n) for n in cm["labels"]) + 2
+    print(" " * width + "".join(n.rjust(width) for n in cm["labels"]))
+    for name, row in zip(cm["labels"], cm["matrix"]):
+        print(name.rjust(width) + "".join(str(c).rjust(width) for c in row))
+    if cfg.out:
+        Path(cfg.out).mkdir(parents=True, exist_ok=True)
+        write_json(Path(cfg.out) / "metrics.json", {"eval": metrics, "model": str(_model_path(cfg)), "data": path})
+    return metrics
+
+
+def read_unlabelled(cfg, path):
+    """Pairs from a file, or tab-separated `a<TAB>b` lines on stdin when path is '-'."""
+    d = cfg.data
+    if path != "-":
+        return read_pairs(path, format=d.format, text_a=d.text_a, text_b=d.text_b, label=None,
+                          on_bad_row=d.on_bad_row)
+    a, b, lines = [], [], []
+    for n, line in enumerate(sys.stdin, 1):
+        line = line.rstrip("\n")
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        if len(parts) < 2 or not parts[0].strip() or not parts[1].strip():
+            raise DataError(f"<stdin>:{n}: expected 'text_a<TAB>text_b'")
+        a.append(parts[0]), b.append(parts[1]), lines.append(n)
+    if not a:
+        raise DataError("<stdin>: no pairs")
+    return PairData(a, b, None, lines, path="<stdin>")
+
+
+def predict(cfg):
+    """Score pairs with a model directory: CSV (default) or JSON lines to --out FILE or stdout."""
+    loaded = load_model_dir(_model_path(cfg))
+    pairs = read_unlabelled(cfg, cfg.data.test or "-")
+    feats = loaded.model.featurize(loaded.tokenizer, pairs.text_a, pairs.text_b, loaded.max_seq_len)
+    probs = predict_outputs(loaded.model, feats, cfg.train.eval_batch_size)
+    labels = loaded.labels
+    out = open(cfg.out, "w", encoding="utf-8", newline="") if cfg.out else sys.stdout
+    try:
+        jsonl = bool(cfg.out) and str(cfg.out).endswith((".jsonl", ".json"))
+        writer = None if jsonl else csv.writer(out)
+        if writer:
+            writer.writerow(["text_a", "text_b", "label"] + [f"p_{n}" for n in labels])
+        for a, b, p in zip(pairs.text_a, pairs.text_b, probs):
+            label = labels[int(np.argmax(p))]
+            if jsonl:
+                out.write(json.dumps({"text_a": a, "text_b": b, "label": label,
+                                      "probs": {n: round(float(x), 6) for n, x in zip(labels, p)}},
+                                     ensure_ascii=False) + "\n")
+            else:
+                writer.writerow([a, b, label] + [f"{x:.6f}" for x in p])
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    return probs

@@ -1,0 +1,40 @@
+"""Classification metrics from predicted probabilities (numpy in, floats out)."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, roc_auc_score
+
+
+def positive_index(label_names):
+    """The class scored by binary F1/AUC: "1" (or "true"/"yes"/"entailment") if present, else the last."""
+    lowered = [str(n).lower() for n in label_names]
+    for name in ("1", "true", "yes", "positive", "paraphrase", "entailment", "similar"):
+        if name in lowered:
+            return lowered.index(name)
+    return len(label_names) - 1
+
+
+def classification_metrics(y_true, probs, label_names):
+    """accuracy, f1 + auc (binary) or macro_f1 (multi-class), n, and a confusion matrix."""
+    y_true = np.asarray(y_true)
+    probs = np.asarray(probs, dtype=np.float64)
+    pred = probs.argmax(axis=1)
+    out = {"n": int(len(y_true)), "accuracy": float(accuracy_score(y_true, pred))}
+    classes = list(range(len(label_names)))
+    if len(label_names) == 2:
+        pos = positive_index(label_names)
+        out["f1"] = float(f1_score(y_true == pos, pred == pos, zero_division=0))
+        both = len(np.unique(y_true)) == 2
+        out["auc"] = float(roc_auc_score(y_true == pos, probs[:, pos])) if both else float("nan")
+    else:
+        out["macro_f1"] = float(f1_score(y_true, pred, labels=classes, average="macro", zero_division=0))
+    out["confusion_matrix"] = {"labels": [str(n) for n in label_names],
+                               "matrix": confusion_matrix(y_true, pred, labels=classes).tolist()}
+    return out
+
+
+def better(metric, new, old):
+    if old is None:
+        return True
+    return new < old if metric == "loss" else new > old

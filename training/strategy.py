@@ -1,0 +1,64 @@
+"""Pick the tf.distribute strategy from `train.strategy` and `train.cpu_replicas`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import tensorflow as tf
+
+log = logging.getLogger(__name__)
+
+
+def split_cpu(replicas):
+    """Split the CPU into `replicas` logical devices (must run before TF touches devices)."""
+    cpus = tf.config.list_physical_devices("CPU")
+    try:
+        tf.config.set_logical_device_configuration(
+            cpus[0], [tf.config.LogicalDeviceConfiguration()] * replicas)
+    except RuntimeError:
+        have = len(tf.config.list_logical_devices("CPU"))
+        if have < replicas:
+            raise RuntimeError(f"train.cpu_replicas={replicas}, but TensorFlow was already initialised "
+                               f"with {have} CPU device(s); set it before anything runs") from None
+
+
+def make_strategy(train_cfg):
+    """`auto`: MirroredStrategy over >1 GPU, else the default; `mirrored`; `multiworker`
+    (cluster from TF_CONFIG); `one_device`. `cpu_replicas: N` mirrors over N CPU devices."""
+    kind = train_cfg.strategy
+    gpus = tf.config.list_physical_devices("GPU")
+    if train_cfg.cpu_replicas and not gpus:
+        split_cpu(train_cfg.cpu_replicas)
+        devices = [d.name for d in tf.config.list_logical_devices("CPU")][: train_cfg.cpu_replicas]
+        if kind == "multiworker":
+            return _multiworker()
+        log.info("MirroredStrategy over %d logical CPU devices", len(devices))
+        return tf.distribute.MirroredStrategy(devices, cross_device_ops=tf.distribute.ReductionToOneDevice())
+    if kind == "multiworker":
+        return _multiworker()
+    if kind == "mirrored" or (kind == "auto" and len(gpus) > 1):
+        log.info("MirroredStrategy over %d GPU(s)", len(gpus))
+        return tf.distribute.MirroredStrategy()
+    if kind == "one_device":
+        return tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
+    return tf.distribute.get_strategy()
+
+
+def _multiworker():
+    if "TF_CONFIG" not in os.environ:
+        raise RuntimeError("train.strategy=multiworker needs the TF_CONFIG environment variable")
+    cluster = json.loads(os.environ["TF_CONFIG"])
+    log.info("MultiWorkerMirroredStrategy, task %s", cluster.get("task"))
+    return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+def is_chief(strategy):
+    """Only the chief writes outputs; other workers write to throw-away dirs."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not getattr(resolver, "cluster_spec", lambda: None)():
+        return True
+    task_type, task_id = resolver.task_type, resolver.task_id
+    return task_type is None or task_type == "chief" or (
+        task_type == "worker" and task_id == 0 and "chief" not in resolver.cluster_spec().as_dict())

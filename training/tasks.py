@@ -1,0 +1,241 @@
+"""What every training task shares: data splits, encoder initialisation, the run
+directory, fitting with model selection, and the final metrics.
+
+A task is then a few lines: build its model (and loss) and call `train_task`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from config import save_config
+from data import DataError, PairData, label_map, make_sample, read_pairs, swap_augment
+from modeling.checkpoints import CheckpointError
+from modeling.encoder import BertEncoder
+from modeling.model_dir import save_model_dir
+from modeling.pretrained import detect_format, load_pretrained, resolve
+from modeling.tokenization import PairTokenizer
+from training.metrics import classification_metrics
+from training.strategy import make_strategy
+from training.trainer import Split, Trainer, TrainingError, finish_backup, predict_outputs
+
+log = logging.getLogger(__name__)
+
+SAMPLE_DIR = Path("runs") / "sample_data"
+
+
+class RunError(RuntimeError):
+    """The run cannot start (its output directory already holds a finished run, ...)."""
+
+
+# ----------------------------------------------------------------------------- run dir
+def prepare_run_dir(cfg):
+    """`--out DIR` or `runs/<task>/<stamp>`; refuse to overwrite a finished run."""
+    out = Path(cfg.out) if cfg.out else Path("runs") / cfg.task / datetime.now().strftime("%Y%m%d-%H%M%S")
+    if (out / "metrics.json").exists() and not (out / "backup").exists():
+        raise RunError(f"{out} already holds a finished run (metrics.json); choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    return out
+
+
+def print_summary(run_dir, metrics):
+    for split in ("teacher", "valid", "test"):
+        block = metrics.get(split, {})
+        block = block.get("valid", block) if split == "teacher" else block
+        shown = {k: round(v, 4) for k, v in block.items() if isinstance(v, float)}
+        if shown:
+            print(f"{split}: {shown}")
+    print(f"model directory: {Path(run_dir) / 'model'}")
+
+
+def write_json(path, obj):
+    tmp = Path(str(path) + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=float), encoding="utf-8")
+    tmp.replace(path)
+
+
+# ----------------------------------------------------------------------------- data
+@dataclass
+class Splits:
+    train: PairData
+    valid: PairData | None
+    test: PairData | None
+    label_names: list
+
+
+def _read(cfg, path, labels=None):
+    d = cfg.data
+    pairs = read_pairs(path, format=d.format, text_a=d.text_a, text_b=d.text_b, label=d.label,
+                       labels=labels, on_bad_row=d.on_bad_row)
+    if pairs.skipped:
+        log.warning("%s: skipped %d bad rows (%s)", path, pairs.skipped, dict(pairs.skip_reasons))
+    if d.max_rows:
+        pairs = subset(pairs, np.arange(min(d.max_rows, len(pairs))))
+    if len(pairs) == 0:
+        raise DataError(f"{path}: no usable rows")
+    return pairs
+
+
+def subset(pairs, idx):
+    return PairData(text_a=[pairs.text_a[i] for i in idx], text_b=[pairs.text_b[i] for i in idx],
+                    labels=None if pairs.labels is None else [pairs.labels[i] for i in idx],
+                    lines=[pairs.lines[i] for i in idx], path=pairs.path,
+                    skipped=pairs.skipped, skip_reasons=pairs.skip_reasons)
+
+
+def load_splits(cfg):
+    """Read train/valid/test; without data.train, the generated sample set (the embedded default)."""
+    d = cfg.data
+    if d.train is None:
+        files = make_sample(SAMPLE_DIR, seed=0)
+        log.info("no data.train given: using the generated sample data in %s (a smoke test, not a benchmark)",
+                 SAMPLE_DIR)
+        d.train, d.valid = str(files["train"]), d.valid or str(files["valid"])
+        d.test = d.test or str(files["test"])
+    train = _read(cfg, d.train, d.labels)
+    if train.labels is None:
+        raise DataError(f"{d.train}: no label column {d.label!r}")
+    names = label_map(train.labels, d.labels)
+    if d.valid:
+        valid = _read(cfg, d.valid, names)
+    else:
+        rng = np.random.default_rng(cfg.train.seed)
+        perm = rng.permutation(len(train))
+        n_valid = max(1, int(round(d.valid_fraction * len(train))))
+        log.info("no data.valid: holding out a seeded %d%% of train (%d pairs) for model selection",
+                 round(100 * d.valid_fraction), n_valid)
+        valid, train = subset(train, np.sort(perm[:n_valid])), subset(train, np.sort(perm[n_valid:]))
+    test = _read(cfg, d.test, names) if d.test else None
+    if d.swap_augment:
+        train = swap_augment(train)
+    return Splits(train, valid, test, names)
+
+
+def tokenize(model, tokenizer, pairs, label_names, max_len, name):
+    feats = model.featurize(tokenizer, pairs.text_a, pairs.text_b, max_len)
+    index = {n: i for i, n in enumerate(label_names)}
+    labels = None if pairs.labels is None else np.array([index[y] for y in pairs.labels], np.int32)
+    return Split(name, feats, labels, (pairs.text_a, pairs.text_b))
+
+
+# ----------------------------------------------------------------------------- encoder
+def init_encoder(model_cfg, train_texts, run_dir, num_layers=None):
+    """The encoder and tokenizer a task starts from: a checkpoint (optionally cut to
+    its first k layers) or, with `model.init: null`, random weights and a vocab."""
+    num_layers = num_layers if num_layers is not None else model_cfg.num_layers
+    if model_cfg.init is not None:
+        encoder, tokenizer = load_pretrained(model_cfg.init, num_layers=num_layers,
+                                             allow_mismatch=model_cfg.allow_mismatch,
+                                             lowercase=model_cfg.lowercase)
+        if model_cfg.dropout is not None:
+            _set_dropout(encoder, model_cfg.dropout)
+        return encoder, tokenizer
+    from data import build_vocab
+
+    vocab = model_cfg.vocab
+    if vocab is None:
+        vocab = build_vocab(train_texts, Path(run_dir) / "vocab.txt", lang=model_cfg.vocab_lang,
+                            min_freq=model_cfg.vocab_min_freq)
+        log.info("built a %s vocabulary from the training texts: %s", model_cfg.vocab_lang, vocab)
+    tokenizer = PairTokenizer(vocab, lowercase=True if model_cfg.lowercase is None else model_cfg.lowercase)
+    encoder = BertEncoder(vocab_size=tokenizer.vocab_size, hidden_size=model_cfg.hidden_size,
+                          num_layers=num_layers or 4, num_heads=model_cfg.num_heads,
+                          intermediate_size=model_cfg.intermediate_size, max_position=model_cfg.max_position,
+                          hidden_dropout=model_cfg.dropout, attention_dropout=model_cfg.dropout, name="encoder")
+    return encoder, tokenizer
+
+
+def _set_dropout(encoder, rate):
+    """Use the configured dropout rate instead of the checkpoint's."""
+    for layer in encoder._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, keras.layers.Dropout):
+            layer.rate = rate
+    encoder.hidden_dropout = encoder.attention_dropout = rate
+
+
+def is_model_dir(path):
+    try:
+        return detect_format(resolve(path)) == "model_dir"
+    except CheckpointError:
+        return False
+
+
+# ----------------------------------------------------------------------------- train
+def evaluator(label_names, batch_size):
+    def evaluate(model, split):
+        return classification_metrics(split.labels, predict_outputs(model, split.features, batch_size), label_names)
+    return evaluate
+
+
+def metric_for(cfg, label_names):
+    """`f1`/`auc` only exist for binary labels; fall back to macro-F1."""
+    m = cfg.train.metric
+    return "macro_f1" if m in ("f1", "auc") and len(label_names) != 2 else m
+
+
+def train_task(cfg, run_dir, build_model, splits, evaluate=None, extra_meta=None, train_extra=None,
+               strategy=None, report=None):
+    """Fit the model `build_model(encoder_init)` under the strategy and write the run's outputs.
+
+    `build_model()` is called inside the strategy scope and returns `(model, tokenizer)`.
+    `train_extra(split) -> dict` adds per-example arrays to the training features
+    (e.g. cached teacher logits). Returns the metrics dict written to metrics.json.
+    """
+    strategy = strategy or make_strategy(cfg.train)
+    keras.utils.set_random_seed(cfg.train.seed)
+    if cfg.train.mixed_precision:
+        keras.mixed_precision.set_global_policy(cfg.train.mixed_precision)
+    try:
+        with strategy.scope():
+            model, tokenizer = build_model()
+            model(model.dummy_inputs())
+        max_len = cfg.train.max_seq_len
+        t0 = time.time()
+        train = tokenize(model, tokenizer, splits.train, splits.label_names, max_len, "train")
+        if train_extra:
+            train.features.update(train_extra(train))
+        valid = tokenize(model, tokenizer, splits.valid, splits.label_names, max_len, "valid")
+        log.info("tokenised %d train / %d valid pairs in %.1fs", len(train), len(valid), time.time() - t0)
+        evaluate = evaluate or evaluator(splits.label_names, cfg.train.eval_batch_size)
+        model_dir = Path(run_dir) / "model"
+        metric = metric_for(cfg, splits.label_names)
+
+        def save_best(m, metrics):
+            # Training wrappers (teacher + student) save only the part that is deployed.
+            save_model_dir(getattr(m, "deployable", m), model_dir, tokenizer, labels=splits.label_names, max_seq_len=max_len,
+                           extra={"task": cfg.task, **(extra_meta or {})})
+
+        trainer = Trainer(cfg.train, strategy, run_dir)
+        result = trainer.fit(model, train, valid, evaluate, save_best, metric=metric)
+        if not trainer.chief:
+            return {}
+        if result.best_epoch is None:
+            raise TrainingError("no epoch was completed")
+        # Re-load the kept model so the reported numbers are those of the saved files.
+        from modeling.model_dir import load_model_dir
+
+        best = load_model_dir(model_dir)
+        metrics = {"valid": evaluate(best.model, valid)}
+        if splits.test is not None:
+            test = tokenize(best.model, best.tokenizer, splits.test, splits.label_names, max_len, "test")
+            metrics["test"] = evaluate(best.model, test)
+        metrics["training"] = {"best_epoch": result.best_epoch, "steps": result.steps,
+                               "seconds": round(result.seconds, 1), "replicas": strategy.num_replicas_in_sync,
+                               "global_batch": trainer.global_batch, "selection_metric": metric,
+                               "history": result.history}
+        if report:
+            metrics.update(report)
+        write_json(Path(run_dir) / "metrics.json", metrics)
+        finish_backup(run_dir)
+        return metrics
+    finally:
+        keras.mixed_precision.set_global_policy("float32")

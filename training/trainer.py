@@ -1,0 +1,275 @@
+"""The one training loop every task uses; tasks differ only by model and loss.
+
+Per step: forward + loss terms (optionally XLA-compiled) on each replica ->
+gradients summed once over replicas -> AdamW clipped on the global norm.
+Per epoch: evaluate on the validation split, keep the best model, stop early.
+
+Resume is exact: every epoch's order is a function of (seed, epoch), the
+checkpoint holds model, optimizer (its step counter) and dropout seed state,
+and a restarted run skips the batches already done in the interrupted epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from training.metrics import better
+from training.optim import build_optimizer
+from training.pipeline import make_dataset, num_batches
+from training.strategy import is_chief
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (non-finite loss, too little data, ...)."""
+
+
+class TrainingInterrupted(TrainingError):
+    """SIGTERM/SIGINT arrived; a checkpoint was written and the run can resume."""
+
+
+@dataclass
+class Split:
+    """Tokenised examples of one split: ragged features and integer labels."""
+
+    name: str
+    features: dict
+    labels: np.ndarray | None
+    texts: tuple = ()  # (texts_a, texts_b), kept for reports
+
+    def __len__(self):
+        return len(next(iter(self.features.values())))
+
+
+@dataclass
+class FitResult:
+    best_epoch: int | None
+    best_metrics: dict | None
+    history: list = field(default_factory=list)
+    steps: int = 0
+    seconds: float = 0.0
+
+
+class _StopFlag:
+    """Turns SIGTERM/SIGINT into a flag the loop checks after each step."""
+
+    def __init__(self):
+        self.signum = None
+        self._old = {}
+
+    def __enter__(self):
+        for s in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[s] = signal.signal(s, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def predict_outputs(model, features, batch_size, fn=None):
+    """Run `fn` (default: class probabilities) over features in length-sorted batches, in input order."""
+    fn = fn or model.predict_proba_fn()
+    ragged = {k: v for k, v in features.items() if isinstance(v, list)}
+    lengths = np.max([[len(x) for x in v] for v in ragged.values()], axis=0)
+    order = np.argsort(lengths, kind="stable")
+    sorted_feats = {k: ([v[i] for i in order] if isinstance(v, list) else np.asarray(v)[order])
+                    for k, v in features.items()}
+    outs = [fn(x) for x in make_dataset(sorted_feats, batch_size=batch_size, bucket=False)]
+    if isinstance(outs[0], dict):
+        merged = {k: np.concatenate([o[k].numpy() for o in outs]) for k in outs[0]}
+        return {k: _unsort(v, order) for k, v in merged.items()}
+    return _unsort(np.concatenate([o.numpy() for o in outs]), order)
+
+
+def _unsort(values, order):
+    out = np.empty_like(values)
+    out[order] = values
+    return out
+
+
+class Trainer:
+    """Fits a task model (`modeling.task_model.PairModel`) under a tf.distribute strategy."""
+
+    def __init__(self, train_cfg, strategy, run_dir):
+        self.cfg = train_cfg
+        self.strategy = strategy
+        self.run_dir = Path(run_dir)
+        self.chief = is_chief(strategy)
+        self.replicas = strategy.num_replicas_in_sync
+
+    @property
+    def global_batch(self):
+        return self.cfg.batch_size * self.replicas
+
+    # ------------------------------------------------------------------ step
+    def _make_train_step(self, model, optimizer):
+        replicas = self.replicas
+        loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+
+        @tf.function(jit_compile=self.cfg.jit_compile, reduce_retracing=True)
+        def forward_backward(x, y):
+            with tf.GradientTape() as tape:
+                y_pred = model(x, training=True)
+                terms = model.loss_terms(x, y, y_pred)
+                loss = tf.add_n([tf.cast(t, tf.float32) for t in terms.values()])
+                # Each replica holds 1/R of the global batch: the summed gradients
+                # are then those of the global-batch mean.
+                scaled = loss / replicas
+                if loss_scaled:
+                    scaled = optimizer.scale_loss(scaled)
+            grads = tape.gradient(scaled, model.trainable_variables)
+            return loss, terms, grads
+
+        def replica_step(x, y):
+            loss, terms, grads = forward_backward(x, y)
+            pairs = [(g, v) for g, v in zip(grads, model.trainable_variables) if g is not None]
+            grads = [g for g, _ in pairs]
+            if replicas > 1:
+                grads = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, grads)
+            optimizer.apply(grads, [v for _, v in pairs])
+            return loss, terms
+
+        @tf.function(reduce_retracing=True)
+        def train_step(x, y):
+            loss, terms = self.strategy.run(replica_step, args=(x, y))
+            mean = lambda t: self.strategy.reduce(tf.distribute.ReduceOp.MEAN, t, axis=None)  # noqa: E731
+            return mean(loss), {k: mean(v) for k, v in terms.items()}
+
+        return train_step
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, model, train, valid=None, evaluate=None, save_best=None, metric=None):
+        """Train `model` on `train`; after each epoch `evaluate(model, valid) -> dict`,
+        and `save_best(model, metrics)` when `metric` improved. Returns a FitResult."""
+        cfg = self.cfg
+        metric = metric or cfg.metric
+        if len(train) < self.global_batch:
+            raise TrainingError(f"train has {len(train)} examples, fewer than one global batch "
+                                f"({self.global_batch}); lower train.batch_size")
+        steps_per_epoch = num_batches(len(train), self.global_batch, drop_remainder=True)
+        if cfg.steps_per_epoch:
+            steps_per_epoch = min(steps_per_epoch, cfg.steps_per_epoch)
+        total_steps = steps_per_epoch * cfg.epochs
+
+        with self.strategy.scope():
+            optimizer = build_optimizer(cfg, total_steps)
+            optimizer.build(model.trainable_variables)
+        train_step = self._make_train_step(model, optimizer)
+
+        backup_dir = self.run_dir / "backup" if self.chief else Path(tempfile.mkdtemp(prefix="backup-worker-"))
+        ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer)
+        manager = tf.train.CheckpointManager(ckpt, str(backup_dir), max_to_keep=2)
+        state_file = backup_dir / "state.json"
+        state = {"best": None, "best_epoch": None, "bad_epochs": 0, "history": []}
+        if manager.latest_checkpoint:
+            ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+            if state_file.is_file():
+                state = json.loads(state_file.read_text())
+            log.info("resumed from %s at step %d", manager.latest_checkpoint, int(optimizer.iterations))
+
+        def save_backup():
+            manager.save(checkpoint_number=int(optimizer.iterations))
+            if self.chief:
+                state_file.write_text(json.dumps(state))
+
+        writer = tf.summary.create_file_writer(str(self.run_dir / "tensorboard")) if self.chief else None
+        save_every = max(1, min(steps_per_epoch, getattr(cfg, "save_every", 0) or 200))
+        start = time.time()
+        step = int(optimizer.iterations)
+        log.info("training: %d examples, global batch %d (%d x %d replicas), %d steps/epoch, %d epochs",
+                 len(train), self.global_batch, cfg.batch_size, self.replicas, steps_per_epoch, cfg.epochs)
+        with _StopFlag() as stop:
+            for epoch in range(step // steps_per_epoch, cfg.epochs):
+                if state["bad_epochs"] >= cfg.patience > 0:
+                    break
+                done = step - epoch * steps_per_epoch
+                ds = make_dataset(train.features, train.labels, self.global_batch, shuffle=True,
+                                  seed=cfg.seed, epoch=epoch, drop_remainder=True, skip_batches=done)
+                ds = ds.take(steps_per_epoch - done)
+                if cfg.verbose:
+                    print(f"Epoch {epoch + 1}/{cfg.epochs}", flush=True)
+                bar = keras.utils.Progbar(steps_per_epoch, verbose=cfg.verbose, stateful_metrics=["lr"])
+                bar.update(done)
+                for x, y in self.strategy.experimental_distribute_dataset(ds):
+                    loss, terms = train_step(x, y)
+                    loss = float(loss)
+                    step += 1
+                    if not math.isfinite(loss):
+                        raise TrainingError(
+                            f"loss became {loss} at step {step} (epoch {epoch + 1}); the last good checkpoint "
+                            f"is kept in {backup_dir}. Try a lower train.learning_rate or train.clip_norm.")
+                    lr = float(optimizer.learning_rate)
+                    values = [("loss", loss)] + [(k, float(v)) for k, v in terms.items()] if len(terms) > 1 \
+                        else [("loss", loss)]
+                    bar.update(step - epoch * steps_per_epoch, values=values + [("lr", lr)])
+                    if writer and step % 10 == 0:
+                        with writer.as_default(step=step):
+                            for k, v in values + [("lr", lr)]:
+                                tf.summary.scalar(f"train/{k}", v)
+                    if stop.signum is not None:
+                        save_backup()
+                        raise TrainingInterrupted(f"stopped by signal {stop.signum} at step {step}; "
+                                                  f"run the same command again to resume")
+                    if step % save_every == 0:
+                        save_backup()
+
+                if valid is not None and evaluate is not None:
+                    metrics = evaluate(model, valid)
+                    value = metrics[metric]
+                    state["history"].append({"epoch": epoch + 1, "step": step, **{
+                        k: v for k, v in metrics.items() if isinstance(v, (int, float))}})
+                    log.info("epoch %d %s: %s", epoch + 1, valid.name, _fmt(metrics))
+                    if writer:
+                        with writer.as_default(step=step):
+                            for k, v in metrics.items():
+                                if isinstance(v, (int, float)):
+                                    tf.summary.scalar(f"{valid.name}/{k}", v)
+                    if better(metric, value, state["best"]):
+                        state.update(best=value, best_epoch=epoch + 1, bad_epochs=0)
+                        if save_best and self.chief:
+                            save_best(model, metrics)
+                    else:
+                        state["bad_epochs"] += 1
+                elif save_best and self.chief:
+                    state.update(best_epoch=epoch + 1)
+                    save_best(model, {})
+                save_backup()
+                if state["bad_epochs"] >= cfg.patience > 0:
+                    log.info("early stopping: %s has not improved for %d epochs", metric, state["bad_epochs"])
+                    break
+        if writer:
+            writer.flush()
+        best = next((h for h in state["history"] if h["epoch"] == state["best_epoch"]), None)
+        return FitResult(state["best_epoch"], best, state["history"], step, time.time() - start)
+
+
+def _fmt(metrics):
+    return ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+
+
+def finish_backup(run_dir):
+    """Remove the resume checkpoints once a run has written its final outputs."""
+    import shutil
+
+    shutil.rmtree(Path(run_dir) / "backup", ignore_errors=True)
+    os.sync() if hasattr(os, "sync") else None
