@@ -46,21 +46,22 @@ class SelfAttention(keras.layers.Layer):
         self.value = keras.layers.Dense(name="value", **dense)
         self.dropout = keras.layers.Dropout(attention_dropout, name="dropout")
 
-    def split_heads(self, x):
+    def split_heads(self, x, b, t):
         # [B, T, H] -> [B, N, T, D]
-        b, t = tf.shape(x)[0], tf.shape(x)[1]
         x = tf.reshape(x, [b, t, self.num_heads, self.head_size])
         return tf.transpose(x, [0, 2, 1, 3])
 
     def call(self, hidden, mask_bias, training=False):
-        q = self.split_heads(self.query(hidden))  # [B, N, T, D]
-        k = self.split_heads(self.key(hidden))  # [B, N, T, D]
-        v = self.split_heads(self.value(hidden))  # [B, N, T, D]
+        # B, T from the layer input: tf2onnx 1.17 can rewire tf.shape() of a Dense
+        # output to its flattened [B*T, H] MatMul (when the bias is all zero).
+        b, t = tf.shape(hidden)[0], tf.shape(hidden)[1]
+        q = self.split_heads(self.query(hidden), b, t)  # [B, N, T, D]
+        k = self.split_heads(self.key(hidden), b, t)  # [B, N, T, D]
+        v = self.split_heads(self.value(hidden), b, t)  # [B, N, T, D]
         scores = tf.matmul(q, k, transpose_b=True) / math.sqrt(self.head_size)  # [B, N, T, T]
         # Softmax in float32 so a large negative mask is safe under mixed precision.
         probs = tf.nn.softmax(tf.cast(scores, tf.float32) + tf.cast(mask_bias, tf.float32), axis=-1)  # [B, N, T, T]
         context = tf.matmul(tf.cast(self.dropout(probs, training=training), v.dtype), v)  # [B, N, T, D]
-        b, t = tf.shape(hidden)[0], tf.shape(hidden)[1]
         context = tf.reshape(tf.transpose(context, [0, 2, 1, 3]), [b, t, -1])  # [B, T, H]
         return context, probs, q, k
 
