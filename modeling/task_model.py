@@ -34,7 +34,7 @@ class PairModel(keras.Model):
 
     def predict_proba_fn(self):
         """A `tf.function` from a padded batch to class probabilities."""
-        return tf.function(lambda x: tf.nn.softmax(self(x, training=False), axis=-1))
+        return tf.function(lambda x: tf.nn.softmax(self(x, training=False), axis=-1), reduce_retracing=True)
 
 
 def cross_entropy(labels, logits):

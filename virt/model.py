@@ -1,0 +1,158 @@
+"""VIRT student: a siamese encoder plus the VIRT-adapted interaction head.
+
+Inference is split the way a deployment runs it:
+    encode(ids, mask)         -> last-layer token states [B, T, H]  (y side: offline, cached)
+    score(hx, xm, hy, ym)     -> class probabilities                (online, cheap)
+and `call` = score(encode(x), encode(y)) on `x_ids/x_mask/y_ids/y_mask`.
+
+`VirtTraining` wraps the student with a frozen cross-encoder teacher and adds
+`alpha * L_virt` (virt/losses.py) to the cross-entropy.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import tensorflow as tf
+
+from modeling.cross_encoder import as_encoder
+from modeling.encoder import gelu, pool
+from modeling.task_model import PairModel, cross_entropy
+from virt.losses import select_layers, teacher_inputs, uniform_layer_map, virt_loss
+
+
+def siamese_dummy_inputs():
+    ids = tf.constant([[2, 5, 3]], tf.int32)
+    mask = tf.ones_like(ids)
+    return {"x_ids": ids, "x_mask": mask, "y_ids": ids, "y_mask": mask}
+
+
+def _masked_attend(hq, hk, k_mask):
+    """softmax(hq hk^T / sqrt(d)) over valid keys, applied to hk: [B, Tq, H]."""
+    scores = tf.matmul(hq, hk, transpose_b=True) / math.sqrt(hq.shape[-1])  # [B, Tq, Tk]
+    scores = tf.cast(scores, tf.float32) + (1.0 - tf.cast(k_mask[:, None, :], tf.float32)) * -1e9
+    return tf.matmul(tf.cast(tf.nn.softmax(scores, axis=-1), hk.dtype), hk)
+
+
+@keras.saving.register_keras_serializable(package="textmatch")
+class VirtModel(PairModel):
+    """Siamese encoder (shared weights) + interaction head.
+
+    Args:
+        encoder: `BertEncoder` or its architecture dict.
+        num_labels: number of classes.
+        adapted_interaction: VIRT-adapted interaction (Eq. 5-6):
+            u = mean_x(softmax(Hx Hy^T/sqrt(d)) Hy), v = mean_y(softmax(Hy Hx^T/sqrt(d)) Hx),
+            r = [u, v, u-v, max(u,v)], logits = MLP(MLP(r) + r).
+            When False, SBERT's head: mean-pooled u, v -> [u, v, |u-v|] -> linear.
+        dropout: dropout before the output layer.
+    """
+
+    kind = "virt"
+
+    def __init__(self, encoder, num_labels, adapted_interaction=True, dropout=0.1, **kwargs):
+        super().__init__(**kwargs)
+        self.encoder = as_encoder(encoder)
+        self.num_labels = num_labels
+        self.adapted_interaction = adapted_interaction
+        self.dropout_rate = dropout
+        width = 4 * self.encoder.hidden_size
+        init = keras.initializers.TruncatedNormal(stddev=0.02)
+        if adapted_interaction:
+            self.fuse = keras.layers.Dense(width, activation=gelu, kernel_initializer=init, name="fuse_mlp")
+            self.hidden = keras.layers.Dense(self.encoder.hidden_size, activation=gelu, kernel_initializer=init,
+                                             name="output_mlp")
+        self.dropout = keras.layers.Dropout(dropout, name="classifier_dropout")
+        self.classifier = keras.layers.Dense(num_labels, dtype="float32", kernel_initializer=init,
+                                             name="classifier")
+
+    def featurize(self, tokenizer, texts_a, texts_b, max_len):
+        return tokenizer.encode_virt(texts_a, texts_b, max_len)
+
+    # ---- inference split -------------------------------------------------------
+    def encode(self, ids, mask, training=False, output_qk=False):
+        return self.encoder({"input_ids": ids, "attention_mask": mask}, training=training, output_qk=output_qk)
+
+    def score_logits(self, hx, x_mask, hy, y_mask, training=False):
+        if self.adapted_interaction:
+            u = pool(_masked_attend(hx, hy, y_mask), x_mask, "mean")  # [B, H]
+            v = pool(_masked_attend(hy, hx, x_mask), y_mask, "mean")  # [B, H]
+            r = tf.concat([u, v, u - v, tf.maximum(u, v)], axis=-1)  # [B, 4H]
+            features = self.hidden(self.fuse(r) + r)  # [B, H]
+        else:
+            u, v = pool(hx, x_mask, "mean"), pool(hy, y_mask, "mean")
+            features = tf.concat([u, v, tf.abs(u - v)], axis=-1)  # [B, 3H]
+        return self.classifier(self.dropout(features, training=training))  # [B, C]
+
+    def score(self, hx, x_mask, hy, y_mask):
+        return tf.nn.softmax(self.score_logits(hx, x_mask, hy, y_mask), axis=-1)
+
+    def call(self, inputs, training=False):
+        hx = self.encode(inputs["x_ids"], inputs["x_mask"], training)["last_hidden_state"]
+        hy = self.encode(inputs["y_ids"], inputs["y_mask"], training)["last_hidden_state"]
+        return self.score_logits(hx, inputs["x_mask"], hy, inputs["y_mask"], training)
+
+    def dummy_inputs(self):
+        return siamese_dummy_inputs()
+
+    def get_config(self):
+        return {**super().get_config(), "encoder": self.encoder.architecture(), "num_labels": self.num_labels,
+                "adapted_interaction": self.adapted_interaction, "dropout": self.dropout_rate}
+
+
+class VirtTraining(PairModel):
+    """Training-time wrapper: `loss = CE + alpha * L_virt` with a frozen teacher.
+
+    The teacher runs in the step in inference mode on `x ++ y[1:]`; only its
+    attention probabilities of the mapped layers are used. Memory: per
+    distilled layer, the teacher's [B, Nt, T, T] and the student's
+    [B, N, Lx, Ly] maps (T = Lx + Ly - 1); at B=32, T=128, 12 heads that is
+    ~25 MB per layer in float32.
+    """
+
+    kind = "virt"
+
+    def __init__(self, student, teacher_encoder=None, alpha=1.0, layers="all", layer_map=None, **kwargs):
+        super().__init__(**kwargs)
+        self.student = student
+        self.teacher = teacher_encoder
+        self.alpha = alpha
+        ns = student.encoder.num_layers
+        self.distilled_layers = select_layers(layers, ns) if teacher_encoder is not None else []
+        if teacher_encoder is not None:
+            teacher_encoder.trainable = False
+            nt = teacher_encoder.num_layers
+            self.layer_map = list(layer_map) if layer_map else uniform_layer_map(ns, nt)
+            if len(self.layer_map) != ns or not all(0 <= t < nt for t in self.layer_map):
+                raise ValueError(f"virt.layer_map={layer_map}: need {ns} teacher layer indices in 0..{nt - 1}")
+
+    @property
+    def deployable(self):
+        return self.student
+
+    def featurize(self, tokenizer, texts_a, texts_b, max_len):
+        return self.student.featurize(tokenizer, texts_a, texts_b, max_len)
+
+    def call(self, inputs, training=False):
+        if not training or self.teacher is None:
+            return self.student(inputs, training=training)
+        s = self.student
+        distill = bool(self.distilled_layers)
+        out_x = s.encode(inputs["x_ids"], inputs["x_mask"], training, output_qk=distill)
+        out_y = s.encode(inputs["y_ids"], inputs["y_mask"], training, output_qk=distill)
+        logits = s.score_logits(out_x["last_hidden_state"], inputs["x_mask"],
+                                out_y["last_hidden_state"], inputs["y_mask"], training)
+        t_in = teacher_inputs(inputs["x_ids"], inputs["x_mask"], inputs["y_ids"], inputs["y_mask"])
+        t_att = self.teacher(t_in, training=False, output_attentions=True)["attentions"]
+        t_att = [tf.stop_gradient(a) for a in t_att]
+        l_virt = virt_loss(out_x, out_y, inputs["x_mask"], inputs["y_mask"], t_att, self.distilled_layers, self.layer_map)
+        return {"logits": logits, "virt": l_virt}
+
+    def loss_terms(self, x, y, y_pred):
+        if isinstance(y_pred, dict):
+            return {"ce": cross_entropy(y, y_pred["logits"]), "virt": self.alpha * y_pred["virt"]}
+        return {"ce": cross_entropy(y, y_pred)}
+
+    def dummy_inputs(self):
+        return siamese_dummy_inputs()
