@@ -18,7 +18,7 @@ $(STAMP): requirements.txt
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) run_tasks.py --task finetune
+	$(PY) run_tasks.py --task virt
 
 # pytest exits 5 when it collects nothing: say so, and fail.
 test: $(STAMP)

@@ -1,0 +1,109 @@
+"""Train and evaluate every model kind on one dataset; write the README's accuracy table.
+
+    python bench/accuracy_table.py --data ../shared/data/mrpc --out runs/table-mrpc
+    python bench/accuracy_table.py --data ../shared/data/bq --out runs/table-bq --set data.max_rows=20000
+
+Runs go one after another (each is `run_tasks.py` in a subprocess, so memory is
+returned between runs); a finished run (its metrics.json exists) is reused, so
+an interrupted table resumes where it stopped. Output: table.md and table.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def dataset_files(data_dir):
+    d = Path(data_dir)
+    pick = lambda *names: next((str(d / n) for n in names if (d / n).exists()), None)  # noqa: E731
+    train = pick("train.tsv", "train.csv", "train.jsonl")
+    valid = pick("valid.tsv", "valid.csv", "dev.tsv", "dev.csv", "valid.jsonl")
+    test = pick("test.tsv", "test.csv", "test.jsonl")
+    if train is None:
+        sys.exit(f"{d}: no train.(tsv|csv|jsonl)")
+    return train, valid, test
+
+
+def runs(out, large_layers, tiny_layers):
+    """(name, task, overrides) in dependency order; {out} is replaced by the table directory."""
+    teacher = f"{out}/ce_large/model"
+    return [
+        ("cross-encoder large", "finetune", ["model.pooling=mean"] + ([f"model.num_layers={large_layers}"] if large_layers else []), "ce_large"),
+        ("VIRT", "virt", [f"virt.teacher={teacher}"] + _layers(large_layers), "virt"),
+        ("siamese (sbert head)", "virt", ["virt.distill=false", "virt.adapted_interaction=false"] + _layers(large_layers), "siamese"),
+        ("cross-encoder tiny", "finetune", ["model.pooling=mean", f"model.num_layers={tiny_layers}"], "ce_tiny"),
+        ("distilled tiny", "distill", [f"distill.teacher={teacher}", f"model.num_layers={tiny_layers}", "model.pooling=mean"], "distilled_tiny"),
+        ("VIRT w/o distillation", "virt", ["virt.distill=false"] + _layers(large_layers), "virt_no_distill"),
+        ("VIRT w/o adapted interaction", "virt", [f"virt.teacher={teacher}", "virt.adapted_interaction=false"] + _layers(large_layers), "virt_no_adapted"),
+    ]
+
+
+def _layers(n):
+    return [f"model.num_layers={n}"] if n else []
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="directory with train/(valid)/test files")
+    p.add_argument("--out", required=True)
+    p.add_argument("--set", nargs="*", default=[], help="extra overrides for every run")
+    p.add_argument("--only", nargs="*", help="run only these directory names (ce_large, virt, ...)")
+    p.add_argument("--large-layers", type=int, default=None, help="layers of the large model (default: all)")
+    p.add_argument("--tiny-layers", type=int, default=2)
+    args = p.parse_args(argv)
+    train, valid, test = dataset_files(args.data)
+    data = [f"data.train={train}"] + ([f"data.valid={valid}"] if valid else []) + ([f"data.test={test}"] if test else [])
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tasks = set(json.loads(subprocess.run([sys.executable, "-c", "import run_tasks, json; print(json.dumps(list(run_tasks.TASKS)))"],
+                                          cwd=ROOT, capture_output=True, text=True).stdout or "[]"))
+    rows = []
+    for name, task, overrides, dirname in runs(out, args.large_layers, args.tiny_layers):
+        if args.only and dirname not in args.only:
+            continue
+        run_dir = out / dirname
+        if task not in tasks:
+            print(f"skip {name}: task {task!r} not available")
+            continue
+        if not (run_dir / "metrics.json").exists():
+            cmd = [sys.executable, str(ROOT / "run_tasks.py"), "--task", task, "--out", str(run_dir),
+                   "--set", *data, *overrides, "train.verbose=2", *args.set]
+            print("$", " ".join(cmd), flush=True)
+            t0 = time.time()
+            with open(out / f"{dirname}.log", "w") as log:
+                code = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
+            if code:
+                print(f"{name}: failed (exit {code}), see {out / (dirname + '.log')}")
+                continue
+            (run_dir / "wall_seconds.txt").write_text(f"{time.time() - t0:.0f}\n")
+        m = json.loads((run_dir / "metrics.json").read_text())
+        wall = (run_dir / "wall_seconds.txt").read_text().strip() if (run_dir / "wall_seconds.txt").exists() else ""
+        split = "test" if "test" in m else "valid"
+        rows.append({"model": name, "split": split, "accuracy": m[split]["accuracy"], "f1": m[split].get("f1"),
+                     "auc": m[split].get("auc"), "valid_accuracy": m["valid"]["accuracy"],
+                     "epochs": m.get("training", {}).get("best_epoch"), "wall_s": wall})
+        write_table(out, rows, args)
+    write_table(out, rows, args)
+
+
+def write_table(out, rows, args):
+    head = ("| model | eval split | accuracy | F1 | AUC | valid acc | best epoch | wall (s) |\n"
+            "|---|---|---|---|---|---|---|---|\n")
+    fmt = lambda v: "" if v is None else f"{100 * v:.2f}"  # noqa: E731
+    body = "".join(f"| {r['model']} | {r['split']} | {fmt(r['accuracy'])} | {fmt(r['f1'])} | {fmt(r['auc'])} | "
+                   f"{fmt(r['valid_accuracy'])} | {r['epochs']} | {r['wall_s']} |\n" for r in rows)
+    note = f"\n{args.data}, {datetime.now():%Y-%m-%d}, overrides: {' '.join(args.set) or 'none'}\n"
+    (out / "table.md").write_text(head + body + note)
+    (out / "table.json").write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
