@@ -27,6 +27,8 @@ TASKS = {
                  "metrics + confusion matrix of a model directory (model.init) on data.test"),
     "predict": ("training.finetune", "predict", "finetune",
                 "score pairs of data.test (or a<TAB>b lines on stdin) with model.init; --out FILE"),
+    "distill": ("distill.task", "train_distill", "distill",
+                "distill a cross-encoder teacher (distill.teacher, or fine-tuned first) into a tiny student"),
     "virt": ("virt.task", "train_virt", "virt",
              "VIRT: siamese student distilling a cross-encoder's attention + adapted interaction"),
     "virt-plot": ("virt.plot", "plot_task", "virt",

@@ -89,6 +89,7 @@ class DistillConfig:
     intermediate: bool = False  # also match hidden states layer by layer
     layer_map: list[int] | None = None  # teacher layer for each student layer; None = uniform
     intermediate_weight: float = 1.0  # weight of the intermediate-layer loss
+    baseline: str | None = None  # an undistilled tiny model directory, scored beside the student
 
 
 @dataclass
@@ -99,6 +100,8 @@ class VirtConfig:
     distill: bool = True  # also distil the teacher's logits
     adapted_interaction: bool = True  # use the adapted interaction features in the head
     layer_map: list[int] | None = None  # teacher layer for each student layer; None = same index
+    plot_pair: list[str] | None = None  # virt-plot: ["text a", "text b"]; None = first row of data.test
+    baseline: str | None = None  # virt-plot: plain siamese model directory to compare (e.g. virt.distill=false)
 
 
 @dataclass

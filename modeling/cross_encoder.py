@@ -45,14 +45,17 @@ class CrossEncoder(PairModel):
     def featurize(self, tokenizer, texts_a, texts_b, max_len):
         return tokenizer.encode_pairs(texts_a, texts_b, max_len)
 
-    def pooled(self, inputs, training=False):
-        out = self.encoder(inputs, training=training)  # last_hidden_state [B, T, H]
+    def forward(self, inputs, training=False, output_hidden_states=False):
+        """Logits [B, C] and the encoder's outputs (distillation reads its hidden states)."""
+        out = self.encoder(inputs, training=training, output_hidden_states=output_hidden_states)
         if self.pooling == "cls" and "pooler_output" in out:
-            return out["pooler_output"]  # [B, H]
-        return pool(out["last_hidden_state"], inputs["attention_mask"], self.pooling)
+            pooled = out["pooler_output"]  # [B, H]
+        else:
+            pooled = pool(out["last_hidden_state"], inputs["attention_mask"], self.pooling)  # [B, H]
+        return self.classifier(self.dropout(pooled, training=training)), out
 
     def call(self, inputs, training=False):
-        return self.classifier(self.dropout(self.pooled(inputs, training), training=training))  # [B, C]
+        return self.forward(inputs, training)[0]  # [B, C]
 
     def dummy_inputs(self):
         return pair_dummy_inputs()

@@ -41,6 +41,7 @@ class LoadedModel:
     model: keras.Model
     tokenizer: PairTokenizer
     meta: dict = field(default_factory=dict)
+    path: Path | None = None
 
     @property
     def kind(self):
@@ -119,4 +120,4 @@ def load_model_dir(path, expect_kind=None):
     except Exception as e:  # h5py / Keras raise many types for a damaged file
         raise CheckpointError(f"{path / 'model.weights.h5'}: cannot load weights ({e})") from None
     tokenizer = PairTokenizer(path / "vocab.txt", meta["tokenizer"]["lowercase"])
-    return LoadedModel(model=model, tokenizer=tokenizer, meta=meta)
+    return LoadedModel(model=model, tokenizer=tokenizer, meta=meta, path=path)

@@ -6,6 +6,7 @@ A task is then a few lines: build its model (and loss) and call `train_task`.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import time
@@ -20,7 +21,7 @@ from config import save_config
 from data import DataError, PairData, label_map, make_sample, read_pairs, swap_augment
 from modeling.checkpoints import CheckpointError
 from modeling.encoder import BertEncoder
-from modeling.model_dir import save_model_dir
+from modeling.model_dir import load_model_dir, save_model_dir
 from modeling.pretrained import detect_format, load_pretrained, resolve
 from modeling.tokenization import PairTokenizer
 from training.metrics import classification_metrics
@@ -169,6 +170,37 @@ def is_model_dir(path):
         return False
 
 
+# ----------------------------------------------------------------------------- teachers
+def teacher_for(cfg, run_dir, section):
+    """The teacher model directory of `section` (virt or distill), fine-tuned here when absent.
+
+    Returns `(loaded_teacher, teacher_metrics_or_None)`.
+    """
+    path = getattr(cfg, section).teacher
+    metrics = None
+    if path is None:
+        from training.finetune import finetune  # finetune itself builds on this module
+
+        tcfg = copy.deepcopy(cfg)
+        tcfg.task, tcfg.out = "finetune", str(Path(run_dir) / "teacher")
+        tcfg.model.num_layers = None  # the teacher is the full checkpoint
+        if section == "virt":
+            tcfg.model.pooling = "mean"  # VIRT's teachers use mean pooling (paper, Sec. 4.3)
+        log.info("no %s.teacher given: fine-tuning a cross-encoder teacher first in %s", section, tcfg.out)
+        metrics = finetune(tcfg)
+        path = Path(tcfg.out) / "model"
+    teacher = load_model_dir(path, expect_kind="cross_encoder")
+    return teacher, metrics
+
+
+def check_same_vocab(teacher, tokenizer):
+    a = Path(teacher.tokenizer.vocab_file).read_bytes()
+    b = Path(tokenizer.vocab_file).read_bytes()
+    if a != b:
+        raise CheckpointError(f"the teacher's vocabulary ({teacher.tokenizer.vocab_file}) differs from the "
+                              f"student's ({tokenizer.vocab_file}); both must tokenise the same way")
+
+
 # ----------------------------------------------------------------------------- train
 def evaluator(label_names, batch_size):
     def evaluate(model, split):
@@ -221,8 +253,6 @@ def train_task(cfg, run_dir, build_model, splits, evaluate=None, extra_meta=None
         if result.best_epoch is None:
             raise TrainingError("no epoch was completed")
         # Re-load the kept model so the reported numbers are those of the saved files.
-        from modeling.model_dir import load_model_dir
-
         best = load_model_dir(model_dir)
         metrics = {"valid": evaluate(best.model, valid)}
         if splits.test is not None:

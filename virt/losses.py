@@ -69,28 +69,48 @@ def _frobenius(diff):
     return tf.where(sq > 0, tf.sqrt(safe), tf.zeros_like(sq))
 
 
-def virt_layer_loss(qx, kx, qy, ky, x_mask, y_mask, teacher_probs):
-    """`||M~_xy - M_xy||_F / m + ||M~_yx - M_yx||_F / n` for one layer, mean over heads and batch."""
+def virtual_maps(qx, kx, qy, ky, x_mask, y_mask):
+    """The student's virtual interaction maps (Eq. 3) from its own Q/K of one layer.
+
+    `M~_xy = softmax(Q~_x K~_y^T / sqrt(d))` with x queries over y[1:] keys and
+    `M~_yx` with y[1:] queries over x keys; padded keys get 0 probability.
+    Returns float32 `(s_xy [B, N, Lx, Ly-1], s_yx [B, N, Ly-1, Lx])`; rows of
+    padded queries are meaningless (mask them with x_mask / y_mask[:, 1:]).
+    """
     f32 = tf.float32
     qx, kx, qy, ky = (tf.cast(t, f32) for t in (qx, kx, qy, ky))
     xm = tf.cast(x_mask, f32)  # [B, Lx]
     ym = tf.cast(y_mask, f32)[:, 1:]  # [B, Ly-1]: y tokens after [CLS]
-    lx = tf.shape(xm)[1]
     scale = 1.0 / math.sqrt(qx.shape[-1])
+    s_xy = _masked_softmax(tf.matmul(qx, ky[:, :, 1:], transpose_b=True) * scale, ym[:, None, None, :])
+    s_yx = _masked_softmax(tf.matmul(qy[:, :, 1:], kx, transpose_b=True) * scale, xm[:, None, None, :])
+    return s_xy, s_yx
+
+
+def teacher_maps(teacher_probs, x_mask, y_mask):
+    """The teacher's cross blocks of its joint attention on `x ++ y[1:]`, each row renormalised
+    over its own block's valid columns: `(t_xy [B, Nt, Lx, Ly-1], t_yx [B, Nt, Ly-1, Lx])`."""
+    xm = tf.cast(x_mask, tf.float32)
+    ym = tf.cast(y_mask, tf.float32)[:, 1:]
+    lx = tf.shape(xm)[1]
+    p = tf.cast(teacher_probs, tf.float32)
+    t_xy = _renormalise(p[:, :, :lx, lx:], ym[:, None, None, :])
+    t_yx = _renormalise(p[:, :, lx:, :lx], xm[:, None, None, :])
+    return t_xy, t_yx
+
+
+def virt_layer_loss(qx, kx, qy, ky, x_mask, y_mask, teacher_probs):
+    """`||M~_xy - M_xy||_F / m + ||M~_yx - M_yx||_F / n` for one layer, mean over heads and batch."""
+    f32 = tf.float32
+    xm = tf.cast(x_mask, f32)  # [B, Lx]
+    ym = tf.cast(y_mask, f32)[:, 1:]  # [B, Ly-1]: y tokens after [CLS]
     key_x, key_y = xm[:, None, None, :], ym[:, None, None, :]  # [B, 1, 1, K]
     row_x, row_y = xm[:, None, :, None], ym[:, None, :, None]  # [B, 1, R, 1]
 
-    # Student virtual interaction: x queries over y[1:] keys, y[1:] queries over x keys.
-    s_xy = _masked_softmax(tf.matmul(qx, ky[:, :, 1:], transpose_b=True) * scale, key_y)  # [B, N, Lx, Ly-1]
-    s_yx = _masked_softmax(tf.matmul(qy[:, :, 1:], kx, transpose_b=True) * scale, key_x)  # [B, N, Ly-1, Lx]
+    s_xy, s_yx = virtual_maps(qx, kx, qy, ky, x_mask, y_mask)  # student: [B, N, Lx, Ly-1], [B, N, Ly-1, Lx]
+    t_xy, t_yx = teacher_maps(teacher_probs, x_mask, y_mask)  # teacher: [B, Nt, Lx, Ly-1], [B, Nt, Ly-1, Lx]
 
-    # Teacher blocks of its joint attention.
-    p = tf.cast(teacher_probs, f32)
-    t_xy = _renormalise(p[:, :, :lx, lx:], key_y)  # [B, Nt, Lx, Ly-1]
-    t_yx = _renormalise(p[:, :, lx:, :lx], key_x)  # [B, Nt, Ly-1, Lx]
-
-    n_heads = p.shape[1]
-    if s_xy.shape[1] != n_heads:
+    if s_xy.shape[1] != t_xy.shape[1]:
         s_xy, s_yx, t_xy, t_yx = (tf.reduce_mean(t, axis=1, keepdims=True) for t in (s_xy, s_yx, t_xy, t_yx))
     m = tf.reduce_sum(xm, axis=1)[:, None]  # [B, 1]
     n = tf.reduce_sum(ym, axis=1)[:, None]
@@ -104,6 +124,8 @@ def select_layers(spec, num_layers):
     if spec == "all":
         return list(range(num_layers))
     kind, _, k = spec.partition("-")
+    if kind not in ("first", "last", "skip") or not k.isdigit():
+        raise ValueError(f"virt.layers={spec!r}: expected all, first-k, last-k or skip-k")
     k = int(k)
     if not 1 <= k <= num_layers:
         raise ValueError(f"virt.layers={spec!r}: k must be in 1..{num_layers}")
@@ -117,8 +139,11 @@ def select_layers(spec, num_layers):
 
 
 def uniform_layer_map(student_layers, teacher_layers):
-    """Student layer l -> teacher layer f(l): the same relative depth (identity when equal)."""
-    return [round((l + 1) * teacher_layers / student_layers) - 1 for l in range(student_layers)]
+    """Student layer l -> teacher layer f(l): the same relative depth (identity when equal).
+
+    A student deeper than its teacher shares teacher layers (clamped at layer 0).
+    """
+    return [max(round((l + 1) * teacher_layers / student_layers) - 1, 0) for l in range(student_layers)]
 
 
 def virt_loss(student_x, student_y, x_mask, y_mask, teacher_attentions, layers, layer_map):

@@ -1,0 +1,86 @@
+"""Training-time wrapper: a cross-encoder student learning from a cross-encoder teacher.
+
+Teacher logits come either from the batch (`teacher_logits`, cached once over
+the training set: the teacher is not in memory while the student trains) or
+from the teacher run in the step (`online`, needed with on-the-fly augmentation
+and for hidden-state distillation).
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from distill.losses import hidden_mse, kd_terms
+from modeling.task_model import PairModel
+from virt.losses import uniform_layer_map
+
+
+class DistillTraining(PairModel):
+    """`alpha * CE + (1 - alpha) * T^2 * KL` (+ optional hidden-state MSE) for a CrossEncoder student.
+
+    Args:
+        student: the `CrossEncoder` being trained (what is saved).
+        teacher: a frozen `CrossEncoder` for online distillation, or None when
+            batches carry cached `teacher_logits`.
+        alpha, temperature: see `distill.losses`.
+        intermediate: also match hidden states of mapped layers through a learned
+            projection (student width -> teacher width); needs the online teacher.
+        layer_map: teacher layer (1-based over hidden_states, i.e. the output of
+            layer i) for each student layer; None = uniform.
+        intermediate_weight: weight of the hidden-state term.
+    """
+
+    kind = "cross_encoder"
+
+    def __init__(self, student, teacher=None, alpha=0.2, temperature=10.0, intermediate=False,
+                 layer_map=None, intermediate_weight=1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.student = student
+        self.teacher = teacher
+        self.alpha, self.temperature = float(alpha), float(temperature)
+        self.intermediate = intermediate
+        self.intermediate_weight = intermediate_weight
+        if teacher is not None:
+            teacher.trainable = False
+        if intermediate:
+            if teacher is None:
+                raise ValueError("distill.intermediate needs the teacher in the step (distill.online=true)")
+            ns, nt = student.encoder.num_layers, teacher.encoder.num_layers
+            self.layer_map = list(layer_map) if layer_map else uniform_layer_map(ns, nt)
+            if len(self.layer_map) != ns or not all(0 <= t < nt for t in self.layer_map):
+                raise ValueError(f"distill.layer_map={layer_map}: need {ns} teacher layer indices in 0..{nt - 1}")
+            self.projection = keras.layers.Dense(teacher.encoder.hidden_size, name="hidden_projection")
+
+    @property
+    def deployable(self):
+        return self.student
+
+    def featurize(self, tokenizer, texts_a, texts_b, max_len):
+        return self.student.featurize(tokenizer, texts_a, texts_b, max_len)
+
+    def call(self, inputs, training=False):
+        if not training:
+            return self.student(inputs, training=False)
+        logits, out = self.student.forward(inputs, training=True, output_hidden_states=self.intermediate)
+        result = {"logits": logits}
+        if self.teacher is not None:
+            t_logits, t_out = self.teacher.forward(inputs, training=False, output_hidden_states=self.intermediate)
+            result["teacher_logits"] = tf.stop_gradient(t_logits)
+            if self.intermediate:
+                terms = [hidden_mse(self.projection(out["hidden_states"][l + 1]),
+                                    tf.stop_gradient(t_out["hidden_states"][t + 1]), inputs["attention_mask"])
+                         for l, t in enumerate(self.layer_map)]
+                result["hidden"] = tf.add_n(terms) / len(terms)
+        return result
+
+    def loss_terms(self, x, y, y_pred):
+        teacher_logits = y_pred.get("teacher_logits", x.get("teacher_logits"))
+        terms = kd_terms(y, y_pred["logits"], teacher_logits, self.alpha, self.temperature)
+        if "hidden" in y_pred:
+            terms["hidden"] = self.intermediate_weight * y_pred["hidden"]
+        return terms
+
+    def dummy_inputs(self):
+        return self.student.dummy_inputs()
+

@@ -1,0 +1,105 @@
+"""distill task: a cross-encoder teacher -> a tiny cross-encoder student (logit distillation)."""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from distill.model import DistillTraining
+from modeling.cross_encoder import CrossEncoder
+from modeling.model_dir import load_model_dir
+from training.tasks import (check_same_vocab, evaluator, init_encoder, load_splits, prepare_run_dir,
+                            print_summary, teacher_for, tokenize, train_task)
+from training.trainer import predict_outputs
+
+log = logging.getLogger(__name__)
+
+CACHE = Path("runs") / ".cache" / "teacher_logits"
+
+
+def _logits_fn(model):
+    import tensorflow as tf
+
+    return tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+
+
+def cached_teacher_logits(teacher, texts_a, texts_b, max_len, batch_size):
+    """Teacher logits over the training pairs, computed once and kept on disk.
+
+    The key hashes the teacher's weights file, the texts (in order) and the
+    length, so a changed teacher or data set never reuses stale logits.
+    """
+    h = hashlib.sha256()
+    h.update((teacher.path / "model.weights.h5").read_bytes())
+    h.update(f"{max_len}\x00".encode())
+    for a, b in zip(texts_a, texts_b):
+        h.update(f"{a}\x1f{b}\x1e".encode())
+    path = CACHE / f"{h.hexdigest()[:24]}.npy"
+    if path.exists():
+        log.info("teacher logits from cache %s", path)
+        return np.load(path)
+    feats = teacher.model.featurize(teacher.tokenizer, texts_a, texts_b, max_len)
+    logits = predict_outputs(teacher.model, feats, batch_size, fn=_logits_fn(teacher.model)).astype(np.float32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, logits)
+    log.info("teacher logits for %d pairs cached in %s", len(logits), path)
+    return logits
+
+
+def _scores(model_dir, splits, cfg):
+    """valid/test metrics of another model directory on this run's splits."""
+    loaded = load_model_dir(model_dir)
+    evaluate = evaluator(splits.label_names, cfg.train.eval_batch_size)
+    out = {}
+    for name in ("valid", "test"):
+        pairs = getattr(splits, name)
+        if pairs is not None:
+            split = tokenize(loaded.model, loaded.tokenizer, pairs, splits.label_names, cfg.train.max_seq_len, name)
+            out[name] = evaluate(loaded.model, split)
+    return out
+
+
+def train_distill(cfg):
+    """Teacher (given or fine-tuned here) -> student; writes <out>/model and metrics.json."""
+    run_dir = prepare_run_dir(cfg)
+    splits = load_splits(cfg)
+    d = cfg.distill
+    teacher, teacher_metrics = teacher_for(cfg, run_dir, "distill")
+    report = {"distill": {"alpha": d.alpha, "temperature": d.temperature, "online": d.online,
+                          "intermediate": d.intermediate}}
+    report["teacher"] = ({k: teacher_metrics[k] for k in ("valid", "test") if k in teacher_metrics}
+                         if teacher_metrics else _scores(teacher.path, splits, cfg))
+    if d.baseline:
+        report["baseline"] = _scores(d.baseline, splits, cfg)
+
+    online = d.online or d.intermediate
+    logits = None
+    if not online:
+        logits = cached_teacher_logits(teacher, splits.train.text_a, splits.train.text_b,
+                                       cfg.train.max_seq_len, cfg.train.eval_batch_size)
+        teacher = None  # the student trains without the teacher in memory
+        gc.collect()
+
+    def build():
+        encoder, tokenizer = init_encoder(cfg.model, splits.train.text_a + splits.train.text_b, run_dir)
+        student = CrossEncoder(encoder, num_labels=len(splits.label_names), pooling=cfg.model.pooling,
+                               dropout=cfg.model.dropout, name="cross_encoder")
+        if teacher is not None:
+            check_same_vocab(teacher, tokenizer)
+            if teacher.labels != splits.label_names:
+                raise ValueError(f"teacher labels {teacher.labels} differ from the data's {splits.label_names}")
+        return DistillTraining(student, teacher.model if teacher is not None else None, alpha=d.alpha,
+                               temperature=d.temperature, intermediate=d.intermediate, layer_map=d.layer_map,
+                               intermediate_weight=d.intermediate_weight, name="distill_training"), tokenizer
+
+    metrics = train_task(cfg, run_dir, build, splits, report=report,
+                         train_extra=(lambda split: {"teacher_logits": logits}) if logits is not None else None,
+                         extra_meta={"distill": report["distill"]})
+    print_summary(run_dir, metrics)
+    if "baseline" in metrics:
+        print(f"baseline: { {k: round(v, 4) for k, v in metrics['baseline'].get('valid', {}).items() if isinstance(v, float)} }")
+    return metrics
