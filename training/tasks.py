@@ -7,6 +7,7 @@ A task is then a few lines: build its model (and loss) and call `train_task`.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import time
@@ -121,8 +122,35 @@ def load_splits(cfg):
     return Splits(train, valid, test, names)
 
 
+TOKEN_CACHE = Path("runs") / ".cache" / "tokens"
+
+
+def cached_featurize(model, tokenizer, texts_a, texts_b, max_len):
+    """`model.featurize`, cached on disk under a key of the texts, vocab, casing, length and layout."""
+    h = hashlib.sha256()
+    h.update(Path(tokenizer.vocab_file).read_bytes())
+    h.update(f"{tokenizer.lowercase}|{max_len}|{type(model.deployable if hasattr(model, 'deployable') else model).__name__}".encode())
+    for a, b in zip(texts_a, texts_b):
+        h.update(f"{a}\x1f{b}\x1e".encode())
+    path = TOKEN_CACHE / f"{h.hexdigest()[:24]}.npz"
+    if path.exists():
+        with np.load(path) as z:
+            keys = {k[: -len(".flat")] for k in z.files if k.endswith(".flat")}
+            return {k: [x.tolist() for x in np.split(z[k + ".flat"], np.cumsum(z[k + ".len"])[:-1])] for k in keys}
+    feats = model.featurize(tokenizer, texts_a, texts_b, max_len)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {}
+    for k, rows in feats.items():
+        arrays[k + ".flat"] = np.fromiter((t for r in rows for t in r), np.int32)
+        arrays[k + ".len"] = np.fromiter((len(r) for r in rows), np.int64, len(rows))
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path)
+    return feats
+
+
 def tokenize(model, tokenizer, pairs, label_names, max_len, name):
-    feats = model.featurize(tokenizer, pairs.text_a, pairs.text_b, max_len)
+    feats = cached_featurize(model, tokenizer, pairs.text_a, pairs.text_b, max_len)
     index = {n: i for i, n in enumerate(label_names)}
     labels = None if pairs.labels is None else np.array([index[y] for y in pairs.labels], np.int32)
     return Split(name, feats, labels, (pairs.text_a, pairs.text_b))
