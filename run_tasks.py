@@ -33,6 +33,8 @@ TASKS = {
               "Sentence-BERT bi-encoder (sbert.objective softmax|cosine|mnrl)"),
     "embed": ("senbert.task", "embed", "sbert",
               "texts (data.test or stdin, one per line) -> <out>/embeddings.npy with an sbert model.init"),
+    "pretrain": ("pretrain.task", "pretrain", "pretrain",
+                 "masked-LM pre-training on in-domain text (data.text), for model.init of other tasks"),
     "virt": ("virt.task", "train_virt", "virt",
              "VIRT: siamese student distilling a cross-encoder's attention + adapted interaction"),
     "virt-plot": ("virt.plot", "plot_task", "virt",

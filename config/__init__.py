@@ -11,6 +11,7 @@ from .schema import (
     DistillConfig,
     ExportConfig,
     ModelConfig,
+    PretrainConfig,
     RunConfig,
     SbertConfig,
     ServeConfig,
@@ -24,6 +25,6 @@ from .schema import (
 
 __all__ = [
     "CHOICES", "PATTERNS", "ConfigError", "DataConfig", "DistillConfig", "ExportConfig",
-    "ModelConfig", "RunConfig", "SbertConfig", "ServeConfig", "TrainConfig", "VirtConfig",
+    "ModelConfig", "PretrainConfig", "RunConfig", "SbertConfig", "ServeConfig", "TrainConfig", "VirtConfig",
     "config_to_dict", "load_config", "parse_overrides", "save_config",
 ]

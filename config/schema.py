@@ -136,6 +136,12 @@ class ServeConfig:
 
 
 @dataclass
+class PretrainConfig:
+    mask_rate: float = 0.15  # share of real tokens selected for MLM (80% [MASK], 10% random, 10% kept)
+    whole_word: bool = False  # select whole words (all their ## pieces); WordPiece vocabularies only
+
+
+@dataclass
 class RunConfig:
     """A whole run: the task plus one section per component."""
     task: str = "finetune"  # finetune|distill|sbert|virt|pretrain|export|serve
@@ -148,6 +154,7 @@ class RunConfig:
     sbert: SbertConfig = field(default_factory=SbertConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 
 
 CHOICES: dict[str, tuple[str, ...]] = {

@@ -37,11 +37,12 @@ def example_lengths(features):
 
 
 def make_dataset(features, labels=None, batch_size=32, shuffle=False, seed=0, epoch=0,
-                 drop_remainder=False, skip_batches=0, bucket=True):
+                 drop_remainder=False, skip_batches=0, bucket=True, transform=None):
     """Build one epoch of batches `(x, y)` (or `x` when `labels` is None).
 
     Shuffling is seeded by `seed + epoch`, so an interrupted epoch can be
-    rebuilt identically and `skip_batches` resumes it exactly.
+    rebuilt identically and `skip_batches` resumes it exactly. `transform`
+    (e.g. MLM masking) maps each padded batch, with its own seed per epoch.
     """
     ragged, dense = _split(features)
     n = len(next(iter(ragged.values())))
@@ -75,6 +76,10 @@ def make_dataset(features, labels=None, batch_size=32, shuffle=False, seed=0, ep
     ds = tf.data.Dataset.from_tensor_slices((tensors, y) if y is not None else tensors)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     ds = ds.map(_pad_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if transform is not None:
+        # Stateless per-batch seeds: batch i of epoch e always gets the same draw.
+        ds = ds.enumerate().map(lambda i, b: transform(b, tf.stack([tf.cast(seed * 1000 + epoch, tf.int64), i])),
+                                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if skip_batches:
         ds = ds.skip(skip_batches)
     return ds.prefetch(tf.data.AUTOTUNE)

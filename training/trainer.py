@@ -204,7 +204,8 @@ class Trainer:
                     break
                 done = step - epoch * steps_per_epoch
                 ds = make_dataset(train.features, train.labels, self.global_batch, shuffle=True,
-                                  seed=cfg.seed, epoch=epoch, drop_remainder=True, skip_batches=done)
+                                  seed=cfg.seed, epoch=epoch, drop_remainder=True, skip_batches=done,
+                                  transform=getattr(model, "batch_transform", None))
                 ds = ds.take(steps_per_epoch - done)
                 if cfg.verbose:
                     print(f"Epoch {epoch + 1}/{cfg.epochs}", flush=True)

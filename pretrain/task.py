@@ -1,0 +1,112 @@
+"""pretrain task: MLM pre-training on in-domain sentences; its model directory feeds every other task.
+
+    python run_tasks.py --task pretrain --set data.text='[../shared/data/bq/train.csv]' model.vocab_lang=zh
+    python run_tasks.py --task finetune --set model.init=runs/pretrain/<stamp>/model ...
+
+Text comes from plain-text files (one sentence per line) and/or both sentence
+columns of pair files (de-duplicated). With `model.init: null` a vocabulary is
+built from it; a checkpoint in `model.init` is pre-trained further instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from data import DataError, PairData, read_pairs
+from pretrain.model import MaskedLM, masked_lm_loss
+from training.pipeline import make_dataset
+from training.tasks import Splits, SAMPLE_DIR, init_encoder, prepare_run_dir, train_task
+
+log = logging.getLogger(__name__)
+
+PAIR_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
+
+
+def read_sentences(cfg):
+    """Sentences from data.text (or data.train, or the sample data), de-duplicated, in first-seen order."""
+    sources = list(cfg.data.text) or ([cfg.data.train] if cfg.data.train else [])
+    if not sources:
+        from data import make_sample
+
+        sources = [str(make_sample(SAMPLE_DIR, seed=0)["train"])]
+        log.info("no data.text given: pre-training on the generated sample sentences")
+    seen = {}
+    for src in sources:
+        path = Path(src)
+        if not path.is_file():
+            raise DataError(f"{src}: not found")
+        if path.suffix.lower() in PAIR_SUFFIXES:
+            d = cfg.data
+            pairs = read_pairs(src, format=d.format, text_a=d.text_a, text_b=d.text_b, label=None,
+                               on_bad_row=d.on_bad_row)
+            texts = pairs.text_a + pairs.text_b
+        else:
+            try:
+                texts = [t.strip() for t in path.read_text(encoding="utf-8").splitlines()]
+            except UnicodeDecodeError as e:
+                raise DataError(f"{src}: not UTF-8 ({e.reason} at byte {e.start})") from None
+        for t in texts:
+            if t:
+                seen.setdefault(t, None)
+        if cfg.data.max_rows and len(seen) >= cfg.data.max_rows:
+            break
+    sentences = list(seen)[: cfg.data.max_rows or None]
+    if len(sentences) < 10:
+        raise DataError(f"{', '.join(sources)}: only {len(sentences)} distinct sentences")
+    return sentences
+
+
+def mlm_evaluator(batch_size, seed=1234):
+    """Masked-token loss, accuracy and perplexity with a fixed mask (comparable across epochs)."""
+    def evaluate(model, split):
+        fn = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+        total, correct, loss_sum = 0.0, 0.0, 0.0
+        for x, y in make_dataset(split.features, batch_size=batch_size, seed=seed, bucket=False,
+                                 transform=model.batch_transform):
+            logits = fn(x)
+            sel = (y >= 0).numpy()
+            n = float(sel.sum())
+            if n:
+                loss_sum += float(masked_lm_loss(y, logits)) * n
+                correct += float((tf.argmax(logits, -1, output_type=tf.int32).numpy() == y.numpy())[sel].sum())
+                total += n
+        loss = loss_sum / max(total, 1.0)
+        return {"loss": loss, "mlm_accuracy": correct / max(total, 1.0), "perplexity": math.exp(min(loss, 50.0)),
+                "n": int(len(split)), "masked_tokens": int(total)}
+    return evaluate
+
+
+def pretrain(cfg):
+    """MLM pre-training; writes <out>/model (kind mlm, loadable by every task via model.init)."""
+    run_dir = prepare_run_dir(cfg)
+    sentences = read_sentences(cfg)
+    rng = np.random.default_rng(cfg.train.seed)
+    order = rng.permutation(len(sentences))
+    n_valid = min(5000, max(10, int(round(cfg.data.valid_fraction * len(sentences)))))
+    pick = lambda idx: PairData([sentences[i] for i in idx], None, None, [int(i) for i in idx])  # noqa: E731
+    splits = Splits(train=pick(np.sort(order[n_valid:])), valid=pick(np.sort(order[:n_valid])), test=None,
+                    label_names=[])
+    log.info("pre-training on %d sentences, %d held out for MLM metrics", len(splits.train), len(splits.valid))
+    p = cfg.pretrain
+    if cfg.train.metric != "loss":
+        cfg.train.metric = "loss"  # MLM has no classification metric; select on held-out MLM loss
+
+    def build():
+        encoder, tokenizer = init_encoder(cfg.model, sentences, run_dir)
+        specials = sorted({tokenizer.pad_id, tokenizer.unk_id, tokenizer.cls_id, tokenizer.sep_id, tokenizer.mask_id})
+        return MaskedLM(encoder, special_ids=specials, mask_id=tokenizer.mask_id, rate=p.mask_rate,
+                        whole_word=p.whole_word, name="mlm"), tokenizer
+
+    metrics = train_task(cfg, run_dir, build, splits, evaluate=mlm_evaluator(cfg.train.eval_batch_size),
+                         report={"pretrain": {"sentences": len(sentences), "whole_word": p.whole_word,
+                                              "mask_rate": p.mask_rate}})
+    v = metrics.get("valid", {})
+    print(f"held-out MLM: loss {v.get('loss', float('nan')):.4f}, accuracy {v.get('mlm_accuracy', 0):.4f}, "
+          f"perplexity {v.get('perplexity', float('nan')):.1f}")
+    print(f"model directory: {Path(run_dir) / 'model'}  (use it as model.init)")
+    return metrics
