@@ -97,9 +97,9 @@ class VirtConfig:
     teacher: str | None = None  # cross-encoder teacher directory
     alpha: float = 1.0  # weight of the interaction-distillation loss
     layers: str = "all"  # layers to distil: all|first-k|last-k|skip-k (e.g. "last-2")
-    distill: bool = True  # also distil the teacher's logits
+    distill: bool = True  # false = ablation: no teacher, no attention distillation
     adapted_interaction: bool = True  # use the adapted interaction features in the head
-    layer_map: list[int] | None = None  # teacher layer for each student layer; None = same index
+    layer_map: list[int] | None = None  # teacher layer for each student layer; None = uniform (same relative depth)
     plot_pair: list[str] | None = None  # virt-plot: ["text a", "text b"]; None = first row of data.test
     baseline: str | None = None  # virt-plot: plain siamese model directory to compare (e.g. virt.distill=false)
 

@@ -13,7 +13,7 @@ from distill.model import DistillTraining
 from modeling.cross_encoder import CrossEncoder
 from modeling.model_dir import load_model_dir
 from training.tasks import (check_same_vocab, evaluator, init_encoder, load_splits, prepare_run_dir,
-                            print_summary, teacher_for, tokenize, train_task)
+                            print_summary, student_model_config, teacher_for, tokenize, train_task)
 from training.trainer import predict_outputs
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,7 @@ def train_distill(cfg):
     splits = load_splits(cfg)
     d = cfg.distill
     teacher, teacher_metrics = teacher_for(cfg, run_dir, "distill")
+    model_cfg = student_model_config(cfg, teacher)
     report = {"distill": {"alpha": d.alpha, "temperature": d.temperature, "online": d.online,
                           "intermediate": d.intermediate}}
     report["teacher"] = ({k: teacher_metrics[k] for k in ("valid", "test") if k in teacher_metrics}
@@ -85,7 +86,7 @@ def train_distill(cfg):
         gc.collect()
 
     def build():
-        encoder, tokenizer = init_encoder(cfg.model, splits.train.text_a + splits.train.text_b, run_dir)
+        encoder, tokenizer = init_encoder(model_cfg, splits.train.text_a + splits.train.text_b, run_dir)
         student = CrossEncoder(encoder, num_labels=len(splits.label_names), pooling=cfg.model.pooling,
                                dropout=cfg.model.dropout, name="cross_encoder")
         if teacher is not None:

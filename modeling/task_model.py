@@ -33,8 +33,12 @@ class PairModel(keras.Model):
         raise NotImplementedError
 
     def predict_proba_fn(self):
-        """A `tf.function` from a padded batch to class probabilities."""
-        return tf.function(lambda x: tf.nn.softmax(self(x, training=False), axis=-1), reduce_retracing=True)
+        """A `tf.function` from a padded batch to class probabilities (built once per model)."""
+        fn = self.__dict__.get("_proba_fn")
+        if fn is None:
+            fn = tf.function(lambda x: tf.nn.softmax(self(x, training=False), axis=-1), reduce_retracing=True)
+            object.__setattr__(self, "_proba_fn", fn)  # bypass Keras attribute tracking
+        return fn
 
 
 def cross_entropy(labels, logits):

@@ -221,6 +221,23 @@ def teacher_for(cfg, run_dir, section):
     return teacher, metrics
 
 
+def student_model_config(cfg, teacher):
+    """`cfg.model`, except that a randomly initialised student shares its teacher's vocabulary.
+
+    Building a second vocabulary from the same texts is not enough: the English WordPiece
+    builder is not deterministic (tokenizers' BPE trainer, huggingface/tokenizers#1794),
+    and the student must tokenise exactly as the teacher it distils.
+    """
+    if teacher is None or cfg.model.init is not None or cfg.model.vocab is not None:
+        return cfg.model
+    model_cfg = copy.copy(cfg.model)
+    model_cfg.vocab = teacher.tokenizer.vocab_file
+    if model_cfg.lowercase is None:
+        model_cfg.lowercase = teacher.tokenizer.lowercase
+    log.info("random init: the student uses the teacher's vocabulary %s", model_cfg.vocab)
+    return model_cfg
+
+
 def check_same_vocab(teacher, tokenizer):
     a = Path(teacher.tokenizer.vocab_file).read_bytes()
     b = Path(tokenizer.vocab_file).read_bytes()

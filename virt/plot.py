@@ -5,17 +5,19 @@ Side-by-side heat maps of the x -> y attention of
 - the VIRT student's virtual map `softmax(Q~x K~y^T / sqrt(d))` (head-averaged),
 - optionally a plain siamese baseline's virtual map (e.g. a `virt.distill=false` run),
 with x tokens on the rows and y tokens (after y's [CLS]) on the columns, one
-shared colour scale, written to `<out>/virt_attention.png` (+ the numbers in
-`virt_attention.json`). The maps are computed by `virt.losses.virtual_maps` /
-`teacher_maps`, the very functions the distillation loss uses.
+shared colour scale, written to `<out>/virt_attention.png` (+ the maps and
+numbers in `virt_attention.json`; layers there are 1-based, as in the titles).
+The maps are computed by `virt.losses.virtual_maps` / `teacher_maps`, the very
+functions the distillation loss uses.
 
     python run_tasks.py --task virt-plot --set model.init=runs/virt/<stamp>/model \\
         virt.teacher=runs/virt/<stamp>/teacher/model virt.baseline=runs/virt/<other>/model \\
         virt.plot_pair='["a man plays a guitar", "someone plays music"]' virt.layers=last-1
 
 Layer: the deepest layer of `virt.layers` applied to each student's depth
-(`all` / `last-1`: the last layer, `first-k`: layer k-1); the teacher layer is
-`virt.layer_map[l]` or the uniform map used in training.
+(`all` / `last-1`: the last layer, `first-k`: the k-th); the teacher layer is
+`virt.layer_map[l]` or the uniform map used in training. A baseline trained from
+random init must share the teacher's vocabulary (`model.vocab=<teacher>/vocab.txt`).
 """
 
 from __future__ import annotations
@@ -31,7 +33,6 @@ import numpy as np
 from modeling.checkpoints import CheckpointError
 from modeling.model_dir import load_model_dir
 from virt.losses import select_layers, teacher_inputs, teacher_maps, uniform_layer_map, virtual_maps
-from virt.task import check_same_vocab
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,9 @@ def plot_maps(panels, x_tokens, y_tokens, path, suptitle=None):
     from matplotlib.figure import Figure
 
     m, n = len(x_tokens), len(y_tokens)
-    vmax = max(float(np.max(a)) for _, a in panels) or 1.0
+    vmin = min(float(np.min(a)) for _, a in panels)  # one scale for all panels, spanning all of them
+    vmax = max(float(np.max(a)) for _, a in panels)
+    vmax = vmax if vmax > vmin else vmin + 1e-6
     cell = 0.42
     width = len(panels) * (max(n, 4) * cell + 1.6) + 1.5
     height = max(m, 4) * cell + 2.6
@@ -105,7 +108,7 @@ def plot_maps(panels, x_tokens, y_tokens, path, suptitle=None):
         fig = Figure(figsize=(width, height), layout="constrained", dpi=110)
         axes = fig.subplots(1, len(panels), squeeze=False)[0]
         for i, (ax, (title, a)) in enumerate(zip(axes, panels)):
-            im = ax.imshow(a, cmap="viridis", vmin=0.0, vmax=vmax, aspect="equal", interpolation="nearest")
+            im = ax.imshow(a, cmap="viridis", vmin=vmin, vmax=vmax, aspect="equal", interpolation="nearest")
             ax.set_xticks(range(n), labels=y_tokens, rotation=90, fontsize=9)
             ax.set_yticks(range(m), labels=x_tokens, fontsize=9)
             ax.set_xlabel("y tokens (keys)")
@@ -145,6 +148,13 @@ def pick_pair(cfg):
     return DEFAULT_PAIR
 
 
+def encode_pair(tokenizer, text_x, text_y, max_len):
+    """`(x_ids, y_ids, x_tokens, y_tokens)`: VIRT's `[CLS] x [SEP]` / `[CLS] y [SEP]`, y tokens after [CLS]."""
+    x_ids = tokenizer.encode_texts([text_x], max_len)[0]
+    y_ids = tokenizer.encode_texts([text_y], max_len)[0]
+    return x_ids, y_ids, tokenizer.decode_tokens(x_ids), tokenizer.decode_tokens(y_ids[1:])
+
+
 def _student_path(cfg):
     path = cfg.model.init
     if path is None or path == "minilm":
@@ -174,19 +184,22 @@ def plot_task(cfg):
     student = load_model_dir(student_path, expect_kind=SIAMESE_KINDS)
     teacher_path = _teacher_path(cfg, student_path)
     teacher = load_model_dir(teacher_path, expect_kind="cross_encoder")
-    check_same_vocab(teacher, student.tokenizer)
     models = [("VIRT student", student_path, student)]
     if cfg.virt.baseline:
         baseline = load_model_dir(cfg.virt.baseline, expect_kind=SIAMESE_KINDS)
-        check_same_vocab(baseline, student.tokenizer)
         models.append(("siamese baseline", Path(cfg.virt.baseline), baseline))
 
     text_x, text_y = pick_pair(cfg)
-    tok = student.tokenizer
     max_len = student.max_seq_len
-    x_ids = tok.encode_texts([text_x], max_len)[0]
-    y_ids = tok.encode_texts([text_y], max_len)[0]
-    x_tokens, y_tokens = tok.decode_tokens(x_ids), tok.decode_tokens(y_ids[1:])
+    x_ids, y_ids, x_tokens, y_tokens = encode_pair(student.tokenizer, text_x, text_y, max_len)
+    ids = {}  # each model reads the pair with its own tokenizer; the tokens must agree
+    for role, path, loaded in [("teacher", teacher_path, teacher)] + models[1:]:
+        enc_x, enc_y, *tokens = encode_pair(loaded.tokenizer, text_x, text_y, max_len)
+        ids[id(loaded)] = (enc_x, enc_y)
+        if tuple(tokens) != (x_tokens, y_tokens):
+            raise CheckpointError(f"the {role} ({path}) tokenises the pair differently from the VIRT student "
+                                  f"({tokens} vs {[x_tokens, y_tokens]}); use models with the same vocabulary")
+    ids[id(student)] = (x_ids, y_ids)
 
     t_enc = teacher.model.encoder
     ns = student.model.encoder.num_layers
@@ -196,18 +209,18 @@ def plot_task(cfg):
         raise ValueError(f"virt.layer_map={cfg.virt.layer_map}: need {ns} teacher layer indices "
                          f"in 0..{t_enc.num_layers - 1}")
     l_teacher = layer_map[l_student]
-    t_map = teacher_xy_map(t_enc, x_ids, y_ids, l_teacher)
+    t_map = teacher_xy_map(t_enc, *ids[id(teacher)], l_teacher)
 
     panels = [(f"teacher (cross-encoder)\n{model_name(teacher_path)}, layer {l_teacher + 1}", t_map)]
     result = {"x": text_x, "y": text_y, "x_tokens": x_tokens, "y_tokens": y_tokens,
-              "teacher": {"model": str(teacher_path), "layer": l_teacher, "map": t_map.tolist()}, "students": []}
+              "teacher": {"model": str(teacher_path), "layer": l_teacher + 1, "map": t_map.tolist()}, "students": []}
     for role, path, loaded in models:
         enc = loaded.model.encoder
         layer = l_student if loaded is student else select_layers(cfg.virt.layers, enc.num_layers)[-1]
-        s_map = student_xy_map(enc, x_ids, y_ids, layer)
+        s_map = student_xy_map(enc, *ids[id(loaded)], layer)
         mad = float(np.mean(np.abs(s_map - t_map)))
         panels.append((f"{role}\n{model_name(path)}, layer {layer + 1}\nmean |diff| vs teacher {mad:.4f}", s_map))
-        result["students"].append({"role": role, "model": str(path), "layer": layer, "mean_abs_diff": mad,
+        result["students"].append({"role": role, "model": str(path), "layer": layer + 1, "mean_abs_diff": mad,
                                    "map": s_map.tolist()})
         print(f"{role} ({path}, layer {layer + 1}): mean |M~_xy - M_xy| = {mad:.4f}")
 

@@ -5,10 +5,18 @@ from __future__ import annotations
 import logging
 
 from training.tasks import (check_same_vocab, init_encoder, load_splits, prepare_run_dir, print_summary,
-                            teacher_for, train_task)
+                            student_model_config, teacher_for, train_task)
 from virt.model import VirtModel, VirtTraining
 
 log = logging.getLogger(__name__)
+
+
+def check_teacher_positions(max_seq_len, max_position):
+    """The teacher reads `x ++ y[1:]` (up to 2 * max_seq_len - 1 tokens) at their real positions."""
+    if 2 * max_seq_len - 1 > max_position:
+        raise ValueError(f"train.max_seq_len={max_seq_len}: the teacher reads x ++ y[1:], up to "
+                         f"{2 * max_seq_len - 1} positions, but has {max_position} position embeddings; "
+                         f"use train.max_seq_len <= {(max_position + 1) // 2}")
 
 
 def train_virt(cfg):
@@ -16,10 +24,16 @@ def train_virt(cfg):
     run_dir = prepare_run_dir(cfg)
     splits = load_splits(cfg)
     v = cfg.virt
+    if v.distill and v.teacher is None and cfg.model.init is None:  # fail before fine-tuning the teacher
+        check_teacher_positions(cfg.train.max_seq_len, cfg.model.max_position)
     teacher, teacher_metrics = teacher_for(cfg, run_dir, "virt") if v.distill else (None, None)
 
+    if teacher is not None:
+        check_teacher_positions(cfg.train.max_seq_len, teacher.model.encoder.max_position)
+    model_cfg = student_model_config(cfg, teacher)
+
     def build():
-        encoder, tokenizer = init_encoder(cfg.model, splits.train.text_a + splits.train.text_b, run_dir)
+        encoder, tokenizer = init_encoder(model_cfg, splits.train.text_a + splits.train.text_b, run_dir)
         student = VirtModel(encoder, num_labels=len(splits.label_names), adapted_interaction=v.adapted_interaction,
                             dropout=cfg.model.dropout, name="virt")
         if teacher is None:
