@@ -12,11 +12,10 @@ import keras
 import tensorflow as tf
 
 from distill.losses import hidden_mse, kd_terms
-from modeling.task_model import PairModel
-from virt.losses import uniform_layer_map
+from modeling.task_model import StudentTraining, resolve_layer_map
 
 
-class DistillTraining(PairModel):
+class DistillTraining(StudentTraining):
     """`alpha * CE + (1 - alpha) * T^2 * KL` (+ optional hidden-state MSE) for a CrossEncoder student.
 
     Args:
@@ -31,12 +30,9 @@ class DistillTraining(PairModel):
         intermediate_weight: weight of the hidden-state term.
     """
 
-    kind = "cross_encoder"
-
     def __init__(self, student, teacher=None, alpha=0.2, temperature=10.0, intermediate=False,
                  layer_map=None, intermediate_weight=1.0, **kwargs):
-        super().__init__(**kwargs)
-        self.student = student
+        super().__init__(student, **kwargs)
         self.teacher = teacher
         self.alpha, self.temperature = float(alpha), float(temperature)
         self.intermediate = intermediate
@@ -47,17 +43,8 @@ class DistillTraining(PairModel):
             if teacher is None:
                 raise ValueError("distill.intermediate needs the teacher in the step (distill.online=true)")
             ns, nt = student.encoder.num_layers, teacher.encoder.num_layers
-            self.layer_map = list(layer_map) if layer_map else uniform_layer_map(ns, nt)
-            if len(self.layer_map) != ns or not all(0 <= t < nt for t in self.layer_map):
-                raise ValueError(f"distill.layer_map={layer_map}: need {ns} teacher layer indices in 0..{nt - 1}")
+            self.layer_map = resolve_layer_map(layer_map, ns, nt, "distill.layer_map")
             self.projection = keras.layers.Dense(teacher.encoder.hidden_size, name="hidden_projection")
-
-    @property
-    def deployable(self):
-        return self.student
-
-    def featurize(self, tokenizer, texts_a, texts_b, max_len):
-        return self.student.featurize(tokenizer, texts_a, texts_b, max_len)
 
     def call(self, inputs, training=False):
         if not training:
@@ -80,7 +67,4 @@ class DistillTraining(PairModel):
         if "hidden" in y_pred:
             terms["hidden"] = self.intermediate_weight * y_pred["hidden"]
         return terms
-
-    def dummy_inputs(self):
-        return self.student.dummy_inputs()
 

@@ -41,6 +41,45 @@ class PairModel(keras.Model):
         return fn
 
 
+class StudentTraining(PairModel):
+    """Base of training-time wrappers (distillation, VIRT) around a deployable `student`.
+
+    The wrapper owns the extra training-only parts (a frozen teacher, a
+    projection); `deployable` is what gets saved, exported and served.
+    """
+
+    def __init__(self, student, **kwargs):
+        super().__init__(**kwargs)
+        self.student = student
+
+    @property
+    def kind(self):
+        return self.student.kind
+
+    @property
+    def deployable(self):
+        return self.student
+
+    def featurize(self, tokenizer, texts_a, texts_b, max_len):
+        return self.student.featurize(tokenizer, texts_a, texts_b, max_len)
+
+    def dummy_inputs(self):
+        return self.student.dummy_inputs()
+
+
+def resolve_layer_map(layer_map, student_layers, teacher_layers, key):
+    """The teacher layer of each student layer: `layer_map` checked, or the same relative depth.
+
+    A student deeper than its teacher shares teacher layers (clamped at layer 0).
+    """
+    if not layer_map:
+        return [max(round((l + 1) * teacher_layers / student_layers) - 1, 0) for l in range(student_layers)]
+    if len(layer_map) != student_layers or not all(0 <= t < teacher_layers for t in layer_map):
+        raise ValueError(f"{key}={list(layer_map)}: need {student_layers} teacher layer indices "
+                         f"in 0..{teacher_layers - 1}")
+    return list(layer_map)
+
+
 def cross_entropy(labels, logits):
     """Mean softmax cross-entropy of integer `labels` [B] given `logits` [B, C]."""
     return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(

@@ -28,6 +28,8 @@ import math
 
 import tensorflow as tf
 
+from modeling.task_model import resolve_layer_map
+
 _NEG = -1e9
 
 
@@ -139,11 +141,8 @@ def select_layers(spec, num_layers):
 
 
 def uniform_layer_map(student_layers, teacher_layers):
-    """Student layer l -> teacher layer f(l): the same relative depth (identity when equal).
-
-    A student deeper than its teacher shares teacher layers (clamped at layer 0).
-    """
-    return [max(round((l + 1) * teacher_layers / student_layers) - 1, 0) for l in range(student_layers)]
+    """Student layer l -> teacher layer f(l): the same relative depth (identity when equal)."""
+    return resolve_layer_map(None, student_layers, teacher_layers, "layer_map")
 
 
 def virt_loss(student_x, student_y, x_mask, y_mask, teacher_attentions, layers, layer_map):

@@ -18,8 +18,8 @@ import tensorflow as tf
 
 from modeling.cross_encoder import as_encoder
 from modeling.encoder import gelu, pool
-from modeling.task_model import PairModel, cross_entropy
-from virt.losses import select_layers, teacher_inputs, uniform_layer_map, virt_loss
+from modeling.task_model import PairModel, StudentTraining, cross_entropy, resolve_layer_map
+from virt.losses import select_layers, teacher_inputs, virt_loss
 
 
 def siamese_dummy_inputs():
@@ -101,7 +101,7 @@ class VirtModel(PairModel):
                 "adapted_interaction": self.adapted_interaction, "dropout": self.dropout_rate}
 
 
-class VirtTraining(PairModel):
+class VirtTraining(StudentTraining):
     """Training-time wrapper: `loss = CE + alpha * L_virt` with a frozen teacher.
 
     The teacher runs in the step in inference mode on `x ++ y[1:]`; only its
@@ -111,28 +111,15 @@ class VirtTraining(PairModel):
     ~25 MB per layer in float32.
     """
 
-    kind = "virt"
-
     def __init__(self, student, teacher_encoder=None, alpha=1.0, layers="all", layer_map=None, **kwargs):
-        super().__init__(**kwargs)
-        self.student = student
+        super().__init__(student, **kwargs)
         self.teacher = teacher_encoder
         self.alpha = alpha
         ns = student.encoder.num_layers
         self.distilled_layers = select_layers(layers, ns) if teacher_encoder is not None else []
         if teacher_encoder is not None:
             teacher_encoder.trainable = False
-            nt = teacher_encoder.num_layers
-            self.layer_map = list(layer_map) if layer_map else uniform_layer_map(ns, nt)
-            if len(self.layer_map) != ns or not all(0 <= t < nt for t in self.layer_map):
-                raise ValueError(f"virt.layer_map={layer_map}: need {ns} teacher layer indices in 0..{nt - 1}")
-
-    @property
-    def deployable(self):
-        return self.student
-
-    def featurize(self, tokenizer, texts_a, texts_b, max_len):
-        return self.student.featurize(tokenizer, texts_a, texts_b, max_len)
+            self.layer_map = resolve_layer_map(layer_map, ns, teacher_encoder.num_layers, "virt.layer_map")
 
     def call(self, inputs, training=False):
         if not training or self.teacher is None:
@@ -153,6 +140,3 @@ class VirtTraining(PairModel):
         if isinstance(y_pred, dict):
             return {"ce": cross_entropy(y, y_pred["logits"]), "virt": self.alpha * y_pred["virt"]}
         return {"ce": cross_entropy(y, y_pred)}
-
-    def dummy_inputs(self):
-        return siamese_dummy_inputs()
