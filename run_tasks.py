@@ -39,6 +39,8 @@ TASKS = {
              "VIRT: siamese student distilling a cross-encoder's attention + adapted interaction"),
     "virt-plot": ("virt.plot", "plot_task", "virt",
                   "heat maps of teacher / VIRT / siamese x->y attention for one pair (PNG)"),
+    "export": ("export.task", "export_task", "export",
+               "SavedModel (TF Serving) + frozen .pb + ONNX/int8 ONNX of export.model, parity-checked"),
 }
 
 MAIN_KEYS = """main keys (--set section.key=value; see README for all):
@@ -87,10 +89,9 @@ def main(argv=None):
     except Exception as e:  # one line for users; --debug shows the traceback
         if args.debug:
             raise
-        from training.trainer import TrainingInterrupted
-
         print(f"error: {e}", file=sys.stderr)
-        return 143 if isinstance(e, TrainingInterrupted) else 1
+        trainer = sys.modules.get("training.trainer")  # not imported (no TensorFlow start-up) for config errors
+        return 143 if trainer and isinstance(e, trainer.TrainingInterrupted) else 1
     return 0
 
 

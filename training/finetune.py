@@ -90,7 +90,7 @@ def read_unlabelled(cfg, path):
 
 
 def predict(cfg):
-    """Score pairs with a model directory: CSV (default) or JSON lines to --out FILE or stdout."""
+    """Score pairs with a model directory: CSV, or JSON lines when --out ends with .jsonl (default stdout)."""
     loaded = load_model_dir(_model_path(cfg))
     pairs = read_unlabelled(cfg, cfg.data.test or "-")
     feats = loaded.model.featurize(loaded.tokenizer, pairs.text_a, pairs.text_b, loaded.max_seq_len)
@@ -98,7 +98,7 @@ def predict(cfg):
     labels = loaded.labels
     out = open(cfg.out, "w", encoding="utf-8", newline="") if cfg.out else sys.stdout
     try:
-        jsonl = bool(cfg.out) and str(cfg.out).endswith((".jsonl", ".json"))
+        jsonl = bool(cfg.out) and str(cfg.out).endswith(".jsonl")
         writer = None if jsonl else csv.writer(out)
         if writer:
             writer.writerow(["text_a", "text_b", "label"] + [f"p_{n}" for n in labels])

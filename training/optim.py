@@ -15,7 +15,7 @@ class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
 
     def __call__(self, step):
         step = tf.cast(step, tf.float32)
-        warm = step / max(self.warmup_steps, 1)
+        warm = step / self.warmup_steps if self.warmup_steps > 0 else 1.0
         decay = (self.total_steps - step) / max(self.total_steps - self.warmup_steps, 1)
         return self.peak * tf.maximum(0.0, tf.minimum(warm, decay))
 

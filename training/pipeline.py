@@ -40,7 +40,7 @@ def make_dataset(features, labels=None, batch_size=32, shuffle=False, seed=0, ep
                  drop_remainder=False, skip_batches=0, bucket=True, transform=None):
     """Build one epoch of batches `(x, y)` (or `x` when `labels` is None).
 
-    Shuffling is seeded by `seed + epoch`, so an interrupted epoch can be
+    Shuffling is seeded by `(seed, epoch)`, so an interrupted epoch can be
     rebuilt identically and `skip_batches` resumes it exactly. `transform`
     (e.g. MLM masking) maps each padded batch, with its own seed per epoch.
     """
@@ -48,7 +48,11 @@ def make_dataset(features, labels=None, batch_size=32, shuffle=False, seed=0, ep
     n = len(next(iter(ragged.values())))
     order = np.arange(n)
     if shuffle:
-        order = np.random.default_rng(seed + epoch).permutation(n)
+        order = np.random.default_rng([seed, epoch]).permutation(n)
+    if drop_remainder:
+        # Drop from the shuffled order, before grouping by length, so no example is always left out.
+        order = order[: n - n % batch_size]
+        n = len(order)
     if bucket:
         # Sort shuffled examples by bucket inside windows of 50 batches, then shuffle the
         # batches: padding stays low and every epoch still sees a new order.
@@ -61,14 +65,10 @@ def make_dataset(features, labels=None, batch_size=32, shuffle=False, seed=0, ep
             chunks.append(idx[np.argsort(bucket_of[start:start + window], kind="stable")])
         order = np.concatenate(chunks) if chunks else order
         batches = [order[i:i + batch_size] for i in range(0, n, batch_size)]
-        if drop_remainder and batches and len(batches[-1]) < batch_size:
-            batches = batches[:-1]
         if shuffle:
-            perm = np.random.default_rng(seed + epoch + 10_000).permutation(len(batches))
+            perm = np.random.default_rng([seed, epoch, 1]).permutation(len(batches))
             batches = [batches[i] for i in perm]
         order = np.concatenate(batches) if batches else order[:0]
-    elif drop_remainder:
-        order = order[: n - n % batch_size]
 
     tensors = {k: tf.gather(_ragged(v), order) for k, v in ragged.items()}
     tensors.update({k: v[order] for k, v in dense.items()})

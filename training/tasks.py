@@ -171,6 +171,10 @@ def init_encoder(model_cfg, train_texts, run_dir, num_layers=None):
     from data import build_vocab
 
     vocab = model_cfg.vocab
+    built = Path(run_dir) / "vocab.txt"
+    if vocab is None and built.is_file():
+        vocab = built  # a resumed run must keep its token ids (the WordPiece builder is not deterministic)
+        log.info("reusing the run's vocabulary %s", vocab)
     if vocab is None:
         vocab = build_vocab(train_texts, Path(run_dir) / "vocab.txt", lang=model_cfg.vocab_lang,
                             min_freq=model_cfg.vocab_min_freq)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import signal
 import tempfile
 import time
@@ -177,10 +176,13 @@ class Trainer:
         train_step = self._make_train_step(model, optimizer)
 
         backup_dir = self.run_dir / "backup" if self.chief else Path(tempfile.mkdtemp(prefix="backup-worker-"))
-        ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer)
+        # Dropout seed states are not tracked by Keras; listed here so a resumed run draws the same masks.
+        seeds = [v for v in model.variables if "seed_generator" in v.path]
+        ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer, seeds=seeds)
         manager = tf.train.CheckpointManager(ckpt, str(backup_dir), max_to_keep=2)
         state_file = backup_dir / "state.json"
-        state = {"best": None, "best_epoch": None, "bad_epochs": 0, "history": []}
+        # epochs_done: epochs trained *and* validated; a stop between the two validates on resume.
+        state = {"best": None, "best_epoch": None, "bad_epochs": 0, "history": [], "epochs_done": 0}
         if manager.latest_checkpoint:
             ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
             if state_file.is_file():
@@ -190,19 +192,22 @@ class Trainer:
         def save_backup():
             manager.save(checkpoint_number=int(optimizer.iterations))
             if self.chief:
-                state_file.write_text(json.dumps(state))
+                tmp = state_file.with_suffix(".tmp")
+                tmp.write_text(json.dumps(state))
+                tmp.replace(state_file)  # never a half-written state next to a good checkpoint
 
         writer = tf.summary.create_file_writer(str(self.run_dir / "tensorboard")) if self.chief else None
         save_every = max(1, min(steps_per_epoch, getattr(cfg, "save_every", 0) or 200))
         start = time.time()
         step = int(optimizer.iterations)
+        state.setdefault("epochs_done", step // steps_per_epoch)
         log.info("training: %d examples, global batch %d (%d x %d replicas), %d steps/epoch, %d epochs",
                  len(train), self.global_batch, cfg.batch_size, self.replicas, steps_per_epoch, cfg.epochs)
         with _StopFlag() as stop:
-            for epoch in range(step // steps_per_epoch, cfg.epochs):
+            for epoch in range(state["epochs_done"], cfg.epochs):
                 if state["bad_epochs"] >= cfg.patience > 0:
                     break
-                done = step - epoch * steps_per_epoch
+                done = min(max(step - epoch * steps_per_epoch, 0), steps_per_epoch)
                 ds = make_dataset(train.features, train.labels, self.global_batch, shuffle=True,
                                   seed=cfg.seed, epoch=epoch, drop_remainder=True, skip_batches=done,
                                   transform=getattr(model, "batch_transform", None))
@@ -216,9 +221,10 @@ class Trainer:
                     loss = float(loss)
                     step += 1
                     if not math.isfinite(loss):
-                        raise TrainingError(
-                            f"loss became {loss} at step {step} (epoch {epoch + 1}); the last good checkpoint "
-                            f"is kept in {backup_dir}. Try a lower train.learning_rate or train.clip_norm.")
+                        kept = (f"the last good checkpoint is kept in {backup_dir}" if manager.latest_checkpoint
+                                else "no checkpoint had been written yet")
+                        raise TrainingError(f"loss became {loss} at step {step} (epoch {epoch + 1}); {kept}. "
+                                            "Try a lower train.learning_rate or train.clip_norm.")
                     lr = float(optimizer.learning_rate)
                     values = [("loss", loss)] + [(k, float(v)) for k, v in terms.items()] if len(terms) > 1 \
                         else [("loss", loss)]
@@ -254,6 +260,7 @@ class Trainer:
                 elif save_best and self.chief:
                     state.update(best_epoch=epoch + 1)
                     save_best(model, {})
+                state["epochs_done"] = epoch + 1
                 save_backup()
                 if state["bad_epochs"] >= cfg.patience > 0:
                     log.info("early stopping: %s has not improved for %d epochs", metric, state["bad_epochs"])
@@ -273,4 +280,3 @@ def finish_backup(run_dir):
     import shutil
 
     shutil.rmtree(Path(run_dir) / "backup", ignore_errors=True)
-    os.sync() if hasattr(os, "sync") else None
