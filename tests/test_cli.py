@@ -1,0 +1,220 @@
+"""run_tasks.py: help, one-line errors and exit codes, evaluate / predict on a trained tiny model,
+the run's config.yaml. In-process (run_tasks.main) except where the exit code or the absence of a
+traceback is the point; those subprocesses are started together with the module's first test so
+that their start-up (importing TensorFlow) overlaps the in-process tests.
+"""
+
+import io
+import json
+import subprocess
+import sys
+
+import pytest
+
+import run_tasks
+from config import load_config
+from tests.tiny_runs import make_data, popen_cli, tiny_overrides
+
+FINETUNE_YAML = run_tasks.ROOT / "config" / "finetune.yaml"
+
+
+# ============================================================================ subprocess errors
+def _error_cases(tmp):
+    data = make_data(tmp / "data", n_train=32, n_valid=16)
+    (tmp / "empty").mkdir()
+    base = tiny_overrides(data, data["vocab"])
+    return {
+        "missing_file": ["--task", "finetune", "--out", tmp / "missing_run", "--set", *base,
+                         f"data.train={tmp / 'no_such_train.csv'}"],
+        "bad_key": ["--task", "finetune", "--out", tmp / "bad_key_run", "--set", "train.epoch=3"],
+        "bad_checkpoint": ["--task", "finetune", "--out", tmp / "bad_ckpt_run", "--set", *base,
+                           f"model.init={tmp / 'empty'}"],
+        "bad_key_debug": ["--task", "finetune", "--out", tmp / "debug_run", "--debug", "--set", "train.epoch=3"],
+    }
+
+
+ERROR_TESTS = ("test_error_missing_data_file", "test_error_bad_config_key", "test_error_incompatible_checkpoint",
+               "test_debug_shows_the_traceback")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def error_runs(request, tmp_path_factory):
+    """name -> (tmp dir, Popen), started at once if any error test is selected."""
+    if not any(item.name in ERROR_TESTS for item in request.session.items):
+        yield {}
+        return
+    tmp = tmp_path_factory.mktemp("errors")
+    procs = {name: popen_cli(args, cwd=tmp) for name, args in _error_cases(tmp).items()}
+    yield {name: (tmp, p) for name, p in procs.items()}
+    for p in procs.values():
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def _result(error_runs, name):
+    tmp, p = error_runs[name]
+    try:
+        out, err = p.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        raise
+    return tmp, p.returncode, out, err
+
+
+def _one_error_line(err):
+    """The run failed with exactly one `error: ...` line, the last one, and no traceback."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0], err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    return errors[0]
+
+
+# ============================================================================ trained model
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A finished tiny finetune run (in-process): (run dir, data files, the --set overrides)."""
+    tmp = tmp_path_factory.mktemp("trained")
+    data = make_data(tmp / "data", n_train=64, n_valid=16)
+    sets = tiny_overrides(data, data["vocab"], "train.epochs=1", "train.steps_per_epoch=2", "train.seed=5")
+    run = tmp / "run"
+    assert run_tasks.main(["--task", "finetune", "--out", str(run), "--set", *sets]) == 0
+    return run, data, sets
+
+
+# ============================================================================ help / argparse
+def test_help_lists_every_task_and_the_main_keys(capsys):
+    with pytest.raises(SystemExit) as e:
+        run_tasks.main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for task, spec in run_tasks.TASKS.items():
+        assert task in out and spec[3] in out
+    for key in ("--task", "--config", "--set", "--out", "--debug", "model.init", "model.num_layers", "data.train",
+                "data.valid", "data.test", "data.format", "train.epochs", "train.batch_size", "train.learning_rate",
+                "train.max_seq_len", "train.seed", "train.strategy", "train.cpu_replicas"):
+        assert key in out, key
+
+
+def test_unknown_or_missing_task_is_an_argparse_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        run_tasks.main(["--task", "no-such-task"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'no-such-task'" in err and "usage:" in err
+    with pytest.raises(SystemExit) as e:
+        run_tasks.main([])
+    assert e.value.code == 2 and "--task" in capsys.readouterr().err
+
+
+# ============================================================================ evaluate / predict
+def test_evaluate_prints_accuracy_and_confusion_matrix(trained, tmp_path, capsys):
+    run, data, _ = trained
+    capsys.readouterr()
+    assert run_tasks.main(["--task", "evaluate", "--out", str(tmp_path / "eval"), "--set",
+                           f"model.init={run / 'model'}", f"data.test={data['valid']}"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"{data['valid']}: ") and "accuracy=" in out[0] and "f1=" in out[0]
+    assert out[1] == "confusion matrix (rows = true, columns = predicted):"
+    assert out[2].split() == ["0", "1"]
+    rows = [line.split() for line in out[3:5]]
+    assert [r[0] for r in rows] == ["0", "1"]
+    matrix = [[int(c) for c in r[1:]] for r in rows]
+    assert sum(map(sum, matrix)) == 16
+    saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert saved["eval"]["confusion_matrix"]["matrix"] == matrix
+    accuracy = (matrix[0][0] + matrix[1][1]) / 16
+    assert saved["eval"]["accuracy"] == pytest.approx(accuracy)
+    assert f"accuracy={accuracy:.4f}" in out[0]
+
+
+def _check_csv(text, n, texts=None):
+    import csv
+
+    rows = list(csv.reader(io.StringIO(text)))
+    assert rows[0] == ["text_a", "text_b", "label", "p_0", "p_1"]
+    assert len(rows) == n + 1
+    for row in rows[1:]:
+        p0, p1 = float(row[3]), float(row[4])
+        assert p0 + p1 == pytest.approx(1.0, abs=2e-6)
+        assert row[2] == ("1" if p1 > p0 else "0")
+    if texts:
+        assert [tuple(r[:2]) for r in rows[1:]] == texts
+    return rows
+
+
+def test_predict_csv_from_a_file(trained, tmp_path):
+    from data import read_pairs
+
+    run, data, _ = trained
+    out = tmp_path / "pred.csv"
+    assert run_tasks.main(["--task", "predict", "--out", str(out), "--set", f"model.init={run / 'model'}",
+                           f"data.test={data['valid']}"]) == 0
+    pairs = read_pairs(data["valid"])
+    _check_csv(out.read_text(), 16, list(zip(pairs.text_a, pairs.text_b)))
+
+
+def test_predict_from_stdin_to_stdout_and_jsonl(trained, tmp_path, monkeypatch, capsys):
+    run, _, _ = trained
+    lines = "How do I reset my PIN?\tHow can I change my PIN code?\n\nwhere is my card\tis my card lost, comma\n"
+    monkeypatch.setattr(sys, "stdin", io.StringIO(lines))
+    capsys.readouterr()
+    assert run_tasks.main(["--task", "predict", "--set", f"model.init={run / 'model'}"]) == 0
+    _check_csv(capsys.readouterr().out, 2, [("How do I reset my PIN?", "How can I change my PIN code?"),
+                                            ("where is my card", "is my card lost, comma")])
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO(lines))
+    out = tmp_path / "pred.jsonl"
+    assert run_tasks.main(["--task", "predict", "--out", str(out), "--set", f"model.init={run / 'model'}"]) == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["text_b"] for r in records] == ["How can I change my PIN code?", "is my card lost, comma"]
+    for r in records:
+        assert set(r) == {"text_a", "text_b", "label", "probs"} and set(r["probs"]) == {"0", "1"}
+        assert sum(r["probs"].values()) == pytest.approx(1.0, abs=2e-6)
+        assert r["label"] == max(r["probs"], key=r["probs"].get)
+
+
+def test_predict_bad_stdin_line_is_a_one_line_error(trained, monkeypatch, capsys):
+    run, _, _ = trained
+    monkeypatch.setattr(sys, "stdin", io.StringIO("a\tb\nno tab here\n"))
+    capsys.readouterr()
+    assert run_tasks.main(["--task", "predict", "--set", f"model.init={run / 'model'}"]) == 1
+    assert capsys.readouterr().err.strip() == "error: <stdin>:2: expected 'text_a<TAB>text_b'"
+
+
+def test_run_dir_config_yaml_round_trips(trained):
+    run, _, sets = trained
+    saved = load_config(run / "config.yaml")
+    expected = load_config(FINETUNE_YAML, sets + ["task=finetune", f"out={run}"])
+    assert saved == expected
+    assert saved.model.init is None and saved.train.steps_per_epoch == 2 and saved.out == str(run)
+
+
+# ============================================================================ subprocess errors
+def test_error_missing_data_file(error_runs):
+    tmp, rc, _, err = _result(error_runs, "missing_file")
+    assert rc == 1
+    line = _one_error_line(err)
+    assert str(tmp / "no_such_train.csv") in line and "not found" in line
+
+
+def test_error_bad_config_key(error_runs):
+    tmp, rc, _, err = _result(error_runs, "bad_key")
+    assert rc == 1
+    assert _one_error_line(err) == "error: unknown key 'train.epoch' (did you mean 'train.epochs'?)"
+    assert not (tmp / "bad_key_run").exists()  # nothing written for a config error
+
+
+def test_error_incompatible_checkpoint(error_runs):
+    tmp, rc, _, err = _result(error_runs, "bad_checkpoint")
+    assert rc == 1
+    line = _one_error_line(err)
+    assert f"error: {tmp / 'empty'}: not a checkpoint directory" in line
+
+
+def test_debug_shows_the_traceback(error_runs):
+    _, rc, _, err = _result(error_runs, "bad_key_debug")
+    assert rc == 1
+    assert "Traceback (most recent call last)" in err
+    assert "ConfigError: unknown key 'train.epoch'" in err
