@@ -45,6 +45,7 @@ class DistillTraining(StudentTraining):
             ns, nt = student.encoder.num_layers, teacher.encoder.num_layers
             self.layer_map = resolve_layer_map(layer_map, ns, nt, "distill.layer_map")
             self.projection = keras.layers.Dense(teacher.encoder.hidden_size, name="hidden_projection")
+            self.projection.build((None, None, student.encoder.hidden_size))  # before the optimizer is built
 
     def call(self, inputs, training=False):
         if not training:

@@ -71,7 +71,8 @@ class SentenceBert(PairModel):
         if self.objective == "cosine":
             target = tf.gather(tf.constant(self.targets, tf.float32), y)
             return {"cosine": cosine_loss(y_pred["u"], y_pred["v"], target)}
-        positive = tf.cast(tf.equal(y, self.positive_index), tf.float32)
+        # Anchors: pairs that mean the same (target >= 0.5 covers binary and graded labels).
+        positive = tf.cast(tf.gather(tf.constant(self.targets, tf.float32), y) >= 0.5, tf.float32)
         return {"mnrl": mnrl_loss(y_pred["u"], y_pred["v"], self.scale, positive)}
 
     def predict_proba_fn(self):

@@ -55,7 +55,7 @@ def best_threshold(cos, positive):
 def sbert_evaluator(label_names, batch_size, graded):
     """Bi-encoder metrics. The cosine threshold is chosen on the `valid` split and reused for `test`."""
     pos = positive_index(label_names)
-    targets, _ = class_targets(label_names)
+    targets = np.asarray(class_targets(label_names)[0])
     state = {"threshold": None}
 
     def evaluate(model, split):
@@ -63,7 +63,8 @@ def sbert_evaluator(label_names, batch_size, graded):
         cos = out["cosine"]
         metrics = classification_metrics(split.labels, out["probs"], label_names) if "probs" in out \
             else {"n": int(len(cos))}
-        positive = split.labels == pos
+        # "Same meaning": the positive class, or the upper half of a graded scale.
+        positive = targets[split.labels] >= 0.5 if graded else split.labels == pos
         if split.name == "valid" or state["threshold"] is None:
             state["threshold"] = best_threshold(cos, positive)[2]
         t = state["threshold"]
@@ -74,7 +75,7 @@ def sbert_evaluator(label_names, batch_size, graded):
         if 0 < positive.sum() < len(positive):
             metrics["cosine_auc"] = float(roc_auc_score(positive, cos))
         if graded:
-            metrics["spearman"] = float(spearmanr(cos, np.asarray(targets)[split.labels]).statistic)
+            metrics["spearman"] = float(spearmanr(cos, targets[split.labels]).statistic)
         return metrics
 
     return evaluate

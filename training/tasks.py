@@ -129,7 +129,8 @@ def cached_featurize(model, tokenizer, texts_a, texts_b, max_len):
     """`model.featurize`, cached on disk under a key of the texts, vocab, casing, length and layout."""
     h = hashlib.sha256()
     h.update(Path(tokenizer.vocab_file).read_bytes())
-    h.update(f"{tokenizer.lowercase}|{max_len}|{type(model.deployable if hasattr(model, 'deployable') else model).__name__}".encode())
+    layout = getattr(model, "deployable", model)
+    h.update(f"{tokenizer.lowercase}|{max_len}|{type(layout).__name__}|{getattr(layout, 'whole_word', False)}".encode())
     for a, b in zip(texts_a, texts_b if texts_b is not None else [None] * len(texts_a)):
         h.update(f"{a}\x1f{b}\x1e".encode())
     path = TOKEN_CACHE / f"{h.hexdigest()[:24]}.npz"
