@@ -23,10 +23,10 @@ import tensorflow as tf
 
 def soft_kl(student_logits, teacher_logits, temperature):
     """Mean over the batch of KL(softmax(t/T) || softmax(s/T))."""
-    t = tf.nn.softmax(tf.cast(teacher_logits, tf.float32) / temperature, axis=-1)
+    log_t = tf.nn.log_softmax(tf.cast(teacher_logits, tf.float32) / temperature, axis=-1)
     log_s = tf.nn.log_softmax(tf.cast(student_logits, tf.float32) / temperature, axis=-1)
-    log_t = tf.math.log(tf.maximum(t, 1e-12))
-    return tf.reduce_mean(tf.reduce_sum(t * (log_t - log_s), axis=-1))
+    kl = tf.reduce_sum(tf.exp(log_t) * (log_t - log_s), axis=-1)  # [B]
+    return tf.reduce_mean(tf.maximum(kl, 0.0))  # KL >= 0; rounding can dip below when t ~ s
 
 
 def kd_terms(labels, student_logits, teacher_logits, alpha, temperature):
