@@ -115,11 +115,16 @@ class SbertConfig:
 @dataclass
 class ExportConfig:
     model: str | None = None  # model directory to export
-    name: str | None = None  # exported model name; None = the directory name
-    opset: int = 17  # ONNX opset
+    name: str | None = None  # exported model name; None = the model dir's parent name (if it starts with a letter), else the kind
+    opset: int = 17  # ONNX opset (>= 15)
     int8: bool = True  # also write a dynamically quantised int8 model
-    ort_optimization: str | None = None  # onnxruntime graph optimisation level; None = off
-    max_seq_len: int = 128  # maximum sequence length of the exported graph
+    ort_optimization: str | None = None  # onnxruntime graph optimisation level basic|extended|all; None = off
+    max_seq_len: int | None = None  # longest token row of the string signatures; None = the model's max_seq_len
+    tokenizer: str = "fast"  # in-graph tokeniser: fast (tf-text FastBertTokenizer) | bert (BertTokenizer)
+    parity_samples: int = 256  # generated pairs for the parity checks when data.test is not set
+    parity_batch_size: int = 32  # batch size of the parity checks
+    int8_min_agreement: float = 0.99  # int8 ONNX: least share of predicted labels equal to Keras's
+    formats: list[str] = field(default_factory=lambda: ["saved_model", "frozen", "onnx"])  # artifacts to write (saved_model always)
 
 
 @dataclass
@@ -167,6 +172,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.metric": ("accuracy", "f1", "macro_f1", "auc", "loss"),
     "sbert.objective": ("softmax", "cosine", "mnrl"),
     "serve.backend": ("onnx", "tf"),
+    "export.ort_optimization": ("basic", "extended", "all"),
+    "export.tokenizer": ("fast", "bert"),
 }
 PATTERNS: dict[str, tuple[str, str]] = {  # key -> (regex, description)
     "virt.layers": (r"all|(first|last|skip)-\d+", "all|first-k|last-k|skip-k")}

@@ -1,0 +1,327 @@
+"""Parity of every exported artifact with the Keras model, on a batch of real-looking pairs.
+
+The reference is the Keras model on the Python tokenizer's ids (PairTokenizer, the
+training path). Checks (max |diff| of the outputs, over all pairs):
+
+    saved_model.serving_default   strings in, in-graph tokenisation    <= 1e-5
+    saved_model.predict_ids       same ids as Keras                    <= 1e-5
+    saved_model.encode / .score   (sbert, virt)                        <= 1e-5
+    frozen.predict_ids                                                 <= 1e-5
+    onnx.predict_ids (+ onnx.encode_ids, onnx.score, onnx.opt-<level>) <= 1e-4
+    onnx.int8         predicted-label agreement >= export.int8_min_agreement (0.99);
+                      with a labelled data.test also Keras vs int8 accuracy.
+
+`tokenization` records how many pairs the in-graph tokeniser encodes differently
+from the Python one (reported with examples; a difference shows up as a failed
+serving_default check). Pairs: data.test when set, else data.make_sample texts
+(language picked from the vocabulary), plus a few edge cases (accents, case,
+full-width punctuation, CJK, unknown characters, empty text).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+TOLERANCES = {"saved_model": 1e-5, "frozen": 1e-5, "onnx": 1e-4}
+
+EDGE_PAIRS = [
+    ("How do I reset my PASSWORD?", "how do i reset my password"),
+    ("Café naïve résumé, ÅNGSTRÖM", "cafe naive resume, angstrom"),
+    ("我想修改登录密码，怎么办？", "如何更改密码！"),
+    ("Hello 世界! e-mail: a@b.com", "hello world (mixed 中文 and English)"),
+    ("", "an empty first text"),
+    ("   ", "?"),
+    ("unknown ☃ chars 😀 ＡＢＣ１２３", "Straße ﬁ ½ x²"),
+    ("literal [SEP] and [CLS] tokens", "tab\tand\nnewline\u00a0nbsp"),
+]
+
+
+def pick_lang(vocab):
+    """en | zh | mixed, from the share of CJK characters among the vocabulary's words."""
+    cjk = sum(1 for t in vocab if len(t) == 1 and "\u4e00" <= t <= "\u9fff")
+    latin = sum(1 for t in vocab if t.isascii() and t.isalpha() and len(t) > 1)
+    share = cjk / max(cjk + latin, 1)
+    return "zh" if share > 0.6 else "en" if share < 0.1 else "mixed"
+
+
+def parity_pairs(cfg, loaded, n):
+    """`(text_a, text_b, labels_or_None, source)`."""
+    from data import make_sample, read_pairs
+
+    d = cfg.data
+    if d.test:
+        pairs = read_pairs(d.test, format=d.format, text_a=d.text_a, text_b=d.text_b, label=d.label,
+                           labels=loaded.labels, on_bad_row=d.on_bad_row)
+        a, b, labels = pairs.text_a, pairs.text_b, pairs.labels
+        if d.max_rows:
+            a, b = a[:d.max_rows], b[:d.max_rows]
+            labels = labels[:d.max_rows] if labels is not None else None
+        return list(a), list(b), labels, str(d.test)
+    vocab = Path(loaded.tokenizer.vocab_file).read_text(encoding="utf-8").splitlines()
+    lang = pick_lang(vocab)
+    with tempfile.TemporaryDirectory() as tmp:
+        files = make_sample(tmp, n_train=0, n_valid=0, n_test=n, lang=lang, seed=1)
+        pairs = read_pairs(files["test"])
+    a = list(pairs.text_a) + [p[0] for p in EDGE_PAIRS]
+    b = list(pairs.text_b) + [p[1] for p in EDGE_PAIRS]
+    return a, b, None, f"data.make_sample(lang={lang}, n={n}) + {len(EDGE_PAIRS)} edge cases"
+
+
+def _pad(rows, pad_id):
+    width = max(len(r) for r in rows)
+    ids = np.full((len(rows), width), pad_id, np.int32)
+    mask = np.zeros((len(rows), width), np.int32)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)] = r
+        mask[i, :len(r)] = 1
+    return ids, mask
+
+
+def python_features(loaded, a, b, max_len):
+    """Python-tokenised, padded ids for the ids signature, and the unpadded rows."""
+    tok = loaded.tokenizer
+    if loaded.kind == "cross_encoder":
+        enc = tok.encode_pairs(a, b, max_len)
+        ids, mask = _pad(enc["input_ids"], tok.pad_id)
+        types, _ = _pad(enc["token_type_ids"], 0)
+        return {"input_ids": ids, "token_type_ids": types, "attention_mask": mask}, enc
+    x, y = tok.encode_texts(a, max_len), tok.encode_texts(b, max_len)
+    x_ids, x_mask = _pad(x, tok.pad_id)
+    y_ids, y_mask = _pad(y, tok.pad_id)
+    return {"x_ids": x_ids, "x_mask": x_mask, "y_ids": y_ids, "y_mask": y_mask}, {"x": x, "y": y}
+
+
+def keras_outputs(loaded, feats):
+    """The Keras model's outputs (probs and/or cosine) on padded ids: the reference."""
+    import tensorflow as tf
+
+    model = loaded.model
+    out = model({k: tf.constant(v) for k, v in feats.items()}, training=False)
+    if loaded.kind == "sbert":
+        res = {"cosine": out["cosine"].numpy()}
+        if "logits" in out:
+            res["probs"] = tf.nn.softmax(out["logits"], axis=-1).numpy()
+        return res
+    return {"probs": tf.nn.softmax(tf.cast(out, tf.float32), axis=-1).numpy()}
+
+
+def keras_encode(loaded, ids, mask):
+    import tensorflow as tf
+
+    if loaded.kind == "sbert":
+        return {"embeddings": loaded.model.encode(tf.constant(ids), tf.constant(mask)).numpy()}
+    return {"token_states": loaded.model.encode(tf.constant(ids), tf.constant(mask))["last_hidden_state"].numpy()}
+
+
+def max_diff(got, want, keys=None, mask=None):
+    keys = keys or sorted(want)
+    worst = 0.0
+    for k in keys:
+        g, w = np.asarray(got[k], np.float64), np.asarray(want[k], np.float64)
+        if g.shape != w.shape:
+            return float("inf")
+        d = np.abs(g - w)
+        if mask is not None and d.ndim == 3:
+            d = d * mask[..., None]
+        worst = max(worst, float(d.max()) if d.size else 0.0)
+    return worst
+
+
+class Batches:
+    """The parity set, cut in batches, with Python features and Keras reference outputs."""
+
+    def __init__(self, loaded, a, b, labels, max_len, batch_size=32):
+        self.loaded, self.a, self.b, self.max_len = loaded, a, b, max_len
+        self.labels = labels
+        self.batches = []
+        for i in range(0, len(a), batch_size):
+            ba, bb = a[i:i + batch_size], b[i:i + batch_size]
+            feats, rows = python_features(loaded, ba, bb, max_len)
+            self.batches.append({"a": ba, "b": bb, "feats": feats, "rows": rows,
+                                 "ref": keras_outputs(loaded, feats)})
+
+    def encoded(self, bt, side):
+        """Keras encode() of one side ("x" or "y") of a batch, computed once."""
+        key = f"enc_{side}"
+        if key not in bt:
+            f = bt["feats"]
+            bt[key] = keras_encode(self.loaded, f[f"{side}_ids"], f[f"{side}_mask"])
+        return bt[key]
+
+    def reference(self, key):
+        return np.concatenate([bt["ref"][key] for bt in self.batches])
+
+
+def _check(diff, tol, **extra):
+    return {"max_abs_diff": diff, "tolerance": tol, "ok": bool(diff <= tol), **extra}
+
+
+def _labels_of(out, kind_outputs, threshold):
+    if "probs" in kind_outputs:
+        return np.argmax(out["probs"], axis=-1)
+    return (np.asarray(out["cosine"]) > threshold).astype(int)
+
+
+def run_checks(loaded, data, artifacts, ids_outputs, min_agreement=0.99, cosine_threshold=None):
+    """Compare every artifact with Keras. `artifacts`: dict with optional keys
+    `saved_model` (version or staging dir), `frozen` (dir), `onnx` (dict name -> path:
+    `predict_ids`, `encode_ids`, `score`, `int8`, `opt-<level>`). Returns the report dict."""
+    import tensorflow as tf
+    import tensorflow_text  # noqa: F401
+
+    kind = loaded.kind
+    checks, tokenization = {}, None
+    outs = list(ids_outputs)
+
+    def over_batches(fn):
+        """max over batches of max_diff(fn(batch), batch ref)."""
+        return max(max_diff(fn(bt), bt["ref"], outs) for bt in data.batches)
+
+    if artifacts.get("saved_model"):
+        sm = tf.saved_model.load(str(artifacts["saved_model"]))
+        sigs = sm.signatures
+        tol = TOLERANCES["saved_model"]
+
+        def serving(bt):
+            r = sigs["serving_default"](text_a=tf.constant(bt["a"]), text_b=tf.constant(bt["b"]))
+            return {k: v.numpy() for k, v in r.items()}
+
+        checks["saved_model.serving_default"] = _check(over_batches(serving), tol)
+        checks["saved_model.predict_ids"] = _check(over_batches(
+            lambda bt: {k: v.numpy() for k, v in sigs["predict_ids"](
+                **{n: tf.constant(x) for n, x in bt["feats"].items()}).items()}), tol)
+        tokenization = _token_parity(sigs["tokenize"], data, kind)
+        if kind in ("sbert", "virt"):
+            key = "embeddings" if kind == "sbert" else "token_states"
+            worst = 0.0
+            for bt in data.batches:
+                r = sigs["encode"](texts=tf.constant(bt["a"]))
+                want = data.encoded(bt, "x")
+                got = {key: r[key].numpy()}
+                worst = max(worst, max_diff(got, want, [key], bt["feats"]["x_mask"]))
+                if kind == "virt" and not np.array_equal(r["mask"].numpy(), bt["feats"]["x_mask"]):
+                    worst = float("inf")
+            checks["saved_model.encode"] = _check(worst, tol)
+        if kind == "virt":
+            def score(bt):
+                f = bt["feats"]
+                hx, hy = data.encoded(bt, "x")["token_states"], data.encoded(bt, "y")["token_states"]
+                r = sigs["score"](x_states=tf.constant(hx), x_mask=tf.constant(f["x_mask"]),
+                                  y_states=tf.constant(hy), y_mask=tf.constant(f["y_mask"]))
+                return {"probs": r["probs"].numpy()}
+            checks["saved_model.score"] = _check(over_batches(score), tol)
+
+    if artifacts.get("frozen"):
+        from export.frozen import load_frozen
+
+        fn = load_frozen(artifacts["frozen"])
+        checks["frozen.predict_ids"] = _check(over_batches(
+            lambda bt: {k: v.numpy() for k, v in fn(**bt["feats"]).items()}), TOLERANCES["frozen"])
+
+    onnx_files = artifacts.get("onnx") or {}
+    if onnx_files:
+        from export.onnx import session
+
+        tol = TOLERANCES["onnx"]
+
+        def run(sess, feed):
+            names = [o.name for o in sess.get_outputs()]
+            return dict(zip(names, sess.run(None, feed)))
+
+        for label, path in onnx_files.items():
+            if label in ("int8", "encode_ids", "score"):
+                continue
+            sess = session(path)
+            checks[f"onnx.{label}"] = _check(over_batches(lambda bt: run(sess, bt["feats"])), tol,
+                                             file=Path(path).name)
+        if "encode_ids" in onnx_files:
+            sess = session(onnx_files["encode_ids"])
+            key = "embeddings" if kind == "sbert" else "token_states"
+            worst = 0.0
+            for bt in data.batches:
+                f = bt["feats"]
+                got = run(sess, {"input_ids": f["x_ids"], "attention_mask": f["x_mask"]})
+                worst = max(worst, max_diff(got, data.encoded(bt, "x"), [key], f["x_mask"]))
+            checks["onnx.encode_ids"] = _check(worst, tol, file=Path(onnx_files["encode_ids"]).name)
+        if "score" in onnx_files:
+            sess = session(onnx_files["score"])
+
+            def score_onnx(bt):
+                f = bt["feats"]
+                hx, hy = data.encoded(bt, "x")["token_states"], data.encoded(bt, "y")["token_states"]
+                return run(sess, {"x_states": hx, "x_mask": f["x_mask"], "y_states": hy, "y_mask": f["y_mask"]})
+            checks["onnx.score"] = _check(over_batches(score_onnx), tol, file=Path(onnx_files["score"]).name)
+        if "int8" in onnx_files:
+            checks["onnx.int8"] = _int8_check(session(onnx_files["int8"]), run, data, outs, min_agreement,
+                                              cosine_threshold, Path(onnx_files["int8"]).name)
+
+    ok = all(c["ok"] for c in checks.values())
+    return {"ok": ok, "checks": checks, "tokenization": tokenization,
+            "failed": [k for k, c in checks.items() if not c["ok"]]}
+
+
+def _int8_check(sess, run, data, outs, min_agreement, threshold, file):
+    threshold = 0.5 if threshold is None else float(threshold)
+    got = {k: [] for k in outs}
+    for bt in data.batches:
+        r = run(sess, bt["feats"])
+        for k in outs:
+            got[k].append(r[k])
+    got = {k: np.concatenate(v) for k, v in got.items()}
+    ref = {k: data.reference(k) for k in outs}
+    pred_int8, pred_keras = _labels_of(got, outs, threshold), _labels_of(ref, outs, threshold)
+    agreement = float(np.mean(pred_int8 == pred_keras))
+    res = {"label_agreement": agreement, "min_agreement": min_agreement, "ok": bool(agreement >= min_agreement),
+           "max_abs_diff": max_diff(got, ref, outs), "pairs": int(len(pred_keras)), "file": file}
+    if "probs" not in outs:
+        res["cosine_threshold"] = threshold
+    if data.labels is not None:
+        names = list(data.loaded.labels or [])
+        if "probs" in outs and names:
+            index = {n: i for i, n in enumerate(names)}
+            y = np.array([index[str(v)] for v in data.labels])
+            acc_k, acc_q = float(np.mean(pred_keras == y)), float(np.mean(pred_int8 == y))
+            res.update(accuracy_keras=acc_k, accuracy_int8=acc_q, accuracy_diff=acc_q - acc_k)
+    return res
+
+
+def _token_parity(tokenize, data, kind):
+    """In-graph token ids vs PairTokenizer's, pair by pair."""
+    import tensorflow as tf
+
+    differ, examples, total = 0, [], 0
+    for bt in data.batches:
+        if kind == "cross_encoder":
+            r = tokenize(text_a=tf.constant(bt["a"]), text_b=tf.constant(bt["b"]))
+            got = _unpad(r["input_ids"].numpy(), r["attention_mask"].numpy())
+            want = bt["rows"]["input_ids"]
+            types = _unpad(r["token_type_ids"].numpy(), r["attention_mask"].numpy())
+            same = [g == w and t == wt for g, w, t, wt in zip(got, want, types, bt["rows"]["token_type_ids"])]
+        else:
+            rx, ry = tokenize(texts=tf.constant(bt["a"])), tokenize(texts=tf.constant(bt["b"]))
+            gx = _unpad(rx["input_ids"].numpy(), rx["attention_mask"].numpy())
+            gy = _unpad(ry["input_ids"].numpy(), ry["attention_mask"].numpy())
+            same = [x == wx and y == wy for x, wx, y, wy in zip(gx, bt["rows"]["x"], gy, bt["rows"]["y"])]
+        total += len(same)
+        for i, s in enumerate(same):
+            if not s:
+                differ += 1
+                if len(examples) < 5:
+                    examples.append({"text_a": bt["a"][i], "text_b": bt["b"][i]})
+    return {"pairs": total, "differ": differ, "examples": examples}
+
+
+def _unpad(ids, mask):
+    return [list(map(int, r[:int(m.sum())])) for r, m in zip(ids, mask)]
+
+
+def write_report(path, report):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(report, indent=2, ensure_ascii=False, default=float), encoding="utf-8")
+    tmp.replace(path)

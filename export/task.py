@@ -1,0 +1,217 @@
+"""The export task: `python run_tasks.py --task export --set export.model=<model dir> --out DIR`.
+
+Writes (see export/README_SECTION.md)::
+
+    <out>/vocab.txt, <out>/model.json            copies: the export directory is self-contained
+    <out>/saved_model/<name>/<version>/          SavedModel for TF Serving (export/saved_model.py)
+    <out>/saved_model/models.config              model_config_list for --model_config_file
+    <out>/frozen/model.pb, <out>/frozen/io.json  frozen ids signature (export/frozen.py)
+    <out>/onnx/model.onnx, model.int8.onnx       ids signature in ONNX, int8 copy (export/onnx.py)
+    <out>/onnx/model.opt-<level>.onnx            with export.ort_optimization
+    <out>/onnx/encode.onnx (sbert, virt), score.onnx (virt)
+    <out>/parity.json                            every artifact vs Keras (export/parity.py)
+
+Everything is built in staging directories and published only when every parity check
+passed; a failed check raises `ExportError`, publishes nothing (no new SavedModel version
+appears for a server to pick up) and leaves the artifacts and the report in `<out>/failed/`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from datetime import datetime
+from pathlib import Path
+
+from export import ExportError
+from export.saved_model import (KINDS, NAME_RE, default_name, ids_functions, outputs_of,
+                                publish_version, stage_saved_model, write_models_config)
+
+log = logging.getLogger(__name__)
+
+ONNX_FILES = {"predict_ids": "model.onnx", "encode_ids": "encode.onnx", "score": "score.onnx"}
+
+
+def load_for_export(model_dir):
+    """A model directory of an exportable kind, with clear errors for everything else."""
+    from modeling.model_dir import load_model_dir, read_meta
+
+    if model_dir is None:
+        raise ExportError("set export.model to a trained model directory, e.g. "
+                          "--set export.model=runs/finetune/<stamp>/model")
+    path = Path(model_dir)
+    if not path.is_dir():
+        raise ExportError(f"{path}: no such model directory")
+    meta = read_meta(path)  # "not a model directory" / unknown kind
+    if meta["kind"] not in KINDS:
+        raise ExportError(f"{path}: a {meta['kind']} model cannot be exported "
+                          f"(export supports {', '.join(KINDS)})")
+    vocab = path / meta.get("tokenizer", {}).get("vocab", "vocab.txt")
+    if not vocab.is_file():
+        raise ExportError(f"{path}: {vocab.name} is missing; the export needs the model's vocabulary")
+    return load_model_dir(path)
+
+
+def cosine_threshold(model_dir):
+    """An sbert run's cosine threshold (valid split) from `<run>/metrics.json`, if any."""
+    metrics = Path(model_dir).resolve().parent / "metrics.json"
+    try:
+        return float(json.loads(metrics.read_text(encoding="utf-8"))["valid"]["cosine_threshold"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _replace_dir(src, dst):
+    dst = Path(dst)
+    if dst.exists():
+        shutil.rmtree(dst)
+    os.rename(src, dst)
+
+
+FORMATS = ("saved_model", "frozen", "onnx")
+
+
+def export_task(cfg):
+    """Run the export described by `cfg.export` (and `cfg.out`); returns the parity report."""
+    e = cfg.export
+    check_options(e)
+    return export_loaded(load_for_export(e.model), cfg)
+
+
+def check_options(e):
+    from export.onnx import MIN_OPSET
+
+    if e.opset < MIN_OPSET:
+        raise ExportError(f"export.opset={e.opset}: tf2onnx needs opset >= {MIN_OPSET}")
+    if e.name is not None and not NAME_RE.match(e.name):
+        raise ExportError(f"export.name={e.name!r}: use letters, digits, '_', '-', '.', starting with a letter")
+    unknown = [f for f in e.formats if f not in FORMATS]
+    if unknown or "saved_model" not in e.formats:
+        raise ExportError(f"export.formats={e.formats}: a list of {', '.join(FORMATS)} that includes saved_model")
+
+
+def export_loaded(loaded, cfg):
+    """Export an already loaded model directory (`load_for_export`) as `cfg.export` says."""
+    from export import onnx as onnx_export
+    from export.frozen import freeze
+    from export.parity import Batches, parity_pairs, run_checks, write_report
+
+    e = cfg.export
+    check_options(e)
+    kind = loaded.kind
+    max_len = e.max_seq_len or loaded.max_seq_len
+    max_pos = loaded.model.encoder.max_position
+    if not 4 <= max_len <= max_pos:
+        raise ExportError(f"export.max_seq_len={max_len}: must be between 4 and the encoder's "
+                          f"{max_pos} positions")
+    name = e.name or default_name(loaded.path, kind)
+    out = Path(cfg.out) if cfg.out else Path("runs") / "export" / datetime.now().strftime("%Y%m%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    model_base = out / "saved_model" / name
+    staging = out / f".staging-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    sm_stage = None
+    try:
+        log.info("exporting %s model %s as %r (max_seq_len %d) to %s", kind, loaded.path, name, max_len, out)
+        t0 = time.time()
+        sm_stage, version = stage_saved_model(loaded, model_base, max_len, e.tokenizer)
+        log.info("SavedModel version %d written (%.1fs)", version, time.time() - t0)
+        fns = ids_functions(loaded.model, kind)
+        artifacts = {"saved_model": sm_stage}
+        if "frozen" in e.formats:
+            t0 = time.time()
+            freeze(fns["predict_ids"], staging / "frozen", extra={"kind": kind, "model": name})
+            artifacts["frozen"] = staging / "frozen"
+            log.info("frozen graph written (%.1fs)", time.time() - t0)
+        onnx_files = {}
+        if "onnx" in e.formats:
+            t0 = time.time()
+            for fn_name, file in ONNX_FILES.items():
+                if fn_name in fns:
+                    onnx_files[fn_name] = onnx_export.convert_function(fns[fn_name], staging / "onnx" / file,
+                                                                      e.opset)
+            if e.int8:
+                onnx_files["int8"] = onnx_export.quantize_int8(onnx_files["predict_ids"],
+                                                               staging / "onnx" / "model.int8.onnx")
+            if e.ort_optimization:
+                onnx_files[f"opt-{e.ort_optimization}"] = onnx_export.optimize(onnx_files["predict_ids"],
+                                                                              e.ort_optimization)
+            onnx_files = {k: str(v) for k, v in onnx_files.items()}
+            artifacts["onnx"] = onnx_files
+            log.info("ONNX written: %s (%.1fs)", ", ".join(Path(p).name for p in onnx_files.values()),
+                     time.time() - t0)
+
+        t0 = time.time()
+        a, b, labels, source = parity_pairs(cfg, loaded, e.parity_samples)
+        data = Batches(loaded, a, b, labels, max_len, batch_size=e.parity_batch_size)
+        result = run_checks(loaded, data, artifacts, outputs_of(loaded), min_agreement=e.int8_min_agreement,
+                            cosine_threshold=cosine_threshold(loaded.path) if kind == "sbert" else None)
+        log.info("parity checks on %d pairs (%.1fs)", len(a), time.time() - t0)
+        report = {"ok": result["ok"], "failed": result["failed"], "model": str(loaded.path), "kind": kind,
+                  "name": name, "version": version, "max_seq_len": max_len, "tokenizer": e.tokenizer,
+                  "opset": e.opset, "pairs": len(a), "pairs_source": source,
+                  "checks": result["checks"], "tokenization": result["tokenization"]}
+        if not result["ok"]:
+            failed_dir = out / "failed"
+            shutil.rmtree(failed_dir, ignore_errors=True)
+            failed_dir.mkdir()
+            for sub in ("frozen", "onnx"):
+                if (staging / sub).exists():
+                    os.rename(staging / sub, failed_dir / sub)
+            (failed_dir / "saved_model").mkdir()
+            os.rename(sm_stage, failed_dir / "saved_model" / str(version))
+            sm_stage = None
+            write_report(failed_dir / "parity.json", report)
+            worst = "; ".join(_describe(k, result["checks"][k]) for k in result["failed"])
+            raise ExportError(f"parity check failed, nothing published: {worst} "
+                              f"(report and artifacts in {failed_dir})")
+
+        # ---- publish: the SavedModel version, then the other artifacts, then the report
+        final = publish_version(sm_stage, model_base, version)
+        sm_stage = None
+        write_models_config(out / "saved_model")
+        report["artifacts"] = {"saved_model": str(final)}
+        for sub in ("frozen", "onnx"):
+            if (staging / sub).exists():
+                _replace_dir(staging / sub, out / sub)
+        if "frozen" in artifacts:
+            report["artifacts"]["frozen"] = str(out / "frozen" / "model.pb")
+        if onnx_files:
+            report["artifacts"]["onnx"] = {k: str(out / "onnx" / Path(v).name) for k, v in onnx_files.items()}
+        for file in ("vocab.txt", "model.json"):
+            shutil.copyfile(Path(loaded.path) / file, out / file)
+        write_report(out / "parity.json", report)
+        shutil.rmtree(out / "failed", ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if sm_stage is not None:
+            shutil.rmtree(sm_stage, ignore_errors=True)
+    _print_summary(out, report)
+    return report
+
+
+def _describe(key, check):
+    if "label_agreement" in check:
+        return f"{key} label agreement {check['label_agreement']:.4f} < {check['min_agreement']}"
+    return f"{key} max|diff| {check['max_abs_diff']:.3g} > {check['tolerance']:g}"
+
+
+def _print_summary(out, report):
+    print(f"exported {report['kind']} model {report['name']!r} version {report['version']} to {out}")
+    print(f"  saved_model: {report['artifacts']['saved_model']}")
+    if "frozen" in report["artifacts"]:
+        print(f"  frozen:      {report['artifacts']['frozen']}")
+    for k, v in report["artifacts"].get("onnx", {}).items():
+        print(f"  onnx {k + ':':<12} {v}")
+    for k, c in report["checks"].items():
+        if "label_agreement" in c:
+            detail = f"label agreement {c['label_agreement']:.4f} (>= {c['min_agreement']:g})"
+            if "accuracy_diff" in c:
+                detail += f", accuracy {c['accuracy_keras']:.4f} -> {c['accuracy_int8']:.4f}"
+        else:
+            detail = f"max|diff| {c['max_abs_diff']:.2e} (<= {c['tolerance']:g})"
+        print(f"  parity {k:<30} {detail}")
+    print(f"parity report: {Path(out) / 'parity.json'}")

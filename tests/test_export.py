@@ -1,0 +1,547 @@
+"""Export task: SavedModel (TF Serving layout, signatures, in-graph tokenisation), frozen .pb,
+ONNX / int8 ONNX, parity report, versioning, commands, bad input.
+
+Sized for 2 busy cores: one tiny model per kind (hidden 32, 2 layers, vocab ~230), built
+once; each kind exported once with every artifact (8 generated pairs + 8 edge cases for
+the parity checks); the two commands (`saved_model_cli show`, `python -m export.onnx`)
+start in the background as soon as the first export exists and are collected by their tests.
+
+The models get unit-variance weights (not BERT's N(0, 0.02)) so that probabilities differ
+visibly between inputs: with near-constant outputs a parity check (or a tokenisation
+difference) would prove nothing. int8 on a random 32-wide model is noisy relative to the
+differences between its outputs (and the error is systematic), so the classifier bias puts
+every parity pair on one side of the decision boundary with a margin: the int8 pipeline and
+its check run for real, the agreement rule itself is tested on synthetic outputs
+(test_int8_check_rule), and int8 accuracy on real models is measured by bench/, not here.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from config import load_config
+from modeling.checkpoints import CheckpointError
+from modeling.model_dir import LoadedModel, save_model_dir
+from modeling.tokenization import PairTokenizer
+
+tft = pytest.importorskip("tensorflow_text")
+ort = pytest.importorskip("onnxruntime")
+if importlib.util.find_spec("tf2onnx") is None:  # not imported here: tf2onnx is slow to import
+    pytest.skip("tf2onnx is not installed", allow_module_level=True)
+
+from export import ExportError  # noqa: E402
+from export import parity as parity_mod  # noqa: E402
+from export.frozen import load_frozen  # noqa: E402
+from export.onnx import convert_function, convert_saved_model  # noqa: E402
+from export.saved_model import (ids_functions, next_version, outputs_of,  # noqa: E402
+                                publish_version, versions)
+from export.task import export_loaded, export_task, load_for_export  # noqa: E402
+from export.text import GraphTokenizer, longest_first  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+PYTHON = BIN / "python" if (BIN / "python").exists() else Path(sys.executable)
+SAVED_MODEL_CLI = BIN / "saved_model_cli"
+
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+EXTRA = ["cat", "dog", "##s", "##ed", "##ing", "cafe", "naive", "resume", "e", "##-", "é", "##é", "@", ".", ",", "?", "!",
+         "(", ")", ":", "，", "？", "！", "。", "α", "##α", "σ", "##σ", "ο", "##δ", "##ο"] + list("我想修改登录密码怎么办如何更世界中文你好吗北京天安门爱")
+PARITY_SAMPLES = 8
+MAX_LEN = 32
+KINDS = ("cross_encoder", "sbert", "virt")
+
+# Tokenisation samples: English and Chinese, punctuation, mixed case, accents, unknown
+# characters, empty-ish text, control characters, full-width forms, literal special tokens.
+TEXTS = [
+    "How do I reset my PASSWORD?", "how do i reset my password", "The Cat's card, (blocked)!",
+    "Café naïve résumé ÅNGSTRÖM", "我想修改登录密码，怎么办？", "你好吗？北京天安门。", "Hello 世界! e-mail: a@b.com",
+    "", "   ", "?", "\t\n", "unknown ☃ chars 😀 cat😀", "ＡＢＣ１２３ ｈｅｌｌｏ", "Straße ﬁ ½ x² ™",
+    "zero\u200bwidth soft\u00adhyphen", "nul\x00and\x07bell", "line\u2028separator\u3000ideographic space",
+    "literal [SEP] and [CLS] and [sep]", "[MASK]password", "İstanbul ΣΑΣ ΟΔΟΣ. Σ", "한국어 ひらがな ｶﾀｶﾅ",
+    "unassigned a\u0378b private q\ue000r bom\ufeff \ufffd", "𠀀丽㐀 CJK extensions",
+    "open close transfer limit " * 6,
+]
+
+
+# ----------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("export")
+
+
+@pytest.fixture(scope="module")
+def vocab_file(workdir):
+    import re
+
+    from data import make_sample, read_pairs
+
+    files = make_sample(workdir / "sample", n_train=200, n_valid=0, n_test=0)
+    pairs = read_pairs(files["train"])
+    words = sorted({w for t in pairs.text_a + pairs.text_b for w in re.findall(r"[a-z0-9]+", t.lower())})
+    path = workdir / "vocab.txt"
+    path.write_text("\n".join(SPECIALS + words + [t for t in EXTRA if t not in words]) + "\n", encoding="utf-8")
+    return path
+
+
+def _reinit(model, rng):
+    """Unit-variance weights (embeddings N(0, 1), kernels N(0, 1/fan_in)) instead of BERT's
+    N(0, 0.02): the outputs then vary visibly between inputs."""
+    for w in model.weights:
+        if len(w.shape) == 2:
+            std = 1.0 if "embeddings" in w.path else 1.0 / np.sqrt(w.shape[0])
+            w.assign(rng.normal(0.0, std, w.shape).astype("float32"))
+
+
+def _one_sided(loaded, pairs):
+    """Shift the classifier bias so every parity pair is class 1 with a 0.5 logit margin."""
+    feats, _ = parity_mod.python_features(loaded, *pairs, MAX_LEN)
+    out = loaded.model({k: tf.constant(v) for k, v in feats.items()}, training=False)
+    logits = (out["logits"] if isinstance(out, dict) else out).numpy()
+    shift = 0.5 - float((logits[:, 1] - logits[:, 0]).min())
+    bias = loaded.model.classifier.bias
+    bias.assign(bias.numpy() + np.array([-shift / 2, shift / 2], np.float32))
+
+
+@pytest.fixture(scope="module")
+def model_dirs(workdir, vocab_file):
+    """kind -> model directory; "models": kind -> Keras model, with "sbert_cosine" (no classifier)."""
+    import keras
+
+    from modeling.cross_encoder import CrossEncoder
+    from modeling.encoder import BertEncoder
+    from senbert.model import SentenceBert
+    from virt.model import VirtModel
+
+    tok = PairTokenizer(vocab_file, lowercase=True)
+
+    def enc():
+        return BertEncoder(vocab_size=tok.vocab_size, hidden_size=32, num_layers=2, num_heads=4,
+                           intermediate_size=64, max_position=64, name="encoder")
+
+    keras.utils.set_random_seed(3)
+    rng = np.random.default_rng(3)
+    models = {"cross_encoder": CrossEncoder(enc(), 2, name="cross_encoder"),
+              "sbert": SentenceBert(enc(), 2, objective="softmax", name="sbert"),
+              "virt": VirtModel(enc(), 2, name="virt")}
+    models["sbert_cosine"] = SentenceBert(models["sbert"].encoder, 2, objective="cosine", name="sbert")
+    a, b, _, _ = parity_mod.parity_pairs(load_config(None), LoadedModel(None, tok, {"kind": "sbert"}),
+                                         PARITY_SAMPLES)
+    dirs = {"models": models}
+    for kind, model in models.items():
+        model(model.dummy_inputs())
+        if kind == "sbert_cosine":  # shares sbert's encoder; used in memory only
+            continue
+        _reinit(model, rng)
+        _one_sided(LoadedModel(model, tok, {"kind": model.kind}), (a, b))
+        dirs[kind] = save_model_dir(model, workdir / "runs" / kind / "model", tok, labels=["0", "1"],
+                                    max_seq_len=MAX_LEN)
+    return dirs
+
+
+def _cfg(out, *sets):
+    return load_config(ROOT / "config" / "export.yaml",
+                       [f"out={out}", f"export.parity_samples={PARITY_SAMPLES}", *sets])
+
+
+@pytest.fixture(scope="module")
+def tf2onnx_fast():
+    """tf2onnx deep-copies the graph before each optimiser pass, to carry on without an
+    optimiser that raises; any value of TF2ONNX_CATCH_ERRORS turns that off (an optimiser
+    error then fails the conversion). Same models here, conversions ~1/3 faster."""
+    old = os.environ.get("TF2ONNX_CATCH_ERRORS")
+    os.environ["TF2ONNX_CATCH_ERRORS"] = "0"
+    yield
+    if old is None:
+        os.environ.pop("TF2ONNX_CATCH_ERRORS", None)
+    else:
+        os.environ["TF2ONNX_CATCH_ERRORS"] = old
+
+
+def _start(args, **kw):
+    # one TF thread each: on 2 shared cores, idle TF worker threads only spin
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}
+    return subprocess.Popen([str(a) for a in args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env, **kw)
+
+
+@pytest.fixture(scope="module")
+def exports(model_dirs, workdir, tf2onnx_fast):
+    """Every kind exported once (all artifacts); background commands started after the first."""
+    res = {"loaded": {}, "reports": {}, "out": {}, "procs": {}}
+    for kind in KINDS:
+        loaded = load_for_export(model_dirs[kind])
+        out = workdir / f"out_{kind}"
+        extra = ["export.ort_optimization=basic"] if kind == "cross_encoder" else []
+        res["reports"][kind] = export_loaded(loaded, _cfg(out, *extra))
+        res["loaded"][kind], res["out"][kind] = loaded, out
+        if kind == "cross_encoder":
+            sm = out / "saved_model" / "cross_encoder" / "1"
+            res["procs"]["cli_show"] = _start([SAVED_MODEL_CLI, "show", "--dir", sm, "--all"])
+            res["procs"]["onnx_cmd"] = _start([PYTHON, "-m", "export.onnx", sm, workdir / "cli" / "ids.onnx",
+                                               "--opset", "15"])
+    yield res
+    for p in res["procs"].values():
+        if p.poll() is None:
+            p.kill()
+
+
+@pytest.fixture(scope="module")
+def saved_models(exports):
+    """kind -> the exported SavedModel, loaded once."""
+    cache = {}
+
+    def get(kind):
+        if kind not in cache:
+            cache[kind] = tf.saved_model.load(str(exports["out"][kind] / "saved_model" / kind / "1"))
+        return cache[kind]
+
+    return get
+
+
+def _collect(exports, name, timeout=300):
+    p = exports["procs"][name]
+    out, err = p.communicate(timeout=timeout)
+    return p.returncode, out, err
+
+
+def _batch(loaded, a, b):
+    feats, _ = parity_mod.python_features(loaded, a, b, MAX_LEN)
+    return feats, parity_mod.keras_outputs(loaded, feats)
+
+
+PAIRS = (["How do I reset my PASSWORD?", "我想修改登录密码，怎么办？", "", "open a savings account"],
+         ["how do i change my password", "如何更改密码！", "an empty first text", "close my savings account"])
+
+
+# ----------------------------------------------------------------------------- artifacts
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_artifact_is_written_and_parity_checked(exports, kind):
+    out, report = exports["out"][kind], exports["reports"][kind]
+    sm = out / "saved_model" / kind / "1"
+    assert (sm / "saved_model.pb").is_file() and (sm / "variables").is_dir()
+    assert (sm / "assets" / "vocab.txt").read_bytes() == (out / "vocab.txt").read_bytes()
+    assert json.loads((out / "model.json").read_text(encoding="utf-8"))["kind"] == kind
+    config = (out / "saved_model" / "models.config").read_text()
+    assert f'name: "{kind}"' in config and f'base_path: "/models/{kind}"' in config
+    assert str((out / "saved_model" / kind).resolve()) in (out / "saved_model" / "models.local.config").read_text()
+    assert (out / "frozen" / "model.pb").is_file() and (out / "frozen" / "io.json").is_file()
+    onnx_files = {"cross_encoder": {"model.onnx", "model.int8.onnx", "model.opt-basic.onnx"},
+                  "sbert": {"model.onnx", "model.int8.onnx", "encode.onnx"},
+                  "virt": {"model.onnx", "model.int8.onnx", "encode.onnx", "score.onnx"}}[kind]
+    assert {p.name for p in (out / "onnx").iterdir()} == onnx_files
+    assert not list(out.glob(".staging-*")) and not list((out / "saved_model" / kind).glob(".tmp-*"))
+
+    on_disk = json.loads((out / "parity.json").read_text(encoding="utf-8"))
+    assert on_disk["ok"] and on_disk == json.loads(json.dumps(report, default=float))
+    expected = {"saved_model.serving_default", "saved_model.predict_ids", "frozen.predict_ids",
+                "onnx.predict_ids", "onnx.int8"}
+    expected |= {"cross_encoder": {"onnx.opt-basic"}, "sbert": {"saved_model.encode", "onnx.encode_ids"},
+                 "virt": {"saved_model.encode", "saved_model.score", "onnx.encode_ids", "onnx.score"}}[kind]
+    checks = on_disk["checks"]
+    assert set(checks) == expected
+    for key, c in checks.items():
+        if key == "onnx.int8":
+            assert c["label_agreement"] >= 0.99 and c["pairs"] == PARITY_SAMPLES + len(parity_mod.EDGE_PAIRS)
+        else:
+            limit = 1e-4 if key.startswith("onnx") else 1e-5
+            assert c["ok"] and c["tolerance"] == limit and c["max_abs_diff"] <= limit, key
+    assert on_disk["tokenization"]["differ"] == 0
+    # The probabilities really vary with the input: a parity check on constants proves nothing.
+    loaded = exports["loaded"][kind]
+    feats, ref = _batch(loaded, *PAIRS)
+    assert np.ptp(ref["probs"][:, 1]) > 0.05
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_onnx_inputs_are_the_ids_signature_with_dynamic_axes(exports, kind):
+    import onnx
+
+    model = onnx.load(str(exports["out"][kind] / "onnx" / "model.onnx"))
+    names = [i.name for i in model.graph.input]
+    assert names == (["input_ids", "token_type_ids", "attention_mask"] if kind == "cross_encoder"
+                     else ["x_ids", "x_mask", "y_ids", "y_mask"])
+    for value in model.graph.input:
+        dims = [d.dim_param for d in value.type.tensor_type.shape.dim]
+        assert dims[0] == "batch" and dims[1].endswith("sequence")
+    assert [o.name for o in model.graph.output] == (["cosine", "probs"] if kind == "sbert" else ["probs"])
+    # int8: the weights of the big MatMuls really are int8
+    q = onnx.load(str(exports["out"][kind] / "onnx" / "model.int8.onnx"))
+    assert any(i.data_type == onnx.TensorProto.INT8 for i in q.graph.initializer)
+
+
+def test_saved_model_serving_default_on_raw_strings(exports, saved_models):
+    """Strings in, probabilities out; the same numbers as Keras on Python-tokenised ids."""
+    loaded = exports["loaded"]["virt"]
+    sm = saved_models("virt")
+    a, b = PAIRS
+    got = sm.signatures["serving_default"](text_a=tf.constant(a), text_b=tf.constant(b))["probs"].numpy()
+    _, ref = _batch(loaded, a, b)
+    np.testing.assert_allclose(got, ref["probs"], atol=1e-5)
+    np.testing.assert_allclose(got.sum(-1), 1.0, atol=1e-6)
+    # VIRT's inference split: y states cached offline, score online == serving_default
+    ex, ey = sm.signatures["encode"](texts=tf.constant(a)), sm.signatures["encode"](texts=tf.constant(b))
+    assert ex["token_states"].shape[-1] == 32 and ex["mask"].dtype == tf.int32
+    probs = sm.signatures["score"](x_states=ex["token_states"], x_mask=ex["mask"],
+                                   y_states=ey["token_states"], y_mask=ey["mask"])["probs"].numpy()
+    np.testing.assert_allclose(probs, got, atol=1e-6)
+
+
+def test_sbert_without_classifier_exports_cosine_only(model_dirs, vocab_file):
+    model = model_dirs["models"]["sbert_cosine"]
+    fns = ids_functions(model, "sbert")
+    assert set(fns) == {"predict_ids", "encode_ids"}
+    assert set(fns["predict_ids"].get_concrete_function().structured_outputs) == {"cosine"}
+    assert outputs_of(LoadedModel(model, None, {"kind": "sbert"})) == ("cosine",)
+
+
+def test_saved_model_cli_lists_the_signatures(exports):
+    code, out, err = _collect(exports, "cli_show")
+    assert code == 0, err[-2000:]
+    for sig in ("serving_default", "predict_ids", "tokenize"):
+        assert f"signature_def['{sig}']" in out
+    block = out.split("signature_def['serving_default']")[1].split("signature_def[")[0]
+    for name in ("text_a", "text_b", "probs"):
+        assert f"['{name}'] tensor_info" in block
+    assert "DT_STRING" in block and "shape: (-1, 2)" in block
+    ids = out.split("signature_def['predict_ids']")[1].split("signature_def[")[0]
+    for name in ("input_ids", "token_type_ids", "attention_mask"):
+        assert f"['{name}'] tensor_info" in ids
+    assert "DT_INT32" in ids and "shape: (-1, -1)" in ids
+
+
+# ----------------------------------------------------------------------------- tokenisation
+def _vocab(vocab_file):
+    return Path(vocab_file).read_text(encoding="utf-8").splitlines()
+
+
+@pytest.mark.parametrize("lowercase", [True, False])
+@pytest.mark.parametrize("kind", ["fast", "bert"])
+def test_in_graph_token_ids_equal_the_python_tokenizer(vocab_file, kind, lowercase):
+    py = PairTokenizer(vocab_file, lowercase=lowercase)
+    g = GraphTokenizer(_vocab(vocab_file), lowercase, max_len=12, kind=kind)
+    got = g.token_ids(tf.constant(TEXTS)).to_list()
+    for text, ids in zip(TEXTS, got):
+        assert ids == py.hf(text, add_special_tokens=False)["input_ids"], repr(text)
+    # pairs, with longest-first truncation at 12 (many rows are truncated)
+    a, b = TEXTS, TEXTS[3:] + TEXTS[:3]
+    enc, want = g.encode_pairs(tf.constant(a), tf.constant(b)), py.encode_pairs(a, b, 12)
+    n = enc["attention_mask"].numpy().sum(1)
+    assert [list(r[:k]) for r, k in zip(enc["input_ids"].numpy(), n)] == want["input_ids"]
+    assert [list(r[:k]) for r, k in zip(enc["token_type_ids"].numpy(), n)] == want["token_type_ids"]
+    assert (enc["input_ids"].numpy()[enc["attention_mask"].numpy() == 0] == py.pad_id).all()
+    single = g.encode_texts(tf.constant(a))
+    n = single["attention_mask"].numpy().sum(1)
+    assert [list(r[:k]) for r, k in zip(single["input_ids"].numpy(), n)] == py.encode_texts(a, 12)
+
+
+def test_exported_tokenize_signature_equals_the_python_tokenizer(saved_models, vocab_file):
+    py = PairTokenizer(vocab_file)
+    a, b = TEXTS, TEXTS[::-1]
+    ce = saved_models("cross_encoder")
+    r = ce.signatures["tokenize"](text_a=tf.constant(a), text_b=tf.constant(b))
+    n = r["attention_mask"].numpy().sum(1)
+    assert [list(x[:k]) for x, k in zip(r["input_ids"].numpy(), n)] == py.encode_pairs(a, b, MAX_LEN)["input_ids"]
+    r = saved_models("virt").signatures["tokenize"](texts=tf.constant(a))
+    n = r["attention_mask"].numpy().sum(1)
+    assert [list(x[:k]) for x, k in zip(r["input_ids"].numpy(), n)] == py.encode_texts(a, MAX_LEN)
+
+
+@pytest.mark.parametrize("kind", ["fast", "bert"])
+def test_duplicated_vocab_token_gets_its_last_line_like_hf(tmp_path, kind):
+    vocab = SPECIALS + ["cat", "dog", "cat", "a", "##b"]
+    path = tmp_path / "vocab.txt"
+    path.write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    texts = ["cat dog", "ab a cat"]
+    got = GraphTokenizer(vocab, True, 16, kind).token_ids(tf.constant(texts)).to_list()
+    assert got == [PairTokenizer(path).hf(t, add_special_tokens=False)["input_ids"] for t in texts]
+    assert got[0] == [7, 6]
+
+
+def test_hf_longest_first_arithmetic_and_why_not_shrink_longest_trimmer():
+    la = tf.constant([3, 10, 10, 12, 2, 0], tf.int64)
+    lb = tf.constant([2, 10, 3, 10, 2, 9], tf.int64)
+    ka, kb = longest_first(la, lb, 9)
+    assert list(zip(ka.numpy(), kb.numpy())) == [(3, 2), (4, 5), (6, 3), (5, 4), (2, 2), (0, 9)]
+    ka, kb = longest_first(tf.constant([3], tf.int64), tf.constant([2], tf.int64), 3)
+    assert (int(ka[0]), int(kb[0])) == (2, 1)  # HF keeps 2 + 1 ...
+    seg = [tf.ragged.constant([[1, 1, 1]]), tf.ragged.constant([[2, 2]])]
+    trimmed = tft.ShrinkLongestTrimmer(3).trim(seg)
+    assert (len(trimmed[0][0]), len(trimmed[1][0])) == (1, 2)  # ... the trimmer keeps 1 + 2
+
+
+def test_documented_tokenisation_differences(vocab_file):
+    """The two differences README_SECTION.md lists (if a library update removes one, update it)."""
+    py = PairTokenizer(vocab_file, lowercase=False)
+    g = GraphTokenizer(_vocab(vocab_file), False, max_len=128)
+    # 1. a word of <= 100 characters but > 100 UTF-8 bytes: HF (limit in characters) WordPieces it,
+    #    the graph (tf-text's limit is in bytes) gives one [UNK]
+    for n, same in ((50, True), (51, False), (100, False), (101, True)):
+        hf = py.hf("é" * n, add_special_tokens=False)["input_ids"]
+        got = g.token_ids(tf.constant(["é" * n])).to_list()[0]
+        assert (hf == got) is same, n
+        if not same:
+            assert got == [py.unk_id] and len(hf) == n
+    # 2. Unicode versions: U+061D (Arabic end of text mark, punctuation since Unicode 14) is
+    #    unassigned for HF's tables (not split), punctuation for ICU / RE2 (split off)
+    text = "cat\u061ddog"
+    assert py.hf(text, add_special_tokens=False)["input_ids"] == [py.unk_id]
+    assert g.token_ids(tf.constant([text])).to_list()[0] == [py.hf.convert_tokens_to_ids(t) for t in ("cat", "[UNK]", "dog")]
+
+
+# ----------------------------------------------------------------------------- frozen, ONNX command
+def test_frozen_graph_reloads_with_tf_compat_v1(exports):
+    out, loaded = exports["out"]["cross_encoder"], exports["loaded"]["cross_encoder"]
+    io = json.loads((out / "frozen" / "io.json").read_text())
+    assert io["inputs"] == {n: f"{n}:0" for n in ("input_ids", "token_type_ids", "attention_mask")}
+    assert io["outputs"] == {"probs": "Identity:0"}
+    feats, ref = _batch(loaded, *PAIRS)
+    graph_def = tf.compat.v1.GraphDef()
+    graph_def.ParseFromString((out / "frozen" / "model.pb").read_bytes())
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.compat.v1.import_graph_def(graph_def, name="")
+    with tf.compat.v1.Session(graph=graph) as sess:
+        probs = sess.run(io["outputs"]["probs"], {io["inputs"][k]: v for k, v in feats.items()})
+    np.testing.assert_allclose(probs, ref["probs"], atol=1e-5)
+    # the helper (wrap_function + prune) used by the parity check, on a siamese kind
+    fn = load_frozen(exports["out"]["sbert"] / "frozen")
+    feats, ref = _batch(exports["loaded"]["sbert"], *PAIRS)
+    got = fn(**feats)
+    for key in ("probs", "cosine"):
+        np.testing.assert_allclose(got[key].numpy(), ref[key], atol=1e-5)
+
+
+def test_onnx_command_on_a_saved_model_alone(exports, workdir):
+    code, out, err = _collect(exports, "onnx_cmd")
+    assert code == 0, err[-2000:]
+    path = workdir / "cli" / "ids.onnx"
+    assert f"wrote {path}" in out
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == ["input_ids", "token_type_ids", "attention_mask"]
+    feats, ref = _batch(exports["loaded"]["cross_encoder"], *PAIRS)
+    got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feats)))
+    np.testing.assert_allclose(got["probs"], ref["probs"], atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- versions, failures
+def test_versions_increment_and_never_overwrite(exports):
+    out, loaded = exports["out"]["cross_encoder"], exports["loaded"]["cross_encoder"]
+    base = out / "saved_model" / "cross_encoder"
+    v1 = {p: p.read_bytes() for p in (base / "1").rglob("*") if p.is_file()}
+    report = export_loaded(loaded, _cfg(out, "export.formats=[saved_model]"))
+    assert report["version"] == 2 and versions(base) == [1, 2] and next_version(base) == 3
+    assert {p: p.read_bytes() for p in (base / "1").rglob("*") if p.is_file()} == v1  # untouched
+    assert (out / "onnx" / "model.onnx").is_file()  # artifacts of formats not re-exported are kept
+    assert json.loads((out / "parity.json").read_text())["version"] == 2
+    staged = out / "staged"
+    staged.mkdir()
+    with pytest.raises(ExportError, match=r"saved_model/cross_encoder/2 already exists: .* never overwritten"):
+        publish_version(staged, base, 2)
+
+
+def test_a_failed_parity_check_raises_and_publishes_nothing(exports, workdir, monkeypatch):
+    """The enforcement path (staging and checks stubbed: both are tested above for real)."""
+    import export.task as task_mod
+
+    out, loaded = workdir / "fails", exports["loaded"]["cross_encoder"]
+    base = out / "saved_model" / "cross_encoder"
+    (base / "1").mkdir(parents=True)  # an earlier good version
+
+    def stage(loaded, model_base, max_len, tokenizer="fast", version=None):
+        staging = model_base / ".tmp-2-0"
+        staging.mkdir(parents=True)
+        (staging / "saved_model.pb").write_bytes(b"")
+        return staging, next_version(model_base)
+
+    failed = {"ok": False, "failed": ["onnx.int8"], "tokenization": None,
+              "checks": {"onnx.int8": {"label_agreement": 0.93, "min_agreement": 0.99, "ok": False}}}
+    monkeypatch.setattr(task_mod, "stage_saved_model", stage)
+    monkeypatch.setattr(parity_mod, "run_checks", lambda *a, **k: failed)
+    with pytest.raises(ExportError, match=r"^parity check failed, nothing published: onnx.int8 label agreement "
+                                          r"0.9300 < 0.99 \(report and artifacts in .*fails/failed\)$"):
+        export_loaded(loaded, _cfg(out, "export.formats=[saved_model]"))
+    assert versions(base) == [1] and not list(base.glob(".tmp-*"))  # nothing for a server to pick up
+    assert (out / "failed" / "saved_model" / "2" / "saved_model.pb").is_file()
+    assert not json.loads((out / "failed" / "parity.json").read_text())["ok"]
+    assert not (out / "parity.json").exists() and not (out / "saved_model" / "models.config").exists()
+
+
+def test_bad_input_one_clear_error_each(model_dirs, workdir, exports):
+    with pytest.raises(CheckpointError, match=r"not a model directory \(no model.json\)"):
+        load_for_export(workdir / "sample")
+    with pytest.raises(ExportError, match="no such model directory"):
+        load_for_export(workdir / "nowhere")
+    with pytest.raises(ExportError, match="set export.model"):
+        export_task(_cfg(workdir / "never"))
+
+    mlm = workdir / "bad" / "mlm"
+    shutil.copytree(model_dirs["cross_encoder"], mlm)
+    meta = json.loads((mlm / "model.json").read_text())
+    (mlm / "model.json").write_text(json.dumps({**meta, "kind": "mlm"}))
+    with pytest.raises(ExportError, match=r"a mlm model cannot be exported \(export supports cross_encoder, sbert, virt\)"):
+        load_for_export(mlm)
+
+    no_vocab = workdir / "bad" / "no_vocab"
+    shutil.copytree(model_dirs["cross_encoder"], no_vocab)
+    (no_vocab / "vocab.txt").unlink()
+    with pytest.raises(ExportError, match="vocab.txt is missing"):
+        load_for_export(no_vocab)
+
+    for sets, pattern in ((["export.opset=13"], "opset >= 15"), (["export.name=1bad/name"], "export.name"),
+                          (["export.max_seq_len=65"], "between 4 and the encoder's 64"),
+                          (["export.formats=[onnx]"], "includes saved_model")):
+        with pytest.raises(ExportError, match=pattern):
+            export_loaded(exports["loaded"]["cross_encoder"], _cfg(workdir / "never", *sets))
+    assert not (workdir / "never" / "saved_model").exists()
+
+    # tf2onnx cannot convert tf-text ops (the string signatures' tokeniser): the error names them
+    # instead of writing a file onnxruntime would reject (README shows the serving_default case)
+    @tf.function(autograph=False, input_signature=[tf.TensorSpec([None], tf.string, name="texts")])
+    def strings(texts):
+        return {"n": tf.strings.length(tft.normalize_utf8(texts, "NFD"))}
+
+    with pytest.raises(ExportError, match=r"strings.onnx: unsupported op\(s\) NormalizeUTF8") as e:
+        convert_function(strings, workdir / "bad" / "strings.onnx")
+    assert "\n" not in str(e.value) and not (workdir / "bad" / "strings.onnx").exists()
+    with pytest.raises(ExportError, match="not a SavedModel directory"):
+        convert_saved_model(workdir / "bad", workdir / "bad" / "x.onnx")
+
+
+def test_run_tasks_prints_one_error_line(workdir, capsys):
+    import run_tasks
+
+    code = run_tasks.main(["--task", "export", "--set", f"export.model={workdir / 'sample'}",
+                           "--out", str(workdir / "never")])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 1 and len(lines) == 1, err[-2000:]
+    assert "not a model directory (no model.json)" in lines[0]
+
+
+def test_int8_check_rule():
+    """Label agreement, the enforced minimum and the accuracy difference on a labelled set."""
+
+    class Loaded:
+        labels = ["0", "1"]
+
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]], np.float32)
+    quant = np.array([[0.8, 0.2], [0.3, 0.7], [0.4, 0.6], [0.35, 0.65]], np.float32)  # pair 3 flips
+    data = type("D", (), {})()
+    data.batches = [{"feats": {}, "ref": {"probs": probs}}]
+    data.labels, data.loaded = ["0", "1", "0", "1"], Loaded()
+    data.reference = lambda key: probs
+    res = parity_mod._int8_check(None, lambda sess, feed: {"probs": quant}, data, ["probs"], 0.99, None, "q.onnx")
+    assert res["label_agreement"] == 0.75 and not res["ok"]
+    assert res["accuracy_keras"] == 1.0 and res["accuracy_int8"] == 0.75 and res["accuracy_diff"] == -0.25
+    assert res["max_abs_diff"] == pytest.approx(0.2)
+    assert parity_mod._int8_check(None, lambda s, f: {"probs": quant}, data, ["probs"], 0.75, None, "q")["ok"]
