@@ -26,7 +26,7 @@ import tensorflow as tf
 
 from training.metrics import better
 from training.optim import build_optimizer
-from training.pipeline import make_dataset, num_batches
+from training.pipeline import example_lengths, make_dataset, num_batches
 from training.strategy import is_chief
 
 log = logging.getLogger(__name__)
@@ -88,9 +88,7 @@ class _StopFlag:
 def predict_outputs(model, features, batch_size, fn=None):
     """Run `fn` (default: class probabilities) over features in length-sorted batches, in input order."""
     fn = fn or model.predict_proba_fn()
-    ragged = {k: v for k, v in features.items() if isinstance(v, list)}
-    lengths = np.max([[len(x) for x in v] for v in ragged.values()], axis=0)
-    order = np.argsort(lengths, kind="stable")
+    order = np.argsort(example_lengths(features), kind="stable")
     sorted_feats = {k: ([v[i] for i in order] if isinstance(v, list) else np.asarray(v)[order])
                     for k, v in features.items()}
     outs = [fn(x) for x in make_dataset(sorted_feats, batch_size=batch_size, bucket=False)]
