@@ -41,6 +41,12 @@ TASKS = {
                   "heat maps of teacher / VIRT / siamese x->y attention for one pair (PNG)"),
     "export": ("export.task", "export_task", "export",
                "SavedModel (TF Serving) + frozen .pb + ONNX/int8 ONNX of export.model, parity-checked"),
+    "serve": ("serve.task", "serve_task", "serve",
+              "HTTP server (TF Serving REST API, micro-batching) for serve.model: an export or model dir"),
+    "index": ("search.task", "index_task", "index",
+              "encode index.corpus with an sbert/virt index.model into an on-disk index (--out DIR)"),
+    "search": ("search.task", "search_task", "search",
+               "top-k cosine recall over search.index (+ rerank) for queries on stdin or search.queries"),
 }
 
 MAIN_KEYS = """main keys (--set section.key=value; see README for all):

@@ -10,10 +10,12 @@ from .schema import (
     DataConfig,
     DistillConfig,
     ExportConfig,
+    IndexConfig,
     ModelConfig,
     PretrainConfig,
     RunConfig,
     SbertConfig,
+    SearchConfig,
     ServeConfig,
     TrainConfig,
     VirtConfig,
@@ -24,7 +26,7 @@ from .schema import (
 )
 
 __all__ = [
-    "CHOICES", "PATTERNS", "ConfigError", "DataConfig", "DistillConfig", "ExportConfig",
-    "ModelConfig", "PretrainConfig", "RunConfig", "SbertConfig", "ServeConfig", "TrainConfig", "VirtConfig",
+    "CHOICES", "PATTERNS", "ConfigError", "DataConfig", "DistillConfig", "ExportConfig", "IndexConfig",
+    "ModelConfig", "PretrainConfig", "RunConfig", "SbertConfig", "SearchConfig", "ServeConfig", "TrainConfig", "VirtConfig",
     "config_to_dict", "load_config", "parse_overrides", "save_config",
 ]

@@ -129,15 +129,40 @@ class ExportConfig:
 
 @dataclass
 class ServeConfig:
-    model: str | None = None  # exported model directory
+    model: str | None = None  # export directory (onnx/, saved_model/) or model directory (served through Keras)
     host: str = "127.0.0.1"  # bind address
     port: int = 8501  # bind port
-    name: str | None = None  # model name in the API; None = the directory name
-    max_batch: int = 32  # largest dynamic batch
+    name: str | None = None  # model name in the API; None = the export's name (as in TF Serving), else the directory name
+    max_batch: int = 32  # largest dynamic batch (rows); 1 = no micro-batching
     max_wait_ms: float = 5.0  # longest wait to fill a batch
-    max_texts: int = 256  # most texts / pairs per request
+    max_texts: int = 256  # most texts / pairs / rows per request
     max_chars: int = 2000  # longest accepted text
-    backend: str = "onnx"  # onnx|tf
+    backend: str = "onnx"  # export directories: onnx (onnxruntime) | tf (the SavedModel)
+    int8: bool = False  # onnx backend: serve onnx/model.int8.onnx for serving_default / predict_ids
+    threads: int | None = None  # onnxruntime / TensorFlow intra-op threads; None = the runtime's default
+    index: str | None = None  # search index directory (--task index) behind POST /v1/search; None = no search
+    rerank: str | None = None  # /v1/search rerank: cross-encoder model or export dir | "virt" (the index's model) | None
+    max_k: int = 100  # largest k accepted by /v1/search
+
+
+@dataclass
+class IndexConfig:
+    model: str | None = None  # sbert or virt model directory, or an export directory of one
+    corpus: str | None = None  # candidates: text file (one per line, or id<TAB>text) or pair file (its data.text_b column)
+    backend: str = "onnx"  # export directories: onnx | tf (model directories run through Keras)
+    batch_size: int = 64  # texts per encoder call
+    max_seq_len: int | None = None  # tokens per text; None = the model's max_seq_len
+
+
+@dataclass
+class SearchConfig:
+    index: str | None = None  # index directory written by --task index
+    queries: str | None = None  # one query per line (or id<TAB>text); None = stdin
+    k: int = 10  # candidates recalled (and reranked) per query
+    recall: str = "auto"  # auto (faiss when importable, else numpy) | faiss | numpy
+    rerank: str | None = None  # cross-encoder model or export dir | "virt" (the index's own model) | None = cosine only
+    backend: str = "onnx"  # export directories: onnx | tf
+    batch_size: int = 64  # rows per model call
 
 
 @dataclass
@@ -149,7 +174,7 @@ class PretrainConfig:
 @dataclass
 class RunConfig:
     """A whole run: the task plus one section per component."""
-    task: str = "finetune"  # finetune|distill|sbert|virt|pretrain|export|serve
+    task: str = "finetune"  # finetune|distill|sbert|virt|pretrain|export|serve|index|search
     out: str | None = None  # output directory; None = chosen by the task
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -159,6 +184,8 @@ class RunConfig:
     sbert: SbertConfig = field(default_factory=SbertConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 
 
@@ -172,6 +199,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.metric": ("accuracy", "f1", "macro_f1", "auc", "loss"),
     "sbert.objective": ("softmax", "cosine", "mnrl"),
     "serve.backend": ("onnx", "tf"),
+    "index.backend": ("onnx", "tf"),
+    "search.backend": ("onnx", "tf"),
+    "search.recall": ("auto", "faiss", "numpy"),
     "export.ort_optimization": ("basic", "extended", "all"),
     "export.tokenizer": ("fast", "bert"),
 }

@@ -1,0 +1,93 @@
+"""Recall + rerank over an index, as a plan (serve.batching.drive) so the same code runs in
+the search task (direct batches) and behind `POST /v1/search` (through the micro-batchers).
+
+    searcher = Searcher(Index(dir), query_backend, reranker=None | "virt" | cross_encoder_backend)
+    results = drive(searcher.plan(["how do I reset my password?"], k=10),
+                    lambda call: run_in_batches(call.backend, call.fn, call.rows, 64))
+
+Per query: encode it with the index's model (encode_ids), recall the top k candidates by
+cosine, then optionally rerank them by the positive-class probability of a cross-encoder on
+(query, candidate) or of VIRT's `score` on the query's token states and the candidates'
+cached ones. Each result: `{"rank", "id", "text", "cosine"[, "rerank"], "score"}`, best first
+(`score` is what the order follows: `rerank` when reranked, else `cosine`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from search.index import Recall, SearchError, recall_vectors
+from serve.batching import Call
+from serve.signatures import pair_rows, text_rows
+
+
+def positive_class(backend):
+    from training.metrics import positive_index
+
+    return positive_index(backend.labels) if backend.labels else 1
+
+
+class Searcher:
+    """An index, the backend of the model that built it, and an optional reranker."""
+
+    def __init__(self, index, query_backend, reranker=None, recall="auto"):
+        if query_backend.kind != index.kind:
+            raise SearchError(f"{index.path}: a {index.kind} index, but the query model is {query_backend.kind}")
+        if reranker == "virt" and index.kind != "virt":
+            raise SearchError(f"{index.path}: rerank=virt needs a virt index (this one is {index.kind})")
+        if reranker not in (None, "virt") and reranker.kind != "cross_encoder":
+            raise SearchError(f"{reranker.path}: a {reranker.kind} model cannot rerank (a cross_encoder, or virt)")
+        self.index, self.query_backend, self.reranker = index, query_backend, reranker
+        self.recall = Recall(index.vectors, recall)
+        self.rerank_backend = query_backend if reranker == "virt" else reranker
+
+    def plan(self, queries, k, rerank=True):
+        """Plan -> one result list per query."""
+        qb = self.query_backend
+        rows = text_rows(qb, queries)
+        encoded = yield Call(qb, "encode_ids", rows)
+        scores, idx = self.recall.search(recall_vectors(qb.kind, encoded), k)
+        results = [[{"index": int(j), "id": self.index.ids[j], "text": self.index.texts[j], "cosine": float(s)}
+                    for s, j in zip(srow, irow)] for srow, irow in zip(scores, idx)]
+        if rerank and self.reranker is not None:
+            flat = [(q, c) for q, cands in enumerate(results) for c in cands]
+            if self.reranker == "virt":
+                call_rows = [{"x_states": encoded[q]["token_states"], "x_mask": rows[q]["attention_mask"],
+                              "y_states": (s := self.index.states(c["index"])),
+                              "y_mask": np.ones(len(s), np.int32)} for q, c in flat]
+                out = yield Call(qb, "score", call_rows)
+            else:
+                out = yield Call(self.reranker, "predict_ids",
+                                 pair_rows(self.reranker, [queries[q] for q, _ in flat], [c["text"] for _, c in flat]))
+            pos = positive_class(self.rerank_backend)
+            for (_, c), o in zip(flat, out):
+                c["rerank"] = float(o["probs"][pos])
+        for cands in results:
+            key = "rerank" if cands and "rerank" in cands[0] else "cosine"
+            cands.sort(key=lambda c: (-c[key], c["index"]))
+            for r, c in enumerate(cands, 1):
+                c["rank"], c["score"] = r, c[key]
+                del c["index"]
+        return results
+
+
+def open_searcher(index_dir, rerank=None, recall="auto", backend="onnx", query_backend=None, threads=None):
+    """A Searcher for an index directory: opens the index's model (or reuses `query_backend`
+    when it is that model) and the reranker (a model / export dir, or "virt")."""
+    from search.index import Index
+    from serve.backends import open_model
+
+    index = Index(index_dir)
+    model = index.meta["model"]
+    if query_backend is None or Path(query_backend.path).resolve() != Path(model).resolve():
+        if not Path(model).is_dir():
+            raise SearchError(f"{index.path}: its model {model} is gone; rebuild the index")
+        runtime = index.meta.get("backend")  # query with the runtime that encoded the corpus
+        query_backend = open_model(model, runtime if runtime in ("onnx", "tf") else backend, threads=threads)
+        query_backend.max_len = int(index.meta["max_seq_len"])
+    reranker = rerank
+    if rerank not in (None, "virt"):
+        reranker = open_model(rerank, backend, threads=threads, kinds=("cross_encoder",))
+    return Searcher(index, query_backend, reranker, recall)

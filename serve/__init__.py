@@ -1,0 +1,8 @@
+"""HTTP model server speaking TensorFlow Serving's REST API, with dynamic micro-batching.
+
+    python run_tasks.py --task serve --set serve.model=<export dir or model dir>
+
+Modules: `backends` (onnxruntime / SavedModel / Keras behind one interface), `batching`
+(rows, micro-batcher, plans), `signatures` (TF Serving request/response shapes),
+`metrics` (Prometheus text), `app` (FastAPI routes), `task` (the serve task).
+"""

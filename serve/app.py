@@ -1,0 +1,223 @@
+"""FastAPI routes: TF Serving's REST API, /v1/search, /healthz, /metrics.
+
+    GET  /v1/models/<name>[/versions/<v>]            status (model_version_status)
+    GET  /v1/models/<name>[/versions/<v>]/metadata   signature_def of every signature
+    POST /v1/models/<name>[/versions/<v>]:predict    {"signature_name", "instances" | "inputs"}
+    POST /v1/search                                  {"queries": [...] | "query": "...", "k", "rerank"}
+    GET  /healthz, GET /metrics                      liveness; Prometheus text
+
+Every error is `{"error": "..."}`: 400 bad request, 404 unknown model / version / signature /
+path, 405 wrong HTTP method, 500 a failed model call (the worker carries on). A client that
+disconnects while its request waits or runs is logged, its queued rows are dropped and the
+request is counted with code 499 (nginx's "client closed request"); nothing is sent back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from serve.batching import MicroBatcher, drive_async
+from serve.metrics import Metrics
+from serve.signatures import ApiError, Limits, SignatureSet, check_text, format_response, parse_request, status
+
+log = logging.getLogger("serve")
+
+MODEL_PATH = re.compile(r"^(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+))?"
+                        r"(?P<tail>/metadata|:(?P<method>[A-Za-z]+))?$")
+
+
+class ClientGone(Exception):
+    """The client disconnected before its response was ready."""
+
+
+class ServerState:
+    """What the routes share: the served backend and its signatures, one micro-batcher per
+    backend (the served model, the search index's model, the reranker), metrics, limits."""
+
+    def __init__(self, backend, max_batch=32, max_wait_ms=5.0, limits=None, searcher=None, max_k=100):
+        self.backend, self.limits = backend, limits or Limits()
+        self.metrics = Metrics()
+        self.signatures = SignatureSet(backend, self.limits)
+        self.max_batch, self.max_wait_ms = max_batch, max_wait_ms
+        self.searcher, self.max_k = searcher, max_k
+        self._batchers = {}
+        self.batcher_for(backend)
+        if searcher is not None:
+            self.batcher_for(searcher.query_backend)
+            if searcher.rerank_backend is not None:
+                self.batcher_for(searcher.rerank_backend)
+
+    def batcher_for(self, backend):
+        key = id(backend)
+        if key not in self._batchers:
+            self._batchers[key] = MicroBatcher(backend, self.max_batch, self.max_wait_ms, self.metrics,
+                                               name=f"batcher-{backend.name}")
+        return self._batchers[key]
+
+    @property
+    def batcher(self):
+        return self._batchers[id(self.backend)]
+
+    async def submit(self, call):
+        return await asyncio.wrap_future(self.batcher_for(call.backend).submit(call.fn, call.rows))
+
+    def close(self):
+        for b in self._batchers.values():
+            b.close()
+
+
+def _json(obj, status_code=200):
+    return Response(json.dumps(obj, ensure_ascii=False, separators=(",", ":")), status_code=status_code,
+                    media_type="application/json")
+
+
+async def _wait_disconnect(request):
+    # After the body is read, the ASGI server's receive() returns only when the client
+    # leaves (or the response is complete, after which this task is already cancelled).
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def run_plan(state, plan, request, what):
+    """Drive `plan` through the batchers; raise ClientGone if the client leaves first."""
+    task = asyncio.ensure_future(drive_async(plan, state.submit))
+    gone = asyncio.ensure_future(_wait_disconnect(request))
+    done, _ = await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    if task in done:
+        gone.cancel()
+        return task.result()
+    task.cancel()  # cancels the awaited batcher future: its queued rows are dropped
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())
+    log.warning("client disconnected: %s request cancelled", what)
+    raise ClientGone
+
+
+def create_app(state):
+    """The FastAPI application over a `ServerState`."""
+    app = FastAPI(title="textmatch server", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.server = state
+    be = state.backend
+
+    async def handle(endpoint, coro_fn):
+        t0 = time.perf_counter()
+        try:
+            resp = _json(await coro_fn())
+        except ApiError as e:
+            resp = _json({"error": e.message}, e.status)
+        except ClientGone:
+            resp = Response(status_code=499)
+        except Exception as e:  # noqa: BLE001  a failed model call: report it, keep serving
+            log.exception("%s request failed", endpoint)
+            resp = _json({"error": f"internal error: {type(e).__name__}: {e}"}, 500)
+        state.metrics.request(endpoint, resp.status_code, time.perf_counter() - t0)
+        return resp
+
+    def resolve(rest):
+        m = MODEL_PATH.match(rest)
+        if not m:
+            raise ApiError(404, f"Malformed request: /v1/models/{rest}")
+        name, version = m.group("name"), m.group("version")
+        if version is not None and not version.isdigit():
+            raise ApiError(400, f"Failed to convert version: {version}")
+        if name != be.name or (version is not None and int(version) != be.version):
+            spec = f"Specific({name}, {version})" if version is not None else f"Latest({name})"
+            raise ApiError(404, f"Servable not found for request: {spec}")
+        return m
+
+    @app.get("/v1/models/{rest:path}")
+    async def model_get(rest: str):
+        async def go():
+            m = resolve(rest)
+            if m.group("method"):
+                raise ApiError(405, f"use POST for :{m.group('method')}")
+            return state.signatures.metadata() if m.group("tail") else status(be)
+        return await handle("metadata" if rest.endswith("/metadata") else "status", go)
+
+    @app.post("/v1/models/{rest:path}")
+    async def model_post(rest: str, request: Request):
+        async def go():
+            m = resolve(rest)
+            method = m.group("method")
+            if method is None:
+                raise ApiError(405, f"POST /v1/models/{rest}: use GET, or POST to .../{m.group('name')}:predict")
+            if method != "predict":
+                raise ApiError(400, f"method :{method} is not supported by this server (only :predict; "
+                                    "TF Serving's :classify and :regress need tf.Example signatures)")
+            sig, columns, row_format = parse_request(await request.body(), state.signatures.signatures,
+                                                     state.limits)
+            outputs = await run_plan(state, sig.plan(columns, row_format), request, f"{sig.name} predict")
+            return format_response(outputs, sig, row_format)
+        return await handle("predict", go)
+
+    @app.post("/v1/search")
+    async def search(request: Request):
+        async def go():
+            if state.searcher is None:
+                raise ApiError(404, "no search index on this server (start it with serve.index=<index dir>)")
+            queries, single, k, rerank = parse_search(await request.body(), state.limits, state.max_k)
+            results = await run_plan(state, state.searcher.plan(queries, k, rerank), request, "search")
+            return {"results": results[0] if single else results}
+        return await handle("search", go)
+
+    @app.get("/healthz")
+    async def healthz():
+        return await handle("healthz", lambda: _ok(be))
+
+    @app.get("/metrics")
+    async def metrics():
+        return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request, exc):
+        msg = {404: f"Malformed request: {request.method} {request.url.path}",
+               405: f"{request.method} is not allowed on {request.url.path}"}.get(exc.status_code, str(exc.detail))
+        return _json({"error": msg}, exc.status_code)
+
+    return app
+
+
+async def _ok(be):
+    return {"status": "ok", "model": be.name, "version": str(be.version), "kind": be.kind, "runtime": be.runtime}
+
+
+def parse_search(body, limits, max_k):
+    """/v1/search body -> (queries, single, k, rerank)."""
+    try:
+        req = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ApiError(400, f"JSON Parse error: {e}") from None
+    if not isinstance(req, dict):
+        raise ApiError(400, "request body must be a JSON object with 'queries' (or 'query')")
+    unknown = sorted(set(req) - {"queries", "query", "k", "rerank"})
+    if unknown:
+        raise ApiError(400, f"unknown key(s) {', '.join(map(repr, unknown))} (expected queries|query, k, rerank)")
+    if ("queries" in req) == ("query" in req):
+        raise ApiError(400, "give exactly one of 'queries' (a list of strings) and 'query' (a string)")
+    single = "query" in req
+    queries = [req["query"]] if single else req["queries"]
+    if not isinstance(queries, list) or not queries:
+        raise ApiError(400, "'queries' must be a non-empty list of strings")
+    if len(queries) > limits.max_texts:
+        raise ApiError(400, f"{len(queries)} queries, over the limit of {limits.max_texts} (serve.max_texts)")
+    where = (lambda i: "query") if single else (lambda i: f"queries[{i}]")
+    queries = [check_text(q, where(i), limits) for i, q in enumerate(queries)]
+    for i, q in enumerate(queries):
+        if not q.strip():
+            raise ApiError(400, f"{where(i)}: empty query")
+    k = req.get("k", 10)
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= max_k:
+        raise ApiError(400, f"k: expected an integer between 1 and {max_k} (serve.max_k), got {k!r}")
+    rerank = req.get("rerank", True)
+    if not isinstance(rerank, bool):
+        raise ApiError(400, f"rerank: expected true or false, got {rerank!r}")
+    return queries, single, k, rerank

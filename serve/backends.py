@@ -1,0 +1,260 @@
+"""What the server and the search task run: a model's ids-level functions behind one interface.
+
+    backend = open_model("exports/qm")                 # export dir -> onnxruntime (default)
+    backend = open_model("exports/qm", backend="tf")   # export dir -> its SavedModel
+    backend = open_model("runs/virt/<stamp>/model")    # model dir  -> Keras (no export step)
+    backend.run("predict_ids", {"input_ids": ids, "token_type_ids": types, "attention_mask": mask})
+
+Functions (`backend.functions`, the ones export/saved_model.py exports):
+
+| function      | kinds         | inputs                                              | outputs |
+|---------------|---------------|-----------------------------------------------------|---------|
+| `predict_ids` | cross_encoder | `input_ids`, `token_type_ids`, `attention_mask`     | `probs` |
+| `predict_ids` | sbert, virt   | `x_ids`, `x_mask`, `y_ids`, `y_mask`                | `probs` and/or `cosine` (sbert) |
+| `encode_ids`  | sbert, virt   | `input_ids`, `attention_mask`                       | `embeddings` [B, H] / `token_states` [B, T, H] |
+| `score`       | virt          | `x_states`, `x_mask`, `y_states`, `y_mask`          | `probs` |
+
+A model directory is served through Keras (the same `ids_functions` the export
+converts) rather than exported on the fly: an export costs a SavedModel, tf2onnx
+conversions and parity checks (about a minute for MiniLM-L6) before the first
+request, for a model someone is still iterating on; `--task export` is the way
+to get the ONNX speed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+PAIR_IDS = ("input_ids", "token_type_ids", "attention_mask")
+SIAMESE_IDS = ("x_ids", "x_mask", "y_ids", "y_mask")
+SCORE_INPUTS = ("x_states", "x_mask", "y_states", "y_mask")
+ONNX_FILES = {"predict_ids": "model.onnx", "encode_ids": "encode.onnx", "score": "score.onnx"}
+
+
+class BackendError(ValueError):
+    """A model path that cannot be served; the message names the path and what is missing."""
+
+
+@dataclass(frozen=True)
+class Function:
+    """One ids-level function: input names in call order, output names, and the outputs
+    that carry a sequence axis (trimmed back to each row's own length after batching)."""
+    inputs: tuple
+    outputs: tuple
+    seq_outputs: tuple = ()
+
+
+def functions_of(kind, outputs):
+    """`Function`s of a model kind; `outputs` = predict_ids' output names."""
+    if kind == "cross_encoder":
+        return {"predict_ids": Function(PAIR_IDS, tuple(outputs))}
+    fns = {"predict_ids": Function(SIAMESE_IDS, tuple(outputs))}
+    if kind == "sbert":
+        fns["encode_ids"] = Function(("input_ids", "attention_mask"), ("embeddings",))
+    else:
+        fns["encode_ids"] = Function(("input_ids", "attention_mask"), ("token_states",), ("token_states",))
+        fns["score"] = Function(SCORE_INPUTS, ("probs",))
+    return fns
+
+
+def _predict_outputs(meta):
+    """Output names of predict_ids from model.json (as export.saved_model.outputs_of, without TF)."""
+    if meta["kind"] == "sbert":
+        return ("cosine", "probs") if meta["model"]["config"].get("objective", "softmax") == "softmax" \
+            else ("cosine",)
+    return ("probs",)
+
+
+class Backend:
+    """A model's ids-level functions, its tokenizer and what the server reports about it.
+
+    Attributes: kind, name, version (int), labels, tokenizer (PairTokenizer), max_len
+    (longest token row the server produces), architecture (the encoder's config dict),
+    functions (name -> Function), source (path), runtime ("onnx", "tf" or "keras").
+    """
+
+    runtime = "?"
+
+    def __init__(self, path, meta, tokenizer, name, version, max_len):
+        self.path, self.meta, self.tokenizer = Path(path), meta, tokenizer
+        self.kind = meta["kind"]
+        self.labels = list(meta.get("labels") or [])
+        self.architecture = dict(meta["model"]["config"]["encoder"])
+        self.name, self.version, self.max_len = name, int(version), int(max_len)
+        self.functions = functions_of(self.kind, _predict_outputs(meta))
+
+    @property
+    def hidden_size(self):
+        return int(self.architecture["hidden_size"])
+
+    def run(self, fn, feeds):
+        """`feeds`: input name -> padded numpy array; returns output name -> numpy array."""
+        raise NotImplementedError
+
+    def describe(self):
+        return f"{self.kind} model {self.name!r} version {self.version} ({self.runtime}, {self.path})"
+
+
+class OnnxBackend(Backend):
+    runtime = "onnx"
+
+    def __init__(self, path, meta, tokenizer, name, version, max_len, int8=False, threads=None):
+        super().__init__(path, meta, tokenizer, name, version, max_len)
+        from export.onnx import session
+
+        self.files = {fn: self.path / "onnx" / ("model.int8.onnx" if fn == "predict_ids" and int8 else file)
+                      for fn, file in ONNX_FILES.items() if fn in self.functions}
+        self.sessions = {}
+        for fn, file in self.files.items():
+            if not file.is_file():
+                raise BackendError(f"{file}: missing; export with export.formats including onnx"
+                                   + (" and export.int8=true" if int8 and fn == "predict_ids" else "")
+                                   + " (or use the tf backend)")
+            self.sessions[fn] = session(file, threads)
+        # The ONNX file is the authority on its outputs (sbert: cosine and/or probs).
+        names = tuple(o.name for o in self.sessions["predict_ids"].get_outputs())
+        self.functions["predict_ids"] = Function(self.functions["predict_ids"].inputs, names)
+
+    def run(self, fn, feeds):
+        sess = self.sessions[fn]
+        names = [o.name for o in sess.get_outputs()]
+        return dict(zip(names, sess.run(None, {k: feeds[k] for k in self.functions[fn].inputs})))
+
+
+class _TFBackend(Backend):
+    """Shared by the SavedModel and Keras backends: call tf callables, return numpy."""
+
+    def _call(self, fn, feeds):
+        import tensorflow as tf
+
+        out = self.callables[fn](**{k: tf.constant(feeds[k]) for k in self.functions[fn].inputs})
+        return {k: v.numpy() for k, v in out.items() if k in self.functions[fn].outputs}
+
+    def run(self, fn, feeds):
+        return self._call(fn, feeds)
+
+
+class SavedModelBackend(_TFBackend):
+    runtime = "tf"
+
+    def __init__(self, path, meta, tokenizer, export_name, version, max_len, threads=None, name=None):
+        super().__init__(path, meta, tokenizer, name or export_name, version, max_len)
+        _tf_threads(threads)
+        import tensorflow as tf
+        import tensorflow_text  # noqa: F401  registers the tf-text ops of the string signatures
+
+        sm_dir = self.path / "saved_model" / export_name / str(version)
+        if not (sm_dir / "saved_model.pb").is_file():
+            raise BackendError(f"{sm_dir}: no SavedModel there (serve.backend=tf needs the export's saved_model/)")
+        self.saved_model = sm = tf.saved_model.load(str(sm_dir))
+        self.callables = {"predict_ids": sm.signatures["predict_ids"]}
+        if "encode_ids" in self.functions:
+            self.callables["encode_ids"] = sm.encode_ids  # kept as a tf.function attribute, not a signature
+        if "score" in self.functions:
+            self.callables["score"] = sm.signatures["score"]
+
+
+class KerasBackend(_TFBackend):
+    runtime = "keras"
+
+    def __init__(self, loaded, name, max_len, threads=None):
+        super().__init__(loaded.path, loaded.meta, loaded.tokenizer, name, 1, max_len)
+        _tf_threads(threads)
+        from export.saved_model import ids_functions
+
+        self.loaded = loaded
+        self.callables = ids_functions(loaded.model, self.kind)
+
+
+def _tf_threads(threads):
+    if threads:
+        import tensorflow as tf
+
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+        except RuntimeError:  # TensorFlow already initialised (tests, a second backend): keep its pool
+            pass
+
+
+def is_export_dir(path):
+    return (Path(path) / "parity.json").is_file() and (Path(path) / "model.json").is_file()
+
+
+def export_info(path):
+    """(name, version, max_seq_len) of the latest export into an export directory."""
+    report_file = Path(path) / "parity.json"
+    try:
+        report = json.loads(report_file.read_text(encoding="utf-8"))
+        return str(report["name"]), int(report["version"]), int(report["max_seq_len"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise BackendError(f"{report_file}: not a finished export's report ({e})") from None
+
+
+def open_model(path, backend="onnx", int8=False, threads=None, name=None, kinds=None):
+    """A `Backend` for an export directory (`backend` onnx|tf) or a model directory (Keras).
+
+    `kinds`: accepted model kinds (e.g. ("sbert", "virt") for an index), checked before loading.
+    """
+    from modeling.checkpoints import CheckpointError
+    from modeling.model_dir import read_meta
+
+    if path is None:
+        raise BackendError("no model given: set it to an export directory (--task export) or a model directory")
+    path = Path(path)
+    if not path.is_dir():
+        raise BackendError(f"{path}: no such directory")
+    try:
+        meta = read_meta(path)
+    except CheckpointError as e:
+        raise BackendError(f"{e} (expected an export directory or a model directory)") from None
+    if kinds and meta["kind"] not in kinds:
+        raise BackendError(f"{path}: a {meta['kind']} model, expected {' or '.join(kinds)}")
+    if meta["kind"] not in ("cross_encoder", "sbert", "virt"):
+        raise BackendError(f"{path}: a {meta['kind']} model cannot be served (cross_encoder, sbert or virt)")
+    if is_export_dir(path):
+        from modeling.tokenization import PairTokenizer
+
+        export_name, version, max_len = export_info(path)
+        tok = PairTokenizer(path / "vocab.txt", meta["tokenizer"]["lowercase"])
+        if backend == "tf":
+            return SavedModelBackend(path, meta, tok, export_name, version, max_len, threads, name)
+        if backend != "onnx":
+            raise BackendError(f"backend {backend!r}: expected onnx or tf")
+        return OnnxBackend(path, meta, tok, name or export_name, version, max_len, int8, threads)
+    if (path / "onnx").is_dir() or (path / "saved_model").is_dir():
+        raise BackendError(f"{path}: an export directory without parity.json (a failed or unfinished export?)")
+    if int8:
+        raise BackendError(f"{path}: int8 needs an export directory (--task export writes onnx/model.int8.onnx)")
+    from modeling.model_dir import load_model_dir
+
+    loaded = load_model_dir(path)
+    return KerasBackend(loaded, name or _dir_name(path), loaded.max_seq_len, threads)
+
+
+def _dir_name(path):
+    from export.saved_model import default_name
+
+    return default_name(path, read_kind(path))
+
+
+def read_kind(path):
+    from modeling.model_dir import read_meta
+
+    return read_meta(path)["kind"]
+
+
+def pad_rows(rows, dtype, pad_value=0):
+    """Stack arrays of shape [L_i, ...] into [B, max L, ...], padded with `pad_value`."""
+    rows = [np.asarray(r) for r in rows]
+    width = max((r.shape[0] for r in rows), default=0)
+    out = np.full((len(rows), width) + rows[0].shape[1:], pad_value, dtype=dtype)
+    for i, r in enumerate(rows):
+        out[i, :r.shape[0]] = r
+    return out

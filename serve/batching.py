@@ -1,0 +1,243 @@
+"""Rows in, rows out: padding a batch of rows for a backend, and dynamic micro-batching.
+
+A *row* is one example for an ids-level function (serve/backends.py): input name ->
+unpadded array (`[L]` ids / mask, `[L, H]` states). `run_rows` pads rows to the longest
+in the batch, runs the backend once and cuts the outputs back into rows (sequence outputs
+trimmed to each row's own length, so a row's result does not depend on its batch mates).
+
+    batcher = MicroBatcher(backend, max_batch=32, max_wait_ms=5)
+    future = batcher.submit("predict_ids", rows)    # concurrent.futures.Future -> list of row outputs
+    rows_out = await asyncio.wrap_future(future)    # from the event loop; cancel() drops queued rows
+
+One worker thread owns the backend: it takes the oldest request, then keeps adding rows
+of requests for the same function until `max_batch` rows or `max_wait_ms` have passed,
+runs them as one batch and hands every request its own rows. A request larger than
+`max_batch` is split over consecutive batches. A failing batch fails only the requests
+in it; the worker carries on with the next one.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future, InvalidStateError
+
+import numpy as np
+
+from serve.backends import pad_rows
+
+log = logging.getLogger(__name__)
+
+ID_INPUTS = ("input_ids", "x_ids", "y_ids")
+
+
+def run_rows(backend, fn, rows):
+    """Pad `rows`, run `fn` once, return one output dict per row."""
+    spec = backend.functions[fn]
+    feeds = {}
+    for name in spec.inputs:
+        values = [r[name] for r in rows]
+        dtype = np.float32 if values[0].dtype.kind == "f" else np.int32
+        pad = backend.tokenizer.pad_id if name in ID_INPUTS else 0
+        feeds[name] = pad_rows(values, dtype, pad)
+    out = backend.run(fn, feeds)
+    first = spec.inputs[0]
+    result = []
+    for i, r in enumerate(rows):
+        row = {}
+        for name in spec.outputs:
+            v = out[name][i]
+            row[name] = v[:len(r[first])] if name in spec.seq_outputs else v
+        result.append(row)
+    return result
+
+
+def run_in_batches(backend, fn, rows, batch_size):
+    """Direct (no queue) run for the command-line tasks: length-sorted batches, input order kept."""
+    first = backend.functions[fn].inputs[0]
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i][first]))
+    out = [None] * len(rows)
+    for s in range(0, len(order), batch_size):
+        chunk = order[s:s + batch_size]
+        for i, res in zip(chunk, run_rows(backend, fn, [rows[i] for i in chunk])):
+            out[i] = res
+    return out
+
+
+class _Job:
+    __slots__ = ("fn", "rows", "future", "results", "next", "done", "enqueued")
+
+    def __init__(self, fn, rows):
+        self.fn, self.rows, self.future = fn, rows, Future()
+        self.results = [None] * len(rows)
+        self.next = self.done = 0
+        self.enqueued = time.monotonic()
+
+
+class MicroBatcher:
+    """Dynamic batching of concurrent requests onto one backend (see the module docstring).
+
+    `metrics` (serve.metrics.Metrics, optional) records every batch's size and the
+    cancelled requests.
+    """
+
+    def __init__(self, backend, max_batch=32, max_wait_ms=5.0, metrics=None, name="batcher"):
+        if max_batch < 1:
+            raise ValueError(f"max_batch={max_batch}: must be >= 1")
+        self.backend, self.max_batch, self.max_wait = backend, int(max_batch), max(float(max_wait_ms), 0.0) / 1000
+        self.metrics = metrics
+        self._queue = queue.Queue()
+        self._pending = collections.deque()  # jobs taken from the queue but not finished
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._closed = False
+        self._thread.start()
+
+    def submit(self, fn, rows):
+        """Queue `rows` for `fn`; the future's result is the list of row outputs, in order."""
+        if fn not in self.backend.functions:
+            raise KeyError(fn)
+        job = _Job(fn, list(rows))
+        if not job.rows:
+            job.future.set_result([])
+        elif self._closed:
+            job.future.set_exception(RuntimeError("server is shutting down"))
+        else:
+            self._queue.put(job)
+        return job.future
+
+    def run(self, fn, rows):
+        """Blocking submit (threads, tests)."""
+        return self.submit(fn, rows).result()
+
+    def close(self, timeout=5.0):
+        self._closed = True
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    # ---------------------------------------------------------------- worker
+    def _live(self, job):
+        if job.future.cancelled():
+            log.info("request cancelled before it ran (%d %s rows dropped)", len(job.rows) - job.next, job.fn)
+            if self.metrics:
+                self.metrics.cancelled(job.fn)
+            return False
+        return True
+
+    def _next_job(self, fn=None, timeout=None):
+        """A pending or queued job (for `fn` only when given); None on timeout / shutdown."""
+        for job in list(self._pending):
+            if (fn is None or job.fn == fn) and job.next < len(job.rows):
+                return job
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                if deadline is None:
+                    job = self._queue.get()
+                else:  # a zero wait still takes what is already queued
+                    wait = deadline - time.monotonic()
+                    job = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                return None
+            if job is None:
+                self._queue.put(None)  # keep the sentinel for the outer loop
+                return None
+            if not self._live(job):
+                continue
+            self._pending.append(job)
+            if fn is None or job.fn == fn:
+                return job
+
+    def _loop(self):
+        while not (self._closed and self._queue.empty() and not self._pending):
+            job = self._next_job()
+            if job is None:
+                if self._closed:
+                    break
+                continue
+            batch = []  # (job, row index)
+            fn, deadline = job.fn, time.monotonic() + self.max_wait
+            while job is not None:
+                if self._live(job):
+                    take = min(self.max_batch - len(batch), len(job.rows) - job.next)
+                    batch.extend((job, i) for i in range(job.next, job.next + take))
+                    job.next += take
+                else:
+                    self._pending.remove(job)
+                if len(batch) >= self.max_batch:
+                    break
+                job = self._next_job(fn, timeout=max(deadline - time.monotonic(), 0.0))
+            if batch:
+                self._run_batch(fn, batch)
+        for job in list(self._pending):
+            job.future.cancel()
+
+    def _run_batch(self, fn, batch):
+        jobs = list(dict.fromkeys(j for j, _ in batch))
+        try:
+            outs = run_rows(self.backend, fn, [j.rows[i] for j, i in batch])
+        except Exception as e:  # noqa: BLE001  one bad batch must not end the worker
+            log.exception("batch of %d %s rows failed", len(batch), fn)
+            for j in jobs:
+                self._finish(j, exc=e)
+            return
+        if self.metrics:
+            self.metrics.batch(fn, len(batch))
+        for (j, i), out in zip(batch, outs):
+            j.results[i] = out
+            j.done += 1
+        for j in jobs:
+            if j.done == len(j.rows):
+                self._finish(j)
+
+    def _finish(self, job, exc=None):
+        if job in self._pending:
+            self._pending.remove(job)
+        job.next = len(job.rows)
+        try:
+            if exc is not None:
+                job.future.set_exception(exc)
+            else:
+                job.future.set_result(job.results)
+        except InvalidStateError:  # cancelled while its last batch ran
+            log.info("request cancelled while running; %s result dropped", job.fn)
+            if self.metrics:
+                self.metrics.cancelled(job.fn)
+
+
+# ----------------------------------------------------------------------------- plans
+class Call:
+    """One step of a plan: run `fn` of `backend` on `rows` (see `drive`)."""
+    __slots__ = ("backend", "fn", "rows")
+
+    def __init__(self, backend, fn, rows):
+        self.backend, self.fn, self.rows = backend, fn, rows
+
+
+def drive(plan, run):
+    """Run a plan: a generator that yields `Call`s, receives their row outputs and returns
+    its result (or a plain value: nothing to run). `run(call)` -> row outputs. The same
+    plan is driven synchronously by the command-line tasks and through the micro-batchers
+    by the server (`drive_async`)."""
+    if not hasattr(plan, "send"):
+        return plan
+    try:
+        call = next(plan)
+        while True:
+            call = plan.send(run(call))
+    except StopIteration as stop:
+        return stop.value
+
+
+async def drive_async(plan, submit):
+    """`drive` with an async `submit(call)`."""
+    if not hasattr(plan, "send"):
+        return plan
+    try:
+        call = next(plan)
+        while True:
+            call = plan.send(await submit(call))
+    except StopIteration as stop:
+        return stop.value

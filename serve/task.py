@@ -1,0 +1,97 @@
+"""The serve task: `python run_tasks.py --task serve --set serve.model=<export dir or model dir>`.
+
+    serve.backend   onnx (default) | tf      export directories; a model directory runs through Keras
+    serve.int8      serve onnx/model.int8.onnx for serving_default / predict_ids
+    serve.index     an index directory (--task index) behind POST /v1/search; serve.rerank for its reranker
+
+`start_server(state)` runs the same server on a background thread (tests, benchmarks).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+
+log = logging.getLogger("serve")
+
+
+def build_state(cfg):
+    """Open the backends of `cfg.serve` (and the search index) -> ServerState."""
+    from search.engine import open_searcher
+    from serve.app import ServerState
+    from serve.backends import BackendError, open_model
+    from serve.signatures import Limits
+
+    s = cfg.serve
+    if s.model is None:
+        raise BackendError("set serve.model to an export directory (--task export) or a model directory, "
+                           "e.g. --set serve.model=runs/export/<stamp>")
+    for key in ("max_batch", "max_texts", "max_chars", "max_k"):
+        if getattr(s, key) < 1:
+            raise BackendError(f"serve.{key}={getattr(s, key)}: must be >= 1")
+    if s.max_wait_ms < 0:
+        raise BackendError(f"serve.max_wait_ms={s.max_wait_ms}: must be >= 0")
+    backend = open_model(s.model, s.backend, s.int8, s.threads, s.name)
+    searcher = None
+    if s.index:
+        searcher = open_searcher(s.index, s.rerank, cfg.search.recall, s.backend, query_backend=backend,
+                                 threads=s.threads)
+    elif s.rerank:
+        raise BackendError("serve.rerank is for /v1/search: set serve.index too")
+    return ServerState(backend, s.max_batch, s.max_wait_ms, Limits(s.max_texts, s.max_chars), searcher, s.max_k)
+
+
+def serve_task(cfg):
+    import uvicorn
+
+    from serve.app import create_app
+
+    s = cfg.serve
+    state = build_state(cfg)
+    log.info("serving %s on http://%s:%d (max_batch %d, max_wait_ms %g%s)", state.backend.describe(), s.host,
+             s.port, s.max_batch, s.max_wait_ms,
+             f", search over {s.index}" if s.index else "")
+    try:
+        uvicorn.run(create_app(state), host=s.host, port=s.port, log_level="warning", access_log=False,
+                    timeout_graceful_shutdown=5)
+    finally:
+        state.close()
+
+
+def free_port(host="127.0.0.1"):
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+class BackgroundServer:
+    """uvicorn on a thread, on a free loopback port: `with BackgroundServer(state) as url: ...`."""
+
+    def __init__(self, state, host="127.0.0.1"):
+        import uvicorn
+
+        from serve.app import create_app
+
+        self.state, self.host = state, host
+        self.sock = socket.socket()
+        self.sock.bind((host, 0))
+        self.url = f"http://{host}:{self.sock.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(create_app(state), log_level="warning", access_log=False))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.01)
+        return self.url
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(10)
+        self.sock.close()
+        self.state.close()
