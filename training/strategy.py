@@ -54,11 +54,30 @@ def _multiworker():
     return tf.distribute.MultiWorkerMirroredStrategy()
 
 
+def in_cluster(strategy=None):
+    """True under a multi-worker strategy with a cluster (TF_CONFIG); default: the current strategy."""
+    resolver = getattr(strategy or tf.distribute.get_strategy(), "cluster_resolver", None)
+    return bool(resolver is not None and getattr(resolver, "cluster_spec", lambda: None)())
+
+
 def is_chief(strategy):
     """Only the chief writes outputs; other workers write to throw-away dirs."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not getattr(resolver, "cluster_spec", lambda: None)():
+    if not in_cluster(strategy):
         return True
-    task_type, task_id = resolver.task_type, resolver.task_id
+    resolver = strategy.cluster_resolver
+    return _chief_task(resolver.task_type, resolver.task_id, resolver.cluster_spec().as_dict())
+
+
+def chief_from_env(train_cfg):
+    """`is_chief` before the strategy exists (run directories are prepared first): from TF_CONFIG."""
+    if train_cfg.strategy != "multiworker" or "TF_CONFIG" not in os.environ:
+        return True
+    tf_config = json.loads(os.environ["TF_CONFIG"])
+    task = tf_config.get("task", {})
+    return _chief_task(task.get("type"), task.get("index", 0), tf_config.get("cluster", {}))
+
+
+def _chief_task(task_type, task_id, cluster):
+    """The `chief` task, or worker 0 of a cluster without one (TensorFlow's convention)."""
     return task_type is None or task_type == "chief" or (
-        task_type == "worker" and task_id == 0 and "chief" not in resolver.cluster_spec().as_dict())
+        task_type == "worker" and task_id == 0 and "chief" not in cluster)

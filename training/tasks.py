@@ -10,6 +10,7 @@ import copy
 import hashlib
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,7 +27,7 @@ from modeling.model_dir import load_model_dir, save_model_dir
 from modeling.pretrained import detect_format, load_pretrained, resolve
 from modeling.tokenization import PairTokenizer
 from training.metrics import classification_metrics
-from training.strategy import make_strategy
+from training.strategy import chief_from_env, in_cluster, is_chief, make_strategy
 from training.trainer import Split, Trainer, TrainingError, finish_backup, predict_outputs
 
 log = logging.getLogger(__name__)
@@ -40,8 +41,15 @@ class RunError(RuntimeError):
 
 # ----------------------------------------------------------------------------- run dir
 def prepare_run_dir(cfg):
-    """`--out DIR` or `runs/<task>/<stamp>`; refuse to overwrite a finished run."""
+    """`--out DIR` or `runs/<task>/<stamp>`; refuse to overwrite a finished run.
+
+    A multi-worker run's other workers write nothing there: they only read the chief's backup."""
     out = Path(cfg.out) if cfg.out else Path("runs") / cfg.task / datetime.now().strftime("%Y%m%d-%H%M%S")
+    if not chief_from_env(cfg.train):
+        if not cfg.out:
+            raise RunError("train.strategy=multiworker: give every worker the same --out (the chief's run "
+                           "directory, where the others find the resume checkpoints)")
+        return out
     if (out / "metrics.json").exists() and not (out / "backup").exists():
         raise RunError(f"{out} already holds a finished run (metrics.json); choose another --out")
     out.mkdir(parents=True, exist_ok=True)
@@ -50,6 +58,9 @@ def prepare_run_dir(cfg):
 
 
 def print_summary(run_dir, metrics):
+    if not metrics:  # a multi-worker run's non-chief worker
+        print(f"not the chief worker: the chief writes {run_dir}")
+        return
     for split in ("teacher", "valid", "test"):
         block = metrics.get(split, {})
         block = block.get("valid", block) if split == "teacher" else block
@@ -125,8 +136,9 @@ def load_splits(cfg):
 TOKEN_CACHE = Path("runs") / ".cache" / "tokens"
 
 
-def cached_featurize(model, tokenizer, texts_a, texts_b, max_len):
-    """`model.featurize`, cached on disk under a key of the texts, vocab, casing, length and layout."""
+def cached_featurize(model, tokenizer, texts_a, texts_b, max_len, write=True):
+    """`model.featurize`, cached on disk under a key of the texts, vocab, casing, length and layout
+    (`write=False`: read the cache, never add to it)."""
     h = hashlib.sha256()
     h.update(Path(tokenizer.vocab_file).read_bytes())
     layout = getattr(model, "deployable", model)
@@ -139,19 +151,21 @@ def cached_featurize(model, tokenizer, texts_a, texts_b, max_len):
             keys = {k[: -len(".flat")] for k in z.files if k.endswith(".flat")}
             return {k: [x.tolist() for x in np.split(z[k + ".flat"], np.cumsum(z[k + ".len"])[:-1])] for k in keys}
     feats = model.featurize(tokenizer, texts_a, texts_b, max_len)
+    if not write:
+        return feats
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {}
     for k, rows in feats.items():
         arrays[k + ".flat"] = np.fromiter((t for r in rows for t in r), np.int32)
         arrays[k + ".len"] = np.fromiter((len(r) for r in rows), np.int64, len(rows))
-    tmp = path.with_suffix(".tmp.npz")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")  # workers sharing a cache write their own
     np.savez(tmp, **arrays)
     tmp.replace(path)
     return feats
 
 
-def tokenize(model, tokenizer, pairs, label_names, max_len, name):
-    feats = cached_featurize(model, tokenizer, pairs.text_a, pairs.text_b, max_len)
+def tokenize(model, tokenizer, pairs, label_names, max_len, name, cache=True):
+    feats = cached_featurize(model, tokenizer, pairs.text_a, pairs.text_b, max_len, write=cache)
     index = {n: i for i, n in enumerate(label_names)}
     labels = None if pairs.labels is None else np.array([index[y] for y in pairs.labels], np.int32)
     return Split(name, feats, labels, (pairs.text_a, pairs.text_b))
@@ -176,6 +190,9 @@ def init_encoder(model_cfg, train_texts, run_dir, num_layers=None):
     if vocab is None and built.is_file():
         vocab = built  # a resumed run must keep its token ids (the WordPiece builder is not deterministic)
         log.info("reusing the run's vocabulary %s", vocab)
+    if vocab is None and in_cluster():  # build() runs inside the strategy's scope
+        raise RunError("train.strategy=multiworker with model.init=null needs model.vocab: a vocab.txt every "
+                       "worker reads (workers that each built one could get different token ids)")
     if vocab is None:
         vocab = build_vocab(train_texts, Path(run_dir) / "vocab.txt", lang=model_cfg.vocab_lang,
                             min_freq=model_cfg.vocab_min_freq)
@@ -282,10 +299,11 @@ def train_task(cfg, run_dir, build_model, splits, evaluate=None, extra_meta=None
             model(model.dummy_inputs())
         max_len = cfg.train.max_seq_len
         t0 = time.time()
-        train = tokenize(model, tokenizer, splits.train, splits.label_names, max_len, "train")
+        chief = is_chief(strategy)  # the other workers of a multi-worker run write nothing, not even the cache
+        train = tokenize(model, tokenizer, splits.train, splits.label_names, max_len, "train", cache=chief)
         if train_extra:
             train.features.update(train_extra(train))
-        valid = tokenize(model, tokenizer, splits.valid, splits.label_names, max_len, "valid")
+        valid = tokenize(model, tokenizer, splits.valid, splits.label_names, max_len, "valid", cache=chief)
         log.info("tokenised %d train / %d valid pairs in %.1fs", len(train), len(valid), time.time() - t0)
         evaluate = evaluate or evaluator(splits.label_names, cfg.train.eval_batch_size)
         model_dir = Path(run_dir) / "model"

@@ -11,9 +11,11 @@ and a restarted run skips the batches already done in the interrupted epoch.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import shutil
 import signal
 import tempfile
 import time
@@ -173,22 +175,26 @@ class Trainer:
             optimizer.build(model.trainable_variables)
         train_step = self._make_train_step(model, optimizer)
 
-        backup_dir = self.run_dir / "backup" if self.chief else Path(tempfile.mkdtemp(prefix="backup-worker-"))
+        # Every worker resumes from the chief's backup (a shared directory: the same --out on a shared
+        # filesystem); the others save their copies (TensorFlow wants every worker to save) to a temp dir.
+        restore_dir = self.run_dir / "backup"
+        backup_dir = restore_dir if self.chief else Path(tempfile.mkdtemp(prefix="backup-worker-"))
         # Dropout seed states are not tracked by Keras; listed here so a resumed run draws the same masks.
         seeds = [v for v in model.variables if "seed_generator" in v.path]
         ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer, seeds=seeds)
         manager = tf.train.CheckpointManager(ckpt, str(backup_dir), max_to_keep=2)
-        state_file = backup_dir / "state.json"
+        state_file = restore_dir / "state.json"
         # epochs_done: epochs trained *and* validated; a stop between the two validates on resume.
         state = {"best": None, "best_epoch": None, "bad_epochs": 0, "history": [], "epochs_done": 0}
-        if manager.latest_checkpoint:
-            ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        latest = tf.train.latest_checkpoint(str(restore_dir))
+        if latest:
+            ckpt.restore(latest).assert_existing_objects_matched()
             if state_file.is_file():
                 state = json.loads(state_file.read_text())
-            log.info("resumed from %s at step %d", manager.latest_checkpoint, int(optimizer.iterations))
+            log.info("resumed from %s at step %d", latest, _value(optimizer.iterations))
 
         def save_backup():
-            manager.save(checkpoint_number=int(optimizer.iterations))
+            manager.save(checkpoint_number=_value(optimizer.iterations))
             if self.chief:
                 tmp = state_file.with_suffix(".tmp")
                 tmp.write_text(json.dumps(state))
@@ -197,11 +203,11 @@ class Trainer:
         writer = tf.summary.create_file_writer(str(self.run_dir / "tensorboard")) if self.chief else None
         save_every = max(1, min(steps_per_epoch, getattr(cfg, "save_every", 0) or 200))
         start = time.time()
-        step = int(optimizer.iterations)
+        step = _value(optimizer.iterations)
         state.setdefault("epochs_done", step // steps_per_epoch)
         log.info("training: %d examples, global batch %d (%d x %d replicas), %d steps/epoch, %d epochs",
                  len(train), self.global_batch, cfg.batch_size, self.replicas, steps_per_epoch, cfg.epochs)
-        with _StopFlag() as stop:
+        with _StopFlag() as stop, _removed_after(None if self.chief else backup_dir):
             for epoch in range(state["epochs_done"], cfg.epochs):
                 if state["bad_epochs"] >= cfg.patience > 0:
                     break
@@ -219,11 +225,12 @@ class Trainer:
                     loss = float(loss)
                     step += 1
                     if not math.isfinite(loss):
-                        kept = (f"the last good checkpoint is kept in {backup_dir}" if manager.latest_checkpoint
+                        kept = (f"the last good checkpoint is kept in {restore_dir}"
+                                if tf.train.latest_checkpoint(str(restore_dir))
                                 else "no checkpoint had been written yet")
                         raise TrainingError(f"loss became {loss} at step {step} (epoch {epoch + 1}); {kept}. "
                                             "Try a lower train.learning_rate or train.clip_norm.")
-                    lr = float(optimizer.learning_rate)
+                    lr = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
                     values = [("loss", loss)] + [(k, float(v)) for k, v in terms.items()] if len(terms) > 1 \
                         else [("loss", loss)]
                     bar.update(step - epoch * steps_per_epoch, values=values + [("lr", lr)])
@@ -269,12 +276,24 @@ class Trainer:
         return FitResult(state["best_epoch"], best, state["history"], step, time.time() - start)
 
 
+def _value(variable):
+    """An integer variable's value; `int()` fails on MultiWorkerMirroredStrategy's MirroredVariable."""
+    return int(keras.ops.convert_to_numpy(variable))
+
+
+@contextlib.contextmanager
+def _removed_after(path):
+    try:
+        yield
+    finally:
+        if path is not None:
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def _fmt(metrics):
     return ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float))
 
 
 def finish_backup(run_dir):
     """Remove the resume checkpoints once a run has written its final outputs."""
-    import shutil
-
     shutil.rmtree(Path(run_dir) / "backup", ignore_errors=True)
