@@ -95,7 +95,8 @@ def main(argv=None):
     except Exception as e:  # one line for users; --debug shows the traceback
         if args.debug:
             raise
-        print(f"error: {e}", file=sys.stderr)
+        message = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+        print(f"error: {message or type(e).__name__}", file=sys.stderr)  # one line, whatever raised
         trainer = sys.modules.get("training.trainer")  # not imported (no TensorFlow start-up) for config errors
         return 143 if trainer and isinstance(e, trainer.TrainingInterrupted) else 1
     return 0

@@ -113,11 +113,23 @@ def load_model_dir(path, expect_kind=None):
     for name in ("vocab.txt", "model.weights.h5"):
         if not (path / name).is_file():
             raise CheckpointError(f"{path}: {name} is missing (half-written model directory?)")
-    model = keras.saving.deserialize_keras_object(meta["model"])
-    model(model.dummy_inputs())  # create the variables before loading them
+    try:
+        model = keras.saving.deserialize_keras_object(meta["model"])
+        model(model.dummy_inputs())  # create the variables before loading them
+    except Exception as e:  # an edited or foreign model.json: Keras raises TypeError, ValueError, ...
+        raise CheckpointError(f"{path / 'model.json'}: cannot rebuild the {meta['kind']} model from its "
+                              f"config ({_one_line(e)})") from None
     try:
         model.load_weights(str(path / "model.weights.h5"))
     except Exception as e:  # h5py / Keras raise many types for a damaged file
-        raise CheckpointError(f"{path / 'model.weights.h5'}: cannot load weights ({e})") from None
+        hint = ("the weights do not fit the architecture in model.json: "
+                if "could not be loaded" in str(e) else "")
+        raise CheckpointError(f"{path / 'model.weights.h5'}: cannot load weights ({hint}{_one_line(e)})") from None
     tokenizer = PairTokenizer(path / "vocab.txt", meta["tokenizer"]["lowercase"])
     return LoadedModel(model=model, tokenizer=tokenizer, meta=meta, path=path)
+
+
+def _one_line(error, limit=300):
+    """A library's (often multi-line, very long) message as one line for an `error: ...` report."""
+    text = " ".join(str(error).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
