@@ -5,17 +5,18 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from data import DataError, PairData, read_pairs
+from data import DataError, PairData
 from modeling.cross_encoder import CrossEncoder
 from modeling.model_dir import load_model_dir
 from training.metrics import classification_metrics
-from training.tasks import (init_encoder, load_splits, prepare_run_dir, print_summary, tokenize, train_task,
-                            write_json)
+from training.tasks import (init_encoder, load_splits, prepare_run_dir, print_summary, read_data, tokenize,
+                            train_task, write_json)
 from training.trainer import predict_outputs
 
 log = logging.getLogger(__name__)
@@ -50,9 +51,7 @@ def evaluate(cfg):
     path = cfg.data.test or cfg.data.valid
     if path is None:
         raise DataError("set data.test (or data.valid) to the labelled file to evaluate on")
-    d = cfg.data
-    pairs = read_pairs(path, format=d.format, text_a=d.text_a, text_b=d.text_b, label=d.label,
-                       labels=loaded.labels, on_bad_row=d.on_bad_row)
+    pairs = read_data(cfg, path, loaded.labels)
     split = tokenize(loaded.model, loaded.tokenizer, pairs, loaded.labels, loaded.max_seq_len, "eval")
     probs = predict_outputs(loaded.model, split.features, cfg.train.eval_batch_size)
     metrics = classification_metrics(split.labels, probs, loaded.labels)
@@ -65,16 +64,15 @@ def evaluate(cfg):
         print(name.rjust(width) + "".join(str(c).rjust(width) for c in row))
     if cfg.out:
         Path(cfg.out).mkdir(parents=True, exist_ok=True)
-        write_json(Path(cfg.out) / "metrics.json", {"eval": metrics, "model": str(_model_path(cfg)), "data": path})
+        write_json(Path(cfg.out) / "metrics.json", {"eval": metrics, "model": str(_model_path(cfg)), "data": path,
+                                                    "skipped_rows": dict(pairs.skip_reasons)})
     return metrics
 
 
 def read_unlabelled(cfg, path):
     """Pairs from a file, or tab-separated `a<TAB>b` lines on stdin when path is '-'."""
-    d = cfg.data
     if path != "-":
-        return read_pairs(path, format=d.format, text_a=d.text_a, text_b=d.text_b, label=None,
-                          on_bad_row=d.on_bad_row)
+        return read_data(cfg, path, labelled=False)
     a, b, lines = [], [], []
     for n, line in enumerate(sys.stdin, 1):
         line = line.rstrip("\n")
@@ -96,7 +94,9 @@ def predict(cfg):
     feats = loaded.model.featurize(loaded.tokenizer, pairs.text_a, pairs.text_b, loaded.max_seq_len)
     probs = predict_outputs(loaded.model, feats, cfg.train.eval_batch_size)
     labels = loaded.labels
-    out = open(cfg.out, "w", encoding="utf-8", newline="") if cfg.out else sys.stdout
+    # Written under a temporary name and renamed when complete: a failed run keeps the previous file.
+    tmp = Path(f"{cfg.out}.{os.getpid()}.tmp") if cfg.out else None
+    out = open(tmp, "w", encoding="utf-8", newline="") if tmp else sys.stdout
     try:
         jsonl = bool(cfg.out) and str(cfg.out).endswith(".jsonl")
         writer = None if jsonl else csv.writer(out)
@@ -110,7 +110,12 @@ def predict(cfg):
                                      ensure_ascii=False) + "\n")
             else:
                 writer.writerow([a, b, label] + [f"{x:.6f}" for x in p])
-    finally:
-        if out is not sys.stdout:
+    except BaseException:
+        if tmp:
             out.close()
+            tmp.unlink(missing_ok=True)
+        raise
+    if tmp:
+        out.close()
+        tmp.replace(cfg.out)
     return probs

@@ -85,9 +85,10 @@ class Splits:
     label_names: list
 
 
-def _read(cfg, path, labels=None):
+def read_data(cfg, path, labels=None, labelled=True):
+    """A pair file as the `data.*` keys say; skipped bad rows are reported, `data.max_rows` applies."""
     d = cfg.data
-    pairs = read_pairs(path, format=d.format, text_a=d.text_a, text_b=d.text_b, label=d.label,
+    pairs = read_pairs(path, format=d.format, text_a=d.text_a, text_b=d.text_b, label=d.label if labelled else None,
                        labels=labels, on_bad_row=d.on_bad_row)
     if pairs.skipped:
         log.warning("%s: skipped %d bad rows (%s)", path, pairs.skipped, dict(pairs.skip_reasons))
@@ -114,12 +115,12 @@ def load_splits(cfg):
                  SAMPLE_DIR)
         d.train, d.valid = str(files["train"]), d.valid or str(files["valid"])
         d.test = d.test or str(files["test"])
-    train = _read(cfg, d.train, d.labels)
+    train = read_data(cfg, d.train, d.labels)
     if train.labels is None:
         raise DataError(f"{d.train}: no label column {d.label!r}")
     names = label_map(train.labels, d.labels)
     if d.valid:
-        valid = _read(cfg, d.valid, names)
+        valid = read_data(cfg, d.valid, names)
     else:
         rng = np.random.default_rng(cfg.train.seed)
         perm = rng.permutation(len(train))
@@ -127,7 +128,7 @@ def load_splits(cfg):
         log.info("no data.valid: holding out a seeded %d%% of train (%d pairs) for model selection",
                  round(100 * d.valid_fraction), n_valid)
         valid, train = subset(train, np.sort(perm[:n_valid])), subset(train, np.sort(perm[n_valid:]))
-    test = _read(cfg, d.test, names) if d.test else None
+    test = read_data(cfg, d.test, names) if d.test else None
     if d.swap_augment:
         train = swap_augment(train)
     return Splits(train, valid, test, names)
