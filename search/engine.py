@@ -77,9 +77,13 @@ def open_searcher(index_dir, rerank=None, recall="auto", backend="onnx", query_b
     """A Searcher for an index directory: opens the index's model (or reuses `query_backend`
     when it is that model) and the reranker (a model / export dir, or "virt")."""
     from search.index import Index
-    from serve.backends import open_model
+    from serve.backends import open_model, read_kind
 
     index = Index(index_dir)
+    if rerank == "virt" and index.kind != "virt":  # cheap checks before any model is loaded
+        raise SearchError(f"{index.path}: rerank=virt needs a virt index (this one is {index.kind})")
+    if rerank not in (None, "virt") and (kind := read_kind(rerank)) != "cross_encoder":
+        raise SearchError(f"{rerank}: a {kind} model cannot rerank (a cross_encoder, or virt)")
     model = index.meta["model"]
     if query_backend is None or Path(query_backend.path).resolve() != Path(model).resolve():
         if not Path(model).is_dir():

@@ -1,0 +1,371 @@
+"""The HTTP server: TF Serving's REST API over ONNX / SavedModel / Keras, micro-batching, bad input
+and faults, the REST and gRPC clients, the serve command.
+
+The tiny models and their export come from test_export.py's fixtures (imported, not copied);
+one virt export (it has every signature: serving_default, predict_ids, tokenize, encode, score)
+is served over onnxruntime on a loopback port by an in-process uvicorn thread. References are
+computed independently of the server: onnxruntime sessions and the Keras model on the Python
+tokenizer's ids (export.parity.python_features).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import socket
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from export import parity as parity_mod
+from export.onnx import session
+from export.serving_client import GrpcClient, RestClient, ServingError
+from export.task import export_loaded, load_for_export
+from serve.app import ServerState
+from serve.backends import BackendError, open_model
+from serve.signatures import Limits
+from serve.task import BackgroundServer, free_port
+from tests.test_export import (MAX_LEN, PAIRS, _cfg, model_dirs, tf2onnx_fast,  # noqa: F401  fixtures
+                               vocab_file, workdir)
+from tests.tiny_runs import popen_cli
+
+LIMITS = Limits(max_texts=32, max_chars=200)
+
+
+@pytest.fixture(scope="module")
+def virt_export(model_dirs, workdir, tf2onnx_fast):  # noqa: F811
+    out = workdir / "serve_virt"
+    loaded = load_for_export(model_dirs["virt"])
+    export_loaded(loaded, _cfg(out, "export.formats=[saved_model, onnx]", "export.parity_samples=4"))
+    return {"out": out, "loaded": loaded}
+
+
+@pytest.fixture(scope="module")
+def server(virt_export):
+    backend = open_model(virt_export["out"])
+    state = ServerState(backend, max_batch=8, max_wait_ms=30, limits=LIMITS)
+    with BackgroundServer(state) as url:
+        yield {"url": url, "state": state, "backend": backend, "client": RestClient(url, "virt")}
+
+
+def _reference(loaded, a, b, onnx_file):
+    """Python-tokenised padded ids -> (onnxruntime outputs, Keras outputs)."""
+    feats, _ = parity_mod.python_features(loaded, a, b, MAX_LEN)
+    sess = session(onnx_file)
+    ort_out = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feats)))
+    return feats, ort_out, parity_mod.keras_outputs(loaded, feats)
+
+
+def _post(url, path, body, raw=False):
+    resp = httpx.post(url + path, content=body if raw else json.dumps(body), timeout=30)
+    return resp.status_code, resp.json()
+
+
+# ----------------------------------------------------------------------------- the API
+def test_status_metadata_and_routes(server):
+    c = server["client"]
+    ok = {"model_version_status": [{"version": "1", "state": "AVAILABLE",
+                                    "status": {"error_code": "OK", "error_message": ""}}]}
+    assert c.status() == ok
+    assert RestClient(server["url"], "virt", version=1).status() == ok
+    with pytest.raises(ServingError) as e:
+        RestClient(server["url"], "virt", version=2).status()
+    assert e.value.status == 404 and e.value.message == "Servable not found for request: Specific(virt, 2)"
+    with pytest.raises(ServingError, match=r"404: Servable not found for request: Latest\(nope\)"):
+        RestClient(server["url"], "nope").predict_pairs(["a"], ["b"])
+    meta = c.metadata()
+    assert meta["model_spec"] == {"name": "virt", "signature_name": "", "version": "1"}
+    defs = meta["metadata"]["signature_def"]["signature_def"]
+    assert set(defs) == {"serving_default", "predict_ids", "tokenize", "encode", "score"}
+    sd = defs["serving_default"]
+    assert sd["method_name"] == "tensorflow/serving/predict"
+    assert sd["inputs"]["text_a"]["dtype"] == "DT_STRING"
+    assert [d["size"] for d in sd["outputs"]["probs"]["tensor_shape"]["dim"]] == ["-1", "2"]
+    assert [d["size"] for d in defs["score"]["inputs"]["x_states"]["tensor_shape"]["dim"]] == ["-1", "-1", "32"]
+    health = httpx.get(server["url"] + "/healthz").json()
+    assert health["status"] == "ok" and health["runtime"] == "onnx"
+
+
+def test_serving_default_equals_onnxruntime_and_keras(server, virt_export):
+    a, b = PAIRS
+    feats, ort_out, keras_out = _reference(virt_export["loaded"], a, b, virt_export["out"] / "onnx" / "model.onnx")
+    c = server["client"]
+    rows = np.array(c.predict_pairs(a, b))  # one output: bare rows
+    np.testing.assert_allclose(rows, ort_out["probs"], atol=1e-6)
+    np.testing.assert_allclose(rows, keras_out["probs"], atol=1e-4)
+    assert np.ptp(rows[:, 1]) > 0.05  # the outputs really depend on the input
+    cols = c.predict(inputs={"text_a": a, "text_b": b})
+    assert set(cols) == {"outputs"}
+    np.testing.assert_allclose(cols["outputs"], rows, atol=1e-7)
+    b64 = [{"b64": __import__("base64").b64encode(t.encode()).decode()} for t in a]
+    np.testing.assert_allclose(c.predict(inputs={"text_a": b64, "text_b": b})["outputs"], rows, atol=1e-7)
+    # predict_ids with the client's own (padded) ids
+    ids = c.predict(instances=[{k: v[i].tolist() for k, v in feats.items()} for i in range(len(a))],
+                    signature_name="predict_ids")["predictions"]
+    np.testing.assert_allclose(ids, rows, atol=1e-6)
+    tok = c.predict(inputs=a, signature_name="tokenize")["outputs"]
+    np.testing.assert_array_equal(tok["input_ids"], feats["x_ids"])
+    np.testing.assert_array_equal(tok["attention_mask"], feats["x_mask"])
+
+
+def test_encode_and_score_equal_onnxruntime(server, virt_export):
+    a, b = PAIRS
+    feats, _, _ = _reference(virt_export["loaded"], a, b, virt_export["out"] / "onnx" / "model.onnx")
+    enc_sess, score_sess = (session(virt_export["out"] / "onnx" / f) for f in ("encode.onnx", "score.onnx"))
+    hx, hy = (enc_sess.run(None, {"input_ids": feats[f"{s}_ids"], "attention_mask": feats[f"{s}_mask"]})[0]
+              for s in "xy")
+    c = server["client"]
+    ex = c.predict(instances=a, signature_name="encode")["predictions"]  # bare values: one input
+    ey = c.predict(inputs={"texts": b}, signature_name="encode")["outputs"]
+    np.testing.assert_array_equal([r["mask"] for r in ex], feats["x_mask"])
+    got_x = np.array([r["token_states"] for r in ex])
+    np.testing.assert_allclose(got_x * feats["x_mask"][..., None], hx * feats["x_mask"][..., None], atol=1e-5)
+    rows = [{"x_states": ex[i]["token_states"], "x_mask": ex[i]["mask"],
+             "y_states": ey["token_states"][i], "y_mask": ey["mask"][i]} for i in range(len(a))]
+    probs = c.predict(instances=rows, signature_name="score")["predictions"]
+    want = score_sess.run(None, {"x_states": hx, "x_mask": feats["x_mask"], "y_states": hy, "y_mask": feats["y_mask"]})[0]
+    np.testing.assert_allclose(probs, want, atol=1e-5)
+    np.testing.assert_allclose(probs, c.predict_pairs(a, b), atol=1e-5)  # the inference split = the whole model
+
+
+def test_concurrent_requests_are_batched_and_each_gets_its_own_rows(server, virt_export):
+    a = [f"{x} number {i}" for i, x in enumerate(PAIRS[0] * 3)]
+    b = [f"{y} {'again ' * (i % 4)}" for i, y in enumerate(PAIRS[1] * 3)]
+    _, ort_out, _ = _reference(virt_export["loaded"], a, b, virt_export["out"] / "onnx" / "model.onnx")
+    metrics = server["state"].metrics
+    batches0, rows0 = metrics.batch_counts("predict_ids")
+    barrier, results = threading.Barrier(len(a)), {}
+
+    def one(i):
+        with RestClient(server["url"], "virt") as c:
+            barrier.wait()
+            results[i] = c.predict_pairs([a[i]], [b[i]])[0]
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(a))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    got = np.array([results[i] for i in range(len(a))])
+    np.testing.assert_allclose(got, ort_out["probs"], atol=1e-5)  # batched with strangers == alone, in order
+    batches, rows = metrics.batch_counts("predict_ids")
+    assert rows - rows0 == len(a) and batches - batches0 < len(a), (batches - batches0)
+    # a request larger than max_batch (8) is split over batches and reassembled in order
+    big = server["client"].predict_pairs(a + a, b + b)
+    np.testing.assert_allclose(big, np.concatenate([ort_out["probs"]] * 2), atol=1e-5)
+    text = httpx.get(server["url"] + "/metrics").text
+    assert 'textmatch_batch_rows_bucket{function="predict_ids",le="8"}' in text
+    assert 'textmatch_requests_total{endpoint="predict",code="200"}' in text
+    assert 'textmatch_request_seconds_count{endpoint="predict"}' in text
+
+
+# ----------------------------------------------------------------------------- bad input and faults
+BAD = [
+    ("{not json", 400, "JSON Parse error"),
+    ('"a string"', 400, "must be a JSON object"),
+    ({"instances": [{"text_a": "x"}]}, 400, "instances[0]: missing input 'text_b'"),
+    ({"instances": [{"text_a": "x", "text_b": 3}]}, 400, "instances[0].text_b: expected a string, got an integer"),
+    ({"instances": {"text_a": "x"}}, 400, "'instances' must be a list"),
+    ({"instances": []}, 400, "empty request"),
+    ({"inputs": {"text_a": ["x", "y"], "text_b": ["z"]}}, 400, "batch sizes differ"),
+    ({"inputs": {"text_a": "x", "text_b": "y"}}, 400, "inputs.text_a: expected a list"),
+    ({"instances": [{"text_a": "x", "text_b": "y", "text_c": "z"}]}, 400, "unknown input 'text_c'"),
+    ({"instances": [], "inputs": {}}, 400, "both 'inputs' and 'instances'"),
+    ({"signature_name": "serving_default"}, 400, "Missing 'inputs' or 'instances' key"),
+    ({"signature_name": 7, "instances": ["x"]}, 400, "signature_name: expected a string"),
+    ({"signature_name": "classify", "instances": ["x"]}, 404, 'Serving signature name: "classify" not found'),
+    ({"instances": [{"text_a": "x" * 201, "text_b": "y"}]}, 400, "201 characters is over the limit of 200 (serve.max_chars)"),
+    ({"instances": [{"text_a": "x", "text_b": "y"}] * 33}, 400, "33 rows, over the limit of 32 (serve.max_texts)"),
+    ({"instances": [{"text_a": {"b64": "!!"}, "text_b": "y"}]}, 400, "invalid base64"),
+    ({"signature_name": "predict_ids", "instances": [{"x_ids": [2, 9999], "x_mask": [1, 1], "y_ids": [2],
+                                                       "y_mask": [1]}]}, 400, "token ids must be in [0,"),
+    ({"signature_name": "predict_ids", "instances": [{"x_ids": [2, 3], "x_mask": [1], "y_ids": [2],
+                                                       "y_mask": [1]}]}, 400, "x_ids, x_mask differ in length"),
+    ({"signature_name": "predict_ids", "instances": [{"x_ids": [2, 3.5], "x_mask": [1, 1], "y_ids": [2],
+                                                       "y_mask": [1]}]}, 400, "expected integers"),
+    ({"signature_name": "predict_ids", "instances": [{"x_ids": [2], "x_mask": [0], "y_ids": [2],
+                                                       "y_mask": [1]}]}, 400, "no token is unmasked"),
+    ({"signature_name": "predict_ids", "instances": [{"x_ids": list(range(65)), "x_mask": [1] * 65, "y_ids": [2],
+                                                       "y_mask": [1]}]}, 400, "over the model's 64 positions"),
+    ({"signature_name": "score", "instances": [{"x_states": [[0.0] * 31], "x_mask": [1], "y_states": [[0.0] * 32],
+                                                 "y_mask": [1]}]}, 400, "expected [T <= 64, 32]"),
+    ({"signature_name": "score", "instances": [{"x_states": [[0.0] * 32, [1.0]], "x_mask": [1, 1],
+                                                 "y_states": [[0.0] * 32], "y_mask": [1]}]}, 400, "ragged"),
+]
+
+
+def test_bad_requests_get_a_clean_4xx_and_the_server_keeps_serving(server):
+    url = server["url"]
+    for body, code, message in BAD:
+        got_code, got = _post(url, "/v1/models/virt:predict", body, raw=isinstance(body, str))
+        assert (got_code, set(got)) == (code, {"error"}), (body, got)
+        assert message in got["error"], (message, got["error"])
+    for method, path, code, message in [
+            ("POST", "/v1/models/virt:classify", 400, "only :predict"),
+            ("GET", "/v1/models/virt:predict", 405, "use POST"),
+            ("POST", "/v1/models/virt", 405, "use GET"),
+            ("GET", "/v1/models/virt/versions/x", 400, "Failed to convert version: x"),
+            ("GET", "/v2/whatever", 404, "Malformed request: GET /v2/whatever"),
+            ("POST", "/v1/search", 404, "no search index on this server")]:
+        resp = httpx.request(method, url + path, json={"queries": ["x"]} if method == "POST" else None)
+        assert resp.status_code == code and message in resp.json()["error"], (path, resp.text)
+    assert server["state"].batcher._thread.is_alive()
+    # empty strings are valid input (the SavedModel's serving_default scores them too)
+    assert len(server["client"].predict_pairs(["", "ok"], ["", "fine"])) == 2
+
+
+def test_a_failing_batch_fails_its_requests_only(server, monkeypatch):
+    backend, calls = server["backend"], []
+    real = backend.run
+
+    def flaky(fn, feeds):
+        calls.append(fn)
+        if len(calls) == 1:
+            raise RuntimeError("injected onnxruntime failure")
+        return real(fn, feeds)
+
+    monkeypatch.setattr(backend, "run", flaky)
+    code, body = _post(server["url"], "/v1/models/virt:predict", {"instances": [{"text_a": "a", "text_b": "b"}]})
+    assert code == 500 and "injected onnxruntime failure" in body["error"]
+    assert len(server["client"].predict_pairs(["a"], ["b"])) == 1  # the worker survived
+
+
+def test_client_disconnect_is_logged_and_dropped(server, monkeypatch, caplog):
+    backend, ran = server["backend"], []
+    real = backend.run
+
+    def slow(fn, feeds):
+        ran.append(len(feeds["x_ids"]))
+        time.sleep(0.6)
+        return real(fn, feeds)
+
+    monkeypatch.setattr(backend, "run", slow)
+    host, port = server["url"].removeprefix("http://").split(":")
+    body = json.dumps({"instances": [{"text_a": "leaving", "text_b": "soon"}]}).encode()
+    caplog.set_level(logging.INFO)
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(b"POST /v1/models/virt:predict HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+                     + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        time.sleep(0.2)  # the request is in the batch that is running now
+    metrics = server["state"].metrics
+    deadline = time.monotonic() + 10
+    while 'code="499"' not in metrics.render() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert 'textmatch_requests_total{endpoint="predict",code="499"} 1' in metrics.render()
+    assert any("client disconnected" in r.getMessage() for r in caplog.records)
+    assert len(server["client"].predict_pairs(["still"], ["here"])) == 1
+    deadline = time.monotonic() + 5  # the dropped result is counted once its batch finished
+    while 'textmatch_cancelled_total{function="predict_ids"}' not in metrics.render() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert 'textmatch_cancelled_total{function="predict_ids"} 1' in metrics.render()
+
+
+# ----------------------------------------------------------------------------- other backends
+def test_savedmodel_backend_serves_the_same_numbers(virt_export, server):
+    a, b = PAIRS
+    backend = open_model(virt_export["out"], backend="tf")
+    assert backend.runtime == "tf" and backend.name == "virt" and backend.version == 1
+    with BackgroundServer(ServerState(backend, max_batch=4, max_wait_ms=1)) as url:
+        c = RestClient(url, "virt")
+        np.testing.assert_allclose(c.predict_pairs(a, b), server["client"].predict_pairs(a, b), atol=1e-5)
+        enc = c.predict(inputs=a, signature_name="encode")["outputs"]
+        ref = server["client"].predict(inputs=a, signature_name="encode")["outputs"]
+        mask = np.array(ref["mask"])[..., None]
+        np.testing.assert_allclose(np.array(enc["token_states"]) * mask, np.array(ref["token_states"]) * mask, atol=1e-5)
+
+
+def test_keras_backend_on_model_directories(model_dirs):  # noqa: F811
+    from modeling.model_dir import load_model_dir
+
+    a, b = PAIRS
+    for kind in ("cross_encoder", "sbert"):
+        loaded = load_model_dir(model_dirs[kind])
+        feats, _ = parity_mod.python_features(loaded, a, b, loaded.max_seq_len)
+        ref = parity_mod.keras_outputs(loaded, feats)
+        backend = open_model(model_dirs[kind], name="m")
+        assert backend.runtime == "keras" and backend.version == 1
+        with BackgroundServer(ServerState(backend, max_batch=2, max_wait_ms=1)) as url:
+            c = RestClient(url, "m")
+            if kind == "cross_encoder":
+                np.testing.assert_allclose(c.predict_pairs(a, b), ref["probs"], atol=1e-5)
+                rows = [{k: v[i].tolist() for k, v in feats.items()} for i in range(len(a))]
+                np.testing.assert_allclose(c.predict(instances=rows, signature_name="predict_ids")["predictions"],
+                                           ref["probs"], atol=1e-5)
+                continue
+            rows = c.predict_pairs(a, b)  # two outputs: one object per row
+            assert all(set(r) == {"cosine", "probs"} for r in rows)
+            np.testing.assert_allclose([r["probs"] for r in rows], ref["probs"], atol=1e-5)
+            np.testing.assert_allclose([r["cosine"] for r in rows], ref["cosine"], atol=1e-5)
+            cols = c.predict(inputs={"text_a": a, "text_b": b})["outputs"]
+            assert set(cols) == {"cosine", "probs"}
+            emb = c.predict(inputs={"texts": a}, signature_name="encode")["outputs"]
+            want = parity_mod.keras_encode(loaded, feats["x_ids"], feats["x_mask"])["embeddings"]
+            np.testing.assert_allclose(emb, want, atol=1e-5)
+
+
+def test_open_model_errors(workdir, model_dirs, virt_export):  # noqa: F811
+    with pytest.raises(BackendError, match="no such directory"):
+        open_model(workdir / "nowhere")
+    with pytest.raises(BackendError, match=r"not a model directory \(no model.json\).*export directory"):
+        open_model(workdir)
+    with pytest.raises(BackendError, match="int8 needs an export directory"):
+        open_model(model_dirs["virt"], int8=True)
+    with pytest.raises(BackendError, match=r"model.int8.onnx: missing; .*export.int8=true"):
+        (virt_export["out"] / "onnx" / "model.int8.onnx").rename(virt_export["out"] / "int8.bak")
+        try:
+            open_model(virt_export["out"], int8=True)
+        finally:
+            (virt_export["out"] / "int8.bak").rename(virt_export["out"] / "onnx" / "model.int8.onnx")
+    assert open_model(virt_export["out"], int8=True).files["predict_ids"].name == "model.int8.onnx"
+
+
+# ----------------------------------------------------------------------------- clients, command
+def test_grpc_predict_request_construction():
+    from tensorflow_serving.apis import predict_pb2
+
+    req = GrpcClient.request("qm", {"text_a": ["how do I reset it?", "密码"], "text_b": ["reset", "改"]})
+    assert isinstance(req, predict_pb2.PredictRequest)
+    assert (req.model_spec.name, req.model_spec.signature_name) == ("qm", "serving_default")
+    assert not req.model_spec.HasField("version")
+    assert req.inputs["text_a"].dtype == tf.string.as_datatype_enum
+    assert [s.decode() for s in tf.make_ndarray(req.inputs["text_a"])] == ["how do I reset it?", "密码"]
+    ids = GrpcClient.request("qm", {"input_ids": [[2, 7, 3]], "attention_mask": [[1, 1, 1]]}, "predict_ids", version=3)
+    assert ids.model_spec.version.value == 3 and ids.model_spec.signature_name == "predict_ids"
+    assert ids.inputs["input_ids"].dtype == tf.int32.as_datatype_enum
+    assert [d.size for d in ids.inputs["input_ids"].tensor_shape.dim] == [1, 3]
+    np.testing.assert_array_equal(tf.make_ndarray(ids.inputs["attention_mask"]), [[1, 1, 1]])
+    states = GrpcClient.request("qm", {"x_states": np.zeros((1, 2, 4))}, "score")
+    assert states.inputs["x_states"].dtype == tf.float32.as_datatype_enum
+    assert predict_pb2.PredictRequest.FromString(req.SerializeToString()) == req
+
+
+def test_serve_command(virt_export, workdir):  # noqa: F811
+    import run_tasks
+
+    assert run_tasks.main(["--task", "serve"]) == 1  # serve.model unset: one error line, tested in test_cli style
+    port = free_port()
+    proc = popen_cli(["--task", "serve", "--set", f"serve.model={virt_export['out']}", f"serve.port={port}",
+                      "serve.max_batch=4"], cwd=workdir)
+    try:
+        url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(url + "/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.2)
+        assert len(RestClient(url, "virt").predict_pairs(*PAIRS)) == len(PAIRS[0])
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal (exit status -15)
+    assert proc.returncode in (0, -signal.SIGTERM) and "Traceback" not in err, err[-3000:]
+    assert f"serving virt model 'virt' version 1 (onnx, {virt_export['out']})" in err
