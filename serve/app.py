@@ -26,7 +26,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve.batching import MicroBatcher, drive_async
 from serve.metrics import Metrics
-from serve.signatures import ApiError, Limits, SignatureSet, check_text, format_response, parse_request, status
+from serve.signatures import (ApiError, Limits, SignatureSet, check_text, format_response, load_object,
+                              parse_request, status)
 
 log = logging.getLogger("serve")
 
@@ -192,15 +193,7 @@ async def _ok(be):
 
 def parse_search(body, limits, max_k):
     """/v1/search body -> (queries, single, k, rerank)."""
-    try:
-        req = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ApiError(400, f"JSON Parse error: {e}") from None
-    if not isinstance(req, dict):
-        raise ApiError(400, "request body must be a JSON object with 'queries' (or 'query')")
-    unknown = sorted(set(req) - {"queries", "query", "k", "rerank"})
-    if unknown:
-        raise ApiError(400, f"unknown key(s) {', '.join(map(repr, unknown))} (expected queries|query, k, rerank)")
+    req = load_object(body, ("queries", "query", "k", "rerank"), "'queries' or 'query', 'k', 'rerank'")
     if ("queries" in req) == ("query" in req):
         raise ApiError(400, "give exactly one of 'queries' (a list of strings) and 'query' (a string)")
     single = "query" in req

@@ -114,18 +114,24 @@ def _check_range(arr, lo, hi, where, what):
 
 
 # ----------------------------------------------------------------------------- requests
-def parse_request(body, signatures, limits):
-    """JSON body -> (signature, columns: input name -> list of row values, row_format)."""
+def load_object(body, keys, expected):
+    """A JSON object request body with no keys outside `keys` (`expected` describes them)."""
     try:
         req = json.loads(body)
     except (ValueError, UnicodeDecodeError) as e:
         raise ApiError(400, f"JSON Parse error: {e}") from None
     if not isinstance(req, dict):
         raise ApiError(400, f"request body must be a JSON object, got {_type(req)}")
-    unknown = sorted(set(req) - {"signature_name", "instances", "inputs"})
+    unknown = sorted(set(req) - set(keys))
     if unknown:
-        raise ApiError(400, f"unknown request key(s) {', '.join(map(repr, unknown))} "
-                            "(expected 'signature_name' and 'instances' or 'inputs')")
+        raise ApiError(400, f"unknown request key(s) {', '.join(map(repr, unknown))} (expected {expected})")
+    return req
+
+
+def parse_request(body, signatures, limits):
+    """JSON body -> (signature, columns: input name -> list of row values, row_format)."""
+    req = load_object(body, ("signature_name", "instances", "inputs"),
+                      "'signature_name' and 'instances' or 'inputs'")
     name = req.get("signature_name", "serving_default")
     if not isinstance(name, str):
         raise ApiError(400, f"signature_name: expected a string, got {_type(name)}")

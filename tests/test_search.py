@@ -20,8 +20,8 @@ import tensorflow as tf
 import run_tasks
 from data import read_pairs
 from export import parity as parity_mod
-from modeling.model_dir import load_model_dir
 from config import load_config
+from modeling.model_dir import load_model_dir
 from search.engine import Searcher, open_searcher
 from search.index import Index, Recall, SearchError, build_index, faiss_available, normalize
 from search.task import read_corpus
@@ -208,10 +208,41 @@ def test_search_endpoint_equals_the_search_task(indexes, corpus, backends, cli_r
                [[c["id"] for c in g] for g in got]
         for body, message in [({"queries": [""]}, "queries[0]: empty query"), ({"query": "x", "k": 0}, "k: expected"),
                               ({"query": "x", "k": 51}, "between 1 and 50"), ({"queries": "x"}, "non-empty list"),
-                              ({"query": "x", "n": 1}, "unknown key(s) 'n'"), ({"query": 3}, "query: expected a string"),
+                              ({"query": "x", "n": 1}, "unknown request key(s) 'n'"), ({"query": 3}, "query: expected a string"),
                               ({"query": "x", "queries": ["y"]}, "exactly one of"), ({"query": "x" * 2001}, "serve.max_chars")]:
             resp = httpx.post(url + "/v1/search", json=body)
             assert resp.status_code == 400 and message in resp.json()["error"], (body, resp.text)
+
+
+def test_predict_on_keras_backends(loaded, backends):
+    """The server over model directories (Keras): here because it shares this module's loaded models.
+    cross_encoder: both ids layouts; sbert: two outputs -> one object per row / an object of batches."""
+    from export.serving_client import RestClient
+    from tests.test_export import PAIRS
+
+    a, b = PAIRS
+    for kind in ("cross_encoder", "sbert"):
+        ld = loaded[kind]
+        feats, _ = parity_mod.python_features(ld, a, b, ld.max_seq_len)
+        ref = parity_mod.keras_outputs(ld, feats)
+        assert backends[kind].runtime == "keras" and backends[kind].version == 1
+        with BackgroundServer(ServerState(backends[kind], max_batch=2, max_wait_ms=1)) as url:
+            c = RestClient(url, kind)
+            if kind == "cross_encoder":
+                np.testing.assert_allclose(c.predict_pairs(a, b), ref["probs"], atol=1e-5)
+                rows = [{k: v[i].tolist() for k, v in feats.items()} for i in range(len(a))]
+                np.testing.assert_allclose(c.predict(instances=rows, signature_name="predict_ids")["predictions"],
+                                           ref["probs"], atol=1e-5)
+                continue
+            rows = c.predict_pairs(a, b)
+            assert all(set(r) == {"cosine", "probs"} for r in rows)
+            np.testing.assert_allclose([r["probs"] for r in rows], ref["probs"], atol=1e-5)
+            np.testing.assert_allclose([r["cosine"] for r in rows], ref["cosine"], atol=1e-5)
+            cols = c.predict(inputs={"text_a": a, "text_b": b})["outputs"]
+            assert set(cols) == {"cosine", "probs"}
+            emb = c.predict(inputs={"texts": a}, signature_name="encode")["outputs"]
+            want = parity_mod.keras_encode(ld, feats["x_ids"], feats["x_mask"])["embeddings"]
+            np.testing.assert_allclose(emb, want, atol=1e-5)
 
 
 def test_index_and_search_errors(indexes, model_dirs, backends, workdir, capsys):  # noqa: F811

@@ -46,7 +46,20 @@ def virt_export(model_dirs, workdir, tf2onnx_fast):  # noqa: F811
 
 
 @pytest.fixture(scope="module")
-def server(virt_export):
+def serve_command(virt_export, workdir):  # noqa: F811
+    """`run_tasks.py --task serve` in a subprocess, started as soon as the export exists so that its
+    start-up (TensorFlow import) overlaps the in-process tests; test_serve_command talks to it."""
+    port = free_port()
+    proc = popen_cli(["--task", "serve", "--set", f"serve.model={virt_export['out']}", f"serve.port={port}",
+                      "serve.max_batch=4"], cwd=workdir)
+    yield proc, f"http://127.0.0.1:{port}"
+    if proc.poll() is None:
+        proc.kill()
+        proc.communicate()
+
+
+@pytest.fixture(scope="module")
+def server(virt_export, serve_command):
     backend = open_model(virt_export["out"])
     state = ServerState(backend, max_batch=8, max_wait_ms=30, limits=LIMITS)
     with BackgroundServer(state) as url:
@@ -279,35 +292,6 @@ def test_savedmodel_backend_serves_the_same_numbers(virt_export, server):
         np.testing.assert_allclose(np.array(enc["token_states"]) * mask, np.array(ref["token_states"]) * mask, atol=1e-5)
 
 
-def test_keras_backend_on_model_directories(model_dirs):  # noqa: F811
-    from modeling.model_dir import load_model_dir
-
-    a, b = PAIRS
-    for kind in ("cross_encoder", "sbert"):
-        loaded = load_model_dir(model_dirs[kind])
-        feats, _ = parity_mod.python_features(loaded, a, b, loaded.max_seq_len)
-        ref = parity_mod.keras_outputs(loaded, feats)
-        backend = open_model(model_dirs[kind], name="m")
-        assert backend.runtime == "keras" and backend.version == 1
-        with BackgroundServer(ServerState(backend, max_batch=2, max_wait_ms=1)) as url:
-            c = RestClient(url, "m")
-            if kind == "cross_encoder":
-                np.testing.assert_allclose(c.predict_pairs(a, b), ref["probs"], atol=1e-5)
-                rows = [{k: v[i].tolist() for k, v in feats.items()} for i in range(len(a))]
-                np.testing.assert_allclose(c.predict(instances=rows, signature_name="predict_ids")["predictions"],
-                                           ref["probs"], atol=1e-5)
-                continue
-            rows = c.predict_pairs(a, b)  # two outputs: one object per row
-            assert all(set(r) == {"cosine", "probs"} for r in rows)
-            np.testing.assert_allclose([r["probs"] for r in rows], ref["probs"], atol=1e-5)
-            np.testing.assert_allclose([r["cosine"] for r in rows], ref["cosine"], atol=1e-5)
-            cols = c.predict(inputs={"text_a": a, "text_b": b})["outputs"]
-            assert set(cols) == {"cosine", "probs"}
-            emb = c.predict(inputs={"texts": a}, signature_name="encode")["outputs"]
-            want = parity_mod.keras_encode(loaded, feats["x_ids"], feats["x_mask"])["embeddings"]
-            np.testing.assert_allclose(emb, want, atol=1e-5)
-
-
 def test_open_model_errors(workdir, model_dirs, virt_export):  # noqa: F811
     with pytest.raises(BackendError, match="no such directory"):
         open_model(workdir / "nowhere")
@@ -344,15 +328,13 @@ def test_grpc_predict_request_construction():
     assert predict_pb2.PredictRequest.FromString(req.SerializeToString()) == req
 
 
-def test_serve_command(virt_export, workdir):  # noqa: F811
+def test_serve_command(serve_command, virt_export):
     import run_tasks
 
-    assert run_tasks.main(["--task", "serve"]) == 1  # serve.model unset: one error line, tested in test_cli style
-    port = free_port()
-    proc = popen_cli(["--task", "serve", "--set", f"serve.model={virt_export['out']}", f"serve.port={port}",
-                      "serve.max_batch=4"], cwd=workdir)
+    assert run_tasks.main(["--task", "serve"]) == 1  # serve.model unset: one error line
+    proc, url = serve_command
     try:
-        url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 120
+        deadline = time.monotonic() + 120
         while True:
             try:
                 if httpx.get(url + "/healthz", timeout=2).status_code == 200:

@@ -1,0 +1,240 @@
+#!/usr/bin/env python
+"""Load test of the serve task on loopback: N concurrent clients for T seconds, micro-batching
+against batch-1 serving in one run.
+
+    python bench/load_test.py --model runs/export/qm --int8 --clients 8 --seconds 30 --out runs/load/ce
+    python bench/load_test.py --model runs/export/virt --index runs/index/virt --rerank virt \
+        --clients 8 --seconds 30 --out runs/load/virt          # POST /v1/search: VIRT score on cached candidates
+
+For each server configuration (`--configs`, default `32:5,1:0` = max_batch 32 / max_wait 5 ms,
+then max_batch 1 = no batching) it starts `run_tasks.py --task serve` on 127.0.0.1 and a free
+port, warms it up, runs `--clients` closed-loop clients (each sends its next request when the
+previous one returned) until `--seconds` have passed or `--max-requests` were sent, reads the
+server's batch-size histogram from /metrics and stops the server. Requests: one text pair
+(`--pairs` per request) of the generated sample set to `:predict` (serving_default), or one
+query to `/v1/search` with `--index` (k = `--k`, reranked when the server has `--rerank`).
+
+Prints a markdown table (throughput, p50/p95/p99 latency, errors, mean batch rows) and the
+ratios of the first configuration to the last; writes `<out>/load.json` and `<out>/load.md`.
+Clients and server share the machine: on 2 cores the client's own CPU use is part of the result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+HOST = "127.0.0.1"  # loopback only
+
+
+def sample_texts(n=512, seed=7, lang="en"):
+    from data import make_sample, read_pairs
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pairs = read_pairs(make_sample(tmp, n_train=0, n_valid=0, n_test=n, lang=lang, seed=seed)["test"])
+    return list(pairs.text_a), list(pairs.text_b)
+
+
+def start_server(args, max_batch, max_wait_ms, port):
+    sets = [f"serve.model={args.model}", f"serve.host={HOST}", f"serve.port={port}", f"serve.max_batch={max_batch}",
+            f"serve.max_wait_ms={max_wait_ms}", f"serve.backend={args.backend}"]
+    if args.int8:
+        sets.append("serve.int8=true")
+    if args.index:
+        sets.append(f"serve.index={args.index}")
+    if args.rerank:
+        sets.append(f"serve.rerank={args.rerank}")
+    if args.threads:
+        sets.append(f"serve.threads={args.threads}")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
+    log = open(Path(args.out) / f"server-{max_batch}.log", "w")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "run_tasks.py"), "--task", "serve", "--set", *sets],
+                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    return proc, log
+
+
+def wait_ready(url, proc, timeout=300):
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} (see its log)")
+        try:
+            r = httpx.get(url + "/healthz", timeout=2)
+            if r.status_code == 200:
+                return r.json()
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError("server did not become ready")
+
+
+def percentile(values, q):
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    i = min(len(s) - 1, max(0, int(round(q / 100 * (len(s) - 1)))))
+    return s[i]
+
+
+async def run_clients(url, path, bodies, clients, seconds, max_requests):
+    """Closed-loop clients; returns (latencies of successes, errors, elapsed seconds, sent)."""
+    import httpx
+
+    latencies, errors = [], {}
+    sent = 0
+    stop_at = time.perf_counter() + seconds
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+
+    async def client(cid, http):
+        nonlocal sent
+        i = cid
+        while time.perf_counter() < stop_at and sent < max_requests:
+            sent += 1
+            body = bodies[i % len(bodies)]
+            i += clients
+            t0 = time.perf_counter()
+            try:
+                r = await http.post(url + path, content=body, headers={"content-type": "application/json"})
+                ok = r.status_code == 200
+                key = str(r.status_code)
+            except httpx.HTTPError as e:
+                ok, key = False, type(e).__name__
+            if ok:
+                latencies.append(time.perf_counter() - t0)
+            else:
+                errors[key] = errors.get(key, 0) + 1
+
+    t_start = time.perf_counter()
+    async with httpx.AsyncClient(timeout=60, limits=limits) as http:
+        await asyncio.gather(*(client(c, http) for c in range(clients)))
+    return latencies, errors, time.perf_counter() - t_start, sent
+
+
+def batch_stats(url, function):
+    import httpx
+
+    text = httpx.get(url + "/metrics", timeout=10).text
+    total = re.search(rf'textmatch_batch_rows_sum{{function="{function}"}} ([\d.]+)', text)
+    count = re.search(rf'textmatch_batch_rows_count{{function="{function}"}} (\d+)', text)
+    return (float(total.group(1)), int(count.group(1))) if total and count else (0.0, 0)
+
+
+def measure(args, max_batch, max_wait_ms, bodies, path, function):
+    from serve.task import free_port
+
+    port = free_port(HOST)
+    url = f"http://{HOST}:{port}"
+    proc, log = start_server(args, max_batch, max_wait_ms, port)
+    try:
+        health = wait_ready(url, proc)
+        asyncio.run(run_clients(url, path, bodies, args.clients, args.warmup, 10 * args.clients))  # warm-up
+        rows0, batches0 = batch_stats(url, function)
+        lat, errors, elapsed, sent = asyncio.run(run_clients(url, path, bodies, args.clients, args.seconds,
+                                                             args.max_requests))
+        rows1, batches1 = batch_stats(url, function)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+    return {"max_batch": max_batch, "max_wait_ms": max_wait_ms, "requests": sent, "ok": len(lat),
+            "errors": errors, "seconds": round(elapsed, 2), "throughput_rps": len(lat) / elapsed,
+            "p50_ms": 1000 * percentile(lat, 50), "p95_ms": 1000 * percentile(lat, 95),
+            "p99_ms": 1000 * percentile(lat, 99),
+            "mean_batch_rows": (rows1 - rows0) / max(batches1 - batches0, 1), "batched_function": function,
+            "server": health}
+
+
+def markdown(results, args, title):
+    lines = [f"**{title}** ({args.clients} clients, {args.seconds:g} s per configuration)", "",
+             "| max_batch | max_wait_ms | requests/s | p50 ms | p95 ms | p99 ms | errors | mean batch rows |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        errors = sum(r["errors"].values())
+        lines.append(f"| {r['max_batch']} | {r['max_wait_ms']:g} | {r['throughput_rps']:.1f} | {r['p50_ms']:.1f} | "
+                     f"{r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {errors} | {r['mean_batch_rows']:.1f} |")
+    if len(results) > 1:
+        a, b = results[0], results[-1]
+        lines += ["", f"micro-batching vs batch-1: throughput x{a['throughput_rps'] / max(b['throughput_rps'], 1e-9):.2f}, "
+                      f"p99 x{a['p99_ms'] / max(b['p99_ms'], 1e-9):.2f}"]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="export directory or model directory to serve")
+    p.add_argument("--backend", default="onnx", choices=("onnx", "tf"))
+    p.add_argument("--int8", action="store_true", help="serve onnx/model.int8.onnx")
+    p.add_argument("--index", help="index directory: load-test POST /v1/search instead of :predict")
+    p.add_argument("--rerank", help="serve.rerank for /v1/search (virt, or a cross-encoder dir)")
+    p.add_argument("--k", type=int, default=10, help="candidates per search (default 10)")
+    p.add_argument("--pairs", type=int, default=1, help="text pairs per :predict request (default 1)")
+    p.add_argument("--clients", type=int, default=8)
+    p.add_argument("--seconds", type=float, default=20.0, help="measured seconds per configuration")
+    p.add_argument("--warmup", type=float, default=3.0, help="warm-up seconds per configuration")
+    p.add_argument("--max-requests", type=int, default=20000, help="cap on requests per configuration")
+    p.add_argument("--configs", default="32:5,1:0", help="max_batch:max_wait_ms,... (default 32:5,1:0)")
+    p.add_argument("--threads", type=int, help="serve.threads (onnxruntime intra-op threads)")
+    p.add_argument("--lang", default="en", choices=("en", "zh", "mixed"), help="sample texts' language")
+    p.add_argument("--out", default=None, help="output directory (default runs/load/<stamp>)")
+    args = p.parse_args(argv)
+    if args.seconds <= 0 or args.seconds > 600 or args.clients < 1 or args.clients > 256:
+        p.error("--seconds must be in (0, 600] and --clients in [1, 256]")
+    args.out = args.out or str(ROOT / "runs" / "load" / datetime.now().strftime("%Y%m%d-%H%M%S"))
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+
+    a, b = sample_texts(lang=args.lang)
+    if args.index:
+        path, function = "/v1/search", "score" if args.rerank == "virt" else "predict_ids" if args.rerank else "encode_ids"
+        bodies = [json.dumps({"query": q, "k": args.k}) for q in a]
+        title = f"POST /v1/search, k={args.k}, rerank={args.rerank or 'none'} ({args.model})"
+    else:
+        path, function = f"/v1/models/{served_name(args.model)}:predict", "predict_ids"
+        bodies = [json.dumps({"instances": [{"text_a": a[(i + j) % len(a)], "text_b": b[(i + j) % len(b)]}
+                                            for j in range(args.pairs)]}) for i in range(len(a))]
+        title = f":predict serving_default, {args.pairs} pair(s)/request ({args.model}{', int8' if args.int8 else ''})"
+    results = []
+    for spec in args.configs.split(","):
+        mb, _, wait = spec.partition(":")
+        results.append(measure(args, int(mb), float(wait or 0), bodies, path, function))
+        r = results[-1]
+        print(f"max_batch={r['max_batch']}: {r['throughput_rps']:.1f} req/s, p99 {r['p99_ms']:.1f} ms, "
+              f"errors {sum(r['errors'].values())}, mean batch {r['mean_batch_rows']:.1f}", flush=True)
+    table = markdown(results, args, title)
+    print("\n" + table)
+    report = {"date": datetime.now().isoformat(timespec="seconds"), "cpus": os.cpu_count(), "title": title,
+              "args": vars(args), "results": results}
+    (Path(args.out) / "load.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    (Path(args.out) / "load.md").write_text(table + "\n", encoding="utf-8")
+    return 0
+
+
+def served_name(model):
+    """The name the server gives `model` (serve.name unset): the export's name, else the directory's."""
+    from serve.backends import export_info, is_export_dir, read_kind
+
+    if is_export_dir(model):
+        return export_info(model)[0]
+    from export.saved_model import default_name
+
+    return default_name(model, read_kind(model))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
