@@ -131,14 +131,11 @@ class OnnxBackend(Backend):
 class _TFBackend(Backend):
     """Shared by the SavedModel and Keras backends: call tf callables, return numpy."""
 
-    def _call(self, fn, feeds):
+    def run(self, fn, feeds):
         import tensorflow as tf
 
         out = self.callables[fn](**{k: tf.constant(feeds[k]) for k in self.functions[fn].inputs})
         return {k: v.numpy() for k, v in out.items() if k in self.functions[fn].outputs}
-
-    def run(self, fn, feeds):
-        return self._call(fn, feeds)
 
 
 class SavedModelBackend(_TFBackend):
