@@ -1,0 +1,58 @@
+"""Helpers shared by the benchmarks: child processes that print one JSON line, the peer venv,
+markdown tables, results saved as JSON + markdown, peak RSS."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PEER_PYTHON = Path(os.environ.get("PEER_PYTHON", "/tmp/peer/bin/python"))  # a venv with torch + transformers
+
+
+def run_child(cmd, timeout=1800, env=None):
+    """Run a child that prints its result as the last stdout line (JSON); None (reported) on failure."""
+    try:
+        out = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout,
+                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})})
+    except subprocess.TimeoutExpired:
+        print(f"{' '.join(map(str, cmd[:4]))}...: timed out after {timeout}s", file=sys.stderr)
+        return None
+    if out.returncode or not out.stdout.strip():
+        print(f"{' '.join(map(str, cmd[:4]))}...: failed (rc={out.returncode})\n{out.stderr[-2000:]}", file=sys.stderr)
+        return None
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def peak_rss_mb():
+    """This process's peak resident set size (VmHWM from /proc, no psutil)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def machine():
+    return f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.python_version()}, {datetime.now():%Y-%m-%d}"
+
+
+def md_table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+
+
+def save(out, name, lines, payload):
+    """Print the markdown and write `<out>/<name>.md` and `<out>/<name>.json`."""
+    text = "\n".join(lines) + "\n"
+    print(text)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.md").write_text(text)
+    (out / f"{name}.json").write_text(json.dumps({"machine": machine(), **payload}, indent=2, default=float))
