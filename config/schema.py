@@ -63,6 +63,7 @@ class TrainConfig:
     epochs: int = 3  # passes over the training data
     batch_size: int = 32  # per replica
     learning_rate: float = 5e-5  # peak learning rate
+    head_lr_multiplier: float = 1.0  # the randomly initialised head (outside the encoder) learns this much faster
     warmup_ratio: float = 0.1  # share of steps with linear warm-up
     weight_decay: float = 0.01  # AdamW weight decay
     clip_norm: float | None = 1.0  # global gradient-norm clipping; None = off

@@ -145,6 +145,35 @@ def test_warmup_linear_decay_by_hand():
     assert float(opt.learning_rate) == pytest.approx(1.0)
 
 
+@needs_two_cpus
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_head_lr_multiplier_scales_only_the_head(train_split, tokenizer, replicas):
+    """Adam's first step moves every weight by ~lr (m / sqrt(v) = sign(g)); with
+    `head_lr_multiplier=10` the classifier moves by 10 lr and the encoder by lr,
+    also through MirroredStrategy's per-device updates."""
+    lr = 1e-3
+    cfg = TrainConfig(batch_size=16 // replicas, learning_rate=lr, warmup_ratio=0.0, clip_norm=None,
+                      weight_decay=0.0, head_lr_multiplier=10.0)
+    strategy = (tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]) if replicas == 2
+                else tf.distribute.get_strategy())
+    keras.utils.set_random_seed(0)
+    with strategy.scope():
+        model = tiny_model(tokenizer.vocab_size, dropout=0.0, num_layers=1)
+        before = {v.path: v.numpy() for v in model.trainable_variables}
+        opt = build_optimizer(cfg, total_steps=100, model=model)
+    step = Trainer(cfg, strategy, "unused")._make_train_step(model, opt)
+    ds = make_dataset(train_split.features, train_split.labels, batch_size=16, drop_remainder=True)
+    step(*next(iter(strategy.experimental_distribute_dataset(ds.take(1)))))
+    moved = {v.path: float(np.max(np.abs(v.numpy() - before[v.path]))) for v in model.trainable_variables}
+    head = [p for p in moved if "classifier" in p]
+    encoder = [p for p in moved if "/encoder/" in p and "embeddings" not in p]
+    assert head and encoder
+    for p in head:
+        assert moved[p] == pytest.approx(10 * lr, rel=1e-2), p  # eps/sqrt(v) shortens small steps a little
+    # Weights with tiny gradients (attention at init) move less: eps dominates there.
+    assert max(moved[p] for p in encoder) == pytest.approx(lr, rel=1e-2)
+
+
 def test_no_warmup_starts_at_peak():
     assert float(WarmupLinearDecay(peak=1.0, total_steps=10, warmup_steps=0)(0)) == pytest.approx(1.0)
 

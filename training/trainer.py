@@ -171,8 +171,7 @@ class Trainer:
         total_steps = steps_per_epoch * cfg.epochs
 
         with self.strategy.scope():
-            optimizer = build_optimizer(cfg, total_steps)
-            optimizer.build(model.trainable_variables)
+            optimizer = build_optimizer(cfg, total_steps, model)
         train_step = self._make_train_step(model, optimizer)
 
         # Every worker resumes from the chief's backup (a shared directory: the same --out on a shared
