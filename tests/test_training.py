@@ -378,6 +378,29 @@ def test_en_vocab_is_the_same_when_a_run_restarts(tmp_path, data):
     assert len(seen) == 1
 
 
+def test_epoch_line_shows_the_mean_loss_of_the_epoch(tmp_path, train_split, tokenizer, monkeypatch, capsys):
+    """verbose=2 prints one line per epoch; its loss is the mean of that epoch's step losses
+    (Keras 3's Progbar alone would print the last step's, which misled an MRPC diagnosis)."""
+    losses = []
+    original = Trainer._make_train_step
+
+    def recording(self, model, optimizer):
+        step = original(self, model, optimizer)
+
+        def run(x, y):
+            loss, terms = step(x, y)
+            losses.append(float(loss))
+            return loss, terms
+        return run
+
+    monkeypatch.setattr(Trainer, "_make_train_step", recording)
+    _fit(tmp_path / "run", train_split, tokenizer.vocab_size, monkeypatch, epochs=2, verbose=2)
+    printed = [float(m) for m in re.findall(r"4/4 - .* loss: ([0-9.]+)", capsys.readouterr().out)]
+    assert len(losses) == 8 and len(printed) == 2
+    assert len(set(losses[:4])) > 1, "steps with equal losses cannot tell a mean from the last value"
+    assert printed == pytest.approx([np.mean(losses[:4]), np.mean(losses[4:])], abs=1e-4)
+
+
 def test_nan_loss_names_the_step_and_keeps_the_checkpoint(tmp_path, train_split, tokenizer, monkeypatch):
     model = micro_model(tokenizer.vocab_size)
     calls = tf.Variable(0, dtype=tf.int64, trainable=False)

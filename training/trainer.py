@@ -219,6 +219,7 @@ class Trainer:
                     print(f"Epoch {epoch + 1}/{cfg.epochs}", flush=True)
                 bar = keras.utils.Progbar(steps_per_epoch, verbose=cfg.verbose, stateful_metrics=["lr"])
                 bar.update(done)
+                means = _RunningMeans()
                 for x, y in self.strategy.experimental_distribute_dataset(ds):
                     loss, terms = train_step(x, y)
                     loss = float(loss)
@@ -232,7 +233,10 @@ class Trainer:
                     lr = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
                     values = [("loss", loss)] + [(k, float(v)) for k, v in terms.items()] if len(terms) > 1 \
                         else [("loss", loss)]
-                    bar.update(step - epoch * steps_per_epoch, values=values + [("lr", lr)])
+                    # Keras 3's Progbar prints the last value it was given: give it the epoch's mean so far.
+                    shown = means.add(values)
+                    bar.stateful_metrics.update(k for k, _ in shown)
+                    bar.update(step - epoch * steps_per_epoch, values=shown + [("lr", lr)])
                     if writer and step % 10 == 0:
                         with writer.as_default(step=step):
                             for k, v in values + [("lr", lr)]:
@@ -273,6 +277,19 @@ class Trainer:
             writer.flush()
         best = next((h for h in state["history"] if h["epoch"] == state["best_epoch"]), None)
         return FitResult(state["best_epoch"], best, state["history"], step, time.time() - start)
+
+
+class _RunningMeans:
+    """Mean of each named value over the steps seen so far in an epoch."""
+
+    def __init__(self):
+        self.sums, self.count = {}, 0
+
+    def add(self, values):
+        self.count += 1
+        for k, v in values:
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        return [(k, self.sums[k] / self.count) for k, _ in values]
 
 
 def _value(variable):
