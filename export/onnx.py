@@ -3,7 +3,7 @@
 Library:
     convert_function(fn, path, opset)      a tf.function with input_signature -> .onnx
     convert_saved_model(sm_dir, path, signature="predict_ids", opset=17)
-    quantize_int8(src, dst)                 onnxruntime quantize_dynamic, QInt8 weights
+    quantize_int8(src, dst)                 onnxruntime quantize_dynamic, QInt8 per-channel weights
     optimize(src, level)                    basic|extended|all -> <stem>.opt-<level>.onnx
 
 Command (works on a SavedModel alone, e.g. from CI):
@@ -190,7 +190,13 @@ def convert_saved_model(saved_model_dir, path, signature="predict_ids", opset=17
 
 
 def quantize_int8(src, dst):
-    """Dynamic quantisation: int8 (QInt8) weights, activations quantised per batch at run time."""
+    """Dynamic quantisation: int8 (QInt8) weights with a scale per output channel,
+    activations quantised per batch at run time.
+
+    Per-channel scales, because one scale per weight matrix moved too many labels: the
+    MRPC MiniLM-L6 cross-encoder kept 96.7% of its test labels per-tensor, 98.6% per-channel
+    (accuracy 75.0 -> 73.6 and -> 74.3).
+    """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     dst = Path(dst)
@@ -198,7 +204,7 @@ def quantize_int8(src, dst):
     level = root.level
     root.setLevel(logging.ERROR)  # quantize_dynamic logs one INFO line per skipped tensor on the root logger
     try:
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True)
     finally:
         root.setLevel(level)
     _check_runtime(dst)
