@@ -174,6 +174,17 @@ def test_head_lr_multiplier_scales_only_the_head(train_split, tokenizer, replica
     assert max(moved[p] for p in encoder) == pytest.approx(lr, rel=1e-2)
 
 
+def test_build_optimizer_under_float16_loss_scaling_builds_once_and_scales_the_head(tokenizer):
+    model = tiny_model(tokenizer.vocab_size, dropout=0.0, num_layers=1)
+    cfg = TrainConfig(head_lr_multiplier=10.0)
+    plain = build_optimizer(cfg, total_steps=10, model=model)
+    scaled = build_optimizer(TrainConfig(head_lr_multiplier=10.0, mixed_precision="mixed_float16"),
+                             total_steps=10, model=model)
+    assert isinstance(scaled, keras.optimizers.LossScaleOptimizer)
+    assert len(scaled.inner_optimizer.variables) == len(plain.variables)  # slots created once
+    assert scaled.inner_optimizer._lr_factors == plain._lr_factors and set(plain._lr_factors.values()) == {10.0}
+
+
 def test_no_warmup_starts_at_peak():
     assert float(WarmupLinearDecay(peak=1.0, total_steps=10, warmup_steps=0)(0)) == pytest.approx(1.0)
 

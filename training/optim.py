@@ -70,12 +70,11 @@ def build_optimizer(train_cfg, total_steps, model=None):
                        beta_1=0.9, beta_2=0.999, epsilon=1e-6, global_clipnorm=train_cfg.clip_norm)
     # BERT practice: no weight decay on biases and LayerNorm parameters.
     opt.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
-    if model is not None:
-        opt.build(model.trainable_variables)
-        if train_cfg.head_lr_multiplier != 1.0:
-            opt.scale_learning_rate(head_variables(model), train_cfg.head_lr_multiplier)
+    adamw = opt
     if train_cfg.mixed_precision == "mixed_float16":
         opt = keras.optimizers.LossScaleOptimizer(opt)
-        if model is not None:
-            opt.build(model.trainable_variables)
+    if model is not None:
+        opt.build(model.trainable_variables)  # builds the inner AdamW too, once
+        if train_cfg.head_lr_multiplier != 1.0:
+            adamw.scale_learning_rate(head_variables(model), train_cfg.head_lr_multiplier)
     return opt
