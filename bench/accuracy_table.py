@@ -32,22 +32,49 @@ def dataset_files(data_dir):
     return train, valid, test
 
 
-def runs(out, large_layers, tiny_layers):
-    """(name, task, overrides) in dependency order; {out} is replaced by the table directory."""
+def runs(out, large_layers, tiny_layers, scratch=None):
+    """(name, task, overrides, directory) in dependency order.
+
+    Every large row names its depth explicitly: the task configs carry demo
+    defaults (virt.yaml's student keeps 3 layers) that must not leak into a
+    table that compares same-size models.
+    """
     teacher = f"{out}/ce_large/model"
-    return [
-        ("cross-encoder large", "finetune", ["model.pooling=mean"] + ([f"model.num_layers={large_layers}"] if large_layers else []), "ce_large"),
-        ("VIRT", "virt", [f"virt.teacher={teacher}"] + _layers(large_layers), "virt"),
-        ("siamese (sbert head)", "virt", ["virt.distill=false", "virt.adapted_interaction=false"] + _layers(large_layers), "siamese"),
+    large = [f"model.num_layers={large_layers or 'null'}"]
+    rows = [
+        ("cross-encoder large", "finetune", ["model.pooling=mean"] + large, "ce_large"),
+        ("VIRT", "virt", [f"virt.teacher={teacher}"] + large, "virt"),
+        ("siamese (sbert head)", "virt", ["virt.distill=false", "virt.adapted_interaction=false"] + large, "siamese"),
+        ("sbert softmax", "sbert", ["sbert.objective=softmax"] + large, "sbert"),
         ("cross-encoder tiny", "finetune", ["model.pooling=mean", f"model.num_layers={tiny_layers}"], "ce_tiny"),
         ("distilled tiny", "distill", [f"distill.teacher={teacher}", f"model.num_layers={tiny_layers}", "model.pooling=mean"], "distilled_tiny"),
-        ("VIRT w/o distillation", "virt", ["virt.distill=false"] + _layers(large_layers), "virt_no_distill"),
-        ("VIRT w/o adapted interaction", "virt", [f"virt.teacher={teacher}", "virt.adapted_interaction=false"] + _layers(large_layers), "virt_no_adapted"),
+        ("VIRT w/o distillation", "virt", ["virt.distill=false"] + large, "virt_no_distill"),
+        ("VIRT w/o adapted interaction", "virt", [f"virt.teacher={teacher}", "virt.adapted_interaction=false"] + large, "virt_no_adapted"),
     ]
+    if scratch is not None:  # same architecture as the large cross-encoder, random initial weights
+        rows.insert(1, ("cross-encoder large, from scratch", "finetune", ["model.pooling=mean"] + large + scratch, "ce_scratch"))
+    return rows
 
 
-def _layers(n):
-    return [f"model.num_layers={n}"] if n else []
+def command(task, run_dir, data, common, overrides):
+    """run_tasks.py argv for one row; the row's own keys come last, so they win over --set."""
+    return [sys.executable, str(ROOT / "run_tasks.py"), "--task", task, "--out", str(run_dir),
+            "--set", *data, "train.verbose=2", *common, *overrides]
+
+
+def table_rows(name, m, wall=""):
+    """Rows for one run's metrics.json: its classifier and, for a bi-encoder, the cosine rule."""
+    split = "test" if "test" in m else "valid"
+    common = {"split": split, "epochs": m.get("training", {}).get("best_epoch"), "wall_s": wall}
+    rows = []
+    if "accuracy" in m[split]:
+        rows.append({"model": name, "accuracy": m[split]["accuracy"], "f1": m[split].get("f1"),
+                     "auc": m[split].get("auc"), "valid_accuracy": m["valid"].get("accuracy"), **common})
+    if "cosine_accuracy" in m[split]:  # a bi-encoder's other decision rule: cosine > threshold chosen on valid
+        rows.append({"model": f"{name}, cosine > {m[split]['cosine_threshold']:.2f}",
+                     "accuracy": m[split]["cosine_accuracy"], "f1": m[split].get("cosine_f1"),
+                     "auc": m[split].get("cosine_auc"), "valid_accuracy": m["valid"].get("cosine_accuracy"), **common})
+    return rows
 
 
 def main(argv=None):
@@ -58,6 +85,9 @@ def main(argv=None):
     p.add_argument("--only", nargs="*", help="run only these directory names (ce_large, virt, ...)")
     p.add_argument("--large-layers", type=int, default=None, help="layers of the large model (default: all)")
     p.add_argument("--tiny-layers", type=int, default=2)
+    p.add_argument("--scratch", nargs="*", default=None,
+                   help="add a from-scratch cross-encoder row with these extra overrides "
+                        "(e.g. model.init=null model.vocab=<vocab.txt> model.hidden_size=256 ...)")
     args = p.parse_args(argv)
     train, valid, test = dataset_files(args.data)
     data = [f"data.train={train}"] + ([f"data.valid={valid}"] if valid else []) + ([f"data.test={test}"] if test else [])
@@ -66,7 +96,7 @@ def main(argv=None):
     tasks = set(json.loads(subprocess.run([sys.executable, "-c", "import run_tasks, json; print(json.dumps(list(run_tasks.TASKS)))"],
                                           cwd=ROOT, capture_output=True, text=True).stdout or "[]"))
     rows = []
-    for name, task, overrides, dirname in runs(out, args.large_layers, args.tiny_layers):
+    for name, task, overrides, dirname in runs(out, args.large_layers, args.tiny_layers, args.scratch):
         run_dir = out / dirname
         if args.only and dirname not in args.only and not (run_dir / "metrics.json").exists():
             continue  # not asked for now; finished runs still appear in the table
@@ -74,22 +104,18 @@ def main(argv=None):
             print(f"skip {name}: task {task!r} not available")
             continue
         if not (run_dir / "metrics.json").exists():
-            cmd = [sys.executable, str(ROOT / "run_tasks.py"), "--task", task, "--out", str(run_dir),
-                   "--set", *data, *overrides, "train.verbose=2", *args.set]
+            cmd = command(task, run_dir, data, args.set, overrides)
             print("$", " ".join(cmd), flush=True)
             t0 = time.time()
             with open(out / f"{dirname}.log", "w") as log:
-                code = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
+                code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode  # paths as the caller wrote them
             if code:
                 print(f"{name}: failed (exit {code}), see {out / (dirname + '.log')}")
                 continue
             (run_dir / "wall_seconds.txt").write_text(f"{time.time() - t0:.0f}\n")
         m = json.loads((run_dir / "metrics.json").read_text())
         wall = (run_dir / "wall_seconds.txt").read_text().strip() if (run_dir / "wall_seconds.txt").exists() else ""
-        split = "test" if "test" in m else "valid"
-        rows.append({"model": name, "split": split, "accuracy": m[split]["accuracy"], "f1": m[split].get("f1"),
-                     "auc": m[split].get("auc"), "valid_accuracy": m["valid"]["accuracy"],
-                     "epochs": m.get("training", {}).get("best_epoch"), "wall_s": wall})
+        rows.extend(table_rows(name, m, wall))
         write_table(out, rows, args)
     write_table(out, rows, args)
 
