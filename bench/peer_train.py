@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PEER_PYTHON, md_table, run_child, save  # noqa: E402
+from common import PEER_PYTHON, md_table, peak_rss_mb, run_child, save  # noqa: E402
 from train_throughput import CONFIGS  # noqa: E402
 
 HERE = Path(__file__).resolve()
@@ -64,8 +64,8 @@ def peer_measure(model_dir, batch, seq, steps):
     for _ in range(steps):
         loss = step()
     assert loss == loss
-    return {"pairs_per_s": batch * steps / (time.perf_counter() - t0), "torch": torch.__version__,
-            "threads": torch.get_num_threads()}
+    return {"pairs_per_s": batch * steps / (time.perf_counter() - t0), "peak_rss_mb": peak_rss_mb(),
+            "torch": torch.__version__, "threads": torch.get_num_threads()}
 
 
 def main(argv=None):
@@ -96,28 +96,29 @@ def main(argv=None):
         jobs["peer"] = [PEER_PYTHON, HERE, "--peer-child", minilm_dir(), *shape]
     else:
         print(f"no peer venv at {PEER_PYTHON}: measuring ours only (see the docstring)", file=sys.stderr)
-    results, peer_info = {k: [] for k in jobs}, {}
+    results, rss, peer_info = {k: [] for k in jobs}, {k: [] for k in jobs}, {}
     order = [k for k in [args.configs[0], "peer", *args.configs[1:]] if k in jobs]  # peer next to ours fp32
     for r in range(args.rounds):
         for k in order if r % 2 == 0 else order[::-1]:
             res = run_child(jobs[k])
             if res is None:
                 continue
-            value = res["pairs_per_s"] if isinstance(res, dict) else res
-            peer_info = res if isinstance(res, dict) else peer_info
+            value = res["pairs_per_s"]
+            peer_info = res if k == "peer" else peer_info
             results[k].append(value)
-            print(f"round {r + 1} {k}: {value:.1f} pairs/s", flush=True)
+            rss[k].append(res["peak_rss_mb"])
+            print(f"round {r + 1} {k}: {value:.1f} pairs/s, peak RSS {res['peak_rss_mb']:.0f} MB", flush=True)
     peer = statistics.median(results["peer"]) if results.get("peer") else None
     rows, summary = [], {}
     for k, vals in results.items():
         if vals:
             med = statistics.median(vals)
-            summary[k] = {"pairs_per_s": med, "runs": vals}
+            summary[k] = {"pairs_per_s": med, "runs": vals, "peak_rss_mb": max(rss[k])}
             name = f"PyTorch {peer_info.get('torch', '')} transformers (peer)" if k == "peer" else f"textmatch {k}"
             rows.append([name, f"{med:.1f}", ", ".join(f"{v:.1f}" for v in vals),
-                         f"{med / peer:.2f}x" if peer else ""])
+                         f"{med / peer:.2f}x" if peer else "", f"{max(rss[k]):.0f}"])
     lines = [f"MiniLM-L6 cross-encoder train step, batch {args.batch}, seq {args.seq}, AdamW, {args.steps} steps "
-             f"x {args.rounds} rounds", ""] + md_table(["config", "pairs/s (median)", "runs", "vs peer"], rows)
+             f"x {args.rounds} rounds", ""] + md_table(["config", "pairs/s (median)", "runs", "vs peer", "peak RSS MB"], rows)
     save(args.out, "peer_train", lines, {"args": {k: str(v) for k, v in vars(args).items()}, "results": summary,
                                          "peer": peer_info})
 

@@ -20,12 +20,15 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import peak_rss_mb  # noqa: E402
+
 CONFIGS = {"fp32": (None, False), "xla": (None, True), "bf16": ("mixed_bfloat16", False),
            "xla+bf16": ("mixed_bfloat16", True)}
 
 
 def measure(layers, batch, seq, steps, precision, jit):
-    """One configuration, in this process: returns pairs/s after warm-up."""
+    """One configuration, in this process: pairs/s after warm-up and the process's peak RSS."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.path.insert(0, str(ROOT))
     import keras
@@ -60,7 +63,7 @@ def measure(layers, batch, seq, steps, precision, jit):
         loss = float(step(x, y)[0])
     dt = time.perf_counter() - t0
     assert np.isfinite(loss)
-    return batch * steps / dt
+    return {"pairs_per_s": batch * steps / dt, "peak_rss_mb": peak_rss_mb()}
 
 
 def main(argv=None):
@@ -87,7 +90,7 @@ def main(argv=None):
             if out.returncode:
                 print(f"{c}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
                 continue
-            results[c].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            results[c].append(json.loads(out.stdout.strip().splitlines()[-1])["pairs_per_s"])
             print(f"round {r + 1} {c}: {results[c][-1]:.1f} pairs/s", flush=True)
     base = statistics.median(results["fp32"]) if results.get("fp32") else None
     lines = [f"MiniLM-L{args.layers} cross-encoder train step, batch {args.batch}, seq {args.seq}, {os.cpu_count()} CPU cores",

@@ -3,6 +3,7 @@ teacher-logit cache, intermediate-layer distillation, and the task end to end (t
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -219,6 +220,11 @@ def test_distill_task_end_to_end(e2e):
     assert set(m["teacher"]) == {"valid", "test"}
     assert m["distill"] == {"alpha": 0.2, "temperature": 10.0, "online": False, "intermediate": False}
     assert m["training"]["steps"] == 3
+    # The run was in this process: its recorded peak memory is TensorFlow-sized (MB, not KB or bytes)
+    # and cannot exceed this process's peak so far as the kernel counts it.
+    hwm_mb = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
+                  if line.startswith("VmHWM:")) / 1024
+    assert 200 < m["training"]["peak_rss_mb"] <= hwm_mb + 1
 
     meta = json.loads((e2e / "student" / "model" / "model.json").read_text())
     assert meta["kind"] == "cross_encoder" and meta["task"] == "distill"

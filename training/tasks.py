@@ -11,6 +11,8 @@ import hashlib
 import json
 import logging
 import os
+import resource
+import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -31,6 +33,12 @@ from training.strategy import chief_from_env, in_cluster, is_chief, make_strateg
 from training.trainer import Split, Trainer, TrainingError, finish_backup, predict_outputs
 
 log = logging.getLogger(__name__)
+
+
+def peak_rss_mb():
+    """This process's peak resident memory so far (what sizing a training host needs)."""
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(kb / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)  # macOS reports bytes
 
 SAMPLE_DIR = Path("runs") / "sample_data"
 
@@ -330,7 +338,7 @@ def train_task(cfg, run_dir, build_model, splits, evaluate=None, extra_meta=None
         metrics["training"] = {"best_epoch": result.best_epoch, "steps": result.steps,
                                "seconds": round(result.seconds, 1), "replicas": strategy.num_replicas_in_sync,
                                "global_batch": trainer.global_batch, "selection_metric": metric,
-                               "history": result.history}
+                               "peak_rss_mb": peak_rss_mb(), "history": result.history}
         if report:
             metrics.update(report)
         write_json(Path(run_dir) / "metrics.json", metrics)
