@@ -50,6 +50,9 @@ def runs(out, large_layers, tiny_layers, scratch=None):
         ("distilled tiny", "distill", [f"distill.teacher={teacher}", f"model.num_layers={tiny_layers}", "model.pooling=mean"], "distilled_tiny"),
         ("VIRT w/o distillation", "virt", ["virt.distill=false"] + large, "virt_no_distill"),
         ("VIRT w/o adapted interaction", "virt", [f"virt.teacher={teacher}", "virt.adapted_interaction=false"] + large, "virt_no_adapted"),
+        # the paper's own ablation keeps Eq. 6's fusion MLP on mean-pooled u, v (Sec. 4.5.1)
+        ("VIRT w/o adapted interaction, Eq. 6 fusion", "virt",
+         [f"virt.teacher={teacher}", "virt.adapted_interaction=false", "virt.fusion=true"] + large, "virt_fusion"),
     ]
     if scratch is not None:  # same architecture as the large cross-encoder, random initial weights
         rows.insert(1, ("cross-encoder large, from scratch", "finetune", ["model.pooling=mean"] + large + scratch, "ce_scratch"))

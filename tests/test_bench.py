@@ -41,6 +41,8 @@ def test_row_keys_win_over_common_overrides_and_scratch_row_is_random_init():
     task, overrides = rows["ce_tiny"]
     assert resolved(task, overrides, common).model.num_layers == 2
     assert resolved(*rows["virt"], common).virt.teacher == "out/ce_large/model"
+    fusion = resolved(*rows["virt_fusion"], common).virt
+    assert fusion.fusion is True and fusion.adapted_interaction is False and fusion.distill is True
 
 
 def test_bi_encoder_metrics_give_a_classifier_row_and_a_cosine_row():

@@ -9,6 +9,7 @@ import math
 
 import keras
 import numpy as np
+import scipy.special
 import pytest
 import tensorflow as tf
 
@@ -359,6 +360,27 @@ def test_ablation_flags_change_the_graph(students, teacher_enc, texts):
     assert float(terms["virt"]) == pytest.approx(0.5 * float(out["virt"]), rel=1e-6)
     assert isinstance(vt(batch, training=False), tf.Tensor)  # inference: the student alone
     assert vt.deployable is adapted
+
+
+def test_fusion_without_adapted_interaction_is_eq6_on_mean_pooled_states(texts):
+    # The paper's own "w/o adapted interaction" ablation: Eq. 6's fusion MLP on mean-pooled u, v.
+    keras.utils.set_random_seed(4)
+    m = VirtModel(tiny_encoder(2), num_labels=3, adapted_interaction=False, fusion=True, dropout=0.0, name="virt")
+    batch = virt_batch(texts["x_ids"], texts["y_ids"])
+    logits = m(batch).numpy()
+    assert m.fusion and tuple(m.fuse.kernel.shape) == (4 * H, 4 * H)
+    hx = m.encode(batch["x_ids"], batch["x_mask"])["last_hidden_state"].numpy()
+    hy = m.encode(batch["y_ids"], batch["y_mask"])["last_hidden_state"].numpy()
+    mean = lambda h, mask: (h * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)  # noqa: E731
+    u, v = mean(hx, np.asarray(batch["x_mask"])), mean(hy, np.asarray(batch["y_mask"]))
+    r = np.concatenate([u, v, u - v, np.maximum(u, v)], -1)
+    gelu = lambda z: 0.5 * z * (1 + scipy.special.erf(z / np.sqrt(2)))  # noqa: E731
+    dense = lambda layer, z: z @ layer.kernel.numpy() + layer.bias.numpy()  # noqa: E731
+    expected = dense(m.classifier, gelu(dense(m.hidden, gelu(dense(m.fuse, r)) + r)))
+    np.testing.assert_allclose(logits, expected, atol=1e-4)
+    # defaults keep the two old heads, and old model.json files (no "fusion" key) load as before
+    assert VirtModel(tiny_encoder(2), 3).fusion is True
+    assert VirtModel(tiny_encoder(2), 3, adapted_interaction=False).fusion is False
 
 
 def test_distillation_moves_student_maps_towards_the_teacher():

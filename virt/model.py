@@ -42,24 +42,29 @@ class VirtModel(PairModel):
     Args:
         encoder: `BertEncoder` or its architecture dict.
         num_labels: number of classes.
-        adapted_interaction: VIRT-adapted interaction (Eq. 5-6):
-            u = mean_x(softmax(Hx Hy^T/sqrt(d)) Hy), v = mean_y(softmax(Hy Hx^T/sqrt(d)) Hx),
-            r = [u, v, u-v, max(u,v)], logits = MLP(MLP(r) + r).
-            When False, SBERT's head: mean-pooled u, v -> [u, v, |u-v|] -> linear.
+        adapted_interaction: VIRT-adapted interaction (Eq. 5):
+            u = mean_x(softmax(Hx Hy^T/sqrt(d)) Hy), v = mean_y(softmax(Hy Hx^T/sqrt(d)) Hx).
+            When False, u and v are the mean-pooled Hx and Hy.
+        fusion: Eq. 6, r = [u, v, u-v, max(u,v)], logits = MLP(MLP(r) + r); when False,
+            SBERT's head [u, v, |u-v|] -> linear. None (default) = same as
+            `adapted_interaction`, so `adapted_interaction=False` alone is the plain SBERT
+            head; `adapted_interaction=False, fusion=True` is the paper's own
+            "w/o adapted interaction" ablation (Sec. 4.5.1 keeps the fusion layer).
         dropout: dropout before the output layer.
     """
 
     kind = "virt"
 
-    def __init__(self, encoder, num_labels, adapted_interaction=True, dropout=0.1, **kwargs):
+    def __init__(self, encoder, num_labels, adapted_interaction=True, fusion=None, dropout=0.1, **kwargs):
         super().__init__(**kwargs)
         self.encoder = as_encoder(encoder)
         self.num_labels = num_labels
         self.adapted_interaction = adapted_interaction
+        self.fusion = adapted_interaction if fusion is None else bool(fusion)
         self.dropout_rate = dropout
         width = 4 * self.encoder.hidden_size
         init = keras.initializers.TruncatedNormal(stddev=0.02)
-        if adapted_interaction:
+        if self.fusion:
             self.fuse = keras.layers.Dense(width, activation=gelu, kernel_initializer=init, name="fuse_mlp")
             self.hidden = keras.layers.Dense(self.encoder.hidden_size, activation=gelu, kernel_initializer=init,
                                              name="output_mlp")
@@ -78,10 +83,12 @@ class VirtModel(PairModel):
         if self.adapted_interaction:
             u = pool(_masked_attend(hx, hy, y_mask), x_mask, "mean")  # [B, H]
             v = pool(_masked_attend(hy, hx, x_mask), y_mask, "mean")  # [B, H]
+        else:
+            u, v = pool(hx, x_mask, "mean"), pool(hy, y_mask, "mean")  # [B, H]
+        if self.fusion:
             r = tf.concat([u, v, u - v, tf.maximum(u, v)], axis=-1)  # [B, 4H]
             features = self.hidden(self.fuse(r) + r)  # [B, H]
         else:
-            u, v = pool(hx, x_mask, "mean"), pool(hy, y_mask, "mean")
             features = tf.concat([u, v, tf.abs(u - v)], axis=-1)  # [B, 3H]
         return self.classifier(self.dropout(features, training=training))  # [B, C]
 
@@ -98,7 +105,8 @@ class VirtModel(PairModel):
 
     def get_config(self):
         return {**super().get_config(), "encoder": self.encoder.architecture(), "num_labels": self.num_labels,
-                "adapted_interaction": self.adapted_interaction, "dropout": self.dropout_rate}
+                "adapted_interaction": self.adapted_interaction, "fusion": self.fusion,
+                "dropout": self.dropout_rate}
 
 
 class VirtTraining(StudentTraining):

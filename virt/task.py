@@ -35,7 +35,7 @@ def train_virt(cfg):
     def build():
         encoder, tokenizer = init_encoder(model_cfg, splits.train.text_a + splits.train.text_b, run_dir)
         student = VirtModel(encoder, num_labels=len(splits.label_names), adapted_interaction=v.adapted_interaction,
-                            dropout=cfg.model.dropout, name="virt")
+                            fusion=v.fusion, dropout=cfg.model.dropout, name="virt")
         if teacher is None:
             return VirtTraining(student, name="virt_training"), tokenizer
         check_same_vocab(teacher, tokenizer)
@@ -44,7 +44,8 @@ def train_virt(cfg):
         return VirtTraining(student, teacher.model.encoder, alpha=v.alpha, layers=v.layers,
                             layer_map=v.layer_map, name="virt_training"), tokenizer
 
-    report = {"virt": {"distill": v.distill, "adapted_interaction": v.adapted_interaction,
+    fusion = v.adapted_interaction if v.fusion is None else v.fusion
+    report = {"virt": {"distill": v.distill, "adapted_interaction": v.adapted_interaction, "fusion": fusion,
                        "alpha": v.alpha, "layers": v.layers}}
     if teacher_metrics:
         report["teacher"] = {k: teacher_metrics[k] for k in ("valid", "test") if k in teacher_metrics}
