@@ -1,6 +1,7 @@
 """Inference throughput: pairs/s at batch 1 and 28 (a pair = 128 tokens) for a cross-encoder
 (MiniLM-L6 and a 2-layer cut), sbert and VIRT (candidates cached), in Keras, SavedModel, ONNX
-fp32 and ONNX int8, plus the peer PyTorch cross-encoder; compute efficiency and peak RSS.
+fp32 and ONNX int8, plus the peer PyTorch cross-encoder; compute efficiency, peak RSS, and the
+bi-encoders' offline encoding rate (texts/s at batch 64, the candidate side).
 
     python bench/inference.py [--ce DIR] [--tiny DIR] [--sbert DIR] [--virt DIR] [--seconds 5] [--quick]
 
@@ -167,19 +168,29 @@ def _functions(files, online, backend):
     return out
 
 
+ENCODE_BATCH = 64  # offline encoding of the candidate side (sbert embeddings, VIRT token states)
+
+
+def per_second(step, batch, seconds):
+    """Items/s of `step` (one batch of `batch` items) after 2 warm-up calls, over >= 3 calls and `seconds`."""
+    for _ in range(2):
+        step()
+    n, t0 = 0, time.perf_counter()
+    while n < 3 or time.perf_counter() - t0 < seconds:
+        step()
+        n += 1
+    return batch * n / (time.perf_counter() - t0)
+
+
 def measure(spec, backend, seq, seconds):
     _tf_path()
-    res = {}
-    for batch in BATCHES:
-        step = runner(spec, backend, batch, seq)
-        for _ in range(2):
-            step()
-        n, t0 = 0, time.perf_counter()
-        while n < 3 or time.perf_counter() - t0 < seconds:
-            step()
-            n += 1
-        res[str(batch)] = batch * n / (time.perf_counter() - t0)
-    return {"pairs_per_s": res, "peak_rss_mb": peak_rss_mb()}
+    res = {str(batch): per_second(runner(spec, backend, batch, seq), batch, seconds) for batch in BATCHES}
+    out = {"pairs_per_s": res}
+    if spec["kind"] != "cross_encoder":  # bi-encoders: how fast a corpus is encoded offline
+        ids, mask = fake_ids(ENCODE_BATCH, seq // 2, spec["vocab"], seed=2)
+        encode = _functions(spec["files"], spec["online"][:1], backend)[0]
+        out["encode_per_s"] = per_second(lambda: encode(input_ids=ids, attention_mask=mask), ENCODE_BATCH, seconds)
+    return {**out, "peak_rss_mb": peak_rss_mb()}
 
 
 MATMUL_N = 2048  # 1024^3 stays far from peak here (111 vs 181 GFLOP/s fp32): a reference must saturate the cores
@@ -215,13 +226,8 @@ def peer_measure(model_dir, seq, seconds):
         for batch in BATCHES:
             ids, mask = (torch.as_tensor(a.astype("int64")) for a in fake_ids(batch, seq, model.config.vocab_size))
             types = torch.as_tensor([[0] * (seq // 2) + [1] * (seq - seq // 2)] * batch)
-            for _ in range(2):
-                model(input_ids=ids, token_type_ids=types, attention_mask=mask)
-            n, t0 = 0, time.perf_counter()
-            while n < 3 or time.perf_counter() - t0 < seconds:
-                torch.softmax(model(input_ids=ids, token_type_ids=types, attention_mask=mask).logits, -1)
-                n += 1
-            res[str(batch)] = batch * n / (time.perf_counter() - t0)
+            res[str(batch)] = per_second(lambda: torch.softmax(model(input_ids=ids, token_type_ids=types,
+                                                                     attention_mask=mask).logits, -1), batch, seconds)
     return {"pairs_per_s": res, "peak_rss_mb": peak_rss_mb(), "torch": torch.__version__}
 
 
@@ -319,6 +325,11 @@ def report(args, manifest, results, peer, mm, wall):
              f"wall {wall:.0f} s", ""]
     lines += md_table(["model", "backend", *(f"pairs/s b={b}" for b in BATCHES), "peak RSS MB"], rows)
     lines += [""] + md_table(["ratio", "batch", "value"], ratios)
+    encoding = [[name, backend, f"{r['encode_per_s']:.1f}"] for (name, backend), r in results.items() if "encode_per_s" in r]
+    if encoding:
+        lines += ["", f"Offline encoding, texts of {args.seq // 2} tokens, batch {ENCODE_BATCH} "
+                      "(sbert: embeddings; virt: last-layer token states)", ""]
+        lines += md_table(["model", "backend", "texts/s"], encoding)
     if mm:
         lines += ["", f"matmul {MATMUL_N}^3 in this run: fp32 {mm['float32']:.1f} GFLOP/s, bf16 {mm['bfloat16']:.1f} GFLOP/s", ""]
         lines += md_table(["cross-encoder forward", "GFLOP/s", "of fp32 matmul", "of bf16 matmul"], eff)
