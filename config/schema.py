@@ -171,6 +171,7 @@ class SearchConfig:
 class PretrainConfig:
     mask_rate: float = 0.15  # share of real tokens selected for MLM (80% [MASK], 10% random, 10% kept)
     whole_word: bool = False  # select whole words (all their ## pieces); WordPiece vocabularies only
+    pairs: bool = False  # examples are the pair files' rows as `[CLS] a [SEP] b [SEP]` (trains segment 1, cross-text attention)
 
 
 @dataclass

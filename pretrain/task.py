@@ -61,6 +61,29 @@ def read_sentences(cfg):
     return sentences
 
 
+def read_text_pairs(cfg):
+    """`pretrain.pairs`: the (a, b) rows of the pair files in data.text, de-duplicated, labels unused."""
+    seen = {}
+    for src in cfg.data.text:
+        path = Path(src)
+        if not path.is_file():
+            raise DataError(f"{src}: not found")
+        if path.suffix.lower() not in PAIR_SUFFIXES:
+            raise DataError(f"{src}: pretrain.pairs=true needs pair files ({', '.join(PAIR_SUFFIXES)}), "
+                            "not plain text")
+        d = cfg.data
+        rows = read_pairs(src, format=d.format, text_a=d.text_a, text_b=d.text_b, label=None, on_bad_row=d.on_bad_row)
+        for a, b in zip(rows.text_a, rows.text_b):
+            if a and b:
+                seen.setdefault((a, b), None)
+        if cfg.data.max_rows and len(seen) >= cfg.data.max_rows:
+            break
+    pairs = list(seen)[: cfg.data.max_rows or None]
+    if len(pairs) < 10:
+        raise DataError(f"{', '.join(map(str, cfg.data.text))}: only {len(pairs)} distinct pairs")
+    return [a for a, _ in pairs], [b for _, b in pairs]
+
+
 def mlm_evaluator(batch_size, seed=1234):
     """Masked-token loss, accuracy and perplexity with a fixed mask (comparable across epochs)."""
     def evaluate(model, split):
@@ -83,16 +106,25 @@ def mlm_evaluator(batch_size, seed=1234):
 
 def pretrain(cfg):
     """MLM pre-training; writes <out>/model (kind mlm, loadable by every task via model.init)."""
+    p = cfg.pretrain
+    if p.pairs and not cfg.data.text:  # before the run directory exists
+        raise DataError("pretrain.pairs=true needs data.text: pair files whose rows become the inputs")
     run_dir = prepare_run_dir(cfg)
-    sentences = read_sentences(cfg)
+    # Single texts (text_b None) or pairs; the held-out slice is drawn the same way for both.
+    text_a, text_b = read_text_pairs(cfg) if p.pairs else (read_sentences(cfg), None)
+    sentences = text_a + (text_b or [])  # what the vocabulary is built from
     rng = np.random.default_rng(cfg.train.seed)
-    order = rng.permutation(len(sentences))
-    n_valid = min(5000, max(10, int(round(cfg.data.valid_fraction * len(sentences)))))
-    pick = lambda idx: PairData([sentences[i] for i in idx], None, None, [int(i) for i in idx])  # noqa: E731
+    order = rng.permutation(len(text_a))
+    n_valid = min(5000, max(10, int(round(cfg.data.valid_fraction * len(text_a)))))
+
+    def pick(idx):
+        return PairData([text_a[i] for i in idx], None if text_b is None else [text_b[i] for i in idx], None,
+                        [int(i) for i in idx])
+
     splits = Splits(train=pick(np.sort(order[n_valid:])), valid=pick(np.sort(order[:n_valid])), test=None,
                     label_names=[])
-    log.info("pre-training on %d sentences, %d held out for MLM metrics", len(splits.train), len(splits.valid))
-    p = cfg.pretrain
+    unit = "pairs" if p.pairs else "sentences"
+    log.info("pre-training on %d %s, %d held out for MLM metrics", len(splits.train), unit, len(splits.valid))
     if cfg.train.metric != "loss":
         cfg.train.metric = "loss"  # MLM has no classification metric; select on held-out MLM loss
 
@@ -103,8 +135,8 @@ def pretrain(cfg):
                         whole_word=p.whole_word, name="mlm"), tokenizer
 
     metrics = train_task(cfg, run_dir, build, splits, evaluate=mlm_evaluator(cfg.train.eval_batch_size),
-                         report={"pretrain": {"sentences": len(sentences), "whole_word": p.whole_word,
-                                              "mask_rate": p.mask_rate}})
+                         report={"pretrain": {unit: len(text_a), "whole_word": p.whole_word,
+                                              "mask_rate": p.mask_rate, "pairs_input": p.pairs}})
     v = metrics.get("valid", {})
     print(f"held-out MLM: loss {v.get('loss', float('nan')):.4f}, accuracy {v.get('mlm_accuracy', 0):.4f}, "
           f"perplexity {v.get('perplexity', float('nan')):.1f}")

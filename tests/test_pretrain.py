@@ -366,3 +366,60 @@ def test_whole_word_features_are_not_taken_from_a_plain_runs_token_cache(tmp_pat
     pairs = PairData(texts, None, None, [1, 2])
     assert "word_starts" not in tokenize(mlm(False), tok, pairs, [], 16, "train").features
     assert "word_starts" in tokenize(mlm(True), tok, pairs, [], 16, "train").features
+
+
+# ----------------------------------------------------------------------------- pair inputs
+def test_read_text_pairs_deduplicates_rows_and_refuses_plain_text(tmp_path):
+    from data import DataError
+    from pretrain.task import read_text_pairs
+    from tests.tiny_runs import write_csv
+
+    rows = [(f"left {i}", f"right {i % 7}", str(i % 2)) for i in range(14)]
+    pairs = write_csv(tmp_path / "p.csv", rows + [rows[3], ("left 3", "other", "0")])
+    a, b = read_text_pairs(_cfg([pairs]))
+    assert list(zip(a, b)) == [(x, y) for x, y, _ in rows] + [("left 3", "other")]  # labels unused, order kept
+    plain = tmp_path / "t.txt"
+    plain.write_text("one\ntwo\n")
+    with pytest.raises(DataError, match="t.txt: pretrain.pairs=true needs pair files"):
+        read_text_pairs(_cfg([pairs, plain]))
+
+
+def test_pair_inputs_train_the_second_segment_embedding():
+    # With single texts every token has segment 0, so segment 1's embedding gets no gradient and
+    # stays random; pair inputs `[CLS] a [SEP] b [SEP]` give it one (and cross-text attention).
+    from modeling.encoder import BertEncoder
+
+    enc = BertEncoder(vocab_size=30, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32,
+                      max_position=64, name="encoder")
+    model = MaskedLM(enc, special_ids=SPECIALS, mask_id=MASK, rate=0.5)
+    ids, mask, _ = _batch(B=8, T=20)
+    types = np.zeros_like(ids)
+    types[:, 10:] = 1
+    types[mask == 0] = 0
+
+    def segment_grad(token_type_ids):
+        x, y = model.batch_transform({"input_ids": tf.constant(ids), "attention_mask": tf.constant(mask),
+                                      "token_type_ids": tf.constant(token_type_ids)}, tf.constant([3, 4], tf.int64))
+        with tf.GradientTape() as tape:
+            loss = masked_lm_loss(y, model(x, training=False))
+        g = tape.gradient(loss, enc.token_type_embeddings.embeddings)
+        return tf.convert_to_tensor(g).numpy()
+
+    single, paired = segment_grad(np.zeros_like(ids)), segment_grad(types)
+    assert np.abs(single[1]).max() == 0.0 and np.abs(single[0]).max() > 0
+    assert np.abs(paired[1]).max() > 0 and np.abs(paired[0]).max() > 0
+
+
+def test_pretrain_task_on_pairs(tmp_path):
+    from data import make_sample
+
+    files = make_sample(tmp_path / "data", n_train=64, n_valid=16, n_test=16)
+    out = tmp_path / "pretrain_pairs"
+    assert run_tasks.main(["--task", "pretrain", "--out", str(out), "--set", *TINY, "pretrain.pairs=true",
+                           f"data.text=[{files['train']}]", "train.epochs=1", "train.max_seq_len=16"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["pretrain"]["pairs"] == 64 and m["pretrain"]["pairs_input"] is True
+    assert m["valid"]["masked_tokens"] > 0 and m["training"]["steps"] == 3  # 58 train pairs / 16, remainder dropped
+    # a missing data.text is a clear error, not a silent fall-back to single sentences
+    assert run_tasks.main(["--task", "pretrain", "--out", str(tmp_path / "none"), "--set", *TINY,
+                           "pretrain.pairs=true"]) != 0
