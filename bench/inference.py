@@ -62,7 +62,7 @@ def default_model(name, path):
     return save_model_dir(model, path, tokenizer, labels=["0", "1"], max_seq_len=128)
 
 
-def prepare(dirs, work, int8=True):
+def prepare(dirs, work, int8=True, models=MODELS):
     """Model dirs (given or default), their SavedModel and ONNX files; returns the manifest."""
     _tf_path()
     import tensorflow as tf
@@ -73,7 +73,7 @@ def prepare(dirs, work, int8=True):
 
     work = Path(work)
     manifest = {}
-    for name in MODELS:
+    for name in models:
         d = Path(dirs[name]) if dirs.get(name) else default_model(name, work / name / "model")
         loaded = load_model_dir(d, expect_kind=KIND[name])
         fns = ids_functions(loaded.model, loaded.kind)
@@ -242,6 +242,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for name in MODELS:
         p.add_argument(f"--{name}", help=f"{KIND[name]} model directory (default: built from MiniLM-L6)")
+    p.add_argument("--models", nargs="*", default=list(MODELS), choices=MODELS,
+                   help="which models to measure (e.g. sbert virt for the encoding rates alone)")
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--seconds", type=float, default=5.0, help="per batch size and backend")
     p.add_argument("--backends", nargs="*", default=list(BACKENDS), choices=BACKENDS)
@@ -252,7 +254,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.child:
         spec = json.loads(args.spec) if args.spec else None
-        res = {"prepare": lambda: prepare(spec["dirs"], spec["work"], "onnx-int8" in spec["backends"]),
+        res = {"prepare": lambda: prepare(spec["dirs"], spec["work"], "onnx-int8" in spec["backends"], spec["models"]),
                "matmul": lambda: matmul(args.seconds),
                "peer": lambda: peer_measure(spec, args.seq, args.seconds)}.get(args.child)
         print(json.dumps(res() if res else measure(spec, args.child, args.seq, args.seconds)))
@@ -264,11 +266,11 @@ def main(argv=None):
         dirs = {name: getattr(args, name) for name in MODELS}
         me = [sys.executable, HERE]
         manifest = run_child(me + ["--child", "prepare", "--spec", json.dumps(
-            {"dirs": dirs, "work": work, "backends": args.backends})])
+            {"dirs": dirs, "work": work, "backends": args.backends, "models": args.models})])
         if manifest is None:
             sys.exit("preparing the models failed")
         results = {}
-        for name in MODELS:
+        for name in args.models:
             for backend in args.backends:
                 res = run_child(me + ["--child", backend, "--spec", json.dumps(manifest[name]), "--seq", args.seq,
                                       "--seconds", args.seconds])
@@ -276,13 +278,14 @@ def main(argv=None):
                     results[(name, backend)] = res
                     print(f"{name} {backend}: {res['pairs_per_s']} pairs/s, {res['peak_rss_mb']:.0f} MB", flush=True)
         peer = None
-        if PEER_PYTHON.exists() and not args.ce:
+        if PEER_PYTHON.exists() and not args.ce and "ce" in args.models:
             sys.path.insert(0, str(ROOT))
             from modeling.pretrained import minilm_dir
 
             peer = run_child([PEER_PYTHON, HERE, "--child", "peer", "--spec", json.dumps(str(minilm_dir())),
                               "--seq", args.seq, "--seconds", args.seconds])
-        mm = run_child(me + ["--child", "matmul", "--seconds", max(args.seconds, 2.0)])
+        # the matmul is the reference of the cross-encoder's efficiency figure only
+        mm = run_child(me + ["--child", "matmul", "--seconds", max(args.seconds, 2.0)]) if "ce" in args.models else None
     report(args, manifest, results, peer, mm, time.time() - t_start)
 
 
@@ -313,7 +316,7 @@ def report(args, manifest, results, peer, mm, wall):
     ratio("ours ONNX vs peer (ce L6)", ("ce", "onnx"), ("ce", "peer"))
     ratio("ours ONNX int8 vs peer (ce L6)", ("ce", "onnx-int8"), ("ce", "peer"))
     eff = []
-    if mm:
+    if mm and "ce" in args.models:
         flops = forward_flops(manifest["ce"], args.seq)
         for backend in args.backends:
             r = rate("ce", backend, BATCHES[-1])
