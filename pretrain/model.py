@@ -68,8 +68,9 @@ class MaskedLM(PairModel):
         self.transform_norm = keras.layers.LayerNormalization(epsilon=self.encoder.layer_norm_eps, name="mlm_norm")
 
     def build(self, input_shape=None):
+        # float32 logits + a float32 bias: under a mixed policy Keras would hand call() a bf16/fp16 copy
         self.output_bias = self.add_weight(name="mlm_output_bias", shape=(self.encoder.vocab_size,),
-                                           initializer="zeros")
+                                           initializer="zeros", autocast=False)
         super().build(input_shape)
 
     def featurize(self, tokenizer, texts_a, texts_b, max_len):

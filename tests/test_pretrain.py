@@ -423,3 +423,28 @@ def test_pretrain_task_on_pairs(tmp_path):
     # a missing data.text is a clear error, not a silent fall-back to single sentences
     assert run_tasks.main(["--task", "pretrain", "--out", str(tmp_path / "none"), "--set", *TINY,
                            "pretrain.pairs=true"]) != 0
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_masked_lm_trains_under_mixed_precision(policy):
+    # `train.mixed_precision` on a pretrain run once failed in the first call (bf16 logits + fp32 bias).
+    import keras
+
+    from modeling.encoder import BertEncoder
+
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        enc = BertEncoder(vocab_size=30, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32,
+                          max_position=64, name="encoder")
+        model = MaskedLM(enc, special_ids=SPECIALS, mask_id=MASK, rate=0.5)
+        ids, mask, _ = _batch(B=8, T=12)
+        x, y = model.batch_transform({"input_ids": tf.constant(ids), "attention_mask": tf.constant(mask)},
+                                     tf.constant([1, 2], tf.int64))
+        with tf.GradientTape() as tape:
+            logits = model(x, training=True)
+            loss = masked_lm_loss(y, logits)
+        bias_grad, emb_grad = tape.gradient(loss, [model.output_bias, enc.word_embeddings.embeddings])
+        assert logits.dtype == tf.float32 and model.output_bias.dtype == "float32"
+        assert np.isfinite(float(loss)) and bias_grad is not None and emb_grad is not None
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
