@@ -14,6 +14,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PEER_PYTHON = Path(os.environ.get("PEER_PYTHON", "/tmp/peer/bin/python"))  # a venv with torch + transformers
 
+sys.path.append(str(ROOT))  # after site-packages: never shadows the peer venv's modules
+from training.memory import peak_rss_mb  # noqa: E402,F401  (stdlib only: the peer venv imports it too)
+
 
 def run_child(cmd, timeout=1800, env=None):
     """Run a child that prints its result as the last stdout line (JSON); None (reported) on failure."""
@@ -27,16 +30,6 @@ def run_child(cmd, timeout=1800, env=None):
         print(f"{' '.join(map(str, cmd[:4]))}...: failed (rc={out.returncode})\n{out.stderr[-2000:]}", file=sys.stderr)
         return None
     return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def peak_rss_mb():
-    """This process's peak resident set size (VmHWM from /proc, no psutil)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def machine():

@@ -27,6 +27,19 @@ log = logging.getLogger(__name__)
 PAIR_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
 
 
+def _existing(src):
+    path = Path(src)
+    if not path.is_file():
+        raise DataError(f"{src}: not found")
+    return path
+
+
+def _read_pair_file(cfg, src):
+    """A pair file's texts as data.* describes its columns; labels are not needed for MLM."""
+    d = cfg.data
+    return read_pairs(src, format=d.format, text_a=d.text_a, text_b=d.text_b, label=None, on_bad_row=d.on_bad_row)
+
+
 def read_sentences(cfg):
     """Sentences from data.text (or data.train, or the sample data), de-duplicated, in first-seen order."""
     sources = list(cfg.data.text) or ([cfg.data.train] if cfg.data.train else [])
@@ -37,13 +50,9 @@ def read_sentences(cfg):
         log.info("no data.text given: pre-training on the generated sample sentences")
     seen = {}
     for src in sources:
-        path = Path(src)
-        if not path.is_file():
-            raise DataError(f"{src}: not found")
+        path = _existing(src)
         if path.suffix.lower() in PAIR_SUFFIXES:
-            d = cfg.data
-            pairs = read_pairs(src, format=d.format, text_a=d.text_a, text_b=d.text_b, label=None,
-                               on_bad_row=d.on_bad_row)
+            pairs = _read_pair_file(cfg, src)
             texts = pairs.text_a + pairs.text_b
         else:
             try:
@@ -65,14 +74,10 @@ def read_text_pairs(cfg):
     """`pretrain.pairs`: the (a, b) rows of the pair files in data.text, de-duplicated, labels unused."""
     seen = {}
     for src in cfg.data.text:
-        path = Path(src)
-        if not path.is_file():
-            raise DataError(f"{src}: not found")
-        if path.suffix.lower() not in PAIR_SUFFIXES:
+        if _existing(src).suffix.lower() not in PAIR_SUFFIXES:
             raise DataError(f"{src}: pretrain.pairs=true needs pair files ({', '.join(PAIR_SUFFIXES)}), "
                             "not plain text")
-        d = cfg.data
-        rows = read_pairs(src, format=d.format, text_a=d.text_a, text_b=d.text_b, label=None, on_bad_row=d.on_bad_row)
+        rows = _read_pair_file(cfg, src)
         for a, b in zip(rows.text_a, rows.text_b):
             if a and b:
                 seen.setdefault((a, b), None)

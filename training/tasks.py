@@ -11,8 +11,6 @@ import hashlib
 import json
 import logging
 import os
-import resource
-import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -28,17 +26,12 @@ from modeling.encoder import BertEncoder
 from modeling.model_dir import load_model_dir, save_model_dir
 from modeling.pretrained import detect_format, load_pretrained, resolve
 from modeling.tokenization import PairTokenizer
+from training.memory import peak_rss_mb
 from training.metrics import classification_metrics
 from training.strategy import chief_from_env, in_cluster, is_chief, make_strategy
 from training.trainer import Split, Trainer, TrainingError, finish_backup, predict_outputs
 
 log = logging.getLogger(__name__)
-
-
-def peak_rss_mb():
-    """This process's peak resident memory so far (what sizing a training host needs)."""
-    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return round(kb / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)  # macOS reports bytes
 
 SAMPLE_DIR = Path("runs") / "sample_data"
 

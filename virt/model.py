@@ -35,6 +35,11 @@ def _masked_attend(hq, hk, k_mask):
     return tf.matmul(tf.cast(tf.nn.softmax(scores, axis=-1), hk.dtype), hk)
 
 
+def uses_fusion(adapted_interaction, fusion=None):
+    """Whether the head has Eq. 6's fusion MLP: `virt.fusion`, or by default the adapted flag."""
+    return adapted_interaction if fusion is None else bool(fusion)
+
+
 @keras.saving.register_keras_serializable(package="textmatch")
 class VirtModel(PairModel):
     """Siamese encoder (shared weights) + interaction head.
@@ -60,7 +65,7 @@ class VirtModel(PairModel):
         self.encoder = as_encoder(encoder)
         self.num_labels = num_labels
         self.adapted_interaction = adapted_interaction
-        self.fusion = adapted_interaction if fusion is None else bool(fusion)
+        self.fusion = uses_fusion(adapted_interaction, fusion)
         self.dropout_rate = dropout
         width = 4 * self.encoder.hidden_size
         init = keras.initializers.TruncatedNormal(stddev=0.02)

@@ -6,7 +6,7 @@ import logging
 
 from training.tasks import (check_same_vocab, init_encoder, load_splits, prepare_run_dir, print_summary,
                             student_model_config, teacher_for, train_task)
-from virt.model import VirtModel, VirtTraining
+from virt.model import VirtModel, VirtTraining, uses_fusion
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +44,8 @@ def train_virt(cfg):
         return VirtTraining(student, teacher.model.encoder, alpha=v.alpha, layers=v.layers,
                             layer_map=v.layer_map, name="virt_training"), tokenizer
 
-    fusion = v.adapted_interaction if v.fusion is None else v.fusion
-    report = {"virt": {"distill": v.distill, "adapted_interaction": v.adapted_interaction, "fusion": fusion,
+    report = {"virt": {"distill": v.distill, "adapted_interaction": v.adapted_interaction,
+                       "fusion": uses_fusion(v.adapted_interaction, v.fusion),
                        "alpha": v.alpha, "layers": v.layers}}
     if teacher_metrics:
         report["teacher"] = {k: teacher_metrics[k] for k in ("valid", "test") if k in teacher_metrics}
