@@ -478,3 +478,63 @@ def test_virt_plot_writes_a_readable_png(virt_run, tmp_path, capsys):
     assert t_map.shape == (len(result["x_tokens"]), len(result["y_tokens"]))
     np.testing.assert_allclose(t_map.sum(-1), 1.0, atol=1e-5)  # renormalised rows
     assert "mean |M~_xy - M_xy|" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- head diagnostic (bench/virt_head.py)
+
+def _virt_head():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import virt_head
+
+    return virt_head
+
+
+def test_head_stats_pool_as_the_model_does(texts):
+    from modeling.encoder import pool
+    from virt.model import _masked_attend
+
+    keras.utils.set_random_seed(5)
+    m = VirtModel(tiny_encoder(2), num_labels=2, dropout=0.0, name="virt")
+    batch = virt_batch(texts["x_ids"], texts["y_ids"])  # padded: lengths differ
+    hx = m.encode(batch["x_ids"], batch["x_mask"])["last_hidden_state"]
+    hy = m.encode(batch["y_ids"], batch["y_mask"])["last_hidden_state"]
+    s = _virt_head().head_stats(hx.numpy(), batch["x_mask"], hy.numpy(), batch["y_mask"])
+    u = pool(_masked_attend(hx, hy, batch["y_mask"]), batch["x_mask"], "mean").numpy()
+    v = pool(_masked_attend(hy, hx, batch["x_mask"]), batch["y_mask"], "mean").numpy()
+    np.testing.assert_allclose(s["u"], u, atol=1e-5)
+    np.testing.assert_allclose(s["v"], v, atol=1e-5)
+
+
+def test_head_coverage_and_peak_worked_by_hand():
+    # y: 3 valid tokens + 1 padding token. Zero x states -> equal scores -> uniform rows: coverage 1.
+    hy = np.zeros((1, 4, 2))
+    hy[0, :, 0] = [1.0, 2.0, 3.0, 50.0]  # the padding token would win every row if it were not masked
+    ym = np.array([[1, 1, 1, 0]])
+    xm = np.array([[1, 1]])
+    s = _virt_head().head_stats(np.zeros((1, 2, 2)), xm, hy, ym)
+    assert s["coverage_y"][0] == pytest.approx(1.0)
+    assert s["peak"][0] == pytest.approx(1 / 3)
+    # x states pointing hard along y token 2's direction: every row puts ~all its mass on it -> 1/n.
+    s = _virt_head().head_stats(np.full((1, 2, 2), [1000.0, 0.0]), xm, hy, ym)
+    assert s["coverage_y"][0] == pytest.approx(1 / 3, abs=1e-6)
+    assert s["peak"][0] == pytest.approx(1.0)
+    # two of three y tokens shared evenly: coverage exp(ln 2) / 3 = 2/3 (token scores 3 and 3, token 1 far below)
+    hy2 = np.zeros((1, 3, 2))
+    hy2[0, :, 0] = [-1.0, 1.0, 1.0]
+    s = _virt_head().head_stats(np.full((1, 2, 2), [1000.0, 0.0]), xm, hy2, np.ones((1, 3)))
+    assert s["coverage_y"][0] == pytest.approx(2 / 3, abs=1e-6)
+
+
+def test_virt_head_script_on_a_trained_run(virt_run, tmp_path):
+    _virt_head().main(["--model", str(virt_run["run"] / "model"), "--data", str(virt_run["files"]["test"]),
+                       "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "virt_head.json").read_text())
+    assert result["pairs"] == 32
+    for key in ("model_auc", "auc_cos_adapted", "auc_cos_mean"):
+        assert 0.0 <= result[key] <= 1.0
+    for key in ("coverage_y_pos", "coverage_y_neg", "coverage_x_pos", "peak_neg"):
+        assert 0.0 < result[key] <= 1.0 + 1e-9
+    assert "coverage of y in u" in (tmp_path / "virt_head.md").read_text()
