@@ -53,6 +53,9 @@ def runs(out, large_layers, tiny_layers, scratch=None):
         # the paper's own ablation keeps Eq. 6's fusion MLP on mean-pooled u, v (Sec. 4.5.1)
         ("VIRT w/o adapted interaction, Eq. 6 fusion", "virt",
          [f"virt.teacher={teacher}", "virt.adapted_interaction=false", "virt.fusion=true"] + large, "virt_fusion"),
+        # the other corner of pooling x head: Eq. 5's pooling under SBERT's (u, v, |u-v|) head
+        ("VIRT, adapted pooling + `(u, v, \\|u-v\\|)` head", "virt",
+         [f"virt.teacher={teacher}", "virt.adapted_interaction=true", "virt.fusion=false"] + large, "virt_adapted_plain_head"),
     ]
     if scratch is not None:  # same architecture as the large cross-encoder, random initial weights
         rows.insert(1, ("cross-encoder large, from scratch", "finetune", ["model.pooling=mean"] + large + scratch, "ce_scratch"))

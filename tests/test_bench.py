@@ -43,6 +43,8 @@ def test_row_keys_win_over_common_overrides_and_scratch_row_is_random_init():
     assert resolved(*rows["virt"], common).virt.teacher == "out/ce_large/model"
     fusion = resolved(*rows["virt_fusion"], common).virt
     assert fusion.fusion is True and fusion.adapted_interaction is False and fusion.distill is True
+    plain = resolved(*rows["virt_adapted_plain_head"], common).virt
+    assert plain.fusion is False and plain.adapted_interaction is True and plain.distill is True
 
 
 def test_bi_encoder_metrics_give_a_classifier_row_and_a_cosine_row():
