@@ -67,20 +67,13 @@ def head_stats(hx, x_mask, hy, y_mask):
             "coverage_y": _coverage(m_xy, xm, ym), "coverage_x": _coverage(m_yx, ym, xm), "peak": peak}
 
 
-def _padded(rows, pad_id):
-    width = max(len(r) for r in rows)
-    ids = np.full((len(rows), width), pad_id, np.int32)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = r
-    return ids, (ids != pad_id).astype(np.int32)
-
-
 def run(model_dir, data, fmt="auto", max_rows=None, batch_size=64):
     from sklearn.metrics import roc_auc_score
     from tqdm import tqdm
 
     from data import read_pairs
     from modeling.model_dir import load_model_dir
+    from modeling.tokenization import pad_ids
     from training.metrics import positive_index
 
     loaded = load_model_dir(model_dir, expect_kind="virt")
@@ -92,8 +85,8 @@ def run(model_dir, data, fmt="auto", max_rows=None, batch_size=64):
     stats, probs = [], []
     for start in tqdm(range(0, n, batch_size), desc="pairs", unit="batch"):
         sl = slice(start, min(n, start + batch_size))
-        x, xm = _padded(tok.encode_texts(pairs.text_a[sl], loaded.max_seq_len), tok.pad_id)
-        y, ym = _padded(tok.encode_texts(pairs.text_b[sl], loaded.max_seq_len), tok.pad_id)
+        x, xm = pad_ids(tok.encode_texts(pairs.text_a[sl], loaded.max_seq_len), tok.pad_id)
+        y, ym = pad_ids(tok.encode_texts(pairs.text_b[sl], loaded.max_seq_len), tok.pad_id)
         hx = model.encode(x, xm)["last_hidden_state"]
         hy = model.encode(y, ym)["last_hidden_state"]
         probs.append(np.asarray(model.score(hx, xm, hy, ym))[:, pos])

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from modeling.tokenization import pad_ids
+
 TOLERANCES = {"saved_model": 1e-5, "frozen": 1e-5, "onnx": 1e-4}
 
 EDGE_PAIRS = [
@@ -71,27 +73,17 @@ def parity_pairs(cfg, loaded, n):
     return a, b, None, f"data.make_sample(lang={lang}, n={n}) + {len(EDGE_PAIRS)} edge cases"
 
 
-def _pad(rows, pad_id):
-    width = max(len(r) for r in rows)
-    ids = np.full((len(rows), width), pad_id, np.int32)
-    mask = np.zeros((len(rows), width), np.int32)
-    for i, r in enumerate(rows):
-        ids[i, :len(r)] = r
-        mask[i, :len(r)] = 1
-    return ids, mask
-
-
 def python_features(loaded, a, b, max_len):
     """Python-tokenised, padded ids for the ids signature, and the unpadded rows."""
     tok = loaded.tokenizer
     if loaded.kind == "cross_encoder":
         enc = tok.encode_pairs(a, b, max_len)
-        ids, mask = _pad(enc["input_ids"], tok.pad_id)
-        types, _ = _pad(enc["token_type_ids"], 0)
+        ids, mask = pad_ids(enc["input_ids"], tok.pad_id)
+        types, _ = pad_ids(enc["token_type_ids"], 0)
         return {"input_ids": ids, "token_type_ids": types, "attention_mask": mask}, enc
     x, y = tok.encode_texts(a, max_len), tok.encode_texts(b, max_len)
-    x_ids, x_mask = _pad(x, tok.pad_id)
-    y_ids, y_mask = _pad(y, tok.pad_id)
+    x_ids, x_mask = pad_ids(x, tok.pad_id)
+    y_ids, y_mask = pad_ids(y, tok.pad_id)
     return {"x_ids": x_ids, "x_mask": x_mask, "y_ids": y_ids, "y_mask": y_mask}, {"x": x, "y": y}
 
 

@@ -9,7 +9,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+
+def pad_ids(rows, pad_id=0):
+    """Ragged id lists -> `ids` [B, longest] int32 padded with `pad_id`, and its 0/1 `mask`."""
+    width = max(len(r) for r in rows)
+    ids = np.full((len(rows), width), pad_id, np.int32)
+    mask = np.zeros((len(rows), width), np.int32)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)] = r
+        mask[i, :len(r)] = 1
+    return ids, mask
 
 
 class TokenizerError(ValueError):

@@ -22,6 +22,7 @@ from data import read_pairs
 from export import parity as parity_mod
 from config import load_config
 from modeling.model_dir import load_model_dir
+from modeling.tokenization import pad_ids
 from search.engine import Searcher, open_searcher
 from search.index import Index, Recall, SearchError, build_index, faiss_available, normalize
 from search.task import read_corpus
@@ -88,7 +89,7 @@ def _search(searcher, queries, rerank=True):
 
 
 def _ids(ld, texts):
-    return parity_mod._pad(ld.tokenizer.encode_texts(texts, ld.max_seq_len), ld.tokenizer.pad_id)
+    return pad_ids(ld.tokenizer.encode_texts(texts, ld.max_seq_len), ld.tokenizer.pad_id)
 
 
 def test_sbert_index_holds_the_keras_embeddings(indexes, corpus, loaded):
