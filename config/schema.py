@@ -90,7 +90,7 @@ class DistillConfig:
     intermediate: bool = False  # also match hidden states layer by layer
     layer_map: list[int] | None = None  # teacher layer for each student layer; None = uniform
     intermediate_weight: float = 1.0  # weight of the intermediate-layer loss
-    baseline: str | None = None  # an undistilled tiny model directory, scored beside the student
+    baseline: str | None = "auto"  # the undistilled student: auto = fine-tune it in <out>/baseline | model dir | null = none
 
 
 @dataclass
@@ -103,7 +103,7 @@ class VirtConfig:
     fusion: bool | None = None  # Eq. 6 fusion MLP in the head; None = same as adapted_interaction
     layer_map: list[int] | None = None  # teacher layer for each student layer; None = uniform (same relative depth)
     plot_pair: list[str] | None = None  # virt-plot: ["text a", "text b"]; None = first row of data.test
-    baseline: str | None = None  # virt-plot: plain siamese model directory to compare (e.g. virt.distill=false)
+    baseline: str | None = "auto"  # the student's siamese baseline: auto = train one (same depth) in <out>/baseline | model dir | null = none
 
 
 @dataclass

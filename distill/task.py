@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import gc
 import hashlib
 import logging
@@ -11,9 +12,9 @@ import numpy as np
 
 from distill.model import DistillTraining
 from modeling.cross_encoder import CrossEncoder
-from modeling.model_dir import load_model_dir
-from training.tasks import (check_same_vocab, evaluator, init_encoder, load_splits, prepare_run_dir,
-                            print_summary, student_model_config, teacher_for, tokenize, train_task)
+from training.finetune import finetune
+from training.tasks import (baseline_scores, check_same_vocab, init_encoder, load_splits, prepare_run_dir,
+                            print_summary, score_model_dir, student_model_config, teacher_for, train_task)
 from training.trainer import predict_outputs
 
 log = logging.getLogger(__name__)
@@ -50,19 +51,6 @@ def cached_teacher_logits(teacher, texts_a, texts_b, max_len, batch_size):
     return logits
 
 
-def _scores(model_dir, splits, cfg):
-    """valid/test metrics of another model directory on this run's splits."""
-    loaded = load_model_dir(model_dir)
-    evaluate = evaluator(splits.label_names, cfg.train.eval_batch_size)
-    out = {}
-    for name in ("valid", "test"):
-        pairs = getattr(splits, name)
-        if pairs is not None:
-            split = tokenize(loaded.model, loaded.tokenizer, pairs, splits.label_names, cfg.train.max_seq_len, name)
-            out[name] = evaluate(loaded.model, split)
-    return out
-
-
 def train_distill(cfg):
     """Teacher (given or fine-tuned here) -> student; writes <out>/model and metrics.json."""
     run_dir = prepare_run_dir(cfg)
@@ -73,9 +61,14 @@ def train_distill(cfg):
     report = {"distill": {"alpha": d.alpha, "temperature": d.temperature, "online": d.online,
                           "intermediate": d.intermediate}}
     report["teacher"] = ({k: teacher_metrics[k] for k in ("valid", "test") if k in teacher_metrics}
-                         if teacher_metrics else _scores(teacher.path, splits, cfg))
-    if d.baseline:
-        report["baseline"] = _scores(d.baseline, splits, cfg)
+                         if teacher_metrics else score_model_dir(teacher.path, splits, cfg))
+
+    def as_plain_student(bcfg):  # the same student, schedule and data, fine-tuned on the labels alone
+        bcfg.task, bcfg.model, bcfg.distill.baseline = "finetune", copy.copy(model_cfg), None
+
+    baseline = baseline_scores(cfg, run_dir, splits, d.baseline, finetune, as_plain_student)
+    if baseline:
+        report["baseline"] = baseline
 
     online = d.online or d.intermediate
     logits = None
@@ -99,8 +92,6 @@ def train_distill(cfg):
 
     metrics = train_task(cfg, run_dir, build, splits, report=report,
                          train_extra=(lambda split: {"teacher_logits": logits}) if logits is not None else None,
-                         extra_meta={"distill": report["distill"]})
+                         extra_meta={"distill": report["distill"]}, compare_as="the distilled student")
     print_summary(run_dir, metrics)
-    if "baseline" in metrics:
-        print(f"baseline: { {k: round(v, 4) for k, v in metrics['baseline'].get('valid', {}).items() if isinstance(v, float)} }")
     return metrics

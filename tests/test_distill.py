@@ -239,6 +239,8 @@ def test_distill_task_end_to_end(e2e):
     for split in ("valid", "test"):
         assert m["baseline"][split]["accuracy"] == pytest.approx(t[split]["accuracy"])
         assert m["teacher"][split]["accuracy"] == pytest.approx(t[split]["accuracy"])
+    # ... so the teacher does not lead its baseline: the run says so instead of reporting a gap closed.
+    assert "gap_closed" not in m and any("not above the baseline" in w for w in m["warnings"])
 
 
 def test_distilled_student_loads_and_predicts(e2e):

@@ -457,15 +457,49 @@ def test_virt_task_end_to_end(virt_run):
     assert student.model.encoder.num_layers == 2
 
 
+def test_virt_task_trains_and_compares_a_same_depth_siamese_baseline(virt_run):
+    run = virt_run["run"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    base = json.loads((run / "baseline" / "metrics.json").read_text())
+    assert base["virt"] == {"distill": False, "adapted_interaction": False, "fusion": False,
+                            "alpha": 1.0, "layers": "all"}
+    assert "baseline" not in base  # the baseline has none of its own
+    assert load_model_dir(run / "baseline" / "model", expect_kind="virt").model.encoder.num_layers == 2
+    metric = metrics["training"]["selection_metric"]
+    for split in ("valid", "test"):
+        assert metrics["baseline"][split][metric] == pytest.approx(base[split][metric])
+        t, b, s = (metrics["teacher"][split][metric], base[split][metric], metrics[split][metric])
+        if t > b:
+            assert metrics["gap_closed"][split] == pytest.approx((s - b) / (t - b))
+        else:
+            assert split not in metrics.get("gap_closed", {})
+    t, b = metrics["teacher"]["valid"][metric], base["valid"][metric]
+    assert any("not above the baseline" in w for w in metrics.get("warnings", [])) == (t <= b)
+
+
+def test_gap_closed_and_weak_teacher_warning_by_hand():
+    from training.tasks import compare_with_baseline
+
+    m = {"teacher": {"valid": {"accuracy": 0.90}, "test": {"accuracy": 0.80}},
+         "baseline": {"valid": {"accuracy": 0.70}, "test": {"accuracy": 0.85}},
+         "valid": {"accuracy": 0.85}, "test": {"accuracy": 0.86}}
+    compare_with_baseline(m, "accuracy", "the student")
+    assert m["gap_closed"] == {"valid": pytest.approx(0.75)}  # (0.85 - 0.70) / (0.90 - 0.70); test: no gap
+    assert "warnings" not in m  # only a teacher below the baseline on *valid* warns
+    m["teacher"]["valid"]["accuracy"] = 0.70
+    del m["gap_closed"]
+    compare_with_baseline(m, "accuracy", "the student")
+    assert "gap_closed" not in m and len(m["warnings"]) == 1 and "0.7000" in m["warnings"][0]
+
+
 def test_virt_plot_writes_a_readable_png(virt_run, tmp_path, capsys):
     import run_tasks
 
     run = virt_run["run"]
     out = tmp_path / "plot"
-    # The run's own (distilled) student doubles as the "baseline" here: the plot is what is tested.
-    # No virt.teacher: the run's own teacher (<run>/teacher/model) is found next to the student.
+    # No virt.teacher / virt.baseline: the run's own teacher and siamese baseline (<run>/teacher/model,
+    # <run>/baseline/model) are found next to the student.
     rc = run_tasks.main(["--debug", "--task", "virt-plot", "--set", f"model.init={run / 'model'}",
-                         f"virt.baseline={run / 'model'}",
                          "virt.plot_pair=[\"the man played the guitar\", \"a man is playing music\"]",
                          "virt.layers=last-1", "--out", str(out)])
     assert rc == 0
@@ -474,6 +508,7 @@ def test_virt_plot_writes_a_readable_png(virt_run, tmp_path, capsys):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     result = json.loads((out / "virt_attention.json").read_text())
     assert result["teacher"]["layer"] == 4 and [s["layer"] for s in result["students"]] == [2, 2]  # 1-based
+    assert result["students"][1]["model"] == str(run / "baseline" / "model")
     t_map = np.array(result["teacher"]["map"])
     assert t_map.shape == (len(result["x_tokens"]), len(result["y_tokens"]))
     np.testing.assert_allclose(t_map.sum(-1), 1.0, atol=1e-5)  # renormalised rows

@@ -59,15 +59,20 @@ def prepare_run_dir(cfg):
 
 
 def print_summary(run_dir, metrics):
+    """The run's scores, with its teacher's and baseline's (valid split) when it has them."""
     if not metrics:  # a multi-worker run's non-chief worker
         print(f"not the chief worker: the chief writes {run_dir}")
         return
-    for split in ("teacher", "valid", "test"):
+    for split in ("teacher", "baseline", "valid", "test"):
         block = metrics.get(split, {})
-        block = block.get("valid", block) if split == "teacher" else block
+        block = block.get("valid", block) if split in ("teacher", "baseline") else block
         shown = {k: round(v, 4) for k, v in block.items() if isinstance(v, float)}
         if shown:
             print(f"{split}: {shown}")
+    for split, share in metrics.get("gap_closed", {}).items():
+        print(f"gap closed ({split}): {share:.0%} of the way from the baseline to the teacher")
+    for warning in metrics.get("warnings", []):
+        print(f"warning: {warning}")
     print(f"model directory: {Path(run_dir) / 'model'}")
 
 
@@ -222,7 +227,17 @@ def is_model_dir(path):
         return False
 
 
-# ----------------------------------------------------------------------------- teachers
+# ----------------------------------------------------------------------------- teachers, baselines
+def run_or_reuse(sub_cfg, train_fn):
+    """Train a run's sub-model (teacher, baseline) in `sub_cfg.out`, or reuse it when an
+    interrupted parent run is resumed after the sub-run had finished."""
+    done = Path(sub_cfg.out) / "metrics.json"
+    if done.exists() and not (Path(sub_cfg.out) / "backup").exists():
+        log.info("reusing the finished run %s", sub_cfg.out)
+        return json.loads(done.read_text(encoding="utf-8"))
+    return train_fn(sub_cfg)
+
+
 def teacher_for(cfg, run_dir, section):
     """The teacher model directory of `section` (virt or distill), fine-tuned here when absent.
 
@@ -239,10 +254,66 @@ def teacher_for(cfg, run_dir, section):
         if section == "virt":
             tcfg.model.pooling = "mean"  # VIRT's teachers use mean pooling (paper, Sec. 4.3)
         log.info("no %s.teacher given: fine-tuning a cross-encoder teacher first in %s", section, tcfg.out)
-        metrics = finetune(tcfg)
+        metrics = run_or_reuse(tcfg, finetune)
         path = Path(tcfg.out) / "model"
     teacher = load_model_dir(path, expect_kind="cross_encoder")
     return teacher, metrics
+
+
+def baseline_scores(cfg, run_dir, splits, path, train_fn, adjust):
+    """Valid/test scores of a student's baseline (`path`): None skips it, a model directory is scored
+    on this run's splits, `auto` trains it in <out>/baseline with `train_fn` on a copy of `cfg`
+    that `adjust(copy)` turns into the baseline's configuration (everything else as the student's)."""
+    if path is None:
+        return None
+    if path != "auto":
+        return score_model_dir(path, splits, cfg)
+    bcfg = copy.deepcopy(cfg)
+    bcfg.out = str(Path(run_dir) / "baseline")
+    adjust(bcfg)
+    log.info("baseline=auto: training the student's baseline first in %s", bcfg.out)
+    metrics = run_or_reuse(bcfg, train_fn)
+    return {k: metrics[k] for k in ("valid", "test") if k in metrics}
+
+
+def score_model_dir(path, splits, cfg):
+    """valid/test metrics of another model directory (teacher, baseline) on this run's splits."""
+    loaded = load_model_dir(path)
+    evaluate = evaluator(splits.label_names, cfg.train.eval_batch_size)
+    out = {}
+    for name in ("valid", "test"):
+        pairs = getattr(splits, name)
+        if pairs is not None:
+            split = tokenize(loaded.model, loaded.tokenizer, pairs, splits.label_names, cfg.train.max_seq_len, name)
+            out[name] = evaluate(loaded.model, split)
+    return out
+
+
+def compare_with_baseline(metrics, metric, what):
+    """Add `gap_closed` and `warnings` to a student's metrics that hold `teacher` and `baseline` scores.
+
+    gap_closed[split] = (student - baseline) / (teacher - baseline) on the selection metric, where the
+    teacher leads the baseline; a teacher that does not lead on valid gets a warning instead: the
+    student then has little to learn from it (`what` names the student, e.g. "VIRT")."""
+    teacher, baseline = metrics.get("teacher", {}), metrics.get("baseline", {})
+    gaps, warnings = {}, []
+    for split in ("valid", "test"):
+        try:
+            t, b, s = teacher[split][metric], baseline[split][metric], metrics[split][metric]
+        except KeyError:
+            continue
+        if t > b:
+            gaps[split] = (s - b) / (t - b)
+        elif split == "valid":
+            warnings.append(f"the teacher's valid {metric} ({t:.4f}) is not above the baseline's ({b:.4f}): "
+                            f"distillation has little to teach; expect {what} to score about like the baseline")
+    if gaps:
+        metrics["gap_closed"] = gaps
+    if warnings:
+        metrics.setdefault("warnings", []).extend(warnings)
+        for w in warnings:
+            log.warning(w)
+    return metrics
 
 
 def student_model_config(cfg, teacher):
@@ -284,12 +355,14 @@ def metric_for(cfg, label_names):
 
 
 def train_task(cfg, run_dir, build_model, splits, evaluate=None, extra_meta=None, train_extra=None,
-               strategy=None, report=None):
+               strategy=None, report=None, compare_as=None):
     """Fit the model `build_model(encoder_init)` under the strategy and write the run's outputs.
 
     `build_model()` is called inside the strategy scope and returns `(model, tokenizer)`.
     `train_extra(split) -> dict` adds per-example arrays to the training features
-    (e.g. cached teacher logits). Returns the metrics dict written to metrics.json.
+    (e.g. cached teacher logits). `compare_as` names the student when `report` holds
+    `teacher` and `baseline` scores (see `compare_with_baseline`). Returns the metrics
+    dict written to metrics.json.
     """
     strategy = strategy or make_strategy(cfg.train)
     keras.utils.set_random_seed(cfg.train.seed)
@@ -334,6 +407,8 @@ def train_task(cfg, run_dir, build_model, splits, evaluate=None, extra_meta=None
                                "peak_rss_mb": peak_rss_mb(), "history": result.history}
         if report:
             metrics.update(report)
+        if compare_as:
+            compare_with_baseline(metrics, metric, compare_as)
         write_json(Path(run_dir) / "metrics.json", metrics)
         finish_backup(run_dir)
         return metrics

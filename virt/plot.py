@@ -174,6 +174,14 @@ def _teacher_path(cfg, student_path):
                           "(a virt run without virt.teacher writes it to <run>/teacher/model)")
 
 
+def _baseline_path(cfg, student_path):
+    """virt.baseline, or with `auto` the baseline a virt run trained beside its student (if any)."""
+    if cfg.virt.baseline != "auto":
+        return Path(cfg.virt.baseline) if cfg.virt.baseline else None
+    sibling = Path(student_path).parent / "baseline" / "model"
+    return sibling if (sibling / "model.json").is_file() else None
+
+
 def plot_task(cfg):
     """Teacher / VIRT / (baseline) x -> y attention of one pair -> <out>/virt_attention.png.
 
@@ -185,9 +193,10 @@ def plot_task(cfg):
     teacher_path = _teacher_path(cfg, student_path)
     teacher = load_model_dir(teacher_path, expect_kind="cross_encoder")
     models = [("VIRT student", student_path, student)]
-    if cfg.virt.baseline:
-        baseline = load_model_dir(cfg.virt.baseline, expect_kind=SIAMESE_KINDS)
-        models.append(("siamese baseline", Path(cfg.virt.baseline), baseline))
+    baseline_path = _baseline_path(cfg, student_path)
+    if baseline_path is not None:
+        baseline = load_model_dir(baseline_path, expect_kind=SIAMESE_KINDS)
+        models.append(("siamese baseline", baseline_path, baseline))
 
     text_x, text_y = pick_pair(cfg)
     max_len = student.max_seq_len

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from training.tasks import (check_same_vocab, init_encoder, load_splits, prepare_run_dir, print_summary,
-                            student_model_config, teacher_for, train_task)
+from training.tasks import (baseline_scores, check_same_vocab, init_encoder, load_splits, prepare_run_dir,
+                            print_summary, score_model_dir, student_model_config, teacher_for, train_task)
 from virt.model import VirtModel, VirtTraining, uses_fusion
 
 log = logging.getLogger(__name__)
@@ -19,8 +19,21 @@ def check_teacher_positions(max_seq_len, max_position):
                          f"use train.max_seq_len <= {(max_position + 1) // 2}")
 
 
+def is_siamese_baseline(v):
+    """The flags of the plain siamese model: no distillation, SBERT's (u, v, |u-v|) head."""
+    return not v.distill and not v.adapted_interaction and not uses_fusion(v.adapted_interaction, v.fusion)
+
+
+def as_siamese_baseline(cfg):
+    """The student's own siamese baseline: no distillation, SBERT's head; init, depth, data and
+    schedule stay the student's, so the comparison says what the teacher added."""
+    v = cfg.virt
+    v.distill, v.adapted_interaction, v.fusion, v.teacher, v.baseline = False, False, False, None, None
+
+
 def train_virt(cfg):
-    """Teacher -> VIRT student; writes <out>/model (kind virt), metrics.json (+ teacher scores)."""
+    """Teacher -> (siamese baseline) -> VIRT student; writes <out>/model (kind virt) and metrics.json
+    (+ teacher and baseline scores, the share of the gap closed, warnings)."""
     run_dir = prepare_run_dir(cfg)
     splits = load_splits(cfg)
     v = cfg.virt
@@ -47,9 +60,14 @@ def train_virt(cfg):
     report = {"virt": {"distill": v.distill, "adapted_interaction": v.adapted_interaction,
                        "fusion": uses_fusion(v.adapted_interaction, v.fusion),
                        "alpha": v.alpha, "layers": v.layers}}
-    if teacher_metrics:
-        report["teacher"] = {k: teacher_metrics[k] for k in ("valid", "test") if k in teacher_metrics}
+    if teacher is not None:
+        report["teacher"] = ({k: teacher_metrics[k] for k in ("valid", "test") if k in teacher_metrics}
+                             if teacher_metrics else score_model_dir(teacher.path, splits, cfg))
+    baseline = None if is_siamese_baseline(v) else baseline_scores(cfg, run_dir, splits, v.baseline, train_virt,
+                                                                     as_siamese_baseline)
+    if baseline:
+        report["baseline"] = baseline
     metrics = train_task(cfg, run_dir, build, splits, report=report,
-                         extra_meta={"virt": report["virt"]})
+                         extra_meta={"virt": report["virt"]}, compare_as="the VIRT student")
     print_summary(run_dir, metrics)
     return metrics
