@@ -17,8 +17,12 @@ $(STAMP): requirements.txt
 
 install: $(STAMP)
 
+# The VIRT task on the embedded sample set (a 3-layer student of a 6-layer teacher, beside its
+# siamese baseline), then the trade-off report that adds the tiny cross-encoders and the latencies.
+DEMO := runs/demo/$(shell date +%Y%m%d-%H%M%S)
 demo: $(STAMP)
-	$(PY) run_tasks.py --task virt
+	$(PY) run_tasks.py --task virt --out $(DEMO)/virt --set model.num_layers=3
+	$(PY) bench/tradeoff.py --out $(DEMO) --student-layers 3 --note "make demo"
 
 # pytest exits 5 when it collects nothing: say so, and fail.
 test: $(STAMP)

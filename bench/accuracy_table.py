@@ -40,14 +40,18 @@ def runs(out, large_layers, tiny_layers, scratch=None):
     table that compares same-size models.
     """
     teacher = f"{out}/ce_large/model"
-    large = [f"model.num_layers={large_layers or 'null'}"]
+    # The students' baselines are rows of their own: each student run scores them instead of
+    # training its own copy (virt.baseline / distill.baseline).
+    large = [f"model.num_layers={large_layers or 'null'}", f"virt.baseline={out}/siamese/model"]
+    tiny = [f"model.num_layers={tiny_layers}", "model.pooling=mean"]
     rows = [
         ("cross-encoder large", "finetune", ["model.pooling=mean"] + large, "ce_large"),
-        ("VIRT", "virt", [f"virt.teacher={teacher}"] + large, "virt"),
         ("siamese (sbert head)", "virt", ["virt.distill=false", "virt.adapted_interaction=false"] + large, "siamese"),
+        ("VIRT", "virt", [f"virt.teacher={teacher}"] + large, "virt"),
         ("sbert softmax", "sbert", ["sbert.objective=softmax"] + large, "sbert"),
-        ("cross-encoder tiny", "finetune", ["model.pooling=mean", f"model.num_layers={tiny_layers}"], "ce_tiny"),
-        ("distilled tiny", "distill", [f"distill.teacher={teacher}", f"model.num_layers={tiny_layers}", "model.pooling=mean"], "distilled_tiny"),
+        ("cross-encoder tiny", "finetune", tiny, "ce_tiny"),
+        ("distilled tiny", "distill", [f"distill.teacher={teacher}", f"distill.baseline={out}/ce_tiny/model"] + tiny,
+         "distilled_tiny"),
         ("VIRT w/o distillation", "virt", ["virt.distill=false"] + large, "virt_no_distill"),
         ("VIRT w/o adapted interaction", "virt", [f"virt.teacher={teacher}", "virt.adapted_interaction=false"] + large, "virt_no_adapted"),
         # the paper's own ablation keeps Eq. 6's fusion MLP on mean-pooled u, v (Sec. 4.5.1)

@@ -100,7 +100,7 @@ class VirtConfig:
     layers: str = "all"  # layers to distil: all|first-k|last-k|skip-k (e.g. "last-2")
     distill: bool = True  # false = ablation: no teacher, no attention distillation
     adapted_interaction: bool = True  # use the adapted interaction features in the head
-    fusion: bool | None = None  # Eq. 6 fusion MLP in the head; None = same as adapted_interaction
+    fusion: bool | None = None  # Eq. 6 fusion MLP in the head; None = with adapted_interaction and > 2 classes (docs/defaults.md)
     layer_map: list[int] | None = None  # teacher layer for each student layer; None = uniform (same relative depth)
     plot_pair: list[str] | None = None  # virt-plot: ["text a", "text b"]; None = first row of data.test
     baseline: str | None = "auto"  # the student's siamese baseline: auto = train one (same depth) in <out>/baseline | model dir | null = none

@@ -47,6 +47,15 @@ def test_row_keys_win_over_common_overrides_and_scratch_row_is_random_init():
     assert plain.fusion is False and plain.adapted_interaction is True and plain.distill is True
 
 
+def test_students_score_the_tables_own_baseline_rows_trained_before_them():
+    order = [d for _, _, _, d in accuracy_table.runs("out", None, 2)]
+    rows = {d: (t, o) for _, t, o, d in accuracy_table.runs("out", None, 2)}
+    for d in ("virt", "virt_no_adapted", "virt_fusion", "virt_adapted_plain_head"):
+        assert resolved(*rows[d]).virt.baseline == "out/siamese/model" and order.index("siamese") < order.index(d)
+    assert resolved(*rows["distilled_tiny"]).distill.baseline == "out/ce_tiny/model"
+    assert order.index("ce_tiny") < order.index("distilled_tiny")
+
+
 def test_bi_encoder_metrics_give_a_classifier_row_and_a_cosine_row():
     m = {"valid": {"accuracy": 0.7, "cosine_accuracy": 0.65},
          "test": {"accuracy": 0.71, "f1": 0.8, "auc": 0.75, "cosine_accuracy": 0.66, "cosine_f1": 0.78,

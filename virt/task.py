@@ -6,7 +6,7 @@ import logging
 
 from training.tasks import (baseline_scores, check_same_vocab, init_encoder, load_splits, prepare_run_dir,
                             print_summary, score_model_dir, student_model_config, teacher_for, train_task)
-from virt.model import VirtModel, VirtTraining, uses_fusion
+from virt.model import VirtModel, VirtTraining, default_fusion, uses_fusion
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,8 @@ def train_virt(cfg):
     run_dir = prepare_run_dir(cfg)
     splits = load_splits(cfg)
     v = cfg.virt
+    if v.fusion is None:
+        v.fusion = default_fusion(v.adapted_interaction, len(splits.label_names))
     if v.distill and v.teacher is None and cfg.model.init is None:  # fail before fine-tuning the teacher
         check_teacher_positions(cfg.train.max_seq_len, cfg.model.max_position)
     teacher, teacher_metrics = teacher_for(cfg, run_dir, "virt") if v.distill else (None, None)
