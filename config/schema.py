@@ -60,7 +60,8 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 3  # passes over the training data
+    epochs: int | None = 3  # passes over the training data; null = by data size (train.auto_steps)
+    auto_steps: int = 1500  # epochs=null: about this many optimizer steps, within 3..10 epochs (docs/defaults.md)
     batch_size: int = 32  # per replica
     learning_rate: float = 5e-5  # peak learning rate
     head_lr_multiplier: float = 1.0  # the randomly initialised head (outside the encoder) learns this much faster

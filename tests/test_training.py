@@ -688,3 +688,13 @@ def test_resume_after_sigterm_then_sigkill(resume_chain):
     assert len(got["training"]["history"]) == len(ref["training"]["history"]) == 2
     for a, b in zip(got["training"]["history"], ref["training"]["history"]):
         assert a.keys() == b.keys() and all(a[k] == pytest.approx(b[k], abs=1e-6) for k in a)
+
+
+def test_epochs_null_follows_the_data_size_rule():
+    from config.schema import TrainConfig
+    from training.trainer import epochs_for
+
+    auto = TrainConfig(epochs=None, auto_steps=1500)
+    # ceil(1500 / steps per epoch), clipped to 3..10: worked by hand
+    assert [epochs_for(auto, s) for s in (62, 102, 156, 200, 625, 3125)] == [10, 10, 10, 8, 3, 3]
+    assert epochs_for(TrainConfig(epochs=2, auto_steps=1500), 62) == 2  # an explicit value wins
