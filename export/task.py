@@ -88,6 +88,10 @@ def check_options(e):
         raise ExportError(f"export.opset={e.opset}: tf2onnx needs opset >= {MIN_OPSET}")
     if e.name is not None and not NAME_RE.match(e.name):
         raise ExportError(f"export.name={e.name!r}: use letters, digits, '_', '-', '.', starting with a letter")
+    if not 0 <= e.int8_min_agreement <= 1 or e.int8_min_margin < 0 or e.int8_max_accuracy_drop < 0:
+        raise ExportError(f"export.int8_min_agreement={e.int8_min_agreement} (0..1), export.int8_min_margin="
+                          f"{e.int8_min_margin} (>= 0), export.int8_max_accuracy_drop={e.int8_max_accuracy_drop} "
+                          "(points, >= 0): out of range")
     unknown = [f for f in e.formats if f not in FORMATS]
     if unknown or "saved_model" not in e.formats:
         raise ExportError(f"export.formats={e.formats}: a list of {', '.join(FORMATS)} that includes saved_model")
@@ -147,7 +151,9 @@ def export_loaded(loaded, cfg):
         t0 = time.time()
         a, b, labels, source = parity_pairs(cfg, loaded, e.parity_samples)
         data = Batches(loaded, a, b, labels, max_len, batch_size=e.parity_batch_size)
-        result = run_checks(loaded, data, artifacts, outputs_of(loaded), min_agreement=e.int8_min_agreement,
+        rule = {"min_agreement": e.int8_min_agreement, "min_margin": e.int8_min_margin,
+                "max_accuracy_drop": e.int8_max_accuracy_drop}
+        result = run_checks(loaded, data, artifacts, outputs_of(loaded), int8_rule=rule,
                             cosine_threshold=cosine_threshold(loaded.path) if kind == "sbert" else None)
         log.info("parity checks on %d pairs (%.1fs)", len(a), time.time() - t0)
         report = {"ok": result["ok"], "failed": result["failed"], "model": str(loaded.path), "kind": kind,
@@ -194,8 +200,8 @@ def export_loaded(loaded, cfg):
 
 
 def _describe(key, check):
-    if "label_agreement" in check:
-        return f"{key} label agreement {check['label_agreement']:.4f} < {check['min_agreement']}"
+    if "reason" in check:
+        return f"{key} {check['reason']}"
     return f"{key} max|diff| {check['max_abs_diff']:.3g} > {check['tolerance']:g}"
 
 
@@ -208,9 +214,12 @@ def _print_summary(out, report):
         print(f"  onnx {k + ':':<12} {v}")
     for k, c in report["checks"].items():
         if "label_agreement" in c:
-            detail = f"label agreement {c['label_agreement']:.4f} (>= {c['min_agreement']:g})"
-            if "accuracy_diff" in c:
+            detail = f"label agreement {c['label_agreement']:.4f}"
+            if c["confident_agreement"] is not None:
+                detail += f", {c['confident_agreement']:.4f} on {c['confident_pairs']} pairs with margin >= {c['min_margin']:g}"
+            if c["gate"] == "accuracy":
                 detail += f", accuracy {c['accuracy_keras']:.4f} -> {c['accuracy_int8']:.4f}"
+            detail += f" [{'ok' if c['ok'] else 'FAILED'}, gate: {c['gate']}]"
         else:
             detail = f"max|diff| {c['max_abs_diff']:.2e} (<= {c['tolerance']:g})"
         print(f"  parity {k:<30} {detail}")
