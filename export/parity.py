@@ -10,13 +10,15 @@ training path). Checks (max |diff| of the outputs, over all pairs):
     onnx.predict_ids (+ onnx.encode_ids, onnx.score, onnx.opt-<level>) <= 1e-4
     onnx.int8         labelled data.test: accuracy drop <= export.int8_max_accuracy_drop
                       (1 point); otherwise label agreement >= export.int8_min_agreement
-                      (0.99) on the pairs whose fp32 margin >= export.int8_min_margin (0.1).
+                      (0.95) on the pairs whose fp32 margin >= export.int8_min_margin (0.1).
 
 int8 is judged by what users care about (accuracy), not by equality with Keras: dynamic
-quantisation moves probabilities by a few hundredths, which flips pairs that sit on the
-decision boundary, and flipping a pair whose fp32 margin (top-1 minus top-2 probability)
-is m costs a calibrated model about m in expected accuracy. So near-boundary flips are
-counted and reported, not gated. A failed int8 check withholds only the int8 file
+quantisation moves probabilities (a few hundredths on the tests' tiny models, up to 0.25 on
+a 6-layer MiniLM), which flips pairs near the decision boundary, and flipping a pair whose
+fp32 margin (top-1 minus top-2 probability) is m costs a calibrated model about m in
+expected accuracy. So near-boundary flips are counted and reported, not gated; the
+agreement gate (0.95: generated pairs are out of the model's domain, see docs/export.md)
+is there to catch a broken int8 model. A failed int8 check withholds only the int8 file
 (export/task.py); the fp32 checks are exact and still block everything.
 
 `tokenization` records how many pairs the in-graph tokeniser encodes differently
@@ -277,7 +279,7 @@ def fp32_margin(ref, outs, threshold):
     return np.abs(np.asarray(ref["cosine"], np.float64) - threshold)
 
 
-def int8_verdict(pred_keras, pred_int8, margin, targets=None, min_agreement=0.99, min_margin=0.1,
+def int8_verdict(pred_keras, pred_int8, margin, targets=None, min_agreement=0.95, min_margin=0.1,
                  max_accuracy_drop=1.0):
     """The int8 gate on predicted labels. With `targets` (class indices of a labelled set): the
     accuracy drop in points must be <= `max_accuracy_drop`; agreement is only reported.
