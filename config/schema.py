@@ -126,7 +126,10 @@ class ExportConfig:
     tokenizer: str = "fast"  # in-graph tokeniser: fast (tf-text FastBertTokenizer) | bert (BertTokenizer)
     parity_samples: int = 256  # generated pairs for the parity checks when data.test is not set
     parity_batch_size: int = 32  # batch size of the parity checks
-    int8_min_agreement: float = 0.99  # int8 ONNX: least share of predicted labels equal to Keras's
+    int8_min_agreement: float = 0.95  # int8, unlabelled pairs: least label agreement with Keras on pairs of margin >= int8_min_margin
+    int8_min_margin: float = 0.1  # fp32 top-1 minus top-2 probability (no classifier: |cosine - threshold|) of the pairs counted
+    int8_max_accuracy_drop: float = 1.0  # int8, labelled data.test: largest accuracy drop in points (agreement only reported)
+    int8_force: bool = False  # publish int8 even when its check failed (fp32 failures still block everything)
     formats: list[str] = field(default_factory=lambda: ["saved_model", "frozen", "onnx"])  # artifacts to write (saved_model always)
 
 

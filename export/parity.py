@@ -8,8 +8,18 @@ training path). Checks (max |diff| of the outputs, over all pairs):
     saved_model.encode / .score   (sbert, virt)                        <= 1e-5
     frozen.predict_ids                                                 <= 1e-5
     onnx.predict_ids (+ onnx.encode_ids, onnx.score, onnx.opt-<level>) <= 1e-4
-    onnx.int8         predicted-label agreement >= export.int8_min_agreement (0.99);
-                      with a labelled data.test also Keras vs int8 accuracy.
+    onnx.int8         labelled data.test: accuracy drop <= export.int8_max_accuracy_drop
+                      (1 point); otherwise label agreement >= export.int8_min_agreement
+                      (0.95) on the pairs whose fp32 margin >= export.int8_min_margin (0.1).
+
+int8 is judged by what users care about (accuracy), not by equality with Keras: dynamic
+quantisation moves probabilities (a few hundredths on the tests' tiny models, up to 0.25 on
+a 6-layer MiniLM), which flips pairs near the decision boundary, and flipping a pair whose
+fp32 margin (top-1 minus top-2 probability) is m costs a calibrated model about m in
+expected accuracy. So near-boundary flips are counted and reported, not gated; the
+agreement gate (0.95: generated pairs are out of the model's domain, see docs/export.md)
+is there to catch a broken int8 model. A failed int8 check withholds only the int8 file
+(export/task.py); the fp32 checks are exact and still block everything.
 
 `tokenization` records how many pairs the in-graph tokeniser encodes differently
 from the Python one (reported with examples; a difference shows up as a failed
@@ -158,10 +168,11 @@ def _labels_of(out, kind_outputs, threshold):
     return (np.asarray(out["cosine"]) > threshold).astype(int)
 
 
-def run_checks(loaded, data, artifacts, ids_outputs, min_agreement=0.99, cosine_threshold=None):
+def run_checks(loaded, data, artifacts, ids_outputs, int8_rule=None, cosine_threshold=None):
     """Compare every artifact with Keras. `artifacts`: dict with optional keys
     `saved_model` (version or staging dir), `frozen` (dir), `onnx` (dict name -> path:
-    `predict_ids`, `encode_ids`, `score`, `int8`, `opt-<level>`). Returns the report dict."""
+    `predict_ids`, `encode_ids`, `score`, `int8`, `opt-<level>`). `int8_rule`: keyword
+    arguments of `int8_verdict`. Returns the report dict."""
     import tensorflow as tf
     import tensorflow_text  # noqa: F401
 
@@ -248,7 +259,7 @@ def run_checks(loaded, data, artifacts, ids_outputs, min_agreement=0.99, cosine_
                 return run(sess, {"x_states": hx, "x_mask": f["x_mask"], "y_states": hy, "y_mask": f["y_mask"]})
             checks["onnx.score"] = _check(over_batches(score_onnx), tol, file=Path(onnx_files["score"]).name)
         if "int8" in onnx_files:
-            checks["onnx.int8"] = _int8_check(session(onnx_files["int8"]), run, data, outs, min_agreement,
+            checks["onnx.int8"] = _int8_check(session(onnx_files["int8"]), run, data, outs, int8_rule or {},
                                               cosine_threshold, Path(onnx_files["int8"]).name)
 
     ok = all(c["ok"] for c in checks.values())
@@ -256,7 +267,73 @@ def run_checks(loaded, data, artifacts, ids_outputs, min_agreement=0.99, cosine_
             "failed": [k for k, c in checks.items() if not c["ok"]]}
 
 
-def _int8_check(sess, run, data, outs, min_agreement, threshold, file):
+INT8_MIN_CONFIDENT = 10  # fewer confident pairs (when the set has more) cannot judge int8
+
+
+def fp32_margin(ref, outs, threshold):
+    """Distance of each pair from the decision boundary: top-1 minus top-2 probability,
+    or |cosine - threshold| for sbert without a classifier."""
+    if "probs" in outs:
+        top = np.sort(np.asarray(ref["probs"], np.float64), axis=-1)
+        return top[:, -1] - top[:, -2]
+    return np.abs(np.asarray(ref["cosine"], np.float64) - threshold)
+
+
+def int8_verdict(pred_keras, pred_int8, margin, targets=None, min_agreement=0.95, min_margin=0.1,
+                 max_accuracy_drop=1.0):
+    """The int8 gate on predicted labels. With `targets` (class indices of a labelled set): the
+    accuracy drop in points must be <= `max_accuracy_drop`; agreement is only reported.
+    Without: the label agreement over the pairs whose fp32 `margin` >= `min_margin` must be
+    >= `min_agreement`, on at least INT8_MIN_CONFIDENT such pairs (or all, in a smaller set)."""
+    same = np.asarray(pred_int8) == np.asarray(pred_keras)
+    confident = np.asarray(margin) >= min_margin
+    n, n_conf = len(same), int(confident.sum())
+    agree_conf = float(same[confident].mean()) if n_conf else None
+    res = {"pairs": n, "label_agreement": float(same.mean()) if n else 1.0, "flipped": int(n - same.sum()),
+           "min_margin": min_margin, "confident_pairs": n_conf, "confident_agreement": agree_conf,
+           "flipped_confident": int(n_conf - same[confident].sum()), "min_agreement": min_agreement}
+    if targets is not None:
+        y = np.asarray(targets)
+        hits_k, hits_q = int(np.sum(pred_keras == y)), int(np.sum(pred_int8 == y))
+        drop = 100.0 * (hits_k - hits_q) / n
+        ok = drop <= max_accuracy_drop + 1e-9  # 1e-9: an exact 1-point drop is not refused by rounding
+        res.update(gate="accuracy", accuracy_keras=hits_k / n, accuracy_int8=hits_q / n,
+                   accuracy_diff=(hits_q - hits_k) / n, max_accuracy_drop=max_accuracy_drop)
+        reason = (f"accuracy {hits_k / n:.4f} -> {hits_q / n:.4f} ({-drop:+.2f} points, "
+                  f"limit -{max_accuracy_drop:g}) on {n} labelled pairs")
+    else:
+        need = min(INT8_MIN_CONFIDENT, n)
+        res["gate"] = "agreement"
+        if n_conf < need and min_agreement > 0:  # min_agreement 0: the gate is off, as before
+            ok = False
+            reason = (f"only {n_conf} of {n} pairs have an fp32 margin >= {min_margin:g} (need {need}): "
+                      "too few to judge int8; set data.test to a labelled file")
+        else:
+            ok = (agree_conf or 0.0) >= min_agreement
+            reason = (f"label agreement {agree_conf:.4f} < {min_agreement:g} on the {n_conf} of {n} pairs "
+                      f"with fp32 margin >= {min_margin:g}")
+    res["ok"] = bool(ok)
+    if not ok:
+        res["reason"] = reason
+    return res
+
+
+def _targets(data, outs):
+    """Class index of each pair of a labelled set (cosine only: 1 = "same meaning", as the
+    sbert run chose its threshold), or None."""
+    names = [str(n) for n in (data.loaded.labels or [])]
+    if data.labels is None or not names:
+        return None
+    index = {n: i for i, n in enumerate(names)}
+    y = np.array([index[str(v)] for v in data.labels])
+    if "probs" in outs:
+        return y
+    from senbert.task import class_targets
+
+    return (np.asarray(class_targets(names)[0])[y] >= 0.5).astype(int)
+
+
+def _int8_check(sess, run, data, outs, rule, threshold, file):
     threshold = 0.5 if threshold is None else float(threshold)
     got = {k: [] for k in outs}
     for bt in data.batches:
@@ -265,19 +342,11 @@ def _int8_check(sess, run, data, outs, min_agreement, threshold, file):
             got[k].append(r[k])
     got = {k: np.concatenate(v) for k, v in got.items()}
     ref = {k: data.reference(k) for k in outs}
-    pred_int8, pred_keras = _labels_of(got, outs, threshold), _labels_of(ref, outs, threshold)
-    agreement = float(np.mean(pred_int8 == pred_keras))
-    res = {"label_agreement": agreement, "min_agreement": min_agreement, "ok": bool(agreement >= min_agreement),
-           "max_abs_diff": max_diff(got, ref, outs), "pairs": int(len(pred_keras)), "file": file}
+    res = int8_verdict(_labels_of(ref, outs, threshold), _labels_of(got, outs, threshold),
+                       fp32_margin(ref, outs, threshold), _targets(data, outs), **rule)
+    res.update(max_abs_diff=max_diff(got, ref, outs), file=file)
     if "probs" not in outs:
         res["cosine_threshold"] = threshold
-    if data.labels is not None:
-        names = list(data.loaded.labels or [])
-        if "probs" in outs and names:
-            index = {n: i for i, n in enumerate(names)}
-            y = np.array([index[str(v)] for v in data.labels])
-            acc_k, acc_q = float(np.mean(pred_keras == y)), float(np.mean(pred_int8 == y))
-            res.update(accuracy_keras=acc_k, accuracy_int8=acc_q, accuracy_diff=acc_q - acc_k)
     return res
 
 

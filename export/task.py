@@ -11,9 +11,13 @@ Writes (see export/README_SECTION.md)::
     <out>/onnx/encode.onnx (sbert, virt), score.onnx (virt)
     <out>/parity.json                            every artifact vs Keras (export/parity.py)
 
-Everything is built in staging directories and published only when every parity check
-passed; a failed check raises `ExportError`, publishes nothing (no new SavedModel version
-appears for a server to pick up) and leaves the artifacts and the report in `<out>/failed/`.
+Everything is built in staging directories and published only after the parity checks.
+A failed fp32 check (SavedModel, frozen, ONNX) raises `ExportError`, publishes nothing (no
+new SavedModel version appears for a server to pick up) and leaves the artifacts and the
+report in `<out>/failed/`. A failed int8 check withholds only `model.int8.onnx` (kept in
+`<out>/withheld/`, unless export.int8_force): the int8 copy is an optional speed variant,
+and a good fp32 model must not be lost because quantisation moved a few labels. The run
+then succeeds with a `warning:` line, and parity.json's `status` says what was withheld.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -88,6 +93,10 @@ def check_options(e):
         raise ExportError(f"export.opset={e.opset}: tf2onnx needs opset >= {MIN_OPSET}")
     if e.name is not None and not NAME_RE.match(e.name):
         raise ExportError(f"export.name={e.name!r}: use letters, digits, '_', '-', '.', starting with a letter")
+    if not 0 <= e.int8_min_agreement <= 1 or e.int8_min_margin < 0 or e.int8_max_accuracy_drop < 0:
+        raise ExportError(f"export.int8_min_agreement={e.int8_min_agreement} (0..1), export.int8_min_margin="
+                          f"{e.int8_min_margin} (>= 0), export.int8_max_accuracy_drop={e.int8_max_accuracy_drop} "
+                          "(points, >= 0): out of range")
     unknown = [f for f in e.formats if f not in FORMATS]
     if unknown or "saved_model" not in e.formats:
         raise ExportError(f"export.formats={e.formats}: a list of {', '.join(FORMATS)} that includes saved_model")
@@ -147,14 +156,18 @@ def export_loaded(loaded, cfg):
         t0 = time.time()
         a, b, labels, source = parity_pairs(cfg, loaded, e.parity_samples)
         data = Batches(loaded, a, b, labels, max_len, batch_size=e.parity_batch_size)
-        result = run_checks(loaded, data, artifacts, outputs_of(loaded), min_agreement=e.int8_min_agreement,
+        rule = {"min_agreement": e.int8_min_agreement, "min_margin": e.int8_min_margin,
+                "max_accuracy_drop": e.int8_max_accuracy_drop}
+        result = run_checks(loaded, data, artifacts, outputs_of(loaded), int8_rule=rule,
                             cosine_threshold=cosine_threshold(loaded.path) if kind == "sbert" else None)
         log.info("parity checks on %d pairs (%.1fs)", len(a), time.time() - t0)
         report = {"ok": result["ok"], "failed": result["failed"], "model": str(loaded.path), "kind": kind,
                   "name": name, "version": version, "max_seq_len": max_len, "tokenizer": e.tokenizer,
                   "opset": e.opset, "pairs": len(a), "pairs_source": source,
                   "checks": result["checks"], "tokenization": result["tokenization"]}
-        if not result["ok"]:
+        names = ["saved_model", *(["frozen"] if "frozen" in artifacts else []), *(f"onnx.{k}" for k in onnx_files)]
+        if any(k != "onnx.int8" for k in result["failed"]):  # an fp32 artifact is wrong: publish nothing
+            report["status"] = dict.fromkeys(names, "withheld")
             failed_dir = out / "failed"
             shutil.rmtree(failed_dir, ignore_errors=True)
             failed_dir.mkdir()
@@ -169,11 +182,32 @@ def export_loaded(loaded, cfg):
             raise ExportError(f"parity check failed, nothing published: {worst} "
                               f"(report and artifacts in {failed_dir})")
 
-        # ---- publish: the SavedModel version, then the other artifacts, then the report
+        # ---- publish: the SavedModel version, then the other artifacts, then the report.
+        # Only int8 can have failed here: it is withheld (unless forced), the rest is published.
+        int8 = result["checks"].get("onnx.int8", {"ok": True})
+        withhold = not int8["ok"] and not e.int8_force
+        kept = out / "withheld" / "model.int8.onnx"
+        report["status"] = dict.fromkeys(names, "published")
+        report["warnings"] = []
+        if withhold:
+            report["status"]["onnx.int8"] = "withheld"
+            report["warnings"].append(
+                f"onnx.int8 withheld, fp32 artifacts published: {int8['reason']}; the int8 file is in {kept} "
+                "(export.int8_force=true publishes it; a labelled data.test judges it by accuracy)")
+        elif not int8["ok"]:
+            report["status"]["onnx.int8"] = "forced"
+            report["warnings"].append(f"onnx.int8 published although its check failed (export.int8_force=true): "
+                                      f"{int8['reason']}")
         final = publish_version(sm_stage, model_base, version)
         sm_stage = None
         write_models_config(out / "saved_model")
         report["artifacts"] = {"saved_model": str(final)}
+        if onnx_files:  # withheld/ goes with the onnx/ beside it: both are replaced together
+            shutil.rmtree(kept.parent, ignore_errors=True)
+        if withhold:
+            kept.parent.mkdir()
+            os.rename(onnx_files.pop("int8"), kept)
+            report["withheld"] = {"onnx.int8": str(kept)}
         for sub in ("frozen", "onnx"):
             if (staging / sub).exists():
                 _replace_dir(staging / sub, out / sub)
@@ -194,8 +228,8 @@ def export_loaded(loaded, cfg):
 
 
 def _describe(key, check):
-    if "label_agreement" in check:
-        return f"{key} label agreement {check['label_agreement']:.4f} < {check['min_agreement']}"
+    if "reason" in check:
+        return f"{key} {check['reason']}"
     return f"{key} max|diff| {check['max_abs_diff']:.3g} > {check['tolerance']:g}"
 
 
@@ -206,12 +240,19 @@ def _print_summary(out, report):
         print(f"  frozen:      {report['artifacts']['frozen']}")
     for k, v in report["artifacts"].get("onnx", {}).items():
         print(f"  onnx {k + ':':<12} {v}")
+    for k, v in report.get("withheld", {}).items():
+        print(f"  withheld {k}: {v}")
     for k, c in report["checks"].items():
         if "label_agreement" in c:
-            detail = f"label agreement {c['label_agreement']:.4f} (>= {c['min_agreement']:g})"
-            if "accuracy_diff" in c:
+            detail = f"label agreement {c['label_agreement']:.4f}"
+            if c["confident_agreement"] is not None:
+                detail += f", {c['confident_agreement']:.4f} on {c['confident_pairs']} pairs with margin >= {c['min_margin']:g}"
+            if c["gate"] == "accuracy":
                 detail += f", accuracy {c['accuracy_keras']:.4f} -> {c['accuracy_int8']:.4f}"
+            detail += f" [{'ok' if c['ok'] else 'FAILED'}, gate: {c['gate']}]"
         else:
             detail = f"max|diff| {c['max_abs_diff']:.2e} (<= {c['tolerance']:g})"
         print(f"  parity {k:<30} {detail}")
     print(f"parity report: {Path(out) / 'parity.json'}")
+    for w in report["warnings"]:
+        print(f"warning: {w}", file=sys.stderr)
