@@ -75,7 +75,7 @@ def models(dirs, teacher=None):
             ("distilled tiny", dirs["tiny"] / "model", tiny),
             ("siamese (sbert head)", dirs["virt"] / "baseline" / "model", virt["baseline"]),
             ("VIRT", dirs["virt"] / "model", virt)]
-    return [(f"{label}, {layers(path)} layers", path, m) for label, path, m in rows]
+    return [(f"{label}, {layers(path)} layer{'s' * (layers(path) != 1)}", path, m) for label, path, m in rows]
 
 
 def median_lengths(model_dir, data_file, cfg_overrides=()):

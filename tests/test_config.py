@@ -112,7 +112,7 @@ def test_base_then_file(tmp_path):
     ("train.epochs=true", "train.epochs"),      # bool for int
     ("train.learning_rate=fast", "train.learning_rate"),
     ("train.jit_compile=1", "train.jit_compile"),  # int for bool
-    ("train.epochs=null", "train.epochs"),      # null for non-optional
+    ("train.batch_size=null", "train.batch_size"),  # null for non-optional (train.epochs may be null)
     ("data.text=a.txt", "data.text"),           # scalar for list
     ("distill.layer_map=[1, x]", "distill.layer_map"),
     ("model.init=[a, b]", "model.init"),
@@ -124,8 +124,8 @@ def test_wrong_type(override, key):
 
 def test_wrong_type_message():
     with pytest.raises(ConfigError) as e:
-        load_config(None, ["train.epochs=three"])
-    assert str(e.value) == "train.epochs: expected int, got 'three'"
+        load_config(None, ["train.batch_size=three"])
+    assert str(e.value) == "train.batch_size: expected int, got 'three'"
 
 
 def test_unknown_key_did_you_mean():

@@ -1,0 +1,55 @@
+"""bench/tradeoff.py: one report of accuracy against rerank latency over the four model kinds."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+import run_tasks
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """<out>/virt (teacher, siamese baseline, VIRT) and <out>/tiny (plain and distilled tiny), tiny models."""
+    from data import make_sample
+
+    root = tmp_path_factory.mktemp("tradeoff")
+    files = make_sample(root / "data", n_train=64, n_valid=32, n_test=32)
+    common = ["model.init=null", "model.vocab_lang=zh", "model.hidden_size=32", "model.num_heads=4",
+              "model.intermediate_size=64", "model.max_position=64", f"data.train={files['train']}",
+              f"data.valid={files['valid']}", f"data.test={files['test']}", "train.batch_size=16",
+              "train.epochs=1", "train.steps_per_epoch=2", "train.max_seq_len=16", "train.verbose=0"]
+    out = root / "out"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        assert run_tasks.main(["--task", "virt", "--out", str(out / "virt"), "--set", *common, "model.num_layers=2"]) == 0
+        assert run_tasks.main(["--task", "distill", "--out", str(out / "tiny"), "--set", *common, "model.num_layers=1",
+                               f"distill.teacher={out / 'virt' / 'teacher' / 'model'}"]) == 0
+        import tradeoff
+
+        tradeoff.main(["--out", str(out), "--K", "8", "--seconds", "0.2", "--note", "test"])
+    return out
+
+
+def test_report_places_every_model_with_its_own_scores(runs):
+    report = json.loads((runs / "tradeoff.json").read_text())
+    rows = report["rows"]
+    assert [r["model"].split(",")[0] for r in rows] == ["cross-encoder", "tiny cross-encoder", "distilled tiny",
+                                                        "siamese (sbert head)", "VIRT"]
+    virt, tiny = (json.loads((runs / d / "metrics.json").read_text()) for d in ("virt", "tiny"))
+    expected = [virt["teacher"]["test"], tiny["baseline"]["test"], tiny["test"], virt["baseline"]["test"], virt["test"]]
+    for row, m in zip(rows, expected):
+        assert row["split"] == "test" and row["accuracy"] == pytest.approx(m["accuracy"])
+        assert 0 < row["p50_ms"] <= row["p99_ms"] and row["qps"] > 0
+    assert rows[0]["model"].endswith("4 layers") and rows[2]["model"].endswith("1 layer")  # random init: 4 = default depth
+    assert report["K"] == 8 and report["query_len"] > 2 and report["cand_len"] > 2
+    md = (runs / "tradeoff.md").read_text()
+    assert "| VIRT, 2 layers |" in md and "1.0x |" in md  # the cross-encoder against itself
+    png = (runs / "tradeoff.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5_000
