@@ -66,3 +66,86 @@ def test_random_init_architecture_is_checked_when_the_config_is_resolved(sets, m
     with pytest.raises(ConfigError, match=message):
         load_config(None, ["task=finetune", "model.init=null", *sets])
     load_config(None, ["task=serve", "model.init=null", *sets])  # keys a serve run does not use
+
+
+# ============================================================================ 3. model directories that do not fit
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    """Sample data and an (untrained) tiny cross-encoder model directory: vocab of the data, 64 positions."""
+    from modeling.model_dir import save_model_dir
+    from modeling.tokenization import PairTokenizer
+    from tests.tiny_runs import tiny_model
+
+    root = tmp_path_factory.mktemp("hardening")
+    data = make_data(root / "data", n_train=64, n_valid=16)
+    tok = PairTokenizer(data["vocab"])
+    model = save_model_dir(tiny_model(tok.vocab_size), root / "model", tok, labels=["0", "1"], max_seq_len=16)
+    return {"root": root, "data": data, "model": model, "vocab_size": tok.vocab_size}
+
+
+def _copy_model(work, name, edit):
+    import shutil
+
+    d = work["root"] / name
+    if not d.exists():
+        shutil.copytree(work["model"], d)
+        edit(d)
+    return d
+
+
+def _edit_meta(d, **changes):
+    meta = json.loads((d / "model.json").read_text())
+    for key, value in changes.items():
+        section, _, sub = key.partition(".")
+        if sub and value is None:
+            meta[section].pop(sub, None)
+        elif sub:
+            meta[section][sub] = value
+        else:
+            meta[key] = value
+    (d / "model.json").write_text(json.dumps(meta))
+
+
+def _short_vocab(d):
+    lines = (d / "vocab.txt").read_text().splitlines()
+    (d / "vocab.txt").write_text("\n".join(lines[:20]) + "\n")
+
+
+@pytest.mark.parametrize("recorded", [True, False], ids=["vocab_size in model.json", "older model.json"])
+@pytest.mark.parametrize("task", ["predict", "export"])
+def test_vocab_shorter_than_the_embedding_table_is_refused_at_load(work, capsys, tmp_path, task, recorded):
+    d = _copy_model(work, f"short-vocab-{recorded}", lambda d: (
+        _short_vocab(d), None if recorded else _edit_meta(d, **{"tokenizer.vocab_size": None})))
+    key = "model.init" if task == "predict" else "export.model"
+    out = tmp_path / ("scores.csv" if task == "predict" else "export")
+    rc, _, err = _main(capsys, "--task", task, "--out", out, "--set", f"{key}={d}", f"data.test={work['data']['valid']}")
+    assert rc == 1
+    n = work["vocab_size"]
+    was = f" and was saved with a {n}-token vocab.txt" if recorded else ""
+    assert _one_error_line(err) == (f"error: {d / 'vocab.txt'}: 20 tokens, but the model has {n} token embeddings"
+                                    f"{was}; this vocab.txt does not belong to the model")
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_model_dir_records_its_vocab_size(work):
+    assert json.loads((work["model"] / "model.json").read_text())["tokenizer"]["vocab_size"] == work["vocab_size"]
+
+
+def test_max_seq_len_beyond_the_position_embeddings_is_a_clear_error_not_a_gather(work, capsys, tmp_path):
+    d = _copy_model(work, "long-max-seq-len", lambda d: _edit_meta(d, max_seq_len=600))
+    rc, _, err = _main(capsys, "--task", "evaluate", "--set", f"model.init={d}", f"data.test={work['data']['valid']}")
+    assert rc == 1
+    line = _one_error_line(err)
+    assert line.startswith(f"error: {d / 'model.json'}: max_seq_len 600 is longer than the model's 64 position "
+                           "embeddings"), line
+
+
+def test_checkpoint_max_position_is_checked_before_training(work, capsys, tmp_path):
+    """A checkpoint's position count is known once it is loaded: the run stops before tokenising."""
+    out = tmp_path / "run"
+    sets = tiny_overrides(work["data"], work["data"]["vocab"], f"model.init={work['model']}", "train.max_seq_len=100")
+    rc, _, err = _main(capsys, "--task", "finetune", "--out", out, "--set", *sets)
+    assert rc == 1
+    assert _one_error_line(err) == (f"error: train.max_seq_len=100: longer than the 64 position embeddings of "
+                                    f"model.init={work['model']}")
+    assert not (out / "model").exists() and not (out / "backup").exists()

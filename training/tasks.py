@@ -300,6 +300,10 @@ def train_task(cfg, run_dir, build_model, splits, evaluate=None, extra_meta=None
             model, tokenizer = build_model()
             model(model.dummy_inputs())
         max_len = cfg.train.max_seq_len
+        encoder = getattr(getattr(model, "deployable", model), "encoder", None)
+        if encoder is not None and max_len > encoder.max_position:  # a checkpoint's size is known only now
+            raise TrainingError(f"train.max_seq_len={max_len}: longer than the {encoder.max_position} position "
+                                f"embeddings of model.init={cfg.model.init}")
         t0 = time.time()
         chief = is_chief(strategy)  # the other workers of a multi-worker run write nothing, not even the cache
         train = tokenize(model, tokenizer, splits.train, splits.label_names, max_len, "train", cache=chief)
