@@ -30,6 +30,7 @@ import csv
 import io
 import json
 import math
+import re
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,7 @@ _EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"
 _MRPC_COLUMNS = ("#1 String", "#2 String", "Quality")
 # What dataframe dumps write for a missing value; as a label it can only mean "missing".
 _MISSING_LABELS = frozenset({"", "nan", "NaN", "NAN", "null", "NULL", "None"})
+_UNDECODED = re.compile("[\udc80-\udcff]")  # what surrogateescape makes of bytes that are not UTF-8
 _CONTROL_SPACE = frozenset("\t\n\r\x0b\x0c\x1c\x1d\x1e\x1f\x85\u2028\u2029")
 
 
@@ -81,8 +83,9 @@ def clean_text(text: str) -> str:
 class _Builder:
     """Validates rows and collects them, or raises / counts bad ones."""
 
-    def __init__(self, name, columns, has_label, labels, on_bad_row, max_text_chars):
+    def __init__(self, name, columns, has_label, labels, on_bad_row, max_text_chars, bad_bytes=False):
         self.name, self.columns, self.has_label = name, columns, has_label
+        self.bad_bytes = bad_bytes  # the file has bytes that are not UTF-8 (skip mode): look for them per row
         self.labels = None if labels is None else set(labels)
         self.labels_shown = labels
         self.on_bad_row, self.max_chars = on_bad_row, max_text_chars
@@ -103,6 +106,8 @@ class _Builder:
     def add(self, line, a, b, y=None):
         """Raw values: ``str``, or ``None`` when absent (JSON null / NaN included)."""
         self.rows += 1
+        if self.bad_bytes and any(isinstance(v, str) and _UNDECODED.search(v) for v in (a, b, y)):
+            return self.bad(line, "not valid UTF-8")
         texts = []
         for column, value in ((self.columns[0], a), (self.columns[1], b)):
             if isinstance(value, float) and math.isnan(value):
@@ -145,7 +150,9 @@ class _Builder:
                         str(path), sum(self.skip_reasons.values()), self.skip_reasons)
 
 
-def _read_text(path: Path) -> str:
+def _read_text(path: Path, on_bad_row: str = "error") -> tuple[str, bool]:
+    """The file's text and whether it had bytes that are not UTF-8: an error naming the first one's
+    line, or with ``on_bad_row="skip"`` kept as lone surrogates that make their rows bad rows."""
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -155,13 +162,18 @@ def _read_text(path: Path) -> str:
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror})") from None
     try:
-        text = raw.decode("utf-8")
+        return _without_bom(raw.decode("utf-8"), path), False
     except UnicodeDecodeError as e:
+        if on_bad_row == "skip":
+            return _without_bom(raw.decode("utf-8", "surrogateescape"), path), True
         line = raw.count(b"\n", 0, e.start) + 1
         column = e.start - raw.rfind(b"\n", 0, e.start)
         raise DataError(f"{path}:{line}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at byte "
                         f"{column} of the line); re-save the file as UTF-8 "
-                        f"(GBK / Latin-1 files are not read)") from None
+                        f"(GBK / Latin-1 files are not read, data.on_bad_row=skip skips such rows)") from None
+
+
+def _without_bom(text, path):
     if text.startswith("\ufeff"):
         text = text[1:]
     if not text.strip():
@@ -313,7 +325,7 @@ def read_pairs(path, format="auto", text_a="sentence1", text_b="sentence2", labe
         raise ValueError(f"format must be one of {FORMATS}, not {format!r}")
     path = Path(path)
     name = str(path)
-    text = _read_text(path)
+    text, bad_bytes = _read_text(path, on_bad_row)
     if labels is not None:
         labels = [str(v) for v in labels]  # a YAML config may give [0, 1]
     if format == "auto":
@@ -326,7 +338,7 @@ def read_pairs(path, format="auto", text_a="sentence1", text_b="sentence2", labe
             raise DataError(f"{name}: cannot tell the format from the extension "
                             f"{path.suffix!r}; pass format= one of {FORMATS[1:]}")
     columns = (text_a, text_b, label)
-    bld_args = (on_bad_row, max_text_chars)
+    bld_args = (on_bad_row, max_text_chars, bad_bytes)
     if format in ("bq", "afqmc"):
         columns = ("sentence1", "sentence2", "label")
     elif format == "lcqmc":

@@ -149,3 +149,49 @@ def test_checkpoint_max_position_is_checked_before_training(work, capsys, tmp_pa
     assert _one_error_line(err) == (f"error: train.max_seq_len=100: longer than the 64 position embeddings of "
                                     f"model.init={work['model']}")
     assert not (out / "model").exists() and not (out / "backup").exists()
+
+
+# ============================================================================ 3/4. predict's stdin, non-UTF-8 rows
+def _predict_stdin(capsys, monkeypatch, work, stdin, *sets):
+    monkeypatch.setattr(sys, "stdin", stdin)
+    return _main(capsys, "--task", "predict", "--set", f"model.init={work['model']}", *sets)
+
+
+BAD_STDIN = {  # name -> (stdin, the one-line error)
+    "three fields": (lambda: io.StringIO("a b\tc d\nx\ty\tz\n"),
+                     "error: <stdin>:2: expected 'text_a<TAB>text_b', found 3 tab-separated fields"),
+    "GBK bytes": (lambda: io.TextIOWrapper(io.BytesIO("a b\tc d\n如何\t怎么\n".encode("gbk")), encoding="utf-8"),
+                  "error: <stdin>:2: not valid UTF-8"),
+    # what a C-locale stdin (surrogateescape) hands over for the same bytes
+    "surrogates": (lambda: io.StringIO("a b\tc d\n\udcc8\udce7\t\udcd4\n"), "error: <stdin>:2: not valid UTF-8"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_STDIN))
+def test_predict_bad_stdin_line_fails_naming_it_or_is_skipped_and_counted(work, capsys, monkeypatch, caplog, case):
+    stdin, message = BAD_STDIN[case]
+    rc, out, err = _predict_stdin(capsys, monkeypatch, work, stdin())
+    assert rc == 1 and _one_error_line(err) == message and out == ""
+    rc, out, err = _predict_stdin(capsys, monkeypatch, work, stdin(), "data.on_bad_row=skip")
+    assert rc == 0, err
+    assert [r.split(",")[:2] for r in out.splitlines()[1:]] == [["a b", "c d"]]
+    reason = "wrong number of fields" if case == "three fields" else "not valid UTF-8"
+    assert f"<stdin>: skipped 1 bad rows ({{'{reason}': 1}})" in caplog.text
+
+
+FORMATS = ["csv", "bq", "tsv", "lcqmc", "jsonl", "afqmc", "mrpc"]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_on_bad_row_skip_skips_and_counts_non_utf8_rows(tmp_path, fmt):
+    """As the README says: a row with bytes that are not UTF-8 is a bad row (error mode: the file:line
+    error it always was, tests/test_reliability.py)."""
+    from data import read_pairs
+    from tests.test_reliability import EXT, GOOD, first_data_line, render
+
+    f = tmp_path / f"data.{EXT[fmt]}"
+    bad = render(fmt, [("如何修改密码", "怎么更改登录密码", "1")], header=False).encode("gbk")
+    f.write_bytes(render(fmt, GOOD[:1]).encode() + bad + render(fmt, GOOD[1:], header=False).encode())
+    p = read_pairs(f, format=fmt, on_bad_row="skip")
+    assert (p.text_a, p.skipped, dict(p.skip_reasons)) == ([g[0] for g in GOOD], 1, {"not valid UTF-8": 1})
+    assert p.lines == [first_data_line(fmt), first_data_line(fmt) + 2]
