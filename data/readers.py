@@ -35,7 +35,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["DataError", "PairData", "read_pairs", "swap_augment", "label_map", "clean_text",
+__all__ = ["DataError", "PairData", "read_pairs", "swap_augment", "label_map", "check_label_set", "clean_text",
            "FORMATS"]
 
 FORMATS = ("auto", "csv", "tsv", "jsonl", "bq", "lcqmc", "afqmc", "mrpc")
@@ -61,6 +61,7 @@ class PairData:
     path: str = ""
     skipped: int = 0
     skip_reasons: collections.Counter = field(default_factory=collections.Counter)
+    columns: tuple = ()  # the text and label column names read (a label equal to one is a stray header row)
 
     def __len__(self) -> int:
         return len(self.text_a)
@@ -147,7 +148,8 @@ class _Builder:
             counts = ", ".join(f"{r}: {n}" for r, n in self.skip_reasons.most_common())
             raise DataError(f"{self.name}: no usable rows, all {self.rows} were skipped ({counts})")
         return PairData(self.a, self.b, self.y if self.has_label else None, self.lines,
-                        str(path), sum(self.skip_reasons.values()), self.skip_reasons)
+                        str(path), sum(self.skip_reasons.values()), self.skip_reasons,
+                        tuple(c for c in self.columns if c is not None))
 
 
 def _read_text(path: Path, on_bad_row: str = "error") -> tuple[str, bool]:
@@ -361,7 +363,7 @@ def swap_augment(pairs: PairData) -> PairData:
     labels = None if pairs.labels is None else pairs.labels + pairs.labels
     return PairData(pairs.text_a + pairs.text_b, pairs.text_b + pairs.text_a, labels,
                     pairs.lines + pairs.lines, pairs.path, pairs.skipped,
-                    collections.Counter(pairs.skip_reasons))
+                    collections.Counter(pairs.skip_reasons), pairs.columns)
 
 
 def _is_number(value: str) -> bool:
@@ -369,6 +371,36 @@ def _is_number(value: str) -> bool:
         return math.isfinite(float(value))
     except ValueError:
         return False
+
+
+RARE_ROWS, RARE_RATIO = 5, 200  # "a handful of rows against thousands": at most 5, and 200 times fewer
+
+
+def check_label_set(pairs: PairData) -> None:
+    """Refuse a label set inferred from ``pairs`` that looks like a mistake, naming the file and line:
+    a value equal to a column name (a repeated header row), two spellings of one number ("1", "1.0"),
+    a class of a handful of rows against thousands (a typo). Each would silently add a class; a user
+    who means them declares the classes (``data.labels``), which skips this check."""
+    counts = collections.Counter(pairs.labels)
+    first = {}
+    for y, line in zip(pairs.labels, pairs.lines):
+        first.setdefault(y, line)
+    fix = "; fix the data, or declare the classes with data.labels=[...] if they are right"
+    for y in first:
+        if y in pairs.columns:
+            raise DataError(f"{pairs.path}:{first[y]}: label {y!r} is a column name (a repeated header row?){fix}")
+    numbers = {}
+    for y in first:
+        if _is_number(y) and (twin := numbers.setdefault(float(y), y)) != y:
+            raise DataError(f"{pairs.path}:{first[y]}: label {y!r} is the number {twin!r} (line {first[twin]}) "
+                            f"written another way, and would be a second class{fix}")
+    if len(numbers) > 10:  # a graded score scale (STS-B): rare values are normal
+        return
+    top, most = counts.most_common(1)[0]
+    for y in first:
+        if counts[y] <= RARE_ROWS and counts[y] * RARE_RATIO <= most:
+            raise DataError(f"{pairs.path}:{first[y]}: label {y!r} has only {counts[y]} rows against {most} of "
+                            f"{top!r} (a typo?){fix}")
 
 
 def label_map(label_values, labels=None) -> list[str]:

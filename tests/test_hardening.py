@@ -195,3 +195,56 @@ def test_on_bad_row_skip_skips_and_counts_non_utf8_rows(tmp_path, fmt):
     p = read_pairs(f, format=fmt, on_bad_row="skip")
     assert (p.text_a, p.skipped, dict(p.skip_reasons)) == ([g[0] for g in GOOD], 1, {"not valid UTF-8": 1})
     assert p.lines == [first_data_line(fmt), first_data_line(fmt) + 2]
+
+
+# ============================================================================ 3. label sets that look like mistakes
+def _label_file(tmp_path, labels, name="train.csv"):
+    rows = [(f"text a {i}", f"text b {i}", y) for i, y in enumerate(labels)]
+    return write_csv(tmp_path / name, rows)
+
+
+def _splits(path, *sets):
+    from training.tasks import load_splits
+
+    return load_splits(load_config(None, ["model.init=null", f"data.train={path}", *sets]))
+
+
+def test_repeated_header_row_stops_the_run_naming_file_and_line(tmp_path, capsys):
+    labels = ["0", "1"] * 20
+    path = write_csv(tmp_path / "train.csv", [(f"a {i}", f"b {i}", y) for i, y in enumerate(labels[:10])]
+                     + [("sentence1", "sentence2", "label")] + [(f"a {i}", f"b {i}", y) for i, y in enumerate(labels)])
+    out = tmp_path / "run"
+    rc, _, err = _main(capsys, "--task", "finetune", "--out", out, "--set", *tiny_overrides(), f"data.train={path}")
+    assert rc == 1
+    assert _one_error_line(err) == (f"error: {path}:12: label 'label' is a column name (a repeated header row?); "
+                                    "fix the data, or declare the classes with data.labels=[...] if they are right")
+    assert not (out / "model").exists()
+    assert _splits(path, "data.labels=[0, 1, label]").label_names == ["0", "1", "label"]  # declared: as asked
+
+
+def test_two_spellings_of_one_number_are_not_two_classes(tmp_path):
+    path = _label_file(tmp_path, ["0", "1", "0", "1.0", "1"])
+    with pytest.raises(Exception) as e:
+        _splits(path)
+    assert str(e.value) == (f"{path}:5: label '1.0' is the number '1' (line 3) written another way, and would be a "
+                            "second class; fix the data, or declare the classes with data.labels=[...] if they are right")
+    assert _splits(path, "data.labels=[0, 1, 1.0]").label_names == ["0", "1", "1.0"]
+
+
+def test_a_handful_of_rows_against_thousands_is_a_typo(tmp_path):
+    labels = ["0", "1"] * 1000
+    labels[700:700] = ["l"]
+    path = _label_file(tmp_path, labels + ["l"])
+    with pytest.raises(Exception) as e:
+        _splits(path)
+    assert str(e.value).startswith(f"{path}:702: label 'l' has only 2 rows against 1000 of '0' (a typo?); fix the ")
+    assert _splits(path, "data.labels=[0, 1, l]").label_names == ["0", "1", "l"]
+
+
+def test_plausible_label_sets_pass(tmp_path):
+    from data import check_label_set, read_pairs
+
+    few = read_pairs(_label_file(tmp_path, ["0", "1"] * 300 + ["2"] * 3, "few.csv"))  # 3 against 300: not thousands
+    graded = read_pairs(_label_file(tmp_path, [f"{i / 4:.2f}" for i in range(21)] * 200 + ["4.80"], "sts.csv"))
+    for pairs in (few, graded):
+        check_label_set(pairs)

@@ -20,7 +20,7 @@ import keras
 import numpy as np
 
 from config import save_config
-from data import DataError, PairData, label_map, make_sample, read_pairs, swap_augment
+from data import DataError, PairData, check_label_set, label_map, make_sample, read_pairs, swap_augment
 from modeling.checkpoints import CheckpointError
 from modeling.encoder import BertEncoder
 from modeling.model_dir import load_model_dir, save_model_dir
@@ -104,7 +104,7 @@ def subset(pairs, idx):
     return PairData(text_a=[pairs.text_a[i] for i in idx], text_b=[pairs.text_b[i] for i in idx],
                     labels=None if pairs.labels is None else [pairs.labels[i] for i in idx],
                     lines=[pairs.lines[i] for i in idx], path=pairs.path,
-                    skipped=pairs.skipped, skip_reasons=pairs.skip_reasons)
+                    skipped=pairs.skipped, skip_reasons=pairs.skip_reasons, columns=pairs.columns)
 
 
 def load_splits(cfg):
@@ -119,6 +119,8 @@ def load_splits(cfg):
     train = read_data(cfg, d.train, d.labels)
     if train.labels is None:
         raise DataError(f"{d.train}: no label column {d.label!r}")
+    if d.labels is None:
+        check_label_set(train)
     names = label_map(train.labels, d.labels)
     if d.valid:
         valid = read_data(cfg, d.valid, names)
