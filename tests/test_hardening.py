@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import sys
 
 import pytest
@@ -15,14 +16,8 @@ import pytest
 import run_tasks
 from config import ConfigError, load_config
 from tests.test_cli import _one_error_line
-from tests.tiny_runs import make_data, tiny_overrides, write_csv
-
-
-def _main(capsys, *args):
-    capsys.readouterr()
-    rc = run_tasks.main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return rc, out, err
+from tests.test_reliability import _damaged, _main, work  # noqa: F401  (work: sample data, a tiny model directory)
+from tests.tiny_runs import tiny_overrides, write_csv
 
 
 # ============================================================================ 4. ranges in the typed config
@@ -69,30 +64,6 @@ def test_random_init_architecture_is_checked_when_the_config_is_resolved(sets, m
 
 
 # ============================================================================ 3. model directories that do not fit
-@pytest.fixture(scope="module")
-def work(tmp_path_factory):
-    """Sample data and an (untrained) tiny cross-encoder model directory: vocab of the data, 64 positions."""
-    from modeling.model_dir import save_model_dir
-    from modeling.tokenization import PairTokenizer
-    from tests.tiny_runs import tiny_model
-
-    root = tmp_path_factory.mktemp("hardening")
-    data = make_data(root / "data", n_train=64, n_valid=16)
-    tok = PairTokenizer(data["vocab"])
-    model = save_model_dir(tiny_model(tok.vocab_size), root / "model", tok, labels=["0", "1"], max_seq_len=16)
-    return {"root": root, "data": data, "model": model, "vocab_size": tok.vocab_size}
-
-
-def _copy_model(work, name, edit):
-    import shutil
-
-    d = work["root"] / name
-    if not d.exists():
-        shutil.copytree(work["model"], d)
-        edit(d)
-    return d
-
-
 def _edit_meta(d, **changes):
     meta = json.loads((d / "model.json").read_text())
     for key, value in changes.items():
@@ -114,7 +85,7 @@ def _short_vocab(d):
 @pytest.mark.parametrize("recorded", [True, False], ids=["vocab_size in model.json", "older model.json"])
 @pytest.mark.parametrize("task", ["predict", "export"])
 def test_vocab_shorter_than_the_embedding_table_is_refused_at_load(work, capsys, tmp_path, task, recorded):
-    d = _copy_model(work, f"short-vocab-{recorded}", lambda d: (
+    d = _damaged(work, f"short-vocab-{recorded}", lambda d: (
         _short_vocab(d), None if recorded else _edit_meta(d, **{"tokenizer.vocab_size": None})))
     key = "model.init" if task == "predict" else "export.model"
     out = tmp_path / ("scores.csv" if task == "predict" else "export")
@@ -132,7 +103,7 @@ def test_model_dir_records_its_vocab_size(work):
 
 
 def test_max_seq_len_beyond_the_position_embeddings_is_a_clear_error_not_a_gather(work, capsys, tmp_path):
-    d = _copy_model(work, "long-max-seq-len", lambda d: _edit_meta(d, max_seq_len=600))
+    d = _damaged(work, "long-max-seq-len", lambda d: _edit_meta(d, max_seq_len=600))
     rc, _, err = _main(capsys, "--task", "evaluate", "--set", f"model.init={d}", f"data.test={work['data']['valid']}")
     assert rc == 1
     line = _one_error_line(err)
@@ -248,3 +219,144 @@ def test_plausible_label_sets_pass(tmp_path):
     graded = read_pairs(_label_file(tmp_path, [f"{i / 4:.2f}" for i in range(21)] * 200 + ["4.80"], "sts.csv"))
     for pairs in (few, graded):
         check_label_set(pairs)
+
+
+# ============================================================================ 2. a resume never mixes two runs
+def _stopped_at_first_step():
+    """A `_StopFlag` that reports SIGTERM at once: the run saves a checkpoint after step 1 and exits 143."""
+    import training.trainer as trainer
+
+    class Stopped(trainer._StopFlag):
+        def __enter__(self):
+            super().__enter__()
+            self.signum = 15
+            return self
+
+    return Stopped
+
+
+def _no_tensorflow_main(cwd, *args):
+    """`run_tasks.main(args)` in a fresh interpreter; fails if TensorFlow was imported."""
+    import subprocess
+
+    from tests.tiny_runs import PYTHON, ROOT, cli_env
+
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import run_tasks; rc = run_tasks.main(sys.argv[2:]); "
+            "assert 'tensorflow' not in sys.modules, 'TensorFlow was imported'; sys.exit(rc)")
+    p = subprocess.run([str(PYTHON), "-c", code, str(ROOT), *map(str, args)], cwd=cwd, env=cli_env(),
+                       capture_output=True, text=True, timeout=120)
+    return p.returncode, p.stderr
+
+
+def test_resume_with_other_settings_or_data_is_refused_and_the_same_command_resumes(work, capsys, tmp_path,
+                                                                                    monkeypatch):
+    import shutil
+
+    train = tmp_path / "train.csv"
+    shutil.copyfile(work["data"]["train"], train)
+    run = tmp_path / "run"
+    sets = tiny_overrides(work["data"], work["data"]["vocab"], "train.epochs=1", "model.dropout=0",
+                          f"data.train={train}")
+    with monkeypatch.context() as mp:
+        mp.setattr("training.trainer._StopFlag", _stopped_at_first_step())
+        rc, _, err = _main(capsys, "--task", "finetune", "--out", run, "--set", *sets)
+    assert rc == 143, err
+    kept = {p: p.read_bytes() for p in [run / "config.yaml", run / "inputs.json", *(run / "backup").iterdir()]}
+
+    other = tmp_path / "other.csv"
+    shutil.copyfile(train, other)
+    fix = (f": rerun with its settings ({run / 'config.yaml'}) to resume it, or start fresh with another --out "
+           f"(or after deleting {run / 'backup'})")
+    for change, diff in [("train.learning_rate=1e-3", "train.learning_rate: 0.0001 -> 0.001"),
+                         (f"data.train={other}", f"data.train: '{train}' -> '{other}'")]:
+        rc, _, err = _main(capsys, "--task", "finetune", "--out", run, "--set", *sets, change)
+        assert rc == 1
+        assert _one_error_line(err) == f"error: {run} holds an interrupted run with other settings ({diff}){fix}"
+    original = train.read_bytes()
+    train.write_bytes(original + b"one more,row,1\n")
+    rc, err = _no_tensorflow_main(tmp_path, "--task", "finetune", "--out", run, "--set", *sets)
+    assert rc == 1, err
+    assert _one_error_line(err) == (f"error: {run} holds an interrupted run with other settings "
+                                    f"(data.train: same path, other contents){fix}")
+    assert {p: p.read_bytes() for p in kept} == kept  # nothing of the interrupted run was touched
+    assert not (run / "model").exists()
+
+    train.write_bytes(original)  # the same data again (a new mtime), another verbosity (changes nothing): resumable
+    rc, _, err = _main(capsys, "--task", "finetune", "--out", run, "--set", *sets, "train.verbose=2")
+    assert rc == 0, err
+    assert json.loads((run / "metrics.json").read_text())["training"]["steps"] == 4  # 64 / 16, from step 1
+
+
+def test_resuming_after_the_teacher_reuses_it_only_if_it_is_the_same(work, caplog, tmp_path):
+    """virt/distill fine-tune their teacher into <out>/teacher first: a run stopped after that used to fail
+    on resume ("already holds a finished run"), and must not pick up a teacher trained with other settings."""
+    from training.rundir import RunError
+    from training.tasks import teacher_for
+
+    caplog.set_level(logging.INFO, logger="training.tasks")
+    run = tmp_path / "distill"
+    sets = tiny_overrides(work["data"], work["data"]["vocab"], "train.epochs=1", "train.steps_per_epoch=2",
+                          "task=distill", f"out={run}")
+    cfg = load_config(run_tasks.ROOT / "config" / "distill.yaml", sets)
+    teacher, metrics = teacher_for(cfg, run, "distill")  # fine-tuned
+    assert metrics["valid"]["n"] == 16 and "reusing" not in caplog.text
+    again, same = teacher_for(cfg, run, "distill")  # the resumed run
+    assert f"the teacher in {run / 'teacher'} is finished: reusing it" in caplog.text
+    assert same == metrics and again.path == teacher.path
+    other = load_config(run_tasks.ROOT / "config" / "distill.yaml", sets + ["train.seed=1"])
+    with pytest.raises(RunError) as e:
+        teacher_for(other, run, "distill")
+    assert str(e.value) == (f"{run / 'teacher'} holds a teacher fine-tuned with other settings (train.seed: 42 -> 1); "
+                            "start fresh with another --out")
+
+
+# ============================================================================ 3. no task overwrites another run
+def _training_run(root):
+    """What check_out looks at in a finished training run: config.yaml and metrics.json (no TensorFlow)."""
+    from config import save_config
+
+    run = root / "finished"
+    if not run.exists():
+        save_config(load_config(None, ["task=finetune"]), run / "config.yaml")
+        (run / "metrics.json").write_text('{"valid": {"accuracy": 0.9}, "training": {"steps": 300}}')
+    return run
+
+
+@pytest.mark.parametrize("case", ["evaluate over a training run", "evaluate into a model directory",
+                                  "export over a training run", "index over a non-empty directory"])
+def test_no_task_overwrites_another_runs_results(work, capsys, tmp_path, case):
+    run = _training_run(work["root"])
+    kept = {p: p.read_bytes() for p in run.iterdir()}
+    model = work["model"]
+    task, out, sets, holds = {
+        "evaluate over a training run": ("evaluate", run, [f"model.init={model}", f"data.test={work['data']['valid']}"],
+                                         "a training run (config.yaml)"),
+        "evaluate into a model directory": ("evaluate", model, [f"model.init={model}",
+                                                                f"data.test={work['data']['valid']}"],
+                                            "a model directory (model.json)"),
+        "export over a training run": ("export", run, [f"export.model={model}"], "a training run (config.yaml)"),
+        "index over a non-empty directory": ("index", tmp_path / "notes",
+                                             [f"index.model={model}", f"index.corpus={work['data']['valid']}"], None),
+    }[case]
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("keep me\n")
+    rc, err = _no_tensorflow_main(tmp_path, "--task", task, "--out", out, "--set", *sets)
+    assert rc == 1
+    line = _one_error_line(err)
+    if holds:
+        assert line == (f"error: {out} holds {holds} that --task {task} would overwrite or mix with its own outputs; "
+                        f"choose another --out, e.g. {out}/{task}")
+    else:
+        assert line == (f"error: {out} is not empty and not an index; --task index replaces the whole directory: "
+                        "choose another --out")
+    assert {p: p.read_bytes() for p in run.iterdir()} == kept
+    assert not (model / "metrics.json").exists() and (tmp_path / "notes" / "todo.txt").read_text() == "keep me\n"
+
+
+def test_evaluate_beside_a_training_run_and_again_into_its_own_directory(work, capsys, tmp_path):
+    run = _training_run(work["root"])
+    for _ in range(2):  # an evaluation directory is evaluate's own: a second evaluation replaces the first
+        rc, _, err = _main(capsys, "--task", "evaluate", "--out", run / "evaluate", "--set", f"model.init={work['model']}",
+                           f"data.test={work['data']['valid']}")
+        assert rc == 0, err
+    assert json.loads((run / "evaluate" / "metrics.json").read_text())["eval"]["n"] == 16

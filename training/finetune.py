@@ -16,6 +16,7 @@ from data import DataError, PairData
 from modeling.cross_encoder import CrossEncoder
 from modeling.model_dir import load_model_dir
 from training.metrics import classification_metrics
+from training.rundir import check_out
 from training.tasks import (init_encoder, load_splits, prepare_run_dir, print_summary, read_data, tokenize,
                             train_task, write_json)
 from training.trainer import predict_outputs
@@ -48,6 +49,7 @@ def _model_path(cfg):
 
 def evaluate(cfg):
     """A model directory on a labelled file -> metrics and a confusion matrix (printed, and JSON with --out)."""
+    check_out("evaluate", cfg.out)  # never over a training run's metrics.json
     loaded = load_model_dir(_model_path(cfg))
     path = cfg.data.test or cfg.data.valid
     if path is None:

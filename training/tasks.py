@@ -19,7 +19,6 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from config import save_config
 from data import DataError, PairData, check_label_set, label_map, make_sample, read_pairs, swap_augment
 from modeling.checkpoints import CheckpointError
 from modeling.encoder import BertEncoder
@@ -28,16 +27,13 @@ from modeling.pretrained import detect_format, load_pretrained, resolve
 from modeling.tokenization import PairTokenizer
 from training.memory import peak_rss_mb
 from training.metrics import classification_metrics
+from training.rundir import RunError, differences, finished, start_run
 from training.strategy import chief_from_env, in_cluster, is_chief, make_strategy
 from training.trainer import Split, Trainer, TrainingError, finish_backup, predict_outputs
 
 log = logging.getLogger(__name__)
 
 SAMPLE_DIR = Path("runs") / "sample_data"
-
-
-class RunError(RuntimeError):
-    """The run cannot start (its output directory already holds a finished run, ...)."""
 
 
 # ----------------------------------------------------------------------------- run dir
@@ -51,10 +47,9 @@ def prepare_run_dir(cfg):
             raise RunError("train.strategy=multiworker: give every worker the same --out (the chief's run "
                            "directory, where the others find the resume checkpoints)")
         return out
-    if (out / "metrics.json").exists() and not (out / "backup").exists():
+    if finished(out):
         raise RunError(f"{out} already holds a finished run (metrics.json); choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+    start_run(cfg, out)  # a resume must be of a run with this config and data, and keeps its config.yaml
     return out
 
 
@@ -240,9 +235,18 @@ def teacher_for(cfg, run_dir, section):
         tcfg.model.num_layers = None  # the teacher is the full checkpoint
         if section == "virt":
             tcfg.model.pooling = "mean"  # VIRT's teachers use mean pooling (paper, Sec. 4.3)
-        log.info("no %s.teacher given: fine-tuning a cross-encoder teacher first in %s", section, tcfg.out)
-        metrics = finetune(tcfg)
-        path = Path(tcfg.out) / "model"
+        tdir = Path(tcfg.out)
+        if finished(tdir):  # a run resumed after its teacher was done
+            diffs = differences(tcfg, tdir)
+            if diffs:
+                raise RunError(f"{tdir} holds a teacher fine-tuned with other settings ({'; '.join(diffs)}); "
+                               f"start fresh with another --out")
+            log.info("the teacher in %s is finished: reusing it", tdir)
+            metrics = json.loads((tdir / "metrics.json").read_text(encoding="utf-8"))
+        else:
+            log.info("no %s.teacher given: fine-tuning a cross-encoder teacher first in %s", section, tcfg.out)
+            metrics = finetune(tcfg)
+        path = tdir / "model"
     teacher = load_model_dir(path, expect_kind="cross_encoder")
     return teacher, metrics
 
