@@ -82,12 +82,14 @@ def main(argv=None):
     module, func, default_cfg, _ = TASKS[args.task]
     try:
         from config import load_config, parse_overrides
+        from training.rundir import preflight
 
         path = args.config or ROOT / "config" / f"{default_cfg}.yaml"
         overrides = parse_overrides(args.set) + [f"task={args.task}"]
         if args.out:
             overrides.append(f"out={args.out}")
         cfg = load_config(path, overrides)
+        preflight(cfg)  # output-directory checks, before the task imports TensorFlow
         getattr(importlib.import_module(module), func)(cfg)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

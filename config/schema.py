@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 from dataclasses import dataclass, field
@@ -24,21 +25,43 @@ from typing import Any, Iterable, Sequence, Union, get_args, get_origin, get_typ
 import yaml
 
 
+@dataclass(frozen=True)
+class Range:
+    """The allowed values of a numeric key, declared next to it with ``bounded``."""
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+    def __contains__(self, v) -> bool:  # written with `not`, so NaN (every comparison False) is out of range
+        return not ((self.ge is not None and not v >= self.ge) or (self.gt is not None and not v > self.gt)
+                    or (self.le is not None and not v <= self.le) or (self.lt is not None and not v < self.lt))
+
+    def __str__(self) -> str:  # ">= 0 and < 1"
+        return " and ".join(f"{op} {limit:g}" for op, limit in
+                            ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt)) if limit is not None)
+
+
+def bounded(default, **limits):
+    """A dataclass field whose value must lie in ``Range(**limits)`` (checked when a config is loaded)."""
+    return field(default=default, metadata={"range": Range(**limits)})
+
+
 @dataclass
 class ModelConfig:
     init: str | None = "minilm"  # checkpoint dir (HF, Google TF1, ours) | "minilm" (all-MiniLM-L6-v2) | None = random
-    num_layers: int | None = None  # keep the first k layers; also the depth for random init (None there = 4)
+    num_layers: int | None = bounded(None, ge=1)  # keep the first k layers; also the depth for random init (None there = 4)
     pooling: str = "cls"  # sentence vector: cls|mean|max
-    dropout: float = 0.1  # dropout rate in the encoder and the head
+    dropout: float = bounded(0.1, ge=0, lt=1)  # dropout rate in the encoder and the head
     allow_mismatch: bool = False  # load a checkpoint even if some weights are missing or unexpected
     lowercase: bool | None = None  # lowercase the input text; None = as the checkpoint says
     vocab: str | None = None  # random init: vocab.txt; None = build it from the training data
     vocab_lang: str = "zh"  # random init: language used when building the vocab
-    vocab_min_freq: int = 2  # random init: minimum count for a token to enter the built vocab
-    hidden_size: int = 256  # random init: hidden width
-    num_heads: int = 4  # random init: attention heads
-    intermediate_size: int = 1024  # random init: feed-forward width
-    max_position: int = 512  # random init: number of position embeddings
+    vocab_min_freq: int = bounded(2, ge=1)  # random init: minimum count for a token to enter the built vocab
+    hidden_size: int = bounded(256, ge=1)  # random init: hidden width
+    num_heads: int = bounded(4, ge=1)  # random init: attention heads
+    intermediate_size: int = bounded(1024, ge=1)  # random init: feed-forward width
+    max_position: int = bounded(512, ge=1)  # random init: number of position embeddings
 
 
 @dataclass
@@ -53,33 +76,33 @@ class DataConfig:
     labels: list[str] | None = None  # class order; None = sorted values found in train
     on_bad_row: str = "error"  # what to do with malformed rows: error|skip
     swap_augment: bool = False  # also train on (b, a) for every (a, b)
-    max_rows: int | None = None  # read at most this many rows per file (quick runs)
-    valid_fraction: float = 0.1  # share of train held out when there is no valid file
+    max_rows: int | None = bounded(None, ge=1)  # read at most this many rows per file (quick runs)
+    valid_fraction: float = bounded(0.1, gt=0, lt=1)  # share of train held out when there is no valid file
     text: list[str] = field(default_factory=list)  # plain-text or pair files for pretraining
 
 
 @dataclass
 class TrainConfig:
-    epochs: int | None = 3  # passes over the training data; null = by data size (train.auto_steps)
-    auto_steps: int = 1500  # epochs=null: about this many optimizer steps, within 3..10 epochs (docs/defaults.md)
-    batch_size: int = 32  # per replica
-    learning_rate: float = 5e-5  # peak learning rate
-    head_lr_multiplier: float = 1.0  # the randomly initialised head (outside the encoder) learns this much faster
-    warmup_ratio: float = 0.1  # share of steps with linear warm-up
-    weight_decay: float = 0.01  # AdamW weight decay
-    clip_norm: float | None = 1.0  # global gradient-norm clipping; None = off
-    max_seq_len: int = 128  # tokens per (pair) input, longer inputs are truncated
-    seed: int = 42  # random seed for data order and init
+    epochs: int | None = bounded(3, ge=1)  # passes over the training data; null = by data size (train.auto_steps)
+    auto_steps: int = bounded(1500, ge=1)  # epochs=null: about this many optimizer steps, within 3..10 epochs (docs/defaults.md)
+    batch_size: int = bounded(32, ge=1)  # per replica
+    learning_rate: float = bounded(5e-5, gt=0)  # peak learning rate
+    head_lr_multiplier: float = bounded(1.0, gt=0)  # the randomly initialised head (outside the encoder) learns this much faster
+    warmup_ratio: float = bounded(0.1, ge=0, le=1)  # share of steps with linear warm-up
+    weight_decay: float = bounded(0.01, ge=0)  # AdamW weight decay
+    clip_norm: float | None = bounded(1.0, gt=0)  # global gradient-norm clipping; None = off
+    max_seq_len: int = bounded(128, ge=5)  # tokens per (pair) input, longer ones are truncated; >= 5: [CLS] a [SEP] b [SEP]
+    seed: int = bounded(42, ge=0)  # random seed for data order and init
     strategy: str = "auto"  # tf.distribute: auto|mirrored|multiworker|one_device
-    cpu_replicas: int = 0  # split the CPU into this many logical devices (0 = off)
+    cpu_replicas: int = bounded(0, ge=0)  # split the CPU into this many logical devices (0 = off)
     mixed_precision: str | None = None  # None|mixed_bfloat16|mixed_float16
     jit_compile: bool = False  # XLA-compile the train step
     metric: str = "f1"  # model selection / early stopping: accuracy|f1|macro_f1|auc|loss
-    patience: int = 2  # epochs without improvement before stopping
-    steps_per_epoch: int | None = None  # cap on steps per epoch (quick runs)
-    eval_batch_size: int = 64  # batch size for evaluation and prediction
-    verbose: int = 1  # Keras verbosity: 0 silent, 1 progress bar, 2 one line per epoch
-    save_every: int = 200  # steps between resume checkpoints (also saved at each epoch end)
+    patience: int = bounded(2, ge=0)  # epochs without improvement before stopping (0 = never stop early)
+    steps_per_epoch: int | None = bounded(None, ge=1)  # cap on steps per epoch (quick runs)
+    eval_batch_size: int = bounded(64, ge=1)  # batch size for evaluation and prediction
+    verbose: int = bounded(1, ge=0, le=2)  # Keras verbosity: 0 silent, 1 progress bar, 2 one line per epoch
+    save_every: int = bounded(200, ge=1)  # steps between resume checkpoints (also saved at each epoch end)
 
 
 @dataclass
@@ -112,7 +135,7 @@ class SbertConfig:
     objective: str = "softmax"  # softmax|cosine|mnrl (multiple negatives ranking)
     pooling: str = "mean"  # sentence vector: cls|mean|max
     normalize: bool = False  # L2-normalise the sentence vectors
-    scale: float = 20.0  # similarity scale for mnrl / cosine logits
+    scale: float = bounded(20.0, gt=0)  # similarity scale for mnrl / cosine logits
 
 
 @dataclass
@@ -137,18 +160,18 @@ class ExportConfig:
 class ServeConfig:
     model: str | None = None  # export directory (onnx/, saved_model/) or model directory (served through Keras)
     host: str = "127.0.0.1"  # bind address
-    port: int = 8501  # bind port
+    port: int = bounded(8501, ge=1, le=65535)  # bind port
     name: str | None = None  # model name in the API; None = the export's name (as in TF Serving), else the directory name
-    max_batch: int = 32  # largest dynamic batch (rows); 1 = no micro-batching
-    max_wait_ms: float = 5.0  # longest wait to fill a batch
-    max_texts: int = 256  # most texts / pairs / rows per request
-    max_chars: int = 2000  # longest accepted text
+    max_batch: int = bounded(32, ge=1)  # largest dynamic batch (rows); 1 = no micro-batching
+    max_wait_ms: float = bounded(5.0, ge=0)  # longest wait to fill a batch
+    max_texts: int = bounded(256, ge=1)  # most texts / pairs / rows per request
+    max_chars: int = bounded(2000, ge=1)  # longest accepted text
     backend: str = "onnx"  # export directories: onnx (onnxruntime) | tf (the SavedModel)
     int8: bool = False  # onnx backend: serve onnx/model.int8.onnx for serving_default / predict_ids
-    threads: int | None = None  # onnxruntime / TensorFlow intra-op threads; None = the runtime's default
+    threads: int | None = bounded(None, ge=1)  # onnxruntime / TensorFlow intra-op threads; None = the runtime's default
     index: str | None = None  # search index directory (--task index) behind POST /v1/search; None = no search
     rerank: str | None = None  # /v1/search rerank: cross-encoder model or export dir | "virt" (the index's model) | None
-    max_k: int = 100  # largest k accepted by /v1/search
+    max_k: int = bounded(100, ge=1)  # largest k accepted by /v1/search
 
 
 @dataclass
@@ -156,24 +179,24 @@ class IndexConfig:
     model: str | None = None  # sbert or virt model directory, or an export directory of one
     corpus: str | None = None  # candidates: text file (one per line, or id<TAB>text) or pair file (its data.text_b column)
     backend: str = "onnx"  # export directories: onnx | tf (model directories run through Keras)
-    batch_size: int = 64  # texts per encoder call
-    max_seq_len: int | None = None  # tokens per text; None = the model's max_seq_len
+    batch_size: int = bounded(64, ge=1)  # texts per encoder call
+    max_seq_len: int | None = bounded(None, ge=3)  # tokens per text ([CLS] t [SEP] needs 3); None = the model's max_seq_len
 
 
 @dataclass
 class SearchConfig:
     index: str | None = None  # index directory written by --task index
     queries: str | None = None  # one query per line (or id<TAB>text); None = stdin
-    k: int = 10  # candidates recalled (and reranked) per query
+    k: int = bounded(10, ge=1)  # candidates recalled (and reranked) per query
     recall: str = "auto"  # auto (faiss when importable, else numpy) | faiss | numpy
     rerank: str | None = None  # cross-encoder model or export dir | "virt" (the index's own model) | None = cosine only
     backend: str = "onnx"  # export directories: onnx | tf
-    batch_size: int = 64  # rows per model call
+    batch_size: int = bounded(64, ge=1)  # rows per model call
 
 
 @dataclass
 class PretrainConfig:
-    mask_rate: float = 0.15  # share of real tokens selected for MLM (80% [MASK], 10% random, 10% kept)
+    mask_rate: float = bounded(0.15, gt=0, lt=1)  # share of real tokens selected for MLM (80% [MASK], 10% random, 10% kept)
     whole_word: bool = False  # select whole words (all their ## pieces); WordPiece vocabularies only
     pairs: bool = False  # examples are the pair files' rows as `[CLS] a [SEP] b [SEP]` (trains segment 1, cross-text attention)
 
@@ -257,7 +280,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),
         key, value = _parse_override(item)
         section, _, name = key.rpartition(".")
         _merge(raw, {section: {name: value}} if section else {name: value})
-    return _build(RunConfig, raw, "")
+    return _check_run(_build(RunConfig, raw, ""))
 
 
 def parse_overrides(items: Iterable[str | Sequence[str]] | None) -> list[str]:
@@ -303,6 +326,7 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix.rstrip('.')}: expected a mapping of keys, got {data!r}")
     hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in data.items():
         name = f"{prefix}{key}"
@@ -321,7 +345,29 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
             raise ConfigError(f"{name}: expected one of {'|'.join(CHOICES[name])}{null}, got {v!r}")
         if name in PATTERNS and not re.fullmatch(PATTERNS[name][0], v):
             raise ConfigError(f"{name}: expected {PATTERNS[name][1]}, got {v!r}")
+        if isinstance(v, float) and not math.isfinite(v):  # YAML reads .nan / .inf
+            raise ConfigError(f"{name}: expected a finite number, got {value!r}")
+        rng = fields[key].metadata.get("range")
+        if rng is not None and v is not None and v not in rng:
+            null = " (or null)" if _coerce(None, tp) is None else ""
+            raise ConfigError(f"{name}: must be {rng}{null}, got {v!r}")
     return cls(**kwargs)
+
+
+TRAINING_TASKS = ("finetune", "distill", "sbert", "virt", "pretrain")
+
+
+def _check_run(cfg: RunConfig) -> RunConfig:
+    """Checks across keys; those needing a checkpoint's sizes run when it is loaded."""
+    m, t = cfg.model, cfg.train
+    if cfg.task in TRAINING_TASKS and m.init is None:  # the random-init architecture is all in the config
+        if t.max_seq_len > m.max_position:  # would train, then fail in evaluate on longer texts
+            raise ConfigError(f"train.max_seq_len={t.max_seq_len}: longer than model.max_position={m.max_position} "
+                              f"(the position embeddings of a model.init=null model); lower one or raise the other")
+        if m.hidden_size % m.num_heads:
+            raise ConfigError(f"model.hidden_size={m.hidden_size}: must be a multiple of "
+                              f"model.num_heads={m.num_heads}")
+    return cfg
 
 
 def _unknown(name: str, prefix: str, hints: dict, is_mapping: bool) -> str:

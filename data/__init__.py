@@ -1,9 +1,9 @@
 """Data loading for sentence-pair matching: readers, a smoke-test sample set, vocabularies."""
-from .readers import (FORMATS, DataError, PairData, clean_text, label_map, read_pairs,
+from .readers import (FORMATS, DataError, PairData, check_label_set, clean_text, label_map, read_pairs,
                       swap_augment)
 from .vocab import SPECIAL_TOKENS, build_vocab
 
-__all__ = ["FORMATS", "DataError", "PairData", "clean_text", "label_map", "read_pairs",
+__all__ = ["FORMATS", "DataError", "PairData", "check_label_set", "clean_text", "label_map", "read_pairs",
            "swap_augment", "make_sample", "build_vocab", "SPECIAL_TOKENS"]
 
 

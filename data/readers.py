@@ -30,11 +30,12 @@ import csv
 import io
 import json
 import math
+import re
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["DataError", "PairData", "read_pairs", "swap_augment", "label_map", "clean_text",
+__all__ = ["DataError", "PairData", "read_pairs", "swap_augment", "label_map", "check_label_set", "clean_text",
            "FORMATS"]
 
 FORMATS = ("auto", "csv", "tsv", "jsonl", "bq", "lcqmc", "afqmc", "mrpc")
@@ -42,6 +43,7 @@ _EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"
 _MRPC_COLUMNS = ("#1 String", "#2 String", "Quality")
 # What dataframe dumps write for a missing value; as a label it can only mean "missing".
 _MISSING_LABELS = frozenset({"", "nan", "NaN", "NAN", "null", "NULL", "None"})
+_UNDECODED = re.compile("[\udc80-\udcff]")  # what surrogateescape makes of bytes that are not UTF-8
 _CONTROL_SPACE = frozenset("\t\n\r\x0b\x0c\x1c\x1d\x1e\x1f\x85\u2028\u2029")
 
 
@@ -59,6 +61,7 @@ class PairData:
     path: str = ""
     skipped: int = 0
     skip_reasons: collections.Counter = field(default_factory=collections.Counter)
+    columns: tuple = ()  # the text and label column names read (a label equal to one is a stray header row)
 
     def __len__(self) -> int:
         return len(self.text_a)
@@ -81,8 +84,9 @@ def clean_text(text: str) -> str:
 class _Builder:
     """Validates rows and collects them, or raises / counts bad ones."""
 
-    def __init__(self, name, columns, has_label, labels, on_bad_row, max_text_chars):
+    def __init__(self, name, columns, has_label, labels, on_bad_row, max_text_chars, bad_bytes=False):
         self.name, self.columns, self.has_label = name, columns, has_label
+        self.bad_bytes = bad_bytes  # the file has bytes that are not UTF-8 (skip mode): look for them per row
         self.labels = None if labels is None else set(labels)
         self.labels_shown = labels
         self.on_bad_row, self.max_chars = on_bad_row, max_text_chars
@@ -103,6 +107,8 @@ class _Builder:
     def add(self, line, a, b, y=None):
         """Raw values: ``str``, or ``None`` when absent (JSON null / NaN included)."""
         self.rows += 1
+        if self.bad_bytes and any(isinstance(v, str) and _UNDECODED.search(v) for v in (a, b, y)):
+            return self.bad(line, "not valid UTF-8")
         texts = []
         for column, value in ((self.columns[0], a), (self.columns[1], b)):
             if isinstance(value, float) and math.isnan(value):
@@ -142,10 +148,13 @@ class _Builder:
             counts = ", ".join(f"{r}: {n}" for r, n in self.skip_reasons.most_common())
             raise DataError(f"{self.name}: no usable rows, all {self.rows} were skipped ({counts})")
         return PairData(self.a, self.b, self.y if self.has_label else None, self.lines,
-                        str(path), sum(self.skip_reasons.values()), self.skip_reasons)
+                        str(path), sum(self.skip_reasons.values()), self.skip_reasons,
+                        tuple(c for c in self.columns if c is not None))
 
 
-def _read_text(path: Path) -> str:
+def _read_text(path: Path, on_bad_row: str = "error") -> tuple[str, bool]:
+    """The file's text and whether it had bytes that are not UTF-8: an error naming the first one's
+    line, or with ``on_bad_row="skip"`` kept as lone surrogates that make their rows bad rows."""
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -155,13 +164,18 @@ def _read_text(path: Path) -> str:
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror})") from None
     try:
-        text = raw.decode("utf-8")
+        return _without_bom(raw.decode("utf-8"), path), False
     except UnicodeDecodeError as e:
+        if on_bad_row == "skip":
+            return _without_bom(raw.decode("utf-8", "surrogateescape"), path), True
         line = raw.count(b"\n", 0, e.start) + 1
         column = e.start - raw.rfind(b"\n", 0, e.start)
         raise DataError(f"{path}:{line}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at byte "
                         f"{column} of the line); re-save the file as UTF-8 "
-                        f"(GBK / Latin-1 files are not read)") from None
+                        f"(GBK / Latin-1 files are not read, data.on_bad_row=skip skips such rows)") from None
+
+
+def _without_bom(text, path):
     if text.startswith("\ufeff"):
         text = text[1:]
     if not text.strip():
@@ -313,7 +327,7 @@ def read_pairs(path, format="auto", text_a="sentence1", text_b="sentence2", labe
         raise ValueError(f"format must be one of {FORMATS}, not {format!r}")
     path = Path(path)
     name = str(path)
-    text = _read_text(path)
+    text, bad_bytes = _read_text(path, on_bad_row)
     if labels is not None:
         labels = [str(v) for v in labels]  # a YAML config may give [0, 1]
     if format == "auto":
@@ -326,7 +340,7 @@ def read_pairs(path, format="auto", text_a="sentence1", text_b="sentence2", labe
             raise DataError(f"{name}: cannot tell the format from the extension "
                             f"{path.suffix!r}; pass format= one of {FORMATS[1:]}")
     columns = (text_a, text_b, label)
-    bld_args = (on_bad_row, max_text_chars)
+    bld_args = (on_bad_row, max_text_chars, bad_bytes)
     if format in ("bq", "afqmc"):
         columns = ("sentence1", "sentence2", "label")
     elif format == "lcqmc":
@@ -349,7 +363,7 @@ def swap_augment(pairs: PairData) -> PairData:
     labels = None if pairs.labels is None else pairs.labels + pairs.labels
     return PairData(pairs.text_a + pairs.text_b, pairs.text_b + pairs.text_a, labels,
                     pairs.lines + pairs.lines, pairs.path, pairs.skipped,
-                    collections.Counter(pairs.skip_reasons))
+                    collections.Counter(pairs.skip_reasons), pairs.columns)
 
 
 def _is_number(value: str) -> bool:
@@ -357,6 +371,36 @@ def _is_number(value: str) -> bool:
         return math.isfinite(float(value))
     except ValueError:
         return False
+
+
+RARE_ROWS, RARE_RATIO = 5, 200  # "a handful of rows against thousands": at most 5, and 200 times fewer
+
+
+def check_label_set(pairs: PairData) -> None:
+    """Refuse a label set inferred from ``pairs`` that looks like a mistake, naming the file and line:
+    a value equal to a column name (a repeated header row), two spellings of one number ("1", "1.0"),
+    a class of a handful of rows against thousands (a typo). Each would silently add a class; a user
+    who means them declares the classes (``data.labels``), which skips this check."""
+    counts = collections.Counter(pairs.labels)
+    first = {}
+    for y, line in zip(pairs.labels, pairs.lines):
+        first.setdefault(y, line)
+    fix = "; fix the data, or declare the classes with data.labels=[...] if they are right"
+    for y in first:
+        if y in pairs.columns:
+            raise DataError(f"{pairs.path}:{first[y]}: label {y!r} is a column name (a repeated header row?){fix}")
+    numbers = {}
+    for y in first:
+        if _is_number(y) and (twin := numbers.setdefault(float(y), y)) != y:
+            raise DataError(f"{pairs.path}:{first[y]}: label {y!r} is the number {twin!r} (line {first[twin]}) "
+                            f"written another way, and would be a second class{fix}")
+    if len(numbers) > 10:  # a graded score scale (STS-B): rare values are normal
+        return
+    top, most = counts.most_common(1)[0]
+    for y in first:
+        if counts[y] <= RARE_ROWS and counts[y] * RARE_RATIO <= most:
+            raise DataError(f"{pairs.path}:{first[y]}: label {y!r} has only {counts[y]} rows against {most} of "
+                            f"{top!r} (a typo?){fix}")
 
 
 def label_map(label_values, labels=None) -> list[str]:

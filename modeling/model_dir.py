@@ -68,7 +68,7 @@ def save_model_dir(model, path, tokenizer, labels=None, max_seq_len=128, extra=N
         "kind": model.kind,
         "model": keras.saving.serialize_keras_object(model),
         "labels": list(labels) if labels is not None else None,
-        "tokenizer": {"vocab": "vocab.txt", "lowercase": tokenizer.lowercase},
+        "tokenizer": {"vocab": "vocab.txt", "lowercase": tokenizer.lowercase, "vocab_size": tokenizer.vocab_size},
         "max_seq_len": int(max_seq_len),
         **(extra or {}),
     }
@@ -119,14 +119,31 @@ def load_model_dir(path, expect_kind=None):
     except Exception as e:  # an edited or foreign model.json: Keras raises TypeError, ValueError, ...
         raise CheckpointError(f"{path / 'model.json'}: cannot rebuild the {meta['kind']} model from its "
                               f"config ({_one_line(e)})") from None
+    tokenizer = PairTokenizer(path / "vocab.txt", meta["tokenizer"]["lowercase"])
+    check_sizes(path, meta, model.encoder, tokenizer)  # before the (slow) weights
     try:
         model.load_weights(str(path / "model.weights.h5"))
     except Exception as e:  # h5py / Keras raise many types for a damaged file
         hint = ("the weights do not fit the architecture in model.json: "
                 if "could not be loaded" in str(e) else "")
         raise CheckpointError(f"{path / 'model.weights.h5'}: cannot load weights ({hint}{_one_line(e)})") from None
-    tokenizer = PairTokenizer(path / "vocab.txt", meta["tokenizer"]["lowercase"])
     return LoadedModel(model=model, tokenizer=tokenizer, meta=meta, path=path)
+
+
+def check_sizes(path, meta, encoder, tokenizer):
+    """A vocab.txt or max_seq_len that does not fit the encoder would give wrong ids or fail in a gather
+    far from here. The vocab must have the size saved with the model (older directories: the embedding rows);
+    a checkpoint may have more embedding rows than vocab lines, never fewer."""
+    n, rows = tokenizer.vocab_size, encoder.vocab_size
+    saved = meta["tokenizer"].get("vocab_size")
+    if n > rows or n != (saved if saved is not None else rows):
+        was = f" and was saved with a {saved}-token vocab.txt" if saved is not None else ""
+        raise CheckpointError(f"{path / 'vocab.txt'}: {n} tokens, but the model has {rows} token embeddings{was}; "
+                              f"this vocab.txt does not belong to the model")
+    if meta.get("max_seq_len", 0) > encoder.max_position:
+        raise CheckpointError(f"{path / 'model.json'}: max_seq_len {meta['max_seq_len']} is longer than the model's "
+                              f"{encoder.max_position} position embeddings (trained with train.max_seq_len above "
+                              f"model.max_position); retrain with train.max_seq_len <= {encoder.max_position}")
 
 
 def _one_line(error, limit=300):

@@ -108,7 +108,8 @@ def file_cases(fmt):
     a, b = TEXT_COLUMNS.get(fmt, ("sentence1", "sentence2"))
     cases = {
         "empty file": (b"", ": file is empty"),
-        "non-UTF-8 bytes": (good.encode() + gbk_row, f":{gbk_line}: not valid UTF-8 (byte 0x"),
+        # error mode only: skip mode skips such rows (test_hardening.py)
+        "non-UTF-8 bytes": (good.encode() + gbk_row, (f":{gbk_line}: not valid UTF-8 (byte 0x",)),
     }
     if fmt in JSON:
         cases["wrong delimiter"] = (good.replace('", "', '"; "').encode(), (  # every line is a bad row

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import csv
 import json
 import logging
@@ -15,6 +16,7 @@ from data import DataError, PairData
 from modeling.cross_encoder import CrossEncoder
 from modeling.model_dir import load_model_dir
 from training.metrics import classification_metrics
+from training.rundir import check_out
 from training.tasks import (init_encoder, load_splits, prepare_run_dir, print_summary, read_data, tokenize,
                             train_task, write_json)
 from training.trainer import predict_outputs
@@ -47,6 +49,7 @@ def _model_path(cfg):
 
 def evaluate(cfg):
     """A model directory on a labelled file -> metrics and a confusion matrix (printed, and JSON with --out)."""
+    check_out("evaluate", cfg.out)  # never over a training run's metrics.json
     loaded = load_model_dir(_model_path(cfg))
     path = cfg.data.test or cfg.data.valid
     if path is None:
@@ -70,21 +73,42 @@ def evaluate(cfg):
 
 
 def read_unlabelled(cfg, path):
-    """Pairs from a file, or tab-separated `a<TAB>b` lines on stdin when path is '-'."""
+    """Pairs from a file, or tab-separated `a<TAB>b` lines on stdin when path is '-'.
+
+    A bad stdin line (not two fields, not UTF-8) fails with its line number, or is skipped and
+    counted with data.on_bad_row=skip, as in files."""
     if path != "-":
         return read_data(cfg, path, labelled=False)
-    a, b, lines = [], [], []
-    for n, line in enumerate(sys.stdin, 1):
-        line = line.rstrip("\n")
+    a, b, lines, skipped = [], [], [], collections.Counter()
+
+    def bad(n, reason, detail):
+        if cfg.data.on_bad_row == "error":
+            raise DataError(f"<stdin>:{n}: {detail}")
+        skipped[reason] += 1
+
+    # Bytes, decoded line by line: sys.stdin's own decoding fails without a line number, or (C locale)
+    # passes undecodable bytes on as surrogates that the tokenizer rejects.
+    for n, raw in enumerate(getattr(sys.stdin, "buffer", sys.stdin), 1):
+        try:
+            line = (raw if isinstance(raw, bytes) else raw.encode("utf-8")).decode("utf-8").rstrip("\r\n")
+        except UnicodeError:
+            bad(n, "not valid UTF-8", "not valid UTF-8")
+            continue
         if not line.strip():
             continue
         parts = line.split("\t")
-        if len(parts) < 2 or not parts[0].strip() or not parts[1].strip():
-            raise DataError(f"<stdin>:{n}: expected 'text_a<TAB>text_b'")
-        a.append(parts[0]), b.append(parts[1]), lines.append(n)
+        if len(parts) != 2:  # more: a tab inside a text? Where text_b starts would be a guess
+            more = f", found {len(parts)} tab-separated fields" if len(parts) > 2 else ""
+            bad(n, "wrong number of fields", f"expected 'text_a<TAB>text_b'{more}")
+        elif not parts[0].strip() or not parts[1].strip():
+            bad(n, "empty text", "expected 'text_a<TAB>text_b'")
+        else:
+            a.append(parts[0]), b.append(parts[1]), lines.append(n)
+    if skipped:
+        log.warning("<stdin>: skipped %d bad rows (%s)", sum(skipped.values()), dict(skipped))
     if not a:
         raise DataError("<stdin>: no pairs")
-    return PairData(a, b, None, lines, path="<stdin>")
+    return PairData(a, b, None, lines, path="<stdin>", skipped=sum(skipped.values()), skip_reasons=skipped)
 
 
 def predict(cfg):

@@ -8,6 +8,8 @@ import os
 
 import tensorflow as tf
 
+from training.rundir import chief_from_env, chief_task  # noqa: F401  (chief_from_env: no TensorFlow needed)
+
 log = logging.getLogger(__name__)
 
 
@@ -65,19 +67,4 @@ def is_chief(strategy):
     if not in_cluster(strategy):
         return True
     resolver = strategy.cluster_resolver
-    return _chief_task(resolver.task_type, resolver.task_id, resolver.cluster_spec().as_dict())
-
-
-def chief_from_env(train_cfg):
-    """`is_chief` before the strategy exists (run directories are prepared first): from TF_CONFIG."""
-    if train_cfg.strategy != "multiworker" or "TF_CONFIG" not in os.environ:
-        return True
-    tf_config = json.loads(os.environ["TF_CONFIG"])
-    task = tf_config.get("task", {})
-    return _chief_task(task.get("type"), task.get("index", 0), tf_config.get("cluster", {}))
-
-
-def _chief_task(task_type, task_id, cluster):
-    """The `chief` task, or worker 0 of a cluster without one (TensorFlow's convention)."""
-    return task_type is None or task_type == "chief" or (
-        task_type == "worker" and task_id == 0 and "chief" not in cluster)
+    return chief_task(resolver.task_type, resolver.task_id, resolver.cluster_spec().as_dict())

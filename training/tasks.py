@@ -19,8 +19,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from config import save_config
-from data import DataError, PairData, label_map, make_sample, read_pairs, swap_augment
+from data import DataError, PairData, check_label_set, label_map, make_sample, read_pairs, swap_augment
 from modeling.checkpoints import CheckpointError
 from modeling.encoder import BertEncoder
 from modeling.model_dir import load_model_dir, save_model_dir
@@ -28,16 +27,13 @@ from modeling.pretrained import detect_format, load_pretrained, resolve
 from modeling.tokenization import PairTokenizer
 from training.memory import peak_rss_mb
 from training.metrics import classification_metrics
+from training.rundir import RunError, differences, finished, start_run
 from training.strategy import chief_from_env, in_cluster, is_chief, make_strategy
 from training.trainer import Split, Trainer, TrainingError, finish_backup, predict_outputs
 
 log = logging.getLogger(__name__)
 
 SAMPLE_DIR = Path("runs") / "sample_data"
-
-
-class RunError(RuntimeError):
-    """The run cannot start (its output directory already holds a finished run, ...)."""
 
 
 # ----------------------------------------------------------------------------- run dir
@@ -51,10 +47,9 @@ def prepare_run_dir(cfg):
             raise RunError("train.strategy=multiworker: give every worker the same --out (the chief's run "
                            "directory, where the others find the resume checkpoints)")
         return out
-    if (out / "metrics.json").exists() and not (out / "backup").exists():
+    if finished(out):
         raise RunError(f"{out} already holds a finished run (metrics.json); choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+    start_run(cfg, out)  # a resume must be of a run with this config and data, and keeps its config.yaml
     return out
 
 
@@ -109,7 +104,7 @@ def subset(pairs, idx):
     return PairData(text_a=[pairs.text_a[i] for i in idx], text_b=[pairs.text_b[i] for i in idx],
                     labels=None if pairs.labels is None else [pairs.labels[i] for i in idx],
                     lines=[pairs.lines[i] for i in idx], path=pairs.path,
-                    skipped=pairs.skipped, skip_reasons=pairs.skip_reasons)
+                    skipped=pairs.skipped, skip_reasons=pairs.skip_reasons, columns=pairs.columns)
 
 
 def load_splits(cfg):
@@ -124,6 +119,8 @@ def load_splits(cfg):
     train = read_data(cfg, d.train, d.labels)
     if train.labels is None:
         raise DataError(f"{d.train}: no label column {d.label!r}")
+    if d.labels is None:
+        check_label_set(train)
     names = label_map(train.labels, d.labels)
     if d.valid:
         valid = read_data(cfg, d.valid, names)
@@ -230,11 +227,15 @@ def is_model_dir(path):
 # ----------------------------------------------------------------------------- teachers, baselines
 def run_or_reuse(sub_cfg, train_fn):
     """Train a run's sub-model (teacher, baseline) in `sub_cfg.out`, or reuse it when an
-    interrupted parent run is resumed after the sub-run had finished."""
-    done = Path(sub_cfg.out) / "metrics.json"
-    if done.exists() and not (Path(sub_cfg.out) / "backup").exists():
-        log.info("reusing the finished run %s", sub_cfg.out)
-        return json.loads(done.read_text(encoding="utf-8"))
+    interrupted parent run is resumed after the sub-run had finished with the same settings."""
+    out = Path(sub_cfg.out)
+    if finished(out):
+        diffs = differences(sub_cfg, out)
+        if diffs:
+            raise RunError(f"{out} holds a run trained with other settings ({'; '.join(diffs)}); "
+                           f"start fresh with another --out")
+        log.info("%s is finished: reusing it", out)
+        return json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     return train_fn(sub_cfg)
 
 
@@ -373,6 +374,10 @@ def train_task(cfg, run_dir, build_model, splits, evaluate=None, extra_meta=None
             model, tokenizer = build_model()
             model(model.dummy_inputs())
         max_len = cfg.train.max_seq_len
+        encoder = getattr(getattr(model, "deployable", model), "encoder", None)
+        if encoder is not None and max_len > encoder.max_position:  # a checkpoint's size is known only now
+            raise TrainingError(f"train.max_seq_len={max_len}: longer than the {encoder.max_position} position "
+                                f"embeddings of model.init={cfg.model.init}")
         t0 = time.time()
         chief = is_chief(strategy)  # the other workers of a multi-worker run write nothing, not even the cache
         train = tokenize(model, tokenizer, splits.train, splits.label_names, max_len, "train", cache=chief)

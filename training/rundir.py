@@ -1,0 +1,190 @@
+"""Output directories: which task may write where, and when a training run may resume in one.
+
+Standard library and yaml only: run_tasks.py runs `preflight` before it imports a task, so a refused
+`--out` costs no TensorFlow start-up. The checks read; nothing is written before they pass.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+from config import ConfigError, config_to_dict, load_config, save_config
+from config.schema import TRAINING_TASKS
+
+log = logging.getLogger(__name__)
+
+
+class RunError(RuntimeError):
+    """The run cannot start (its output directory holds a finished run, another kind of output, ...)."""
+
+
+# ----------------------------------------------------------------------------- what a directory holds
+# Told by a file only that kind of output writes; first match wins (an export also has model.json,
+# a finished training run also metrics.json).
+_MARKERS = (("export", "parity.json"), ("export", "saved_model"), ("index", "index.json"),
+            ("training run", "config.yaml"), ("model directory", "model.json"), ("embeddings", "embeddings.json"),
+            ("virt-plot", "virt_attention.json"), ("evaluation", "metrics.json"))
+_WRITES = {**dict.fromkeys(TRAINING_TASKS, "training run"), "evaluate": "evaluation", "export": "export",
+           "index": "index", "embed": "embeddings", "virt-plot": "virt-plot"}
+
+
+def holds(path):
+    """`(kind, marker file)` of the output in directory `path`, or None."""
+    return next(((kind, m) for kind, m in _MARKERS if (Path(path) / m).exists()), None)
+
+
+def check_out(task, out):
+    """Refuse an `--out` where `task` would overwrite another kind of run's results (evaluate over a
+    training run's metrics.json, export over a model directory's model.json); `index` replaces its whole
+    directory, so it refuses any directory that is not empty and not an index."""
+    if out is None:
+        return
+    out = Path(out)
+    if task not in _WRITES:  # predict, search: a file
+        if out.is_dir():
+            raise RunError(f"{out} is a directory; --task {task} writes a file: give a file name as --out")
+        return
+    if not out.is_dir():
+        if out.exists():
+            raise RunError(f"{out} is a file; --task {task} writes a directory: choose another --out")
+        return
+    found = holds(out)
+    if found and found[0] != _WRITES[task]:
+        raise RunError(f"{out} holds {_a(found[0])} ({found[1]}) that --task {task} would overwrite or mix with "
+                       f"its own outputs; choose another --out, e.g. {out / task}")
+    if task == "index" and not found and any(out.iterdir()):
+        raise RunError(f"{out} is not empty and not an index; --task index replaces the whole directory: "
+                       f"choose another --out")
+
+
+def _a(kind):
+    return ("an " if kind[0] in "aeiou" else "a ") + kind
+
+
+# ----------------------------------------------------------------------------- resume
+IGNORED = ("out", "train.verbose")  # keys that change nothing a run computes
+
+
+def input_files(cfg):
+    """`key -> path` of the files a run reads whose contents define it (data and vocabulary)."""
+    files = {k: v for k in ("data.train", "data.valid", "data.test", "model.vocab")
+             if (v := getattr(getattr(cfg, k.split(".")[0]), k.split(".")[1])) is not None}
+    files.update({f"data.text[{i}]": p for i, p in enumerate(cfg.data.text)})
+    return files
+
+
+def fingerprints(cfg):
+    """`key -> {"path", "bytes", "sha256"}` of `input_files` (None for a path that is not a file yet)."""
+    out = {}
+    for key, path in input_files(cfg).items():
+        try:
+            st = os.stat(path)
+        except OSError:
+            out[key] = None
+            continue
+        out[key] = {"path": str(path), "bytes": st.st_size, "sha256": _sha256(str(Path(path).resolve()),
+                                                                              st.st_size, st.st_mtime_ns)}
+    return out
+
+
+@functools.lru_cache(maxsize=64)  # preflight and prepare_run_dir both check: hash each file once
+def _sha256(path, size, mtime_ns):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def differences(cfg, out):
+    """How `cfg` (and its input files) differ from the run in `out`: ["key: old -> new", ...]."""
+    out = Path(out)
+    try:
+        saved = _flat(config_to_dict(load_config(out / "config.yaml")))
+    except ConfigError as e:
+        return [f"its config.yaml cannot be read ({e})"]
+    now = _flat(config_to_dict(cfg))
+    diffs = [f"{k}: {_show(saved.get(k))} -> {_show(now.get(k))}" for k in now | saved
+             if k not in IGNORED and saved.get(k) != now.get(k)]
+    try:
+        files = json.loads((out / "inputs.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # a run from before inputs.json: the paths alone were compared
+        log.warning("%s has no inputs.json: cannot tell whether its data files changed", out)
+        return diffs
+    current = fingerprints(cfg)
+    for key in sorted(current.keys() | files.keys()):
+        old, new = files.get(key), current.get(key)
+        if old != new and not any(d.startswith(f"{key}: ") for d in diffs):
+            diffs.append(f"{key}: same path, other contents" if old and new else f"{key}: {_show(old and old['path'])}"
+                         f" -> {_show(new and new['path'])}")
+    return diffs
+
+
+def finished(out):
+    """A training run in `out` wrote its results (metrics.json is written last, then backup/ removed)."""
+    return (Path(out) / "metrics.json").exists() and not (Path(out) / "backup").exists()
+
+
+def check_resume(cfg, out):
+    """True when a training run resumes the interrupted one in `out` (it has a checkpoint). That run must
+    have had the same resolved configuration and input files, else RunError names the keys that differ."""
+    out = Path(out)
+    if not (out / "backup" / "checkpoint").is_file():
+        return False  # nothing to resume: a fresh run
+    diffs = differences(cfg, out)
+    if diffs:
+        raise RunError(f"{out} holds an interrupted run with other settings ({'; '.join(diffs)}): rerun with its "
+                       f"settings ({out / 'config.yaml'}) to resume it, or start fresh with another --out "
+                       f"(or after deleting {out / 'backup'})")
+    return True
+
+
+def start_run(cfg, out):
+    """Check, then record a run's configuration and input files in `out` (kept as they are on resume)."""
+    out = Path(out)
+    if check_resume(cfg, out):
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    tmp = out / "inputs.json.tmp"
+    tmp.write_text(json.dumps(fingerprints(cfg), indent=2), encoding="utf-8")
+    tmp.replace(out / "inputs.json")
+
+
+def preflight(cfg):
+    """The output-directory checks of a `run_tasks.py` run, before the task (and TensorFlow) is imported."""
+    check_out(cfg.task, cfg.out)
+    if cfg.task in TRAINING_TASKS and cfg.out and chief_from_env(cfg.train):
+        check_resume(cfg, cfg.out)
+
+
+def _flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def _show(value):
+    return "null" if value is None else repr(value) if isinstance(value, str) else str(value)
+
+
+# ----------------------------------------------------------------------------- multi-worker
+def chief_from_env(train_cfg):
+    """Whether this process is the chief, before any strategy exists: from TF_CONFIG."""
+    if train_cfg.strategy != "multiworker" or "TF_CONFIG" not in os.environ:
+        return True
+    tf_config = json.loads(os.environ["TF_CONFIG"])
+    task = tf_config.get("task", {})
+    return chief_task(task.get("type"), task.get("index", 0), tf_config.get("cluster", {}))
+
+
+def chief_task(task_type, task_id, cluster):
+    """The `chief` task, or worker 0 of a cluster without one (TensorFlow's convention)."""
+    return task_type is None or task_type == "chief" or (
+        task_type == "worker" and task_id == 0 and "chief" not in cluster)
