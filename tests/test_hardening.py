@@ -22,8 +22,8 @@ from tests.tiny_runs import tiny_overrides, write_csv
 
 # ============================================================================ 4. ranges in the typed config
 @pytest.mark.parametrize("override,message", [
-    ("train.epochs=0", "train.epochs: must be >= 1, got 0"),
-    ("train.epochs=-1", "train.epochs: must be >= 1, got -1"),
+    ("train.epochs=0", "train.epochs: must be >= 1 (or null), got 0"),
+    ("train.epochs=-1", "train.epochs: must be >= 1 (or null), got -1"),
     ("train.batch_size=0", "train.batch_size: must be >= 1, got 0"),
     ("model.dropout=1.5", "model.dropout: must be >= 0 and < 1, got 1.5"),
     ("data.max_rows=-5", "data.max_rows: must be >= 1 (or null), got -5"),
@@ -306,7 +306,7 @@ def test_resuming_after_the_teacher_reuses_it_only_if_it_is_the_same(work, caplo
     other = load_config(run_tasks.ROOT / "config" / "distill.yaml", sets + ["train.seed=1"])
     with pytest.raises(RunError) as e:
         teacher_for(other, run, "distill")
-    assert str(e.value) == (f"{run / 'teacher'} holds a teacher fine-tuned with other settings (train.seed: 42 -> 1); "
+    assert str(e.value) == (f"{run / 'teacher'} holds a teacher trained with other settings (train.seed: 42 -> 1); "
                             "start fresh with another --out")
 
 

@@ -225,16 +225,16 @@ def is_model_dir(path):
 
 
 # ----------------------------------------------------------------------------- teachers, baselines
-def run_or_reuse(sub_cfg, train_fn):
-    """Train a run's sub-model (teacher, baseline) in `sub_cfg.out`, or reuse it when an
+def run_or_reuse(sub_cfg, train_fn, what):
+    """Train a run's sub-model (`what`: teacher, baseline) in `sub_cfg.out`, or reuse it when an
     interrupted parent run is resumed after the sub-run had finished with the same settings."""
     out = Path(sub_cfg.out)
     if finished(out):
         diffs = differences(sub_cfg, out)
         if diffs:
-            raise RunError(f"{out} holds a run trained with other settings ({'; '.join(diffs)}); "
+            raise RunError(f"{out} holds a {what} trained with other settings ({'; '.join(diffs)}); "
                            f"start fresh with another --out")
-        log.info("%s is finished: reusing it", out)
+        log.info("the %s in %s is finished: reusing it", what, out)
         return json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     return train_fn(sub_cfg)
 
@@ -255,7 +255,7 @@ def teacher_for(cfg, run_dir, section):
         if section == "virt":
             tcfg.model.pooling = "mean"  # VIRT's teachers use mean pooling (paper, Sec. 4.3)
         log.info("no %s.teacher given: fine-tuning a cross-encoder teacher first in %s", section, tcfg.out)
-        metrics = run_or_reuse(tcfg, finetune)
+        metrics = run_or_reuse(tcfg, finetune, "teacher")
         path = Path(tcfg.out) / "model"
     teacher = load_model_dir(path, expect_kind="cross_encoder")
     return teacher, metrics
@@ -273,7 +273,7 @@ def baseline_scores(cfg, run_dir, splits, path, train_fn, adjust):
     bcfg.out = str(Path(run_dir) / "baseline")
     adjust(bcfg)
     log.info("baseline=auto: training the student's baseline first in %s", bcfg.out)
-    metrics = run_or_reuse(bcfg, train_fn)
+    metrics = run_or_reuse(bcfg, train_fn, "baseline")
     return {k: metrics[k] for k in ("valid", "test") if k in metrics}
 
 
