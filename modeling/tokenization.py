@@ -105,8 +105,6 @@ class PairTokenizer:
         self.raw = Tokenizer.from_str(self.hf.backend_tokenizer.to_str())
         self.raw.no_truncation()
         self.raw.no_padding()
-        # A token covers at most its longest piece plus a separator: the first cut tried.
-        self.longest_piece = max(len(t.removeprefix("##")) for t in vocab)
 
     def tokenize(self, text):
         return self.hf.tokenize(text)
@@ -115,16 +113,19 @@ class PairTokenizer:
         """Texts -> (ids, complete) each: the word-piece ids (no special tokens) of the whole
         text (complete) or of a prefix that holds at least the text's first `need` tokens.
 
-        The prefix ends before a `CUT_BEFORE` character at or after `need * (longest piece +
-        1)` characters, and is lengthened (doubled) while it yields fewer than `need` tokens
-        (stripped accents, control characters and words of over 100 characters, one [UNK]
-        each, make more characters per token). So the cost follows `need`, not the length.
+        The first prefix ends before a `CUT_BEFORE` character at or after `need` characters
+        (a token covers at least one). While a prefix yields fewer than `need` tokens it is
+        lengthened by the characters per token seen so far (at least doubled): English
+        needs about 4.5 characters a token, a word of over 100 characters is one [UNK], and
+        stripped accents or control characters make none. A first cut from the longest
+        vocabulary piece (19 characters a token for MiniLM) would tokenise 19 times what is
+        kept of a CJK text, one token a character: 3 s for 256 pairs of 2,000 characters.
+        So the cost follows `need`, not the text's length.
         """
-        chars = max(need, 1) * (self.longest_piece + 1)
-        texts = [t if len(t) <= chars else SPACES.sub(" ", t) for t in texts]
-        out, todo = [None] * len(texts), list(range(len(texts)))
+        texts = [t if len(t) <= need else SPACES.sub(" ", t) for t in texts]
+        out, todo, chars = [None] * len(texts), list(range(len(texts))), [max(need, 1)] * len(texts)
         while todo:
-            cuts = [CUT_BEFORE.search(texts[i], chars) if len(texts[i]) > chars else None for i in todo]
+            cuts = [CUT_BEFORE.search(texts[i], chars[i]) if len(texts[i]) > chars[i] else None for i in todo]
             encs = self.raw.encode_batch([texts[i][:m.start()] if m else texts[i] for i, m in zip(todo, cuts)],
                                          add_special_tokens=False)
             later = []
@@ -132,9 +133,10 @@ class PairTokenizer:
                 ids = e.ids
                 if m and len(ids) < need:
                     later.append(i)
+                    chars[i] = max(2 * chars[i], int(1.25 * m.start() * need / max(len(ids), 1)))
                 else:
                     out[i] = (ids, m is None)
-            todo, chars = later, chars * 2
+            todo = later
         return out
 
     def encode_texts(self, texts, max_len):

@@ -36,7 +36,7 @@ def adversarial(rng, n):
 
 @pytest.fixture(scope="module")
 def vocabs(tmp_path_factory):
-    """The tiny test vocabulary (longest piece 8: "istanbul") and MiniLM's when installed (18)."""
+    """The tiny test vocabulary, and MiniLM's when its package is installed."""
     path = tmp_path_factory.mktemp("vocab") / "vocab.txt"
     path.write_text("\n".join(SPECIALS + WORDS) + "\n", encoding="utf-8")
     out = {"tiny": path}
@@ -151,6 +151,14 @@ def test_a_100k_character_pair_costs_little_memory_and_time(vocabs, kind):
     tok.encode_pairs(["warm up"], ["the tokenizer"], 64)
     mb, seconds = peak_extra_mb(lambda: (tok.encode_pairs([a], [b], 64), tok.encode_texts([a, b], 64)))
     assert mb < 50 and seconds < 0.5, (mb, seconds)
+
+
+def test_a_maximum_size_server_request_tokenises_quickly(vocabs):
+    """serve.max_texts pairs of serve.max_chars CJK characters: 22 GB before issue 17."""
+    tok = PairTokenizer(vocabs.get("minilm", vocabs["tiny"]))
+    a, b = ["汉字北京" * 500] * 256, ["北京汉字" * 500] * 256
+    mb, seconds = peak_extra_mb(lambda: tok.encode_pairs(a, b, 64))
+    assert mb < 50 and seconds < 1.0, (mb, seconds)
 
 
 @pytest.fixture(scope="module")
