@@ -77,6 +77,15 @@ def start_server(args, max_batch, max_wait_ms, port):
     return proc, log
 
 
+def stop_server(proc, log):
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
 def wait_ready(url, proc, timeout=300):
     import httpx
 
@@ -233,12 +242,7 @@ def measure_mix(args, max_batch, max_wait_ms, good, path):
             health["kind"], args.max_texts, args.max_chars)), "max-size": (args.clients // 4, big)}, args.seconds))
         mem1 = proc_memory_mb(proc.pid)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        stop_server(proc, log)
     lines = Path(log.name).read_text(errors="replace").count("\n") - lines0
 
     def summary(st):
@@ -297,12 +301,7 @@ def measure(args, max_batch, max_wait_ms, bodies, path, function):
                                                              args.max_requests))
         rows1, batches1 = batch_stats(url, function)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        stop_server(proc, log)
     return {"max_batch": max_batch, "max_wait_ms": max_wait_ms, "requests": sent, "ok": len(lat),
             "errors": errors, "seconds": round(elapsed, 2), "throughput_rps": len(lat) / elapsed,
             "p50_ms": 1000 * percentile(lat, 50), "p95_ms": 1000 * percentile(lat, 95),

@@ -341,6 +341,7 @@ def test_a_100k_character_pair_is_scored_in_little_memory_and_time(model_dirs): 
         c.predict_pairs(["warm up"], ["the server"])
         a, b = "汉字" * 50_000, "how do I reset my password " * 3704
         mb, seconds = peak_extra_mb(lambda: c.predict_pairs([a, b], [b, a]))
+        print(f"server: two 100k-character pairs {mb:.1f} MB {seconds:.2f} s")
         assert mb < 50 and seconds < 1.0, (mb, seconds)
         short = c.predict_pairs([a[:2000], b[:2001]], [b[:2001], a[:2000]])  # the same tokens kept
         np.testing.assert_allclose(c.predict_pairs([a, b], [b, a]), short, atol=1e-6)
