@@ -17,6 +17,17 @@ query to `/v1/search` with `--index` (k = `--k`, reranked when the server has `-
 Prints a markdown table (throughput, p50/p95/p99 latency, errors, mean batch rows) and the
 ratios of the first configuration to the last; writes `<out>/load.json` and `<out>/load.md`.
 Clients and server share the machine: on 2 cores the client's own CPU use is part of the result.
+
+    python bench/load_test.py --model runs/export/qm --int8 --mix --clients 8 --seconds 20 --out runs/load/mix
+
+`--mix` (reliability): the first configuration only, two phases of `--seconds` on one server.
+"alone": half of the clients send good one-pair requests. "mixed": the same good clients,
+and the other half split between bad requests (a corpus of malformed bodies, each with the
+4xx it must get) and maximum-size ones (`--max-texts` pairs of `--max-chars` characters,
+English and Chinese). Reports per kind of client the status codes, the latency of the good
+requests (p99 alone against mixed: how much one client's large requests cost the others),
+every unexpected answer (a 5xx, a transport error, a wrong 4xx, a failed good request), the
+server's peak resident memory (VmHWM) and its log lines.
 """
 
 from __future__ import annotations
@@ -49,7 +60,8 @@ def sample_texts(n=512, seed=7, lang="en"):
 
 def start_server(args, max_batch, max_wait_ms, port):
     sets = [f"serve.model={args.model}", f"serve.host={HOST}", f"serve.port={port}", f"serve.max_batch={max_batch}",
-            f"serve.max_wait_ms={max_wait_ms}", f"serve.backend={args.backend}"]
+            f"serve.max_wait_ms={max_wait_ms}", f"serve.backend={args.backend}", f"serve.max_texts={args.max_texts}",
+            f"serve.max_chars={args.max_chars}"]
     if args.int8:
         sets.append("serve.int8=true")
     if args.index:
@@ -63,6 +75,15 @@ def start_server(args, max_batch, max_wait_ms, port):
     proc = subprocess.Popen([sys.executable, str(ROOT / "run_tasks.py"), "--task", "serve", "--set", *sets],
                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     return proc, log
+
+
+def stop_server(proc, log):
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
 
 
 def wait_ready(url, proc, timeout=300):
@@ -124,6 +145,139 @@ async def run_clients(url, path, bodies, clients, seconds, max_requests):
     return latencies, errors, time.perf_counter() - t_start, sent
 
 
+def bad_bodies(kind, max_texts, max_chars):
+    """(body, the status it must get): the classes of bad input of the README's reliability section."""
+    pair = {"text_a": "x", "text_b": "y"}
+    ids = ({"input_ids": [2, "NaN"], "token_type_ids": [0, 0], "attention_mask": [1, 1]} if kind == "cross_encoder"
+           else {"x_ids": [2, "NaN"], "x_mask": [1, 1], "y_ids": [2], "y_mask": [1]})
+    return [
+        ("{not json", 400), ('"a string"', 400), ("[" * 50_000 + "]" * 50_000, 400),
+        ('{"instances":' + "[" * 50_000 + "]" * 50_000 + "}", 400),
+        ('{"instances":[{"text_a":"\\ud800","text_b":"y"}]}', 400),
+        (json.dumps({"signature_name": "predict_ids", "instances": [ids]}).replace('"NaN"', "NaN"), 400),
+        (json.dumps({"instances": [{"text_a": "x" * (max_chars + 1), "text_b": "y"}]}), 400),
+        (json.dumps({"instances": [pair] * (max_texts + 1)}), 400),
+        (json.dumps({"instances": [{"text_a": "x"}]}), 400),
+        (json.dumps({"instances": [{"text_a": 3, "text_b": None}]}), 400),
+        (json.dumps({"instances": []}), 400), (json.dumps({"instances": [pair], "extra": 1}), 400),
+        (json.dumps({"signature_name": "nope", "instances": [pair]}), 404),
+        (json.dumps({"instances": [{"text_a": {"b64": "!!"}, "text_b": "y"}]}), 400),
+    ]
+
+
+def max_bodies(max_texts, max_chars, n=4):
+    """Requests at the limits: max_texts pairs of max_chars characters, English and Chinese."""
+    out = []
+    for lang in ("en", "zh"):
+        a, b = sample_texts(lang=lang)
+        sep = " " if lang == "en" else ""
+        for r in range(n // 2):
+            def text(pool, i):
+                t, j = "", i
+                while len(t) < max_chars:
+                    t, j = t + pool[j % len(pool)] + sep, j + 1
+                return t[:max_chars]
+            out.append(json.dumps({"instances": [{"text_a": text(a, 7 * i + r), "text_b": text(b, 11 * i + r)}
+                                                 for i in range(max_texts)]}, ensure_ascii=False))
+    return out
+
+
+async def run_groups(url, path, groups, seconds):
+    """Closed-loop clients in groups {name: (clients, [(body, expected status)])} for `seconds`.
+    Returns {name: {"codes": {status: n}, "latencies": [s of expected answers], "unexpected": {what: n}}}."""
+    import httpx
+
+    stop_at = time.perf_counter() + seconds
+    total = sum(n for n, _ in groups.values())
+    stats = {g: {"codes": {}, "latencies": [], "unexpected": {}} for g in groups}
+
+    async def client(group, cid, bodies, http):
+        st, i = stats[group], cid
+        while time.perf_counter() < stop_at:
+            body, want = bodies[i % len(bodies)]
+            i += 1
+            t0 = time.perf_counter()
+            try:
+                r = await http.post(url + path, content=body.encode("utf-8"),
+                                    headers={"content-type": "application/json"})
+                got = r.status_code
+                ok = got == want and set(r.json()) == ({"predictions"} if want == 200 else {"error"})
+            except (httpx.HTTPError, ValueError) as e:
+                got, ok = type(e).__name__, False
+            st["codes"][str(got)] = st["codes"].get(str(got), 0) + 1
+            if ok:
+                st["latencies"].append(time.perf_counter() - t0)
+            else:
+                st["unexpected"][f"{got} (wanted {want})"] = st["unexpected"].get(f"{got} (wanted {want})", 0) + 1
+
+    limits = httpx.Limits(max_connections=total, max_keepalive_connections=total)
+    async with httpx.AsyncClient(timeout=120, limits=limits) as http:
+        await asyncio.gather(*(client(g, c, bodies, http) for g, (n, bodies) in groups.items() for c in range(n)))
+    return stats
+
+
+def proc_memory_mb(pid):
+    status = Path(f"/proc/{pid}/status").read_text()
+    return {k: int(status.split(k + ":")[1].split()[0]) / 1024 for k in ("VmRSS", "VmHWM")}
+
+
+def measure_mix(args, max_batch, max_wait_ms, good, path):
+    """The --mix run: good clients alone, then with bad and maximum-size clients."""
+    from serve.task import free_port
+
+    port = free_port(HOST)
+    url = f"http://{HOST}:{port}"
+    proc, log = start_server(args, max_batch, max_wait_ms, port)
+    try:
+        health = wait_ready(url, proc)
+        n_good = args.clients - args.clients // 2
+        n_bad = args.clients // 2 - args.clients // 4
+        good = [(b, 200) for b in good]
+        big = [(b, 200) for b in max_bodies(args.max_texts, args.max_chars)]
+        asyncio.run(run_groups(url, path, {"good": (n_good, good), "max-size": (1, big[:1])}, args.warmup))
+        mem0 = proc_memory_mb(proc.pid)
+        alone = asyncio.run(run_groups(url, path, {"good": (n_good, good)}, args.seconds))
+        lines0 = Path(log.name).read_text(errors="replace").count("\n")
+        mixed = asyncio.run(run_groups(url, path, {"good": (n_good, good), "bad": (n_bad, bad_bodies(
+            health["kind"], args.max_texts, args.max_chars)), "max-size": (args.clients // 4, big)}, args.seconds))
+        mem1 = proc_memory_mb(proc.pid)
+    finally:
+        stop_server(proc, log)
+    lines = Path(log.name).read_text(errors="replace").count("\n") - lines0
+
+    def summary(st):
+        lat = st["latencies"]
+        return {"codes": st["codes"], "unexpected": st["unexpected"], "answered_as_expected": len(lat),
+                "p50_ms": 1000 * percentile(lat, 50), "p99_ms": 1000 * percentile(lat, 99)}
+
+    return {"max_batch": max_batch, "max_wait_ms": max_wait_ms, "seconds": args.seconds, "server": health,
+            "alone": {"good": summary(alone["good"])}, "mixed": {g: summary(st) for g, st in mixed.items()},
+            "server_memory_mb": {"before": mem0, "after": mem1}, "server_log_lines_mixed": lines}
+
+
+def markdown_mix(r, args):
+    m = r["mixed"]
+    unexpected = sum(sum(g["unexpected"].values()) for g in m.values())
+    non_4xx = sum(n for g in m.values() for code, n in g["codes"].items()
+                  if not (code.isdigit() and (400 <= int(code) < 500 or code == "200")))
+    lines = [f"**--mix** ({args.clients} clients, {args.seconds:g} s a phase, max_batch {r['max_batch']}, "
+             f"limits {args.max_texts} texts x {args.max_chars} characters)", "",
+             "| phase | clients | requests | status codes | p50 ms | p99 ms | unexpected |", "|---|---|---|---|---|---|---|"]
+    for phase, groups in (("alone", r["alone"]), ("mixed", m)):
+        for g, st in groups.items():
+            codes = ", ".join(f"{c}: {n}" for c, n in sorted(st["codes"].items()))
+            lat = f"{st['p50_ms']:.0f} | {st['p99_ms']:.0f}" if g != "bad" else "- | -"
+            lines.append(f"| {phase} | {g} | {sum(st['codes'].values())} | {codes} | {lat} | "
+                         f"{sum(st['unexpected'].values())} |")
+    mem = r["server_memory_mb"]
+    lines += ["", f"non-4xx errors: {non_4xx}; unexpected answers: {unexpected}; failed good requests: "
+                  f"{sum(m['good']['unexpected'].values()) + sum(m['max-size']['unexpected'].values())}; "
+                  f"server memory: peak {mem['after']['VmHWM']:.0f} MB (resident {mem['before']['VmRSS']:.0f} MB "
+                  f"before the mixed phase, {mem['after']['VmRSS']:.0f} MB after); server log lines in the mixed "
+                  f"phase: {r['server_log_lines_mixed']}"]
+    return "\n".join(lines)
+
+
 def batch_stats(url, function):
     import httpx
 
@@ -147,12 +301,7 @@ def measure(args, max_batch, max_wait_ms, bodies, path, function):
                                                              args.max_requests))
         rows1, batches1 = batch_stats(url, function)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        stop_server(proc, log)
     return {"max_batch": max_batch, "max_wait_ms": max_wait_ms, "requests": sent, "ok": len(lat),
             "errors": errors, "seconds": round(elapsed, 2), "throughput_rps": len(lat) / elapsed,
             "p50_ms": 1000 * percentile(lat, 50), "p95_ms": 1000 * percentile(lat, 95),
@@ -192,6 +341,9 @@ def main(argv=None):
     p.add_argument("--configs", default="32:5,1:0", help="max_batch:max_wait_ms,... (default 32:5,1:0)")
     p.add_argument("--threads", type=int, help="serve.threads (onnxruntime intra-op threads)")
     p.add_argument("--lang", default="en", choices=("en", "zh", "mixed"), help="sample texts' language")
+    p.add_argument("--mix", action="store_true", help="reliability run: good, bad and maximum-size clients")
+    p.add_argument("--max-texts", type=int, default=256, help="serve.max_texts (default 256)")
+    p.add_argument("--max-chars", type=int, default=2000, help="serve.max_chars (default 2000)")
     p.add_argument("--out", default=None, help="output directory (default runs/load/<stamp>)")
     args = p.parse_args(argv)
     if args.seconds <= 0 or args.seconds > 600 or args.clients < 1 or args.clients > 256:
@@ -209,6 +361,18 @@ def main(argv=None):
         bodies = [json.dumps({"instances": [{"text_a": a[(i + j) % len(a)], "text_b": b[(i + j) % len(b)]}
                                             for j in range(args.pairs)]}) for i in range(len(a))]
         title = f":predict serving_default, {args.pairs} pair(s)/request ({args.model}{', int8' if args.int8 else ''})"
+    if args.mix:
+        if args.index:
+            p.error("--mix load-tests :predict; leave out --index")
+        mb, _, wait = args.configs.split(",")[0].partition(":")
+        r = measure_mix(args, int(mb), float(wait or 0), bodies, path)
+        table = markdown_mix(r, args)
+        print("\n" + table)
+        report = {"date": datetime.now().isoformat(timespec="seconds"), "cpus": os.cpu_count(),
+                  "loadavg": os.getloadavg(), "title": title, "args": vars(args), "mix": r}
+        (Path(args.out) / "load.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+        (Path(args.out) / "load.md").write_text(table + "\n", encoding="utf-8")
+        return 0
     results = []
     for spec in args.configs.split(","):
         mb, _, wait = spec.partition(":")

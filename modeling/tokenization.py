@@ -3,10 +3,17 @@
 A thin layer over `transformers.BertTokenizerFast` built from a `vocab.txt`, so
 the same file drives Python training and the in-graph tokeniser of exports.
 Outputs are ragged (lists of ids); batches are padded later, per batch.
+
+Long texts are cut before they reach the tokenizer (`PairTokenizer.pieces`): its pair
+truncation builds every combination of the two texts' overflow windows, so memory and time
+grew with the product of the lengths (+640 MB for a pair of 4,000 CJK characters a side
+at max_len 64). Truncation is done here instead, as tokenizers' LongestFirst does it, on a
+prefix of each text that is known to hold all the tokens that can be kept.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +30,32 @@ def pad_ids(rows, pad_id=0):
         ids[i, :len(r)] = r
         mask[i, :len(r)] = 1
     return ids, mask
+
+
+# A text may be cut just before one of these characters without changing any token in front of
+# the cut, whatever the Unicode tables of the tokenizer: each one ends a word (ASCII whitespace,
+# ASCII punctuation, the CJK ideographs of Unicode 1.1) and is a starter, so no combining mark
+# after it can move in front of it under NFD. ']' is left out: it ends special-token literals
+# such as "[SEP]", which are matched in the raw text.
+CUT_BEFORE = re.compile(r"[\t\n\r !-/:-@\[\\^_`{-~\u4e00-\u9fa5]")
+# A run of ASCII whitespace separates words as one space does (the normaliser maps each to a
+# space, the pre-tokeniser drops them): collapsed first, so such runs cost no tokenising.
+SPACES = re.compile(r"[\t\n\r ]{2,}")
+
+
+def longest_first(na, nb, budget, a_longer):
+    """Tokens kept of two texts of `na`, `nb` tokens: tokenizers' LongestFirst truncation
+    (utils/truncation.rs) to `budget` tokens. `a_longer`: the first text is strictly the
+    longer, which decides who gets the odd token when both must be cut."""
+    if na + nb <= budget:
+        return na, nb
+    n1, n2 = (nb, na) if a_longer else (na, nb)  # n1: the shorter text's
+    n2 = n1 if n1 > budget else max(n1, budget - n1)
+    if n1 + n2 > budget:
+        n1, n2 = budget // 2, budget // 2 + budget % 2
+    if a_longer:
+        n1, n2 = n2, n1
+    return min(na, n1), min(nb, n2)
 
 
 class TokenizerError(ValueError):
@@ -65,23 +98,78 @@ class PairTokenizer:
         self.sep_id = self.hf.convert_tokens_to_ids("[SEP]")
         self.unk_id = self.hf.convert_tokens_to_ids("[UNK]")
         self.mask_id = self.hf.convert_tokens_to_ids("[MASK]") if "[MASK]" in vocab else self.unk_id
+        # The same pipeline without truncation, padding or special tokens: what `pieces` runs
+        # (the fast tokenizer's own truncation setting is shared state that every call resets).
+        from tokenizers import Tokenizer
+
+        self.raw = Tokenizer.from_str(self.hf.backend_tokenizer.to_str())
+        self.raw.no_truncation()
+        self.raw.no_padding()
 
     def tokenize(self, text):
         return self.hf.tokenize(text)
 
+    def pieces(self, texts, need):
+        """Texts -> (ids, complete) each: the word-piece ids (no special tokens) of the whole
+        text (complete) or of a prefix that holds at least the text's first `need` tokens.
+
+        The first prefix ends before a `CUT_BEFORE` character at or after `need` characters
+        (a token covers at least one). While a prefix yields fewer than `need` tokens it is
+        lengthened by the characters per token seen so far (at least doubled): English
+        needs about 4.5 characters a token, a word of over 100 characters is one [UNK], and
+        stripped accents or control characters make none. A first cut from the longest
+        vocabulary piece (19 characters a token for MiniLM) would tokenise 19 times what is
+        kept of a CJK text, one token a character: 3 s for 256 pairs of 2,000 characters.
+        So the cost follows `need`, not the text's length.
+        """
+        texts = [t if len(t) <= need else SPACES.sub(" ", t) for t in texts]
+        out, todo, chars = [None] * len(texts), list(range(len(texts))), [max(need, 1)] * len(texts)
+        while todo:
+            cuts = [CUT_BEFORE.search(texts[i], chars[i]) if len(texts[i]) > chars[i] else None for i in todo]
+            encs = self.raw.encode_batch([texts[i][:m.start()] if m else texts[i] for i, m in zip(todo, cuts)],
+                                         add_special_tokens=False)
+            later = []
+            for i, m, e in zip(todo, cuts, encs):
+                ids = e.ids
+                if m and len(ids) < need:
+                    later.append(i)
+                    chars[i] = max(2 * chars[i], int(1.25 * m.start() * need / max(len(ids), 1)))
+                else:
+                    out[i] = (ids, m is None)
+            todo = later
+        return out
+
     def encode_texts(self, texts, max_len):
         """Texts -> `[CLS] t [SEP]` id lists, each at most `max_len` long."""
-        enc = self.hf(list(texts), truncation=True, max_length=max_len, add_special_tokens=True)
-        return enc["input_ids"]
+        n = max_len - 2
+        return [[self.cls_id, *ids[:n], self.sep_id] for ids, _ in self.pieces(list(texts), n)]
 
     def encode_pairs(self, texts_a, texts_b, max_len):
         """Pairs -> `[CLS] a [SEP] b [SEP]` ids and segment ids (0 for a, 1 for b).
 
-        Truncation is longest-first, so both texts keep tokens.
+        Truncation is longest-first, so both texts keep tokens. Ids equal those of the fast
+        tokenizer's own truncation, except in one case: both texts have more tokens than fit
+        (both over `max_len - 3`), `max_len - 3` is odd, and the text with more tokens has
+        fewer characters. The odd token goes to the longer text, and when neither has been
+        tokenized to its end, "longer" is judged by characters.
         """
-        enc = self.hf(list(texts_a), list(texts_b), truncation="longest_first",
-                      max_length=max_len, add_special_tokens=True, return_token_type_ids=True)
-        return {"input_ids": enc["input_ids"], "token_type_ids": enc["token_type_ids"]}
+        texts_a, texts_b = list(texts_a), list(texts_b)
+        budget = max_len - 3
+        ids, types = [], []
+        for ta, tb, (a, a_all), (b, b_all) in zip(texts_a, texts_b, self.pieces(texts_a, budget + 1),
+                                                  self.pieces(texts_b, budget + 1)):
+            if a_all and b_all:
+                a_longer = len(a) > len(b)
+            elif a_all and len(a) < len(b):  # b has more tokens even before its cut
+                a_longer = False
+            elif b_all and len(b) < len(a):
+                a_longer = True
+            else:
+                a_longer = len(ta) > len(tb)
+            ka, kb = longest_first(len(a), len(b), budget, a_longer)
+            ids.append([self.cls_id, *a[:ka], self.sep_id, *b[:kb], self.sep_id])
+            types.append([0] * (ka + 2) + [1] * (kb + 1))
+        return {"input_ids": ids, "token_type_ids": types}
 
     def encode_virt(self, texts_a, texts_b, max_len):
         """VIRT's layout: `ids_x = [CLS] x [SEP]`, `ids_y = [CLS] y [SEP]`, each <= max_len.

@@ -7,9 +7,15 @@
     GET  /healthz, GET /metrics                      liveness; Prometheus text
 
 Every error is `{"error": "..."}`: 400 bad request, 404 unknown model / version / signature /
-path, 405 wrong HTTP method, 500 a failed model call (the worker carries on). A client that
+path, 405 wrong HTTP method, 500 a failed model call (the worker carries on). Bad client input
+is always a 4xx, logged as one line; a 500 is a server fault, logged with its traceback; both
+kinds of line are rate-limited per endpoint and code (serve/logs.py). A client that
 disconnects while its request waits or runs is logged, its queued rows are dropped and the
 request is counted with code 499 (nginx's "client closed request"); nothing is sent back.
+
+Parsing, tokenising and writing the response run on a thread pool, not on the event loop, so
+that one client's large request does not stall the others' (the tokenizer and the models
+release the GIL while they compute).
 """
 
 from __future__ import annotations
@@ -19,12 +25,14 @@ import json
 import logging
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve.batching import MicroBatcher, drive_async
+from serve.logs import LIMITED, short
 from serve.metrics import Metrics
 from serve.signatures import (ApiError, Limits, SignatureSet, check_text, format_response, load_object,
                               parse_request, status)
@@ -49,6 +57,7 @@ class ServerState:
         self.signatures = SignatureSet(backend, self.limits)
         self.max_batch, self.max_wait_ms = max_batch, max_wait_ms
         self.searcher, self.max_k = searcher, max_k
+        self.pool = ThreadPoolExecutor(16, thread_name_prefix="request")  # parsing, tokenising, responses
         self._batchers = {}
         self.batcher_for(backend)
         if searcher is not None:
@@ -70,14 +79,23 @@ class ServerState:
     async def submit(self, call):
         return await asyncio.wrap_future(self.batcher_for(call.backend).submit(call.fn, call.rows))
 
+    def off_loop(self, fn, *args):
+        """Awaitable: fn(*args) on the request pool."""
+        return asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
     def close(self):
         for b in self._batchers.values():
             b.close()
+        self.pool.shutdown(wait=False)
 
 
 def _json(obj, status_code=200):
-    return Response(json.dumps(obj, ensure_ascii=False, separators=(",", ":")), status_code=status_code,
-                    media_type="application/json")
+    body = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    try:
+        body = body.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate echoed from the request: escape it
+        body = json.dumps(obj, separators=(",", ":")).encode("ascii")
+    return Response(body, status_code=status_code, media_type="application/json")
 
 
 async def _wait_disconnect(request):
@@ -91,7 +109,7 @@ async def _wait_disconnect(request):
 
 async def run_plan(state, plan, request, what):
     """Drive `plan` through the batchers; raise ClientGone if the client leaves first."""
-    task = asyncio.ensure_future(drive_async(plan, state.submit))
+    task = asyncio.ensure_future(drive_async(plan, state.submit, state.off_loop))
     gone = asyncio.ensure_future(_wait_disconnect(request))
     done, _ = await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
     if task in done:
@@ -99,7 +117,7 @@ async def run_plan(state, plan, request, what):
         return task.result()
     task.cancel()  # cancels the awaited batcher future: its queued rows are dropped
     task.add_done_callback(lambda t: t.cancelled() or t.exception())
-    log.warning("client disconnected: %s request cancelled", what)
+    LIMITED.log(log, logging.WARNING, ("disconnect", what), "client disconnected: %s request cancelled", what)
     raise ClientGone
 
 
@@ -112,13 +130,15 @@ def create_app(state):
     async def handle(endpoint, coro_fn):
         t0 = time.perf_counter()
         try:
-            resp = _json(await coro_fn())
+            resp = await state.off_loop(_json, await coro_fn())
         except ApiError as e:
+            LIMITED.log(log, logging.INFO, (endpoint, e.status), "%s %d: %s", endpoint, e.status, short(e.message))
             resp = _json({"error": e.message}, e.status)
         except ClientGone:
             resp = Response(status_code=499)
-        except Exception as e:  # noqa: BLE001  a failed model call: report it, keep serving
-            log.exception("%s request failed", endpoint)
+        except Exception as e:  # noqa: BLE001  a server fault (a failed model call): report it, keep serving
+            LIMITED.log(log, logging.ERROR, (endpoint, 500, type(e).__name__), "%s request failed: %s: %s",
+                        endpoint, type(e).__name__, short(e), exc_info=e)
             resp = _json({"error": f"internal error: {type(e).__name__}: {e}"}, 500)
         state.metrics.request(endpoint, resp.status_code, time.perf_counter() - t0)
         return resp
@@ -154,9 +174,9 @@ def create_app(state):
             if method != "predict":
                 raise ApiError(400, f"method :{method} is not supported by this server (only :predict; "
                                     "TF Serving's :classify and :regress need tf.Example signatures)")
-            sig, columns, row_format = parse_request(await request.body(), state.signatures.signatures,
-                                                     state.limits)
-            outputs = await run_plan(state, sig.plan(columns, row_format), request, f"{sig.name} predict")
+            body = await request.body()
+            sig, row_format, plan = await state.off_loop(_predict_plan, body, state)
+            outputs = await run_plan(state, plan, request, f"{sig.name} predict")
             return format_response(outputs, sig, row_format)
         return await handle("predict", go)
 
@@ -165,7 +185,8 @@ def create_app(state):
         async def go():
             if state.searcher is None:
                 raise ApiError(404, "no search index on this server (start it with serve.index=<index dir>)")
-            queries, single, k, rerank = parse_search(await request.body(), state.limits, state.max_k)
+            body = await request.body()
+            queries, single, k, rerank = await state.off_loop(parse_search, body, state.limits, state.max_k)
             results = await run_plan(state, state.searcher.plan(queries, k, rerank), request, "search")
             return {"results": results[0] if single else results}
         return await handle("search", go)
@@ -182,9 +203,16 @@ def create_app(state):
     async def http_error(request, exc):
         msg = {404: f"Malformed request: {request.method} {request.url.path}",
                405: f"{request.method} is not allowed on {request.url.path}"}.get(exc.status_code, str(exc.detail))
+        LIMITED.log(log, logging.INFO, ("path", exc.status_code), "%d: %s", exc.status_code, short(msg))
         return _json({"error": msg}, exc.status_code)
 
     return app
+
+
+def _predict_plan(body, state):
+    """Request body -> (signature, row format, plan); the string signatures tokenise here."""
+    sig, columns, row_format = parse_request(body, state.signatures.signatures, state.limits)
+    return sig, row_format, sig.plan(columns, row_format)
 
 
 async def _ok(be):

@@ -9,11 +9,13 @@ trimmed to each row's own length, so a row's result does not depend on its batch
     future = batcher.submit("predict_ids", rows)    # concurrent.futures.Future -> list of row outputs
     rows_out = await asyncio.wrap_future(future)    # from the event loop; cancel() drops queued rows
 
-One worker thread owns the backend: it takes the oldest request, then keeps adding rows
-of requests for the same function until `max_batch` rows or `max_wait_ms` have passed,
-runs them as one batch and hands every request its own rows. A request larger than
-`max_batch` is split over consecutive batches. A failing batch fails only the requests
-in it; the worker carries on with the next one.
+One worker thread owns the backend: it takes the least-served request (fewest rows run so
+far, the oldest among equals), then keeps adding rows of requests for the same function,
+least-served first, until `max_batch` rows or `max_wait_ms` have passed, runs them as one
+batch and hands every request its own rows. A request larger than `max_batch` is split over
+batches, and requests that arrive meanwhile go into the next batch rather than after all of
+its rows: a client sending 256-row requests delays another's one-row request by about one
+batch. A failing batch fails only the requests in it; the worker carries on with the next one.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from concurrent.futures import Future, InvalidStateError
 import numpy as np
 
 from serve.backends import pad_rows
+from serve.logs import LIMITED
 
 log = logging.getLogger(__name__)
 
@@ -120,17 +123,29 @@ class MicroBatcher:
     # ---------------------------------------------------------------- worker
     def _live(self, job):
         if job.future.cancelled():
-            log.info("request cancelled before it ran (%d %s rows dropped)", len(job.rows) - job.next, job.fn)
+            LIMITED.log(log, logging.INFO, ("cancelled", job.fn), "request cancelled before it ran "
+                        "(%d %s rows dropped)", len(job.rows) - job.next, job.fn)
             if self.metrics:
                 self.metrics.cancelled(job.fn)
             return False
         return True
 
     def _next_job(self, fn=None, timeout=None):
-        """A pending or queued job (for `fn` only when given); None on timeout / shutdown."""
-        for job in list(self._pending):
-            if (fn is None or job.fn == fn) and job.next < len(job.rows):
-                return job
+        """The least-served pending or queued job (for `fn` only when given); None on timeout /
+        shutdown."""
+        while True:  # take in everything queued, so that new requests compete for this batch
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is None:
+                self._queue.put(None)  # keep the sentinel for the outer loop
+                break
+            if self._live(job):
+                self._pending.append(job)
+        live = [j for j in self._pending if (fn is None or j.fn == fn) and j.next < len(j.rows)]
+        if live:
+            return min(live, key=lambda j: j.next)  # the first of equals: the oldest
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             try:
@@ -179,7 +194,8 @@ class MicroBatcher:
         try:
             outs = run_rows(self.backend, fn, [j.rows[i] for j, i in batch])
         except Exception as e:  # noqa: BLE001  one bad batch must not end the worker
-            log.exception("batch of %d %s rows failed", len(batch), fn)
+            LIMITED.log(log, logging.ERROR, ("batch", fn, type(e).__name__), "batch of %d %s rows failed",
+                        len(batch), fn, exc_info=True)
             for j in jobs:
                 self._finish(j, exc=e)
             return
@@ -202,7 +218,8 @@ class MicroBatcher:
             else:
                 job.future.set_result(job.results)
         except InvalidStateError:  # cancelled while its last batch ran
-            log.info("request cancelled while running; %s result dropped", job.fn)
+            LIMITED.log(log, logging.INFO, ("cancelled", job.fn), "request cancelled while running; %s result "
+                        "dropped", job.fn)
             if self.metrics:
                 self.metrics.cancelled(job.fn)
 
@@ -231,13 +248,26 @@ def drive(plan, run):
         return stop.value
 
 
-async def drive_async(plan, submit):
-    """`drive` with an async `submit(call)`."""
+def _step(plan, value):
+    """Resume `plan` with `value`: (finished, its next Call or its result). StopIteration cannot
+    cross an executor's future, hence the flag."""
+    try:
+        return False, plan.send(value)
+    except StopIteration as stop:
+        return True, stop.value
+
+
+async def _inline(fn, *args):
+    return fn(*args)
+
+
+async def drive_async(plan, submit, run=_inline):
+    """`drive` with an async `submit(call)`. `run(fn, *args)` (awaitable) runs the plan's own
+    work between calls (tokenising, recall, results), e.g. on an executor, so that the event
+    loop is not held by one request's texts."""
     if not hasattr(plan, "send"):
         return plan
-    try:
-        call = next(plan)
-        while True:
-            call = plan.send(await submit(call))
-    except StopIteration as stop:
-        return stop.value
+    done, value = await run(_step, plan, None)
+    while not done:
+        done, value = await run(_step, plan, await submit(value))
+    return value

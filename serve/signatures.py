@@ -27,6 +27,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,6 +37,8 @@ from serve.backends import PAIR_IDS, SIAMESE_IDS
 from serve.batching import Call
 
 DT = {"string": "DT_STRING", "int32": "DT_INT32", "float": "DT_FLOAT"}
+# JSON's "\ud800" escapes decode to lone surrogates, which are not text: the tokenizer refuses them.
+SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class ApiError(Exception):
@@ -75,6 +79,9 @@ def check_text(value, where, limits):
             raise ApiError(400, f"{where}: invalid base64 UTF-8 string ({e})") from None
     if not isinstance(value, str):
         raise ApiError(400, f"{where}: expected a string, got {_type(value)}")
+    if (bad := SURROGATE.search(value)) is not None:
+        raise ApiError(400, f"{where}: not valid Unicode text: a lone surrogate \\u{ord(bad.group()):04x} "
+                            f"at character {bad.start()}")
     if len(value) > limits.max_chars:
         raise ApiError(400, f"{where}: text of {len(value)} characters is over the limit of "
                             f"{limits.max_chars} (serve.max_chars)")
@@ -82,6 +89,8 @@ def check_text(value, where, limits):
 
 
 def _type(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else "Infinity" if value > 0 else "-Infinity"
     return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null",
             int: "an integer", float: "a number"}.get(type(value), type(value).__name__)
 
@@ -97,7 +106,12 @@ def _array(value, where, kind, ndim):
     if arr.ndim != ndim or arr.size == 0:
         raise ApiError(400, f"{where}: expected a non-empty {ndim}-d list, got shape {list(arr.shape)}")
     if kind == "i" and arr.dtype.kind not in "iu":
-        raise ApiError(400, f"{where}: expected integers, got {_type(value[0] if ndim == 1 else value[0][0])}")
+        flat = value if ndim == 1 else [v for row in value for v in row]
+        i, bad = next(((i, v) for i, v in enumerate(flat) if type(v) is not int), (None, None))
+        if i is None:  # all integers, but past int64
+            raise ApiError(400, f"{where}: integers out of range")
+        raise ApiError(400, f"{where}: expected integers, got {_type(bad)}"
+                            + (f" ({bad!r})" if type(bad) is float and math.isfinite(bad) else "") + f" at [{i}]")
     if kind == "f":
         if arr.dtype.kind not in "iuf":
             raise ApiError(400, f"{where}: expected numbers")
@@ -120,6 +134,8 @@ def load_object(body, keys, expected):
         req = json.loads(body)
     except (ValueError, UnicodeDecodeError) as e:
         raise ApiError(400, f"JSON Parse error: {e}") from None
+    except RecursionError:
+        raise ApiError(400, "JSON Parse error: nested too deeply") from None
     if not isinstance(req, dict):
         raise ApiError(400, f"request body must be a JSON object, got {_type(req)}")
     unknown = sorted(set(req) - set(keys))

@@ -14,8 +14,10 @@ import json
 import logging
 import signal
 import socket
+import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -200,7 +202,18 @@ BAD = [
     ({"signature_name": "predict_ids", "instances": [{"x_ids": [2, 3], "x_mask": [1], "y_ids": [2],
                                                        "y_mask": [1]}]}, 400, "x_ids, x_mask differ in length"),
     ({"signature_name": "predict_ids", "instances": [{"x_ids": [2, 3.5], "x_mask": [1, 1], "y_ids": [2],
-                                                       "y_mask": [1]}]}, 400, "expected integers"),
+                                                       "y_mask": [1]}]}, 400, "x_ids: expected integers, got a number (3.5) at [1]"),
+    ('{"signature_name": "predict_ids", "instances": [{"x_ids": [2, NaN], "x_mask": [1, 1], "y_ids": [2], "y_mask": [1]}]}',
+     400, "instances[0].x_ids: expected integers, got NaN at [1]"),
+    ({"signature_name": "predict_ids", "instances": [{"x_ids": [2, 2 ** 70], "x_mask": [1, 1], "y_ids": [2],
+                                                       "y_mask": [1]}]}, 400, "x_ids: integers out of range"),
+    ('{"instances":[{"text_a":"\\ud800","text_b":"y"}]}', 400,
+     "instances[0].text_a: not valid Unicode text: a lone surrogate \\ud800 at character 0"),
+    ('{"inputs":{"text_a":["x"],"text_b":["ok \\udfff"]}}', 400, "inputs.text_b[0]: not valid Unicode text"),
+    ('{"instances":[{"text_a":"x","text_b":"y","\\ud800":1}]}', 400, "unknown input '\\ud800'"),  # echoed, escaped
+    ('{"instances":' + "[" * 50_000 + "]" * 50_000 + "}", 400, "JSON Parse error: nested too deeply"),
+    ({"signature_name": "predict_ids", "instances": [{"x_ids": json.loads("[" * 200 + "1" + "]" * 200),
+                                                       "x_mask": [1], "y_ids": [2], "y_mask": [1]}]}, 400, "x_ids"),
     ({"signature_name": "predict_ids", "instances": [{"x_ids": [2], "x_mask": [0], "y_ids": [2],
                                                        "y_mask": [1]}]}, 400, "no token is unmasked"),
     ({"signature_name": "predict_ids", "instances": [{"x_ids": list(range(65)), "x_mask": [1] * 65, "y_ids": [2],
@@ -212,12 +225,21 @@ BAD = [
 ]
 
 
-def test_bad_requests_get_a_clean_4xx_and_the_server_keeps_serving(server):
+def test_bad_requests_get_a_clean_4xx_and_the_server_keeps_serving(server, caplog, monkeypatch):
+    from serve.logs import RateLimitedLog
+
     url = server["url"]
+    monkeypatch.setattr("serve.app.LIMITED", RateLimitedLog(period=60, burst=5))
+    caplog.set_level(logging.INFO, logger="serve")
     for body, code, message in BAD:
         got_code, got = _post(url, "/v1/models/virt:predict", body, raw=isinstance(body, str))
-        assert (got_code, set(got)) == (code, {"error"}), (body, got)
+        assert (got_code, set(got)) == (code, {"error"}), (str(body)[:300], got)
         assert message in got["error"], (message, got["error"])
+    # one line per client error, no traceback (and at most 5 a minute per endpoint and code)
+    lines = [r.getMessage() for r in caplog.records if r.name == "serve"]
+    assert len(lines) == 6 and not any(r.exc_info for r in caplog.records), lines  # 5 of the 400s, the 404
+    assert lines[0] == "predict 400: JSON Parse error: Expecting property name enclosed in double quotes: " \
+                       "line 1 column 2 (char 1)"
     for method, path, code, message in [
             ("POST", "/v1/models/virt:classify", 400, "only :predict"),
             ("GET", "/v1/models/virt:predict", 405, "use POST"),
@@ -230,6 +252,16 @@ def test_bad_requests_get_a_clean_4xx_and_the_server_keeps_serving(server):
     assert server["state"].batcher._thread.is_alive()
     # empty strings are valid input (the SavedModel's serving_default scores them too)
     assert len(server["client"].predict_pairs(["", "ok"], ["", "fine"])) == 2
+
+
+def test_the_load_tests_bad_requests_get_their_4xx(server):
+    """bench/load_test.py --mix sends these under load and counts any other answer as an error."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from load_test import bad_bodies
+
+    for body, code in bad_bodies("virt", LIMITS.max_texts, LIMITS.max_chars):
+        got_code, got = _post(server["url"], "/v1/models/virt:predict", body, raw=True)
+        assert (got_code, set(got)) == (code, {"error"}), (body[:100], got)
 
 
 def test_a_failing_batch_fails_its_requests_only(server, monkeypatch):
@@ -246,6 +278,73 @@ def test_a_failing_batch_fails_its_requests_only(server, monkeypatch):
     code, body = _post(server["url"], "/v1/models/virt:predict", {"instances": [{"text_a": "a", "text_b": "b"}]})
     assert code == 500 and "injected onnxruntime failure" in body["error"]
     assert len(server["client"].predict_pairs(["a"], ["b"])) == 1  # the worker survived
+
+
+def test_repeated_faults_log_a_few_tracebacks_then_count_the_rest(caplog):
+    from serve.logs import RateLimitedLog
+
+    now = [0.0]
+    limited, log = RateLimitedLog(period=60, burst=2, clock=lambda: now[0]), logging.getLogger("serve")
+    caplog.set_level(logging.INFO, logger="serve")
+    for i in range(30):
+        try:
+            raise RuntimeError(f"fault {i}")
+        except RuntimeError:
+            limited.log(log, logging.ERROR, ("predict", 500, "RuntimeError"), "failed %d", i, exc_info=True)
+        limited.log(log, logging.INFO, ("predict", 400), "bad %d", i)
+    assert [r.getMessage() for r in caplog.records] == ["failed 0", "bad 0", "failed 1", "bad 1"]
+    assert all(r.exc_info for r in caplog.records if r.levelno == logging.ERROR)
+    now[0] = 61.0
+    limited.log(log, logging.INFO, ("predict", 400), "bad again")
+    assert caplog.records[-1].getMessage() == "bad again (28 more like this in the previous 60 s not logged)"
+
+
+def test_a_large_request_does_not_hold_back_a_small_one():
+    """Least-served first: a one-row request sent after a 64-row one (8 batches) runs in the next batch."""
+    from serve.backends import Function
+    from serve.batching import MicroBatcher
+
+    class Slow:
+        functions = {"f": Function(("x",), ("y",))}
+        tokenizer = type("T", (), {"pad_id": 0})
+
+        def __init__(self):
+            self.batches = []
+
+        def run(self, fn, feeds):
+            self.batches.append(feeds["x"][:, 0].tolist())
+            time.sleep(0.05)
+            return {"y": feeds["x"][:, 0] * 2}
+
+    be = Slow()
+    batcher = MicroBatcher(be, max_batch=8, max_wait_ms=0)
+    try:
+        big = batcher.submit("f", [{"x": np.array([i], np.int32)} for i in range(64)])
+        time.sleep(0.02)  # the big request's first batch is running
+        small = batcher.submit("f", [{"x": np.array([1000], np.int32)}])
+        assert small.result(5)[0]["y"] == 2000
+        assert not big.done()
+        assert [r["y"] for r in big.result(5)] == [2 * i for i in range(64)]
+    finally:
+        batcher.close()
+    assert 1000 in be.batches[1], be.batches  # the next batch, not the ninth
+
+
+def test_a_100k_character_pair_is_scored_in_little_memory_and_time(model_dirs):  # noqa: F811
+    """The cross-encoder pair that drove the server to 22 GB: 100,000 characters a side."""
+    from tests.test_long_inputs import peak_extra_mb
+
+    backend = open_model(model_dirs["cross_encoder"])
+    with BackgroundServer(ServerState(backend, max_batch=4, max_wait_ms=1,
+                                      limits=Limits(max_texts=4, max_chars=100_008))) as url:
+        c = RestClient(url, backend.name, timeout=20)
+        c.predict_pairs(["warm up"], ["the server"])
+        a, b = "汉字" * 50_000, "how do I reset my password " * 3704
+        mb, seconds = peak_extra_mb(lambda: c.predict_pairs([a, b], [b, a]))
+        print(f"server: two 100k-character pairs {mb:.1f} MB {seconds:.2f} s")
+        assert mb < 50 and seconds < 1.0, (mb, seconds)
+        short = c.predict_pairs([a[:2000], b[:2001]], [b[:2001], a[:2000]])  # the same tokens kept
+        np.testing.assert_allclose(c.predict_pairs([a, b], [b, a]), short, atol=1e-6)
 
 
 def test_client_disconnect_is_logged_and_dropped(server, monkeypatch, caplog):
