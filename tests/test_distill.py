@@ -218,7 +218,7 @@ def test_distill_task_end_to_end(e2e):
     for split in ("valid", "test"):
         assert 0.0 <= m[split]["accuracy"] <= 1.0 and "f1" in m[split]
     assert set(m["teacher"]) == {"valid", "test"}
-    assert m["distill"] == {"alpha": 0.2, "temperature": 10.0, "online": False, "intermediate": False}
+    assert m["distill"] == {"alpha": 0.5, "temperature": 2.0, "online": False, "intermediate": False}
     assert m["training"]["steps"] == 3
     # The run was in this process: its recorded peak memory is TensorFlow-sized (MB, not KB or bytes)
     # and cannot exceed this process's peak so far as the kernel counts it.
