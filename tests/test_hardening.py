@@ -22,8 +22,8 @@ from tests.tiny_runs import tiny_overrides, write_csv
 
 # ============================================================================ 4. ranges in the typed config
 @pytest.mark.parametrize("override,message", [
-    ("train.epochs=0", "train.epochs: must be >= 1, got 0"),
-    ("train.epochs=-1", "train.epochs: must be >= 1, got -1"),
+    ("train.epochs=0", "train.epochs: must be >= 1 (or null), got 0"),
+    ("train.epochs=-1", "train.epochs: must be >= 1 (or null), got -1"),
     ("train.batch_size=0", "train.batch_size: must be >= 1, got 0"),
     ("model.dropout=1.5", "model.dropout: must be >= 0 and < 1, got 1.5"),
     ("data.max_rows=-5", "data.max_rows: must be >= 1 (or null), got -5"),
