@@ -31,6 +31,20 @@ from tests.tiny_runs import tiny_overrides, write_csv
     ("train.max_seq_len=2", "train.max_seq_len: must be >= 5, got 2"),
     ("serve.port=99999", "serve.port: must be >= 1 and <= 65535, got 99999"),
     ("train.learning_rate=.nan", "train.learning_rate: expected a finite number, got nan"),
+    ("distill.alpha=1.5", "distill.alpha: must be >= 0 and <= 1, got 1.5"),
+    ("distill.temperature=0", "distill.temperature: must be > 0, got 0.0"),
+    ("distill.intermediate_weight=-1", "distill.intermediate_weight: must be >= 0, got -1.0"),
+    ("virt.alpha=-0.5", "virt.alpha: must be >= 0, got -0.5"),
+    ("export.opset=13", "export.opset: must be >= 15, got 13"),
+    ("export.max_seq_len=4", "export.max_seq_len: must be >= 5 (or null), got 4"),
+    ("export.parity_samples=0", "export.parity_samples: must be >= 1, got 0"),
+    ("export.parity_batch_size=0", "export.parity_batch_size: must be >= 1, got 0"),
+    ("export.int8_min_agreement=1.5", "export.int8_min_agreement: must be >= 0 and <= 1, got 1.5"),
+    ("export.int8_min_margin=-0.1", "export.int8_min_margin: must be >= 0 and <= 1, got -0.1"),
+    ("export.int8_max_accuracy_drop=-1", "export.int8_max_accuracy_drop: must be >= 0, got -1.0"),
+    ("index.batch_size=0", "index.batch_size: must be >= 1, got 0"),
+    ("search.k=0", "search.k: must be >= 1, got 0"),
+    ("pretrain.mask_rate=1", "pretrain.mask_rate: must be > 0 and < 1, got 1.0"),
 ])
 def test_out_of_range_value_names_the_key_and_the_range(override, message):
     with pytest.raises(ConfigError) as e:
@@ -42,6 +56,17 @@ def test_every_default_and_task_yaml_is_in_range():
     for path in (run_tasks.ROOT / "config").glob("*.yaml"):
         load_config(path)
     load_config(None, ["data.max_rows=null", "train.clip_norm=null", "train.patience=0", "model.dropout=0"])
+    load_config(None, ["distill.alpha=0", "distill.alpha=1", "virt.alpha=0", "export.max_seq_len=null",
+                       "export.int8_min_agreement=0", "export.int8_min_margin=0", "export.int8_max_accuracy_drop=0"])
+
+
+def test_export_opset_range_is_what_tf2onnx_is_given():
+    import dataclasses
+
+    from config.schema import ExportConfig
+    from export.onnx import MIN_OPSET
+
+    assert {f.name: f for f in dataclasses.fields(ExportConfig)}["opset"].metadata["range"].ge == MIN_OPSET
 
 
 @pytest.mark.parametrize("task,override", [("finetune", "train.epochs=0"), ("finetune", "train.batch_size=0"),
@@ -360,3 +385,4 @@ def test_evaluate_beside_a_training_run_and_again_into_its_own_directory(work, c
                            f"data.test={work['data']['valid']}")
         assert rc == 0, err
     assert json.loads((run / "evaluate" / "metrics.json").read_text())["eval"]["n"] == 16
+
