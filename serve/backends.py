@@ -114,9 +114,7 @@ class OnnxBackend(Backend):
         self.sessions = {}
         for fn, file in self.files.items():
             if not file.is_file():
-                raise BackendError(f"{file}: missing; export with export.formats including onnx"
-                                   + (" and export.int8=true" if int8 and fn == "predict_ids" else "")
-                                   + " (or use the tf backend)")
+                raise BackendError(_missing_onnx(file, int8 and fn == "predict_ids"))
             self.sessions[fn] = session(file, threads)
         # The ONNX file is the authority on its outputs (sbert: cosine and/or probs).
         names = tuple(o.name for o in self.sessions["predict_ids"].get_outputs())
@@ -126,6 +124,23 @@ class OnnxBackend(Backend):
         sess = self.sessions[fn]
         names = [o.name for o in sess.get_outputs()]
         return dict(zip(names, sess.run(None, {k: feeds[k] for k in self.functions[fn].inputs})))
+
+
+def _missing_onnx(file, int8):
+    """Why an export directory has no `file`, and what to do about it."""
+    export_dir = file.parent.parent
+    withheld = export_dir / "withheld" / file.name
+    if int8 and withheld.is_file():  # export's int8 check failed: the file was kept aside (docs/export.md)
+        try:
+            report = json.loads((export_dir / "parity.json").read_text(encoding="utf-8"))
+            reason = report["checks"]["onnx.int8"]["reason"]
+        except (OSError, ValueError, KeyError, TypeError):
+            reason = None
+        return (f"{file}: missing: the export's int8 parity check withheld it"
+                + (f" ({reason})" if reason else "") + f"; it is in {withheld}. To serve it anyway, export again "
+                "with export.int8_force=true (or copy it into onnx/, docs/export.md); serve.int8=false serves fp32")
+    return (f"{file}: missing; export with export.formats including onnx"
+            + (" and export.int8=true" if int8 else "") + " (or use the tf backend)")
 
 
 class _TFBackend(Backend):

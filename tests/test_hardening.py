@@ -386,3 +386,46 @@ def test_evaluate_beside_a_training_run_and_again_into_its_own_directory(work, c
         assert rc == 0, err
     assert json.loads((run / "evaluate" / "metrics.json").read_text())["eval"]["n"] == 16
 
+
+# ============================================================================ 6. serving an export directory
+INT8_REASON = "label agreement 0.9000 < 0.95 on the 30 pairs with fp32 margin >= 0.1"
+
+
+def _export_dir(work, name, withheld=False, short_vocab=False):
+    """What --task serve reads of an export directory before it opens an ONNX session (no real ONNX files)."""
+    d = work["root"] / "exports" / name
+    d.mkdir(parents=True)
+    for f in ("model.json", "vocab.txt"):
+        (d / f).write_bytes((work["model"] / f).read_bytes())
+    if short_vocab:
+        _short_vocab(d)
+    (d / "parity.json").write_text(json.dumps({
+        "ok": not withheld, "failed": ["onnx.int8"] if withheld else [], "name": "qm", "version": 1,
+        "max_seq_len": 16, "checks": {"onnx.int8": {"ok": not withheld, "reason": INT8_REASON if withheld else ""}},
+        "status": {"saved_model": "published", "onnx.predict_ids": "published",
+                   "onnx.int8": "withheld" if withheld else "published"}}))
+    (d / "onnx").mkdir()
+    (d / "onnx" / "model.onnx").write_bytes(b"")
+    if withheld:
+        (d / "withheld").mkdir()
+        (d / "withheld" / "model.int8.onnx").write_bytes(b"")
+    return d
+
+
+def test_serve_int8_withheld_by_export_says_where_it_is_and_how_to_publish_it(work, capsys):
+    d = _export_dir(work, "int8-withheld", withheld=True)
+    rc, _, err = _main(capsys, "--task", "serve", "--set", f"serve.model={d}", "serve.int8=true")
+    assert rc == 1
+    assert _one_error_line(err) == (
+        f"error: {d / 'onnx' / 'model.int8.onnx'}: missing: the export's int8 parity check withheld it ({INT8_REASON}); "
+        f"it is in {d / 'withheld' / 'model.int8.onnx'}. To serve it anyway, export again with export.int8_force=true "
+        "(or copy it into onnx/, docs/export.md); serve.int8=false serves fp32")
+
+
+def test_serve_int8_never_written_says_export_int8(work, capsys):
+    d = _export_dir(work, "int8-off")
+    rc, _, err = _main(capsys, "--task", "serve", "--set", f"serve.model={d}", "serve.int8=true")
+    assert rc == 1
+    assert _one_error_line(err) == (f"error: {d / 'onnx' / 'model.int8.onnx'}: missing; export with export.formats "
+                                    "including onnx and export.int8=true (or use the tf backend)")
+
