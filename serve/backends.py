@@ -27,6 +27,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -231,10 +232,13 @@ def open_model(path, backend="onnx", int8=False, threads=None, name=None, kinds=
     if meta["kind"] not in ("cross_encoder", "sbert", "virt"):
         raise BackendError(f"{path}: a {meta['kind']} model cannot be served (cross_encoder, sbert or virt)")
     if is_export_dir(path):
+        from modeling.model_dir import check_sizes
         from modeling.tokenization import PairTokenizer
 
         export_name, version, max_len = export_info(path)
         tok = PairTokenizer(path / "vocab.txt", meta["tokenizer"]["lowercase"])
+        sizes = meta["model"]["config"]["encoder"]  # the encoder's config, as model_dir.load_model_dir checks it
+        check_sizes(path, meta, SimpleNamespace(vocab_size=sizes["vocab_size"], max_position=sizes["max_position"]), tok)
         if backend == "tf":
             return SavedModelBackend(path, meta, tok, export_name, version, max_len, threads, name)
         if backend != "onnx":

@@ -45,6 +45,8 @@ from tests.tiny_runs import tiny_overrides, write_csv
     ("index.batch_size=0", "index.batch_size: must be >= 1, got 0"),
     ("search.k=0", "search.k: must be >= 1, got 0"),
     ("pretrain.mask_rate=1", "pretrain.mask_rate: must be > 0 and < 1, got 1.0"),
+    ("serve.max_wait_ms=-1", "serve.max_wait_ms: must be >= 0, got -1.0"),  # serve/task.py trusts these
+    ("serve.max_k=0", "serve.max_k: must be >= 1, got 0"),
 ])
 def test_out_of_range_value_names_the_key_and_the_range(override, message):
     with pytest.raises(ConfigError) as e:
@@ -429,3 +431,11 @@ def test_serve_int8_never_written_says_export_int8(work, capsys):
     assert _one_error_line(err) == (f"error: {d / 'onnx' / 'model.int8.onnx'}: missing; export with export.formats "
                                     "including onnx and export.int8=true (or use the tf backend)")
 
+
+def test_export_directory_with_a_vocab_shorter_than_the_embedding_table_is_refused(work, capsys):
+    d = _export_dir(work, "short-vocab", short_vocab=True)
+    rc, _, err = _main(capsys, "--task", "serve", "--set", f"serve.model={d}")
+    assert rc == 1
+    n = work["vocab_size"]
+    assert _one_error_line(err) == (f"error: {d / 'vocab.txt'}: 20 tokens, but the model has {n} token embeddings "
+                                    f"and was saved with a {n}-token vocab.txt; this vocab.txt does not belong to the model")
