@@ -439,3 +439,13 @@ def test_export_directory_with_a_vocab_shorter_than_the_embedding_table_is_refus
     n = work["vocab_size"]
     assert _one_error_line(err) == (f"error: {d / 'vocab.txt'}: 20 tokens, but the model has {n} token embeddings "
                                     f"and was saved with a {n}-token vocab.txt; this vocab.txt does not belong to the model")
+
+
+# ============================================================================ 7. pointers to documents
+@pytest.mark.parametrize("source", ["export/task.py", "export/text.py", "tests/test_export.py", "requirements.txt"])
+def test_documents_named_in_modules_exist(source):
+    import re
+
+    text = (run_tasks.ROOT / source).read_text(encoding="utf-8")
+    named = re.findall(r"(?<![\w/.-])((?:[\w.-]+/)*[\w-]+\.md)\b", text)
+    assert named and [n for n in named if not (run_tasks.ROOT / n).is_file()] == []
