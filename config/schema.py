@@ -108,19 +108,19 @@ class TrainConfig:
 @dataclass
 class DistillConfig:
     teacher: str | None = None  # teacher model directory
-    alpha: float = 0.2  # weight of the hard-label loss (1 - alpha on the soft loss)
-    temperature: float = 10.0  # softmax temperature for the soft targets
+    alpha: float = bounded(0.2, ge=0, le=1)  # weight of the hard-label loss (1 - alpha on the soft loss)
+    temperature: float = bounded(10.0, gt=0)  # softmax temperature for the soft targets
     online: bool = False  # run the teacher during training instead of caching its logits
     intermediate: bool = False  # also match hidden states layer by layer
     layer_map: list[int] | None = None  # teacher layer for each student layer; None = uniform
-    intermediate_weight: float = 1.0  # weight of the intermediate-layer loss
+    intermediate_weight: float = bounded(1.0, ge=0)  # weight of the intermediate-layer loss
     baseline: str | None = "auto"  # the undistilled student: auto = fine-tune it in <out>/baseline | model dir | null = none
 
 
 @dataclass
 class VirtConfig:
     teacher: str | None = None  # cross-encoder teacher directory
-    alpha: float = 1.0  # weight of the interaction-distillation loss
+    alpha: float = bounded(1.0, ge=0)  # weight of the interaction-distillation loss
     layers: str = "all"  # layers to distil: all|first-k|last-k|skip-k (e.g. "last-2")
     distill: bool = True  # false = ablation: no teacher, no attention distillation
     adapted_interaction: bool = True  # use the adapted interaction features in the head
@@ -142,16 +142,16 @@ class SbertConfig:
 class ExportConfig:
     model: str | None = None  # model directory to export
     name: str | None = None  # exported model name; None = the model dir's parent name (if it starts with a letter), else the kind
-    opset: int = 17  # ONNX opset (>= 15)
+    opset: int = bounded(17, ge=15)  # ONNX opset (>= 15: export.onnx.MIN_OPSET)
     int8: bool = True  # also write a dynamically quantised int8 model
     ort_optimization: str | None = None  # onnxruntime graph optimisation level basic|extended|all; None = off
-    max_seq_len: int | None = None  # longest token row of the string signatures; None = the model's max_seq_len
+    max_seq_len: int | None = bounded(None, ge=5)  # longest token row of the string signatures (as train.max_seq_len); None = the model's
     tokenizer: str = "fast"  # in-graph tokeniser: fast (tf-text FastBertTokenizer) | bert (BertTokenizer)
-    parity_samples: int = 256  # generated pairs for the parity checks when data.test is not set
-    parity_batch_size: int = 32  # batch size of the parity checks
-    int8_min_agreement: float = 0.95  # int8, unlabelled pairs: least label agreement with Keras on pairs of margin >= int8_min_margin
-    int8_min_margin: float = 0.1  # fp32 top-1 minus top-2 probability (no classifier: |cosine - threshold|) of the pairs counted
-    int8_max_accuracy_drop: float = 1.0  # int8, labelled data.test: largest accuracy drop in points (agreement only reported)
+    parity_samples: int = bounded(256, ge=1)  # generated pairs for the parity checks when data.test is not set
+    parity_batch_size: int = bounded(32, ge=1)  # batch size of the parity checks
+    int8_min_agreement: float = bounded(0.95, ge=0, le=1)  # int8, unlabelled pairs: least label agreement with Keras on pairs of margin >= int8_min_margin
+    int8_min_margin: float = bounded(0.1, ge=0, le=1)  # fp32 top-1 minus top-2 probability (no classifier: |cosine - threshold|) of the pairs counted
+    int8_max_accuracy_drop: float = bounded(1.0, ge=0)  # int8, labelled data.test: largest accuracy drop in points (agreement only reported)
     int8_force: bool = False  # publish int8 even when its check failed (fp32 failures still block everything)
     formats: list[str] = field(default_factory=lambda: ["saved_model", "frozen", "onnx"])  # artifacts to write (saved_model always)
 

@@ -27,6 +27,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -114,9 +115,7 @@ class OnnxBackend(Backend):
         self.sessions = {}
         for fn, file in self.files.items():
             if not file.is_file():
-                raise BackendError(f"{file}: missing; export with export.formats including onnx"
-                                   + (" and export.int8=true" if int8 and fn == "predict_ids" else "")
-                                   + " (or use the tf backend)")
+                raise BackendError(_missing_onnx(file, int8 and fn == "predict_ids"))
             self.sessions[fn] = session(file, threads)
         # The ONNX file is the authority on its outputs (sbert: cosine and/or probs).
         names = tuple(o.name for o in self.sessions["predict_ids"].get_outputs())
@@ -126,6 +125,23 @@ class OnnxBackend(Backend):
         sess = self.sessions[fn]
         names = [o.name for o in sess.get_outputs()]
         return dict(zip(names, sess.run(None, {k: feeds[k] for k in self.functions[fn].inputs})))
+
+
+def _missing_onnx(file, int8):
+    """Why an export directory has no `file`, and what to do about it."""
+    export_dir = file.parent.parent
+    withheld = export_dir / "withheld" / file.name
+    if int8 and withheld.is_file():  # export's int8 check failed: the file was kept aside (docs/export.md)
+        try:
+            report = json.loads((export_dir / "parity.json").read_text(encoding="utf-8"))
+            reason = report["checks"]["onnx.int8"]["reason"]
+        except (OSError, ValueError, KeyError, TypeError):
+            reason = None
+        return (f"{file}: missing: the export's int8 parity check withheld it"
+                + (f" ({reason})" if reason else "") + f"; it is in {withheld}. To serve it anyway, export again "
+                "with export.int8_force=true (or copy it into onnx/, docs/export.md); serve.int8=false serves fp32")
+    return (f"{file}: missing; export with export.formats including onnx"
+            + (" and export.int8=true" if int8 else "") + " (or use the tf backend)")
 
 
 class _TFBackend(Backend):
@@ -216,10 +232,13 @@ def open_model(path, backend="onnx", int8=False, threads=None, name=None, kinds=
     if meta["kind"] not in ("cross_encoder", "sbert", "virt"):
         raise BackendError(f"{path}: a {meta['kind']} model cannot be served (cross_encoder, sbert or virt)")
     if is_export_dir(path):
+        from modeling.model_dir import check_sizes
         from modeling.tokenization import PairTokenizer
 
         export_name, version, max_len = export_info(path)
         tok = PairTokenizer(path / "vocab.txt", meta["tokenizer"]["lowercase"])
+        sizes = meta["model"]["config"]["encoder"]  # the encoder's config, as model_dir.load_model_dir checks it
+        check_sizes(path, meta, SimpleNamespace(vocab_size=sizes["vocab_size"], max_position=sizes["max_position"]), tok)
         if backend == "tf":
             return SavedModelBackend(path, meta, tok, export_name, version, max_len, threads, name)
         if backend != "onnx":

@@ -28,11 +28,6 @@ def build_state(cfg):
     if s.model is None:
         raise BackendError("set serve.model to an export directory (--task export) or a model directory, "
                            "e.g. --set serve.model=runs/export/<stamp>")
-    for key in ("max_batch", "max_texts", "max_chars", "max_k"):
-        if getattr(s, key) < 1:
-            raise BackendError(f"serve.{key}={getattr(s, key)}: must be >= 1")
-    if s.max_wait_ms < 0:
-        raise BackendError(f"serve.max_wait_ms={s.max_wait_ms}: must be >= 0")
     backend = open_model(s.model, s.backend, s.int8, s.threads, s.name)
     searcher = None
     if s.index:

@@ -31,6 +31,22 @@ from tests.tiny_runs import tiny_overrides, write_csv
     ("train.max_seq_len=2", "train.max_seq_len: must be >= 5, got 2"),
     ("serve.port=99999", "serve.port: must be >= 1 and <= 65535, got 99999"),
     ("train.learning_rate=.nan", "train.learning_rate: expected a finite number, got nan"),
+    ("distill.alpha=1.5", "distill.alpha: must be >= 0 and <= 1, got 1.5"),
+    ("distill.temperature=0", "distill.temperature: must be > 0, got 0.0"),
+    ("distill.intermediate_weight=-1", "distill.intermediate_weight: must be >= 0, got -1.0"),
+    ("virt.alpha=-0.5", "virt.alpha: must be >= 0, got -0.5"),
+    ("export.opset=13", "export.opset: must be >= 15, got 13"),
+    ("export.max_seq_len=4", "export.max_seq_len: must be >= 5 (or null), got 4"),
+    ("export.parity_samples=0", "export.parity_samples: must be >= 1, got 0"),
+    ("export.parity_batch_size=0", "export.parity_batch_size: must be >= 1, got 0"),
+    ("export.int8_min_agreement=1.5", "export.int8_min_agreement: must be >= 0 and <= 1, got 1.5"),
+    ("export.int8_min_margin=-0.1", "export.int8_min_margin: must be >= 0 and <= 1, got -0.1"),
+    ("export.int8_max_accuracy_drop=-1", "export.int8_max_accuracy_drop: must be >= 0, got -1.0"),
+    ("index.batch_size=0", "index.batch_size: must be >= 1, got 0"),
+    ("search.k=0", "search.k: must be >= 1, got 0"),
+    ("pretrain.mask_rate=1", "pretrain.mask_rate: must be > 0 and < 1, got 1.0"),
+    ("serve.max_wait_ms=-1", "serve.max_wait_ms: must be >= 0, got -1.0"),  # serve/task.py trusts these
+    ("serve.max_k=0", "serve.max_k: must be >= 1, got 0"),
 ])
 def test_out_of_range_value_names_the_key_and_the_range(override, message):
     with pytest.raises(ConfigError) as e:
@@ -42,6 +58,17 @@ def test_every_default_and_task_yaml_is_in_range():
     for path in (run_tasks.ROOT / "config").glob("*.yaml"):
         load_config(path)
     load_config(None, ["data.max_rows=null", "train.clip_norm=null", "train.patience=0", "model.dropout=0"])
+    load_config(None, ["distill.alpha=0", "distill.alpha=1", "virt.alpha=0", "export.max_seq_len=null",
+                       "export.int8_min_agreement=0", "export.int8_min_margin=0", "export.int8_max_accuracy_drop=0"])
+
+
+def test_export_opset_range_is_what_tf2onnx_is_given():
+    import dataclasses
+
+    from config.schema import ExportConfig
+    from export.onnx import MIN_OPSET
+
+    assert {f.name: f for f in dataclasses.fields(ExportConfig)}["opset"].metadata["range"].ge == MIN_OPSET
 
 
 @pytest.mark.parametrize("task,override", [("finetune", "train.epochs=0"), ("finetune", "train.batch_size=0"),
@@ -360,3 +387,65 @@ def test_evaluate_beside_a_training_run_and_again_into_its_own_directory(work, c
                            f"data.test={work['data']['valid']}")
         assert rc == 0, err
     assert json.loads((run / "evaluate" / "metrics.json").read_text())["eval"]["n"] == 16
+
+
+# ============================================================================ 6. serving an export directory
+INT8_REASON = "label agreement 0.9000 < 0.95 on the 30 pairs with fp32 margin >= 0.1"
+
+
+def _export_dir(work, name, withheld=False, short_vocab=False):
+    """What --task serve reads of an export directory before it opens an ONNX session (no real ONNX files)."""
+    d = work["root"] / "exports" / name
+    d.mkdir(parents=True)
+    for f in ("model.json", "vocab.txt"):
+        (d / f).write_bytes((work["model"] / f).read_bytes())
+    if short_vocab:
+        _short_vocab(d)
+    (d / "parity.json").write_text(json.dumps({
+        "ok": not withheld, "failed": ["onnx.int8"] if withheld else [], "name": "qm", "version": 1,
+        "max_seq_len": 16, "checks": {"onnx.int8": {"ok": not withheld, "reason": INT8_REASON if withheld else ""}},
+        "status": {"saved_model": "published", "onnx.predict_ids": "published",
+                   "onnx.int8": "withheld" if withheld else "published"}}))
+    (d / "onnx").mkdir()
+    (d / "onnx" / "model.onnx").write_bytes(b"")
+    if withheld:
+        (d / "withheld").mkdir()
+        (d / "withheld" / "model.int8.onnx").write_bytes(b"")
+    return d
+
+
+def test_serve_int8_withheld_by_export_says_where_it_is_and_how_to_publish_it(work, capsys):
+    d = _export_dir(work, "int8-withheld", withheld=True)
+    rc, _, err = _main(capsys, "--task", "serve", "--set", f"serve.model={d}", "serve.int8=true")
+    assert rc == 1
+    assert _one_error_line(err) == (
+        f"error: {d / 'onnx' / 'model.int8.onnx'}: missing: the export's int8 parity check withheld it ({INT8_REASON}); "
+        f"it is in {d / 'withheld' / 'model.int8.onnx'}. To serve it anyway, export again with export.int8_force=true "
+        "(or copy it into onnx/, docs/export.md); serve.int8=false serves fp32")
+
+
+def test_serve_int8_never_written_says_export_int8(work, capsys):
+    d = _export_dir(work, "int8-off")
+    rc, _, err = _main(capsys, "--task", "serve", "--set", f"serve.model={d}", "serve.int8=true")
+    assert rc == 1
+    assert _one_error_line(err) == (f"error: {d / 'onnx' / 'model.int8.onnx'}: missing; export with export.formats "
+                                    "including onnx and export.int8=true (or use the tf backend)")
+
+
+def test_export_directory_with_a_vocab_shorter_than_the_embedding_table_is_refused(work, capsys):
+    d = _export_dir(work, "short-vocab", short_vocab=True)
+    rc, _, err = _main(capsys, "--task", "serve", "--set", f"serve.model={d}")
+    assert rc == 1
+    n = work["vocab_size"]
+    assert _one_error_line(err) == (f"error: {d / 'vocab.txt'}: 20 tokens, but the model has {n} token embeddings "
+                                    f"and was saved with a {n}-token vocab.txt; this vocab.txt does not belong to the model")
+
+
+# ============================================================================ 7. pointers to documents
+@pytest.mark.parametrize("source", ["export/task.py", "export/text.py", "tests/test_export.py", "requirements.txt"])
+def test_documents_named_in_modules_exist(source):
+    import re
+
+    text = (run_tasks.ROOT / source).read_text(encoding="utf-8")
+    named = re.findall(r"(?<![\w/.-])((?:[\w.-]+/)*[\w-]+\.md)\b", text)
+    assert named and [n for n in named if not (run_tasks.ROOT / n).is_file()] == []
