@@ -21,8 +21,8 @@ install: $(STAMP)
 # siamese baseline), then the trade-off report that adds the tiny cross-encoders and the latencies.
 DEMO := runs/demo/$(shell date +%Y%m%d-%H%M%S)
 demo: $(STAMP)
-	$(PY) run_tasks.py --task virt --out $(DEMO)/virt --set model.num_layers=3 train.epochs=2
-	$(PY) bench/tradeoff.py --out $(DEMO) --student-layers 3 --set train.epochs=2 --note "make demo"
+	$(PY) run_tasks.py --task virt --out $(DEMO)/virt --set model.num_layers=3 train.epochs=3
+	$(PY) bench/tradeoff.py --out $(DEMO) --student-layers 3 --set train.epochs=3 --note "make demo"
 
 # pytest exits 5 when it collects nothing: say so, and fail.
 test: $(STAMP)

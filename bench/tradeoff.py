@@ -68,12 +68,12 @@ def train(out, data, overrides, teacher=None, student_layers=None, tiny_layers=2
 def models(dirs, teacher=None):
     """(label, model directory, metrics.json) of every model to place on the curve."""
     virt, tiny = (json.loads((dirs[k] / "metrics.json").read_text()) for k in ("virt", "tiny"))
-    teacher = Path(teacher) if teacher else dirs["virt"] / "teacher" / "model"
+    where = lambda block, default: Path(block.get("model_dir", default))  # noqa: E731  (runs before it was recorded)
     layers = lambda d: json.loads((Path(d) / "model.json").read_text())["model"]["config"]["encoder"]["num_layers"]  # noqa: E731
-    rows = [("cross-encoder", teacher, virt["teacher"]),
-            ("tiny cross-encoder", dirs["tiny"] / "baseline" / "model", tiny["baseline"]),
+    rows = [("cross-encoder", where(virt["teacher"], teacher or dirs["virt"] / "teacher" / "model"), virt["teacher"]),
+            ("tiny cross-encoder", where(tiny["baseline"], dirs["tiny"] / "baseline" / "model"), tiny["baseline"]),
             ("distilled tiny", dirs["tiny"] / "model", tiny),
-            ("siamese (sbert head)", dirs["virt"] / "baseline" / "model", virt["baseline"]),
+            ("siamese (sbert head)", where(virt["baseline"], dirs["virt"] / "baseline" / "model"), virt["baseline"]),
             ("VIRT", dirs["virt"] / "model", virt)]
     return [(f"{label}, {layers(path)} layer{'s' * (layers(path) != 1)}", path, m) for label, path, m in rows]
 

@@ -14,7 +14,7 @@ from distill.model import DistillTraining
 from modeling.cross_encoder import CrossEncoder
 from training.finetune import finetune
 from training.tasks import (baseline_scores, check_same_vocab, init_encoder, load_splits, prepare_run_dir,
-                            print_summary, score_model_dir, student_model_config, teacher_for, train_task)
+                            print_summary, student_model_config, teacher_for, teacher_report, train_task)
 from training.trainer import predict_outputs
 
 log = logging.getLogger(__name__)
@@ -60,8 +60,7 @@ def train_distill(cfg):
     model_cfg = student_model_config(cfg, teacher)
     report = {"distill": {"alpha": d.alpha, "temperature": d.temperature, "online": d.online,
                           "intermediate": d.intermediate}}
-    report["teacher"] = ({k: teacher_metrics[k] for k in ("valid", "test") if k in teacher_metrics}
-                         if teacher_metrics else score_model_dir(teacher.path, splits, cfg))
+    report["teacher"] = teacher_report(teacher, teacher_metrics, splits, cfg)
 
     def as_plain_student(bcfg):  # the same student, schedule and data, fine-tuned on the labels alone
         bcfg.task, bcfg.model, bcfg.distill.baseline = "finetune", copy.copy(model_cfg), None

@@ -217,7 +217,8 @@ def test_distill_task_end_to_end(e2e):
     m = json.loads((e2e / "student" / "metrics.json").read_text())
     for split in ("valid", "test"):
         assert 0.0 <= m[split]["accuracy"] <= 1.0 and "f1" in m[split]
-    assert set(m["teacher"]) == {"valid", "test"}
+    assert set(m["teacher"]) == {"valid", "test", "model_dir"}
+    assert m["teacher"]["model_dir"] == str(e2e / "teacher" / "model") == m["baseline"]["model_dir"]
     assert m["distill"] == {"alpha": 0.5, "temperature": 2.0, "online": False, "intermediate": False}
     assert m["training"]["steps"] == 3
     # The run was in this process: its recorded peak memory is TensorFlow-sized (MB, not KB or bytes)

@@ -268,13 +268,21 @@ def baseline_scores(cfg, run_dir, splits, path, train_fn, adjust):
     if path is None:
         return None
     if path != "auto":
-        return score_model_dir(path, splits, cfg)
+        return {**score_model_dir(path, splits, cfg), "model_dir": str(path)}
     bcfg = copy.deepcopy(cfg)
     bcfg.out = str(Path(run_dir) / "baseline")
     adjust(bcfg)
     log.info("baseline=auto: training the student's baseline first in %s", bcfg.out)
     metrics = run_or_reuse(bcfg, train_fn, "baseline")
-    return {k: metrics[k] for k in ("valid", "test") if k in metrics}
+    return {**{k: metrics[k] for k in ("valid", "test") if k in metrics}, "model_dir": str(Path(bcfg.out) / "model")}
+
+
+def teacher_report(teacher, teacher_metrics, splits, cfg):
+    """The teacher's valid/test scores on this run's splits (from its own run when it was trained
+    here) and its model directory, for metrics.json."""
+    scores = ({k: teacher_metrics[k] for k in ("valid", "test") if k in teacher_metrics}
+              if teacher_metrics else score_model_dir(teacher.path, splits, cfg))
+    return {**scores, "model_dir": str(teacher.path)}
 
 
 def score_model_dir(path, splits, cfg):

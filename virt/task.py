@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from training.tasks import (baseline_scores, check_same_vocab, init_encoder, load_splits, prepare_run_dir,
-                            print_summary, score_model_dir, student_model_config, teacher_for, train_task)
+                            print_summary, student_model_config, teacher_for, teacher_report, train_task)
 from virt.model import VirtModel, VirtTraining, default_fusion, uses_fusion
 
 log = logging.getLogger(__name__)
@@ -63,8 +63,7 @@ def train_virt(cfg):
                        "fusion": uses_fusion(v.adapted_interaction, v.fusion),
                        "alpha": v.alpha, "layers": v.layers}}
     if teacher is not None:
-        report["teacher"] = ({k: teacher_metrics[k] for k in ("valid", "test") if k in teacher_metrics}
-                             if teacher_metrics else score_model_dir(teacher.path, splits, cfg))
+        report["teacher"] = teacher_report(teacher, teacher_metrics, splits, cfg)
     baseline = None if is_siamese_baseline(v) else baseline_scores(cfg, run_dir, splits, v.baseline, train_virt,
                                                                      as_siamese_baseline)
     if baseline:
