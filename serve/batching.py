@@ -14,6 +14,10 @@ of requests for the same function until `max_batch` rows or `max_wait_ms` have p
 runs them as one batch and hands every request its own rows. A request larger than
 `max_batch` is split over consecutive batches. A failing batch fails only the requests
 in it; the worker carries on with the next one.
+
+A `Block` is a row that is already a batch (input name -> padded array, e.g. one query's
+states against its K reranked candidates): it runs as one call on its own, never padded
+or merged with other rows, and its output is the backend's output dict.
 """
 
 from __future__ import annotations
@@ -34,8 +38,14 @@ log = logging.getLogger(__name__)
 ID_INPUTS = ("input_ids", "x_ids", "y_ids")
 
 
+class Block(dict):
+    """A row that is a whole batch: input name -> padded array; runs alone (see the module doc)."""
+
+
 def run_rows(backend, fn, rows):
-    """Pad `rows`, run `fn` once, return one output dict per row."""
+    """Pad `rows`, run `fn` once, return one output dict per row (a `Block`: one call each)."""
+    if rows and isinstance(rows[0], Block):
+        return [backend.run(fn, dict(b)) for b in rows]
     spec = backend.functions[fn]
     feeds = {}
     for name in spec.inputs:
@@ -57,6 +67,8 @@ def run_rows(backend, fn, rows):
 
 def run_in_batches(backend, fn, rows, batch_size):
     """Direct (no queue) run for the command-line tasks: length-sorted batches, input order kept."""
+    if rows and isinstance(rows[0], Block):
+        return run_rows(backend, fn, rows)
     first = backend.functions[fn].inputs[0]
     order = sorted(range(len(rows)), key=lambda i: len(rows[i][first]))
     out = [None] * len(rows)
@@ -65,6 +77,10 @@ def run_in_batches(backend, fn, rows, batch_size):
         for i, res in zip(chunk, run_rows(backend, fn, [rows[i] for i in chunk])):
             out[i] = res
     return out
+
+
+def _blocks(job):
+    return bool(job.rows) and isinstance(job.rows[0], Block)
 
 
 class _Job:
@@ -127,9 +143,10 @@ class MicroBatcher:
         return True
 
     def _next_job(self, fn=None, timeout=None):
-        """A pending or queued job (for `fn` only when given); None on timeout / shutdown."""
+        """A pending or queued job (for `fn` only when given, and then never one of Blocks);
+        None on timeout / shutdown."""
         for job in list(self._pending):
-            if (fn is None or job.fn == fn) and job.next < len(job.rows):
+            if (fn is None or (job.fn == fn and not _blocks(job))) and job.next < len(job.rows):
                 return job
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -147,7 +164,7 @@ class MicroBatcher:
             if not self._live(job):
                 continue
             self._pending.append(job)
-            if fn is None or job.fn == fn:
+            if fn is None or (job.fn == fn and not _blocks(job)):
                 return job
 
     def _loop(self):
@@ -159,6 +176,14 @@ class MicroBatcher:
                 continue
             batch = []  # (job, row index)
             fn, deadline = job.fn, time.monotonic() + self.max_wait
+            if _blocks(job):  # already a batch: run it alone, now
+                if self._live(job):
+                    batch.append((job, job.next))
+                    job.next += 1
+                    self._run_batch(fn, batch)
+                else:
+                    self._pending.remove(job)
+                continue
             while job is not None:
                 if self._live(job):
                     take = min(self.max_batch - len(batch), len(job.rows) - job.next)
