@@ -12,7 +12,8 @@ Command (works on a SavedModel alone, e.g. from CI):
 
 Input names are the signature's (`input_ids`, `token_type_ids`, `attention_mask`, or
 `x_ids`, `x_mask`, `y_ids`, `y_mask`), output names its output keys (`probs`, ...);
-batch and sequence axes are dynamic (named `batch`, `sequence` / `x_sequence` / `y_sequence`).
+batch and sequence axes are dynamic (named `batch`, `sequence` / `x_sequence` / `y_sequence`; VIRT's
+`score`: `x_batch` / `y_batch`, so one query broadcasts over K candidates).
 
 tf2onnx does not fail on a TensorFlow op it cannot convert: it copies the op into the
 ONNX graph, and onnxruntime rejects the file later. Every conversion here is checked
@@ -37,19 +38,25 @@ MIN_OPSET = 15
 LEVELS = ("basic", "extended", "all")
 
 
-def _dim_name(input_name, axis):
-    if axis == 0:
-        return "batch"
+def _dim_name(input_name, axis, split_batch=False):
     prefix = input_name.split("_", 1)[0] + "_" if input_name.startswith(("x_", "y_")) else ""
+    if axis == 0:
+        return f"{prefix}batch" if split_batch else "batch"
     return f"{prefix}sequence" if axis == 1 else f"{input_name}_dim{axis}"
 
 
 def _name_dynamic_axes(model):
-    """Readable names for the dynamic axes tf2onnx calls unk__N (inputs, and outputs' batch axis)."""
+    """Readable names for the dynamic axes tf2onnx calls unk__N (inputs, and outputs' batch axis).
+
+    VIRT's `score` (inputs `x_states`, `y_states`) gets separate `x_batch` / `y_batch` axes: one
+    query's states (batch 1) broadcast over K candidates, and onnxruntime plans its buffers by
+    these names (one name for both would fail at run time: "Shape mismatch attempting to re-use
+    buffer")."""
+    split = any(v.name.endswith("_states") for v in model.graph.input)
     for value in model.graph.input:
         for axis, dim in enumerate(value.type.tensor_type.shape.dim):
             if not dim.HasField("dim_value"):
-                dim.dim_param = _dim_name(value.name, axis)
+                dim.dim_param = _dim_name(value.name, axis, split)
     for value in model.graph.output:
         dims = value.type.tensor_type.shape.dim
         if dims and not dims[0].HasField("dim_value"):

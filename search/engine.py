@@ -10,6 +10,10 @@ cosine, then optionally rerank them by the positive-class probability of a cross
 (query, candidate) or of VIRT's `score` on the query's token states and the candidates'
 cached ones. Each result: `{"rank", "id", "text", "cosine"[, "rerank"], "score"}`, best first
 (`score` is what the order follows: `rerank` when reranked, else `cosine`).
+
+VIRT's rerank is one `score` call per query (`virt_blocks`): the query's states [1, Tq, H]
+against its candidates' cached states, gathered from the index's contiguous array in one
+step ([K, Tc, H]); `score` broadcasts the query over the K candidates.
 """
 
 from __future__ import annotations
@@ -19,8 +23,35 @@ from pathlib import Path
 import numpy as np
 
 from search.index import Recall, SearchError, recall_vectors
-from serve.batching import Call
+from serve.batching import Block, Call
 from serve.signatures import pair_rows, text_rows
+
+RERANK_BLOCK = 256  # candidates per VIRT score call: bounds the [K, Tq, Tc] score tensors and [K, Tc, H] states
+
+
+def virt_blocks(index, q_states, q_mask, cand_indices, block=RERANK_BLOCK, broadcast=True):
+    """`score` feeds for one query (states [Tq, H], mask [Tq]) against cached candidates:
+    one `Block` per `block` candidates, the query not repeated (batch 1, broadcast by `score`),
+    or repeated per candidate when `broadcast` is false (see `broadcasts_query`)."""
+    x_states, x_mask = np.asarray(q_states, np.float32)[None], np.asarray(q_mask, np.int32)[None]
+    out = []
+    for s in range(0, len(cand_indices), block):
+        y_states, y_mask = index.gather_states(cand_indices[s:s + block])
+        xs, xm = (x_states, x_mask) if broadcast else (np.repeat(x_states, len(y_states), 0),
+                                                      np.repeat(x_mask, len(y_states), 0))
+        out.append(Block(x_states=xs, x_mask=xm, y_states=y_states, y_mask=y_mask))
+    return out
+
+
+def broadcasts_query(backend):
+    """Whether `backend`'s score takes one query (batch 1) against K candidates: Keras and the
+    SavedModel do; an ONNX `score` does when its x and y batch axes have different names
+    (exports since issue 18; onnxruntime plans buffers by those names)."""
+    sess = getattr(backend, "sessions", {}).get("score")
+    if sess is None:
+        return True
+    dims = {i.name: i.shape[0] for i in sess.get_inputs()}
+    return dims.get("x_states") != dims.get("y_states")
 
 
 def positive_class(backend):
@@ -42,6 +73,7 @@ class Searcher:
         self.index, self.query_backend, self.reranker = index, query_backend, reranker
         self.recall = Recall(index.vectors, recall)
         self.rerank_backend = query_backend if reranker == "virt" else reranker
+        self.broadcast = reranker == "virt" and broadcasts_query(query_backend)
 
     def plan(self, queries, k, rerank=True):
         """Plan -> one result list per query."""
@@ -54,10 +86,11 @@ class Searcher:
         if rerank and self.reranker is not None:
             flat = [(q, c) for q, cands in enumerate(results) for c in cands]
             if self.reranker == "virt":
-                call_rows = [{"x_states": encoded[q]["token_states"], "x_mask": rows[q]["attention_mask"],
-                              "y_states": (s := self.index.states(c["index"])),
-                              "y_mask": np.ones(len(s), np.int32)} for q, c in flat]
-                out = yield Call(qb, "score", call_rows)
+                blocks = [virt_blocks(self.index, encoded[q]["token_states"], rows[q]["attention_mask"],
+                                      [c["index"] for c in cands], broadcast=self.broadcast)
+                          for q, cands in enumerate(results)]
+                probs = yield Call(qb, "score", [b for bs in blocks for b in bs])
+                out = [{"probs": p} for o in probs for p in o["probs"]]
             else:
                 out = yield Call(self.reranker, "predict_ids",
                                  pair_rows(self.reranker, [queries[q] for q, _ in flat], [c["text"] for _, c in flat]))

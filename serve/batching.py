@@ -16,6 +16,10 @@ batch and hands every request its own rows. A request larger than `max_batch` is
 batches, and requests that arrive meanwhile go into the next batch rather than after all of
 its rows: a client sending 256-row requests delays another's one-row request by about one
 batch. A failing batch fails only the requests in it; the worker carries on with the next one.
+
+A `Block` is a row that is already a batch (input name -> padded array, e.g. one query's
+states against its K reranked candidates): it runs as one call on its own, never padded
+or merged with other rows, and its output is the backend's output dict.
 """
 
 from __future__ import annotations
@@ -37,8 +41,14 @@ log = logging.getLogger(__name__)
 ID_INPUTS = ("input_ids", "x_ids", "y_ids")
 
 
+class Block(dict):
+    """A row that is a whole batch: input name -> padded array; runs alone (see the module doc)."""
+
+
 def run_rows(backend, fn, rows):
-    """Pad `rows`, run `fn` once, return one output dict per row."""
+    """Pad `rows`, run `fn` once, return one output dict per row (a `Block`: one call each)."""
+    if rows and isinstance(rows[0], Block):
+        return [backend.run(fn, dict(b)) for b in rows]
     spec = backend.functions[fn]
     feeds = {}
     for name in spec.inputs:
@@ -60,6 +70,8 @@ def run_rows(backend, fn, rows):
 
 def run_in_batches(backend, fn, rows, batch_size):
     """Direct (no queue) run for the command-line tasks: length-sorted batches, input order kept."""
+    if rows and isinstance(rows[0], Block):
+        return run_rows(backend, fn, rows)
     first = backend.functions[fn].inputs[0]
     order = sorted(range(len(rows)), key=lambda i: len(rows[i][first]))
     out = [None] * len(rows)
@@ -68,6 +80,10 @@ def run_in_batches(backend, fn, rows, batch_size):
         for i, res in zip(chunk, run_rows(backend, fn, [rows[i] for i in chunk])):
             out[i] = res
     return out
+
+
+def _blocks(job):
+    return bool(job.rows) and isinstance(job.rows[0], Block)
 
 
 class _Job:
@@ -131,8 +147,8 @@ class MicroBatcher:
         return True
 
     def _next_job(self, fn=None, timeout=None):
-        """The least-served pending or queued job (for `fn` only when given); None on timeout /
-        shutdown."""
+        """The least-served pending or queued job (for `fn` only when given, and then never one of
+        Blocks); None on timeout / shutdown."""
         while True:  # take in everything queued, so that new requests compete for this batch
             try:
                 job = self._queue.get_nowait()
@@ -143,7 +159,8 @@ class MicroBatcher:
                 break
             if self._live(job):
                 self._pending.append(job)
-        live = [j for j in self._pending if (fn is None or j.fn == fn) and j.next < len(j.rows)]
+        live = [j for j in self._pending
+                if (fn is None or (j.fn == fn and not _blocks(j))) and j.next < len(j.rows)]
         if live:
             return min(live, key=lambda j: j.next)  # the first of equals: the oldest
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -162,7 +179,7 @@ class MicroBatcher:
             if not self._live(job):
                 continue
             self._pending.append(job)
-            if fn is None or job.fn == fn:
+            if fn is None or (job.fn == fn and not _blocks(job)):
                 return job
 
     def _loop(self):
@@ -174,6 +191,14 @@ class MicroBatcher:
                 continue
             batch = []  # (job, row index)
             fn, deadline = job.fn, time.monotonic() + self.max_wait
+            if _blocks(job):  # already a batch: run it alone, now
+                if self._live(job):
+                    batch.append((job, job.next))
+                    job.next += 1
+                    self._run_batch(fn, batch)
+                else:
+                    self._pending.remove(job)
+                continue
             while job is not None:
                 if self._live(job):
                     take = min(self.max_batch - len(batch), len(job.rows) - job.next)

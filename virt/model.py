@@ -3,6 +3,8 @@
 Inference is split the way a deployment runs it:
     encode(ids, mask)         -> last-layer token states [B, T, H]  (y side: offline, cached)
     score(hx, xm, hy, ym)     -> class probabilities                (online, cheap)
+`score` broadcasts a batch of 1 on the x side: one query's states [1, Tx, H] against K
+candidates [K, Ty, H] give K probabilities (search/engine.py's rerank).
 and `call` = score(encode(x), encode(y)) on `x_ids/x_mask/y_ids/y_mask`.
 
 `VirtTraining` wraps the student with a frozen cross-encoder teacher and adds
@@ -29,10 +31,50 @@ def siamese_dummy_inputs():
 
 
 def _masked_attend(hq, hk, k_mask):
-    """softmax(hq hk^T / sqrt(d)) over valid keys, applied to hk: [B, Tq, H]."""
+    """softmax(hq hk^T / sqrt(d)) over valid keys, applied to hk: [B, Tq, H]. The reference
+    formula of Eq. 5 (tests, bench/virt_head.py); the model computes it as `adapted_pooling`."""
     scores = tf.matmul(hq, hk, transpose_b=True) / math.sqrt(hq.shape[-1])  # [B, Tq, Tk]
     scores = tf.cast(scores, tf.float32) + (1.0 - tf.cast(k_mask[:, None, :], tf.float32)) * -1e9
     return tf.matmul(tf.cast(tf.nn.softmax(scores, axis=-1), hk.dtype), hk)
+
+
+def adapted_pooling(hx, x_mask, hy, y_mask):
+    """Eq. 5's u = mean_x(softmax(Hx Hy^T/sqrt(d)) Hy) and v = mean_y(softmax(Hy Hx^T/sqrt(d)) Hx).
+
+    Computed as `pool(_masked_attend(...))` is, with two exact shortcuts: both directions share
+    one score matrix S = Hx Hy^T (v's scores are S^T), and the mean over x of (P Hy) is
+    (mean over x of P) Hy, so the [B, Tx, Ty] x [B, Ty, H] products become [B, 1, Ty] x [B, Ty, H]:
+    one batched matmul of the attention size instead of four. The batch dims broadcast, so one
+    query (batch 1) scores against K cached candidates (batch K) without copying it K times.
+    """
+    s = tf.cast(_scores(hx, hy) / math.sqrt(hx.shape[-1]), tf.float32)  # [B, Tx, Ty]
+    xm = tf.cast(x_mask, tf.float32)  # [B, Tx]
+    ym = tf.cast(y_mask, tf.float32)  # [B, Ty]
+    p_xy = tf.nn.softmax(s + (1.0 - ym[:, None, :]) * -1e9, axis=-1)  # rows: x tokens over valid y
+    p_yx = tf.nn.softmax(s + (1.0 - xm[:, :, None]) * -1e9, axis=-2)  # columns: y tokens over valid x
+    w_y = tf.reduce_sum(p_xy * xm[:, :, None], axis=-2) / tf.maximum(tf.reduce_sum(xm, -1, keepdims=True), 1.0)
+    w_x = tf.reduce_sum(p_yx * ym[:, None, :], axis=-1) / tf.maximum(tf.reduce_sum(ym, -1, keepdims=True), 1.0)
+    u = tf.matmul(tf.cast(w_y, hy.dtype)[:, None, :], hy)[:, 0]  # [B, H]
+    v = tf.matmul(tf.cast(w_x, hx.dtype)[:, None, :], hx)[:, 0]  # [B, H]
+    return u, v
+
+
+def _scores(hx, hy):
+    """Hx Hy^T: [B, Tx, Ty]. One query (batch 1) against K candidates is computed as one 2-D
+    matmul [K*Ty, H] x [H, Tx] (1.7x faster on this CPU than the broadcast batched matmul)."""
+    def one_query():
+        shape = tf.shape(hy)
+        s = tf.matmul(tf.reshape(hy, [-1, shape[2]]), hx[0], transpose_b=True)  # [K*Ty, Tx]
+        return tf.transpose(tf.reshape(s, [shape[0], shape[1], tf.shape(hx)[1]]), [0, 2, 1])
+
+    return tf.cond(tf.logical_and(tf.equal(tf.shape(hx)[0], 1), tf.greater(tf.shape(hy)[0], 1)), one_query,
+                   lambda: tf.matmul(hx, hy, transpose_b=True))
+
+
+def _same_batch(u, v):
+    """Broadcast [1, H] against [B, H] (one query state scored against B candidates)."""
+    b = tf.maximum(tf.shape(u)[0], tf.shape(v)[0])
+    return tf.broadcast_to(u, [b, tf.shape(u)[1]]), tf.broadcast_to(v, [b, tf.shape(v)[1]])
 
 
 def uses_fusion(adapted_interaction, fusion=None):
@@ -97,10 +139,9 @@ class VirtModel(PairModel):
 
     def score_logits(self, hx, x_mask, hy, y_mask, training=False):
         if self.adapted_interaction:
-            u = pool(_masked_attend(hx, hy, y_mask), x_mask, "mean")  # [B, H]
-            v = pool(_masked_attend(hy, hx, x_mask), y_mask, "mean")  # [B, H]
+            u, v = adapted_pooling(hx, x_mask, hy, y_mask)  # [B, H] each
         else:
-            u, v = pool(hx, x_mask, "mean"), pool(hy, y_mask, "mean")  # [B, H]
+            u, v = _same_batch(pool(hx, x_mask, "mean"), pool(hy, y_mask, "mean"))  # [B, H]
         if self.fusion:
             r = tf.concat([u, v, u - v, tf.maximum(u, v)], axis=-1)  # [B, 4H]
             features = self.hidden(self.fuse(r) + r)  # [B, H]
