@@ -31,8 +31,9 @@ def build_state(cfg):
     for key in ("max_batch", "max_texts", "max_chars", "max_k"):
         if getattr(s, key) < 1:
             raise BackendError(f"serve.{key}={getattr(s, key)}: must be >= 1")
-    if s.max_wait_ms < 0:
-        raise BackendError(f"serve.max_wait_ms={s.max_wait_ms}: must be >= 0")
+    for key in ("max_wait_ms", "max_batch_tokens"):
+        if getattr(s, key) < 0:
+            raise BackendError(f"serve.{key}={getattr(s, key)}: must be >= 0")
     backend = open_model(s.model, s.backend, s.int8, s.threads, s.name)
     searcher = None
     if s.index:
@@ -40,7 +41,8 @@ def build_state(cfg):
                                  threads=s.threads)
     elif s.rerank:
         raise BackendError("serve.rerank is for /v1/search: set serve.index too")
-    return ServerState(backend, s.max_batch, s.max_wait_ms, Limits(s.max_texts, s.max_chars), searcher, s.max_k)
+    return ServerState(backend, s.max_batch, s.max_wait_ms, Limits(s.max_texts, s.max_chars), searcher, s.max_k,
+                       s.max_batch_tokens)
 
 
 def serve_task(cfg):
@@ -50,8 +52,8 @@ def serve_task(cfg):
 
     s = cfg.serve
     state = build_state(cfg)
-    log.info("serving %s on http://%s:%d (max_batch %d, max_wait_ms %g%s)", state.backend.describe(), s.host,
-             s.port, s.max_batch, s.max_wait_ms,
+    log.info("serving %s on http://%s:%d (max_batch %d, max_batch_tokens %d, max_wait_ms %g%s)",
+             state.backend.describe(), s.host, s.port, s.max_batch, s.max_batch_tokens, s.max_wait_ms,
              f", search over {s.index}" if s.index else "")
     try:
         uvicorn.run(create_app(state), host=s.host, port=s.port, log_level="warning", access_log=False,
