@@ -52,7 +52,7 @@ class ServerState:
     backend (the served model, the search index's model, the reranker), metrics, limits."""
 
     def __init__(self, backend, max_batch=32, max_wait_ms=5.0, limits=None, searcher=None, max_k=100,
-                 max_batch_tokens=512):
+                 max_batch_tokens=256):
         self.backend, self.limits = backend, limits or Limits()
         self.metrics = Metrics()
         self.signatures = SignatureSet(backend, self.limits)

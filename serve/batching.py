@@ -5,7 +5,7 @@ unpadded array (`[L]` ids / mask, `[L, H]` states). `run_rows` pads rows to the 
 in the batch, runs the backend once and cuts the outputs back into rows (sequence outputs
 trimmed to each row's own length, so a row's result does not depend on its batch mates).
 
-    batcher = MicroBatcher(backend, max_batch=32, max_wait_ms=5, max_batch_tokens=512)
+    batcher = MicroBatcher(backend, max_batch=32, max_wait_ms=5, max_batch_tokens=256)
     future = batcher.submit("predict_ids", rows)    # concurrent.futures.Future -> list of row outputs
     rows_out = await asyncio.wrap_future(future)    # from the event loop; cancel() drops queued rows
 
@@ -15,8 +15,9 @@ least-served first, until the batch is full or `max_wait_ms` have passed, runs t
 batch and hands every request its own rows. A batch is full at `max_batch` rows or when the
 next row would take it over `max_batch_tokens` tokens, counted as rows x padded length (the
 sum of the padded lengths of the function's masks: two texts for a siamese pair); a row
-longer than that runs alone, and 0 counts rows only. On a CPU a batch's cost is about its
-tokens, so the budget bounds how long any batch runs. A request that does not fit in one
+longer than that runs alone, and 0 counts rows only. On a CPU an encoder batch's cost is
+about its tokens, so the budget bounds how long any batch runs (functions that do not run
+the encoder, VIRT's `score`, are batched by rows only). A request that does not fit in one
 batch is split over batches, and requests that arrive meanwhile go into the next batch
 rather than after all of its rows: a client sending 256 rows of 64 tokens delays another's
 one-row request by about two batches of `max_batch_tokens` (the one running, then its own),
@@ -188,10 +189,12 @@ class MicroBatcher:
                 continue
             batch = []  # (job, row index)
             fn, deadline = job.fn, time.monotonic() + self.max_wait
-            longest = dict.fromkeys(length_inputs(self.backend.functions[fn]), 0)  # padded lengths so far
+            spec = self.backend.functions[fn]
+            budget = self.max_tokens if spec.encoder else 0
+            longest = dict.fromkeys(length_inputs(spec), 0)  # padded lengths so far
             while job is not None:
                 if self._live(job):
-                    if self._take(batch, longest, job):
+                    if self._take(batch, longest, job, budget):
                         break
                 else:
                     self._pending.remove(job)
@@ -201,17 +204,17 @@ class MicroBatcher:
         for job in list(self._pending):
             job.future.cancel()
 
-    def _take(self, batch, longest, job):
+    def _take(self, batch, longest, job, budget):
         """Move `job`'s next rows into `batch` while they fit; True when the batch is full (the
-        next row would pass `max_batch` rows or `max_batch_tokens`: it waits for the next batch,
+        next row would pass `max_batch` rows or `budget` tokens: it waits for the next batch,
         and so do other requests' rows, shorter or not, to keep the least-served order)."""
         while job.next < len(job.rows):
             if len(batch) >= self.max_batch:
                 return True
-            if self.max_tokens:
+            if budget:
                 row = job.rows[job.next]
                 grown = {name: max(n, len(row[name])) for name, n in longest.items()}
-                if batch and (len(batch) + 1) * sum(grown.values()) > self.max_tokens:
+                if batch and (len(batch) + 1) * sum(grown.values()) > budget:
                     return True
                 longest.update(grown)
             batch.append((job, job.next))

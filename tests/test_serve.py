@@ -376,6 +376,16 @@ def test_a_small_request_waits_a_token_budget_not_a_batch_of_long_rows(max_batch
     assert be.done_at[1000] <= 2 * max_batch_tokens, (be.done_at[1000], be.batches)
     assert all(n * length <= max_batch_tokens for n, length in be.batches), be.batches
     assert sum(n for n, _ in be.batches) == 65
+    # a function that does not run the encoder (VIRT's score head) is batched by rows only
+    be = Costly()
+    be.functions = {"f": Function(("x", "x_mask"), ("y",), encoder=False)}
+    be.release.set()
+    batcher = MicroBatcher(be, max_batch=32, max_wait_ms=0, max_batch_tokens=max_batch_tokens)
+    try:
+        batcher.run("f", [row(i, 64) for i in range(64)])
+    finally:
+        batcher.close()
+    assert be.batches == [(32, 64), (32, 64)], be.batches
 
 
 def test_a_token_budget_splits_batches_and_keeps_the_scores(virt_export):
