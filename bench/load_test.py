@@ -7,7 +7,8 @@ against batch-1 serving in one run.
         --clients 8 --seconds 30 --out runs/load/virt          # POST /v1/search: VIRT score on cached candidates
 
 For each server configuration (`--configs`, default `32:5,1:0` = max_batch 32 / max_wait 5 ms,
-then max_batch 1 = no batching) it starts `run_tasks.py --task serve` on 127.0.0.1 and a free
+then max_batch 1 = no batching; a third field sets serve.max_batch_tokens, `32:5:0` = rows only,
+else the server's default) it starts `run_tasks.py --task serve` on 127.0.0.1 and a free
 port, warms it up, runs `--clients` closed-loop clients (each sends its next request when the
 previous one returned) until `--seconds` have passed or `--max-requests` were sent, reads the
 server's batch-size histogram from /metrics and stops the server. Requests: one text pair
@@ -18,16 +19,18 @@ Prints a markdown table (throughput, p50/p95/p99 latency, errors, mean batch row
 ratios of the first configuration to the last; writes `<out>/load.json` and `<out>/load.md`.
 Clients and server share the machine: on 2 cores the client's own CPU use is part of the result.
 
-    python bench/load_test.py --model runs/export/qm --int8 --mix --clients 8 --seconds 20 --out runs/load/mix
+    python bench/load_test.py --model runs/export/qm --int8 --mix --clients 8 --seconds 20 \
+        --configs 32:5:0,32:5:512 --out runs/load/mix      # rows-only batching against a token budget
 
-`--mix` (reliability): the first configuration only, two phases of `--seconds` on one server.
+`--mix` (reliability): for each configuration (default `32:5`), two phases of `--seconds` on one server.
 "alone": half of the clients send good one-pair requests. "mixed": the same good clients,
 and the other half split between bad requests (a corpus of malformed bodies, each with the
 4xx it must get) and maximum-size ones (`--max-texts` pairs of `--max-chars` characters,
 English and Chinese). Reports per kind of client the status codes, the latency of the good
 requests (p99 alone against mixed: how much one client's large requests cost the others),
 every unexpected answer (a 5xx, a transport error, a wrong 4xx, a failed good request), the
-server's peak resident memory (VmHWM) and its log lines.
+mean rows per model call in the mixed phase, the server's peak resident memory (VmHWM) and its
+log lines.
 """
 
 from __future__ import annotations
@@ -58,10 +61,26 @@ def sample_texts(n=512, seed=7, lang="en"):
     return list(pairs.text_a), list(pairs.text_b)
 
 
-def start_server(args, max_batch, max_wait_ms, port):
+def parse_configs(spec):
+    """"32:5,1:0,32:5:512" -> [(max_batch, max_wait_ms, max_batch_tokens or None = the server's default)]."""
+    out = []
+    for item in spec.split(","):
+        mb, wait, *tokens = item.split(":")
+        out.append((int(mb), float(wait or 0), int(tokens[0]) if tokens and tokens[0] else None))
+    return out
+
+
+def config_name(max_batch, max_wait_ms, max_batch_tokens):
+    return f"{max_batch}:{max_wait_ms:g}" + ("" if max_batch_tokens is None else f":{max_batch_tokens}")
+
+
+def start_server(args, config, port):
+    max_batch, max_wait_ms, max_batch_tokens = config
     sets = [f"serve.model={args.model}", f"serve.host={HOST}", f"serve.port={port}", f"serve.max_batch={max_batch}",
             f"serve.max_wait_ms={max_wait_ms}", f"serve.backend={args.backend}", f"serve.max_texts={args.max_texts}",
             f"serve.max_chars={args.max_chars}"]
+    if max_batch_tokens is not None:
+        sets.append(f"serve.max_batch_tokens={max_batch_tokens}")
     if args.int8:
         sets.append("serve.int8=true")
     if args.index:
@@ -71,7 +90,7 @@ def start_server(args, max_batch, max_wait_ms, port):
     if args.threads:
         sets.append(f"serve.threads={args.threads}")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
-    log = open(Path(args.out) / f"server-{max_batch}.log", "w")
+    log = open(Path(args.out) / f"server-{config_name(*config).replace(':', '-')}.log", "w")
     proc = subprocess.Popen([sys.executable, str(ROOT / "run_tasks.py"), "--task", "serve", "--set", *sets],
                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     return proc, log
@@ -221,13 +240,13 @@ def proc_memory_mb(pid):
     return {k: int(status.split(k + ":")[1].split()[0]) / 1024 for k in ("VmRSS", "VmHWM")}
 
 
-def measure_mix(args, max_batch, max_wait_ms, good, path):
-    """The --mix run: good clients alone, then with bad and maximum-size clients."""
+def measure_mix(args, config, good, path):
+    """The --mix run of one configuration: good clients alone, then with bad and maximum-size clients."""
     from serve.task import free_port
 
     port = free_port(HOST)
     url = f"http://{HOST}:{port}"
-    proc, log = start_server(args, max_batch, max_wait_ms, port)
+    proc, log = start_server(args, config, port)
     try:
         health = wait_ready(url, proc)
         n_good = args.clients - args.clients // 2
@@ -238,8 +257,10 @@ def measure_mix(args, max_batch, max_wait_ms, good, path):
         mem0 = proc_memory_mb(proc.pid)
         alone = asyncio.run(run_groups(url, path, {"good": (n_good, good)}, args.seconds))
         lines0 = Path(log.name).read_text(errors="replace").count("\n")
+        rows0, batches0 = batch_stats(url, "predict_ids")
         mixed = asyncio.run(run_groups(url, path, {"good": (n_good, good), "bad": (n_bad, bad_bodies(
             health["kind"], args.max_texts, args.max_chars)), "max-size": (args.clients // 4, big)}, args.seconds))
+        rows1, batches1 = batch_stats(url, "predict_ids")
         mem1 = proc_memory_mb(proc.pid)
     finally:
         stop_server(proc, log)
@@ -250,8 +271,10 @@ def measure_mix(args, max_batch, max_wait_ms, good, path):
         return {"codes": st["codes"], "unexpected": st["unexpected"], "answered_as_expected": len(lat),
                 "p50_ms": 1000 * percentile(lat, 50), "p99_ms": 1000 * percentile(lat, 99)}
 
-    return {"max_batch": max_batch, "max_wait_ms": max_wait_ms, "seconds": args.seconds, "server": health,
+    return {"config": config_name(*config), "max_batch": config[0], "max_wait_ms": config[1],
+            "max_batch_tokens": config[2], "seconds": args.seconds, "server": health,
             "alone": {"good": summary(alone["good"])}, "mixed": {g: summary(st) for g, st in mixed.items()},
+            "mixed_mean_batch_rows": (rows1 - rows0) / max(batches1 - batches0, 1),
             "server_memory_mb": {"before": mem0, "after": mem1}, "server_log_lines_mixed": lines}
 
 
@@ -260,8 +283,9 @@ def markdown_mix(r, args):
     unexpected = sum(sum(g["unexpected"].values()) for g in m.values())
     non_4xx = sum(n for g in m.values() for code, n in g["codes"].items()
                   if not (code.isdigit() and (400 <= int(code) < 500 or code == "200")))
+    tokens = {None: "the server's default", 0: "0 (rows only)"}.get(r["max_batch_tokens"], r["max_batch_tokens"])
     lines = [f"**--mix** ({args.clients} clients, {args.seconds:g} s a phase, max_batch {r['max_batch']}, "
-             f"limits {args.max_texts} texts x {args.max_chars} characters)", "",
+             f"max_batch_tokens {tokens}, limits {args.max_texts} texts x {args.max_chars} characters)", "",
              "| phase | clients | requests | status codes | p50 ms | p99 ms | unexpected |", "|---|---|---|---|---|---|---|"]
     for phase, groups in (("alone", r["alone"]), ("mixed", m)):
         for g, st in groups.items():
@@ -274,7 +298,8 @@ def markdown_mix(r, args):
                   f"{sum(m['good']['unexpected'].values()) + sum(m['max-size']['unexpected'].values())}; "
                   f"server memory: peak {mem['after']['VmHWM']:.0f} MB (resident {mem['before']['VmRSS']:.0f} MB "
                   f"before the mixed phase, {mem['after']['VmRSS']:.0f} MB after); server log lines in the mixed "
-                  f"phase: {r['server_log_lines_mixed']}"]
+                  f"phase: {r['server_log_lines_mixed']}; mean rows per model call in the mixed phase: "
+                  f"{r['mixed_mean_batch_rows']:.1f}"]
     return "\n".join(lines)
 
 
@@ -287,12 +312,12 @@ def batch_stats(url, function):
     return (float(total.group(1)), int(count.group(1))) if total and count else (0.0, 0)
 
 
-def measure(args, max_batch, max_wait_ms, bodies, path, function):
+def measure(args, config, bodies, path, function):
     from serve.task import free_port
 
     port = free_port(HOST)
     url = f"http://{HOST}:{port}"
-    proc, log = start_server(args, max_batch, max_wait_ms, port)
+    proc, log = start_server(args, config, port)
     try:
         health = wait_ready(url, proc)
         asyncio.run(run_clients(url, path, bodies, args.clients, args.warmup, 10 * args.clients))  # warm-up
@@ -302,7 +327,8 @@ def measure(args, max_batch, max_wait_ms, bodies, path, function):
         rows1, batches1 = batch_stats(url, function)
     finally:
         stop_server(proc, log)
-    return {"max_batch": max_batch, "max_wait_ms": max_wait_ms, "requests": sent, "ok": len(lat),
+    return {"config": config_name(*config), "max_batch": config[0], "max_wait_ms": config[1],
+            "max_batch_tokens": config[2], "requests": sent, "ok": len(lat),
             "errors": errors, "seconds": round(elapsed, 2), "throughput_rps": len(lat) / elapsed,
             "p50_ms": 1000 * percentile(lat, 50), "p95_ms": 1000 * percentile(lat, 95),
             "p99_ms": 1000 * percentile(lat, 99),
@@ -312,11 +338,12 @@ def measure(args, max_batch, max_wait_ms, bodies, path, function):
 
 def markdown(results, args, title):
     lines = [f"**{title}** ({args.clients} clients, {args.seconds:g} s per configuration)", "",
-             "| max_batch | max_wait_ms | requests/s | p50 ms | p95 ms | p99 ms | errors | mean batch rows |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| max_batch | max_wait_ms | max_batch_tokens | requests/s | p50 ms | p95 ms | p99 ms | errors | "
+             "mean batch rows |", "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         errors = sum(r["errors"].values())
-        lines.append(f"| {r['max_batch']} | {r['max_wait_ms']:g} | {r['throughput_rps']:.1f} | {r['p50_ms']:.1f} | "
+        tokens = "default" if r["max_batch_tokens"] is None else r["max_batch_tokens"]
+        lines.append(f"| {r['max_batch']} | {r['max_wait_ms']:g} | {tokens} | {r['throughput_rps']:.1f} | {r['p50_ms']:.1f} | "
                      f"{r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {errors} | {r['mean_batch_rows']:.1f} |")
     if len(results) > 1:
         a, b = results[0], results[-1]
@@ -338,7 +365,8 @@ def main(argv=None):
     p.add_argument("--seconds", type=float, default=20.0, help="measured seconds per configuration")
     p.add_argument("--warmup", type=float, default=3.0, help="warm-up seconds per configuration")
     p.add_argument("--max-requests", type=int, default=20000, help="cap on requests per configuration")
-    p.add_argument("--configs", default="32:5,1:0", help="max_batch:max_wait_ms,... (default 32:5,1:0)")
+    p.add_argument("--configs", help="max_batch:max_wait_ms[:max_batch_tokens],... (default 32:5,1:0; "
+                   "--mix: 32:5)")
     p.add_argument("--threads", type=int, help="serve.threads (onnxruntime intra-op threads)")
     p.add_argument("--lang", default="en", choices=("en", "zh", "mixed"), help="sample texts' language")
     p.add_argument("--mix", action="store_true", help="reliability run: good, bad and maximum-size clients")
@@ -361,24 +389,30 @@ def main(argv=None):
         bodies = [json.dumps({"instances": [{"text_a": a[(i + j) % len(a)], "text_b": b[(i + j) % len(b)]}
                                             for j in range(args.pairs)]}) for i in range(len(a))]
         title = f":predict serving_default, {args.pairs} pair(s)/request ({args.model}{', int8' if args.int8 else ''})"
+    configs = parse_configs(args.configs or ("32:5" if args.mix else "32:5,1:0"))
     if args.mix:
         if args.index:
             p.error("--mix load-tests :predict; leave out --index")
-        mb, _, wait = args.configs.split(",")[0].partition(":")
-        r = measure_mix(args, int(mb), float(wait or 0), bodies, path)
-        table = markdown_mix(r, args)
+        runs, loadavg = [], [os.getloadavg()]
+        for config in configs:
+            runs.append(measure_mix(args, config, bodies, path))
+            loadavg.append(os.getloadavg())
+            print(f"{runs[-1]['config']}: good p99 alone {runs[-1]['alone']['good']['p99_ms']:.0f} ms, mixed "
+                  f"{runs[-1]['mixed']['good']['p99_ms']:.0f} ms", flush=True)
+        table = "\n\n".join(markdown_mix(r, args) for r in runs)
+        table += "\n\nload average (1, 5, 15 min) at the start and after each configuration: " + "; ".join(
+            ", ".join(f"{x:.1f}" for x in la) for la in loadavg)
         print("\n" + table)
         report = {"date": datetime.now().isoformat(timespec="seconds"), "cpus": os.cpu_count(),
-                  "loadavg": os.getloadavg(), "title": title, "args": vars(args), "mix": r}
+                  "loadavg": loadavg, "title": title, "args": vars(args), "mix": runs}
         (Path(args.out) / "load.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
         (Path(args.out) / "load.md").write_text(table + "\n", encoding="utf-8")
         return 0
     results = []
-    for spec in args.configs.split(","):
-        mb, _, wait = spec.partition(":")
-        results.append(measure(args, int(mb), float(wait or 0), bodies, path, function))
+    for config in configs:
+        results.append(measure(args, config, bodies, path, function))
         r = results[-1]
-        print(f"max_batch={r['max_batch']}: {r['throughput_rps']:.1f} req/s, p99 {r['p99_ms']:.1f} ms, "
+        print(f"{r['config']}: {r['throughput_rps']:.1f} req/s, p99 {r['p99_ms']:.1f} ms, "
               f"errors {sum(r['errors'].values())}, mean batch {r['mean_batch_rows']:.1f}", flush=True)
     table = markdown(results, args, title)
     print("\n" + table)

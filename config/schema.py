@@ -163,6 +163,7 @@ class ServeConfig:
     port: int = bounded(8501, ge=1, le=65535)  # bind port
     name: str | None = None  # model name in the API; None = the export's name (as in TF Serving), else the directory name
     max_batch: int = bounded(32, ge=1)  # largest dynamic batch (rows); 1 = no micro-batching
+    max_batch_tokens: int = bounded(256, ge=0)  # most rows x padded tokens per batch (a longer row runs alone); 0 = rows only
     max_wait_ms: float = bounded(5.0, ge=0)  # longest wait to fill a batch
     max_texts: int = bounded(256, ge=1)  # most texts / pairs / rows per request
     max_chars: int = bounded(2000, ge=1)  # longest accepted text

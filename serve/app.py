@@ -51,11 +51,12 @@ class ServerState:
     """What the routes share: the served backend and its signatures, one micro-batcher per
     backend (the served model, the search index's model, the reranker), metrics, limits."""
 
-    def __init__(self, backend, max_batch=32, max_wait_ms=5.0, limits=None, searcher=None, max_k=100):
+    def __init__(self, backend, max_batch=32, max_wait_ms=5.0, limits=None, searcher=None, max_k=100,
+                 max_batch_tokens=256):
         self.backend, self.limits = backend, limits or Limits()
         self.metrics = Metrics()
         self.signatures = SignatureSet(backend, self.limits)
-        self.max_batch, self.max_wait_ms = max_batch, max_wait_ms
+        self.max_batch, self.max_wait_ms, self.max_batch_tokens = max_batch, max_wait_ms, max_batch_tokens
         self.searcher, self.max_k = searcher, max_k
         self.pool = ThreadPoolExecutor(16, thread_name_prefix="request")  # parsing, tokenising, responses
         self._batchers = {}
@@ -69,7 +70,8 @@ class ServerState:
         key = id(backend)
         if key not in self._batchers:
             self._batchers[key] = MicroBatcher(backend, self.max_batch, self.max_wait_ms, self.metrics,
-                                               name=f"batcher-{backend.name}")
+                                               name=f"batcher-{backend.name}",
+                                               max_batch_tokens=self.max_batch_tokens)
         return self._batchers[key]
 
     @property

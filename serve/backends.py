@@ -45,11 +45,14 @@ class BackendError(ValueError):
 
 @dataclass(frozen=True)
 class Function:
-    """One ids-level function: input names in call order, output names, and the outputs
-    that carry a sequence axis (trimmed back to each row's own length after batching)."""
+    """One ids-level function: input names in call order, output names, the outputs that
+    carry a sequence axis (trimmed back to each row's own length after batching), and whether
+    it runs the encoder, whose cost grows with rows x padded tokens (serve.max_batch_tokens
+    applies; VIRT's `score` head on cached states is batched by rows only)."""
     inputs: tuple
     outputs: tuple
     seq_outputs: tuple = ()
+    encoder: bool = True
 
 
 def functions_of(kind, outputs):
@@ -61,7 +64,7 @@ def functions_of(kind, outputs):
         fns["encode_ids"] = Function(("input_ids", "attention_mask"), ("embeddings",))
     else:
         fns["encode_ids"] = Function(("input_ids", "attention_mask"), ("token_states",), ("token_states",))
-        fns["score"] = Function(SCORE_INPUTS, ("probs",))
+        fns["score"] = Function(SCORE_INPUTS, ("probs",), encoder=False)
     return fns
 
 

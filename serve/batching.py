@@ -5,17 +5,24 @@ unpadded array (`[L]` ids / mask, `[L, H]` states). `run_rows` pads rows to the 
 in the batch, runs the backend once and cuts the outputs back into rows (sequence outputs
 trimmed to each row's own length, so a row's result does not depend on its batch mates).
 
-    batcher = MicroBatcher(backend, max_batch=32, max_wait_ms=5)
+    batcher = MicroBatcher(backend, max_batch=32, max_wait_ms=5, max_batch_tokens=256)
     future = batcher.submit("predict_ids", rows)    # concurrent.futures.Future -> list of row outputs
     rows_out = await asyncio.wrap_future(future)    # from the event loop; cancel() drops queued rows
 
 One worker thread owns the backend: it takes the least-served request (fewest rows run so
 far, the oldest among equals), then keeps adding rows of requests for the same function,
-least-served first, until `max_batch` rows or `max_wait_ms` have passed, runs them as one
-batch and hands every request its own rows. A request larger than `max_batch` is split over
-batches, and requests that arrive meanwhile go into the next batch rather than after all of
-its rows: a client sending 256-row requests delays another's one-row request by about one
-batch. A failing batch fails only the requests in it; the worker carries on with the next one.
+least-served first, until the batch is full or `max_wait_ms` have passed, runs them as one
+batch and hands every request its own rows. A batch is full at `max_batch` rows or when the
+next row would take it over `max_batch_tokens` tokens, counted as rows x padded length (the
+sum of the padded lengths of the function's masks: two texts for a siamese pair); a row
+longer than that runs alone, and 0 counts rows only. On a CPU an encoder batch's cost is
+about its tokens, so the budget bounds how long any batch runs (functions that do not run
+the encoder, VIRT's `score`, are batched by rows only). A request that does not fit in one
+batch is split over batches, and requests that arrive meanwhile go into the next batch
+rather than after all of its rows: a client sending 256 rows of 64 tokens delays another's
+one-row request by about two batches of `max_batch_tokens` (the one running, then its own),
+not by two batches of 32 long rows. A failing batch fails only the requests in it; the
+worker carries on with the next one.
 
 A `Block` is a row that is already a batch (input name -> padded array, e.g. one query's
 states against its K reranked candidates): it runs as one call on its own, never padded
@@ -68,6 +75,11 @@ def run_rows(backend, fn, rows):
     return result
 
 
+def length_inputs(spec):
+    """The inputs whose lengths make a batch's padded size: the masks (one per text), else the first."""
+    return tuple(n for n in spec.inputs if n.endswith("mask")) or spec.inputs[:1]
+
+
 def run_in_batches(backend, fn, rows, batch_size):
     """Direct (no queue) run for the command-line tasks: length-sorted batches, input order kept."""
     if rows and isinstance(rows[0], Block):
@@ -99,14 +111,17 @@ class _Job:
 class MicroBatcher:
     """Dynamic batching of concurrent requests onto one backend (see the module docstring).
 
-    `metrics` (serve.metrics.Metrics, optional) records every batch's size and the
-    cancelled requests.
+    `max_batch_tokens`: most rows x padded tokens in a batch (0 = rows only). `metrics`
+    (serve.metrics.Metrics, optional) records every batch's size and the cancelled requests.
     """
 
-    def __init__(self, backend, max_batch=32, max_wait_ms=5.0, metrics=None, name="batcher"):
+    def __init__(self, backend, max_batch=32, max_wait_ms=5.0, metrics=None, name="batcher", max_batch_tokens=0):
         if max_batch < 1:
             raise ValueError(f"max_batch={max_batch}: must be >= 1")
+        if max_batch_tokens < 0:
+            raise ValueError(f"max_batch_tokens={max_batch_tokens}: must be >= 0")
         self.backend, self.max_batch, self.max_wait = backend, int(max_batch), max(float(max_wait_ms), 0.0) / 1000
+        self.max_tokens = int(max_batch_tokens)
         self.metrics = metrics
         self._queue = queue.Queue()
         self._pending = collections.deque()  # jobs taken from the queue but not finished
@@ -199,20 +214,37 @@ class MicroBatcher:
                 else:
                     self._pending.remove(job)
                 continue
+            spec = self.backend.functions[fn]
+            budget = self.max_tokens if spec.encoder else 0
+            longest = dict.fromkeys(length_inputs(spec), 0)  # padded lengths so far
             while job is not None:
                 if self._live(job):
-                    take = min(self.max_batch - len(batch), len(job.rows) - job.next)
-                    batch.extend((job, i) for i in range(job.next, job.next + take))
-                    job.next += take
+                    if self._take(batch, longest, job, budget):
+                        break
                 else:
                     self._pending.remove(job)
-                if len(batch) >= self.max_batch:
-                    break
                 job = self._next_job(fn, timeout=max(deadline - time.monotonic(), 0.0))
             if batch:
                 self._run_batch(fn, batch)
         for job in list(self._pending):
             job.future.cancel()
+
+    def _take(self, batch, longest, job, budget):
+        """Move `job`'s next rows into `batch` while they fit; True when the batch is full (the
+        next row would pass `max_batch` rows or `budget` tokens: it waits for the next batch,
+        and so do other requests' rows, shorter or not, to keep the least-served order)."""
+        while job.next < len(job.rows):
+            if len(batch) >= self.max_batch:
+                return True
+            if budget:
+                row = job.rows[job.next]
+                grown = {name: max(n, len(row[name])) for name, n in longest.items()}
+                if batch and (len(batch) + 1) * sum(grown.values()) > budget:
+                    return True
+                longest.update(grown)
+            batch.append((job, job.next))
+            job.next += 1
+        return len(batch) >= self.max_batch
 
     def _run_batch(self, fn, batch):
         jobs = list(dict.fromkeys(j for j, _ in batch))

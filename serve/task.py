@@ -35,7 +35,8 @@ def build_state(cfg):
                                  threads=s.threads)
     elif s.rerank:
         raise BackendError("serve.rerank is for /v1/search: set serve.index too")
-    return ServerState(backend, s.max_batch, s.max_wait_ms, Limits(s.max_texts, s.max_chars), searcher, s.max_k)
+    return ServerState(backend, s.max_batch, s.max_wait_ms, Limits(s.max_texts, s.max_chars), searcher, s.max_k,
+                       s.max_batch_tokens)
 
 
 def serve_task(cfg):
@@ -45,8 +46,8 @@ def serve_task(cfg):
 
     s = cfg.serve
     state = build_state(cfg)
-    log.info("serving %s on http://%s:%d (max_batch %d, max_wait_ms %g%s)", state.backend.describe(), s.host,
-             s.port, s.max_batch, s.max_wait_ms,
+    log.info("serving %s on http://%s:%d (max_batch %d, max_batch_tokens %d, max_wait_ms %g%s)",
+             state.backend.describe(), s.host, s.port, s.max_batch, s.max_batch_tokens, s.max_wait_ms,
              f", search over {s.index}" if s.index else "")
     try:
         uvicorn.run(create_app(state), host=s.host, port=s.port, log_level="warning", access_log=False,

@@ -330,6 +330,95 @@ def test_a_large_request_does_not_hold_back_a_small_one():
     assert 1000 in be.batches[1], be.batches  # the next batch, not the ninth
 
 
+@pytest.mark.parametrize("max_batch_tokens", [256, 512])
+def test_a_small_request_waits_a_token_budget_not_a_batch_of_long_rows(max_batch_tokens):
+    """A stub backend whose cost is rows x padded length (the CPU's case): a one-row request sent
+    while a request of 64 rows of 64 tokens runs is answered after at most two batches of
+    `max_batch_tokens` tokens (the one running, then its own), not after two 32-row batches
+    (4,096 tokens: rows-only batching, max_batch_tokens=0, fails here). Every row's result is
+    the one it gets alone."""
+    from serve.backends import Function
+    from serve.batching import MicroBatcher
+
+    class Costly:
+        functions = {"f": Function(("x", "x_mask"), ("y",))}
+        tokenizer = type("T", (), {"pad_id": 0})
+
+        def __init__(self):
+            self.batches, self.tokens, self.done_at = [], 0, {}
+            self.first_running, self.release = threading.Event(), threading.Event()
+
+        def run(self, fn, feeds):
+            n, length = feeds["x"].shape
+            self.batches.append((n, length))
+            self.first_running.set()
+            self.release.wait(5)  # the first batch runs until the small request is queued
+            time.sleep(n * length * 2e-6)
+            self.tokens += n * length
+            for tag in feeds["x"][:, 0].tolist():
+                self.done_at[tag] = self.tokens  # tokens run when this row's batch ended
+            return {"y": feeds["x"].sum(1) * feeds["x_mask"].sum(1)}
+
+    def row(tag, length):
+        return {"x": np.array([tag] + [1] * (length - 1), np.int32), "x_mask": np.ones(length, np.int32)}
+
+    be = Costly()
+    batcher = MicroBatcher(be, max_batch=32, max_wait_ms=0, max_batch_tokens=max_batch_tokens)
+    try:
+        big = batcher.submit("f", [row(i, 64) for i in range(64)])
+        assert be.first_running.wait(5)
+        small = batcher.submit("f", [row(1000, 5)])
+        be.release.set()
+        assert small.result(5)[0]["y"] == (1000 + 4) * 5  # padding does not change a row's result
+        assert [r["y"] for r in big.result(5)] == [(i + 63) * 64 for i in range(64)]
+    finally:
+        batcher.close()
+    assert be.done_at[1000] <= 2 * max_batch_tokens, (be.done_at[1000], be.batches)
+    assert all(n * length <= max_batch_tokens for n, length in be.batches), be.batches
+    assert sum(n for n, _ in be.batches) == 65
+    # a function that does not run the encoder (VIRT's score head) is batched by rows only
+    be = Costly()
+    be.functions = {"f": Function(("x", "x_mask"), ("y",), encoder=False)}
+    be.release.set()
+    batcher = MicroBatcher(be, max_batch=32, max_wait_ms=0, max_batch_tokens=max_batch_tokens)
+    try:
+        batcher.run("f", [row(i, 64) for i in range(64)])
+    finally:
+        batcher.close()
+    assert be.batches == [(32, 64), (32, 64)], be.batches
+
+
+def test_a_token_budget_splits_batches_and_keeps_the_scores(virt_export):
+    """Real model: requests batched under a small token budget get the scores they get alone."""
+    a = [f"{x} number {i}" for i, x in enumerate(PAIRS[0] * 2)]
+    b = [f"{y} {'again ' * (i % 4)}" for i, y in enumerate(PAIRS[1] * 2)]
+    _, ort_out, _ = _reference(virt_export["loaded"], a, b, virt_export["out"] / "onnx" / "model.onnx")
+    backend, shapes = open_model(virt_export["out"]), []
+    real = backend.run
+
+    def run(fn, feeds):
+        shapes.append((len(feeds["x_ids"]), feeds["x_ids"].shape[1] + feeds["y_ids"].shape[1]))
+        return real(fn, feeds)
+
+    backend.run = run
+    state = ServerState(backend, max_batch=8, max_wait_ms=30, max_batch_tokens=40)
+    with BackgroundServer(state) as url:
+        c = RestClient(url, "virt")
+        results = {}
+        threads = [threading.Thread(target=lambda i: results.update({i: c.predict_pairs([a[i]], [b[i]])[0]}),
+                                    args=(i,)) for i in range(len(a))]
+        for t in threads:
+            t.start()
+        together = c.predict_pairs(a, b)  # one request over several batches, with the others
+        for t in threads:
+            t.join(30)
+    np.testing.assert_allclose([results[i] for i in range(len(a))], ort_out["probs"], atol=1e-5)
+    np.testing.assert_allclose(together, ort_out["probs"], atol=1e-5)
+    assert sum(n for n, _ in shapes) == 2 * len(a), shapes
+    assert all(n * length <= 40 or n == 1 for n, length in shapes), shapes  # padded x and y tokens
+    assert max(n for n, _ in shapes) > 1, shapes  # still batched
+
+
 def test_a_100k_character_pair_is_scored_in_little_memory_and_time(model_dirs):  # noqa: F811
     """The cross-encoder pair that drove the server to 22 GB: 100,000 characters a side."""
     from tests.test_long_inputs import peak_extra_mb
