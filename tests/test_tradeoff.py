@@ -17,14 +17,10 @@ sys.path.insert(0, str(ROOT / "bench"))
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """<out>/virt (teacher, siamese baseline, VIRT) and <out>/tiny (plain and distilled tiny), tiny models."""
-    from data import make_sample
+    from tests.tiny_runs import sample_task_overrides
 
     root = tmp_path_factory.mktemp("tradeoff")
-    files = make_sample(root / "data", n_train=64, n_valid=32, n_test=32)
-    common = ["model.init=null", "model.vocab_lang=zh", "model.hidden_size=32", "model.num_heads=4",
-              "model.intermediate_size=64", "model.max_position=64", f"data.train={files['train']}",
-              f"data.valid={files['valid']}", f"data.test={files['test']}", "train.batch_size=16",
-              "train.epochs=1", "train.steps_per_epoch=2", "train.max_seq_len=16", "train.verbose=0"]
+    common = sample_task_overrides(root, n_train=64) + ["train.steps_per_epoch=2"]
     out = root / "out"
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)

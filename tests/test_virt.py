@@ -422,14 +422,11 @@ def test_distillation_moves_student_maps_towards_the_teacher():
 def virt_run(tmp_path_factory):
     """The virt task end to end (random init, teacher fine-tuned in the run), via run_tasks.main."""
     import run_tasks
-    from data import make_sample
+    from tests.tiny_runs import sample_task_overrides
 
     root = tmp_path_factory.mktemp("virt_run")
-    files = make_sample(root / "data", n_train=96, n_valid=32, n_test=32)
-    common = ["model.init=null", "model.vocab_lang=en", "model.hidden_size=32", "model.num_heads=4",
-              "model.intermediate_size=64", "model.max_position=64", f"data.train={files['train']}",
-              f"data.valid={files['valid']}", f"data.test={files['test']}", "train.batch_size=16",
-              "train.epochs=1", "train.max_seq_len=16", "train.verbose=0", "train.eval_batch_size=32"]
+    common = sample_task_overrides(root)
+    files = dict(c[len("data."):].split("=", 1) for c in common if c.startswith("data."))  # train, valid, test
     run = root / "run"
     rc = run_tasks.main(["--debug", "--task", "virt", "--set", *common, "model.num_layers=2", "virt.teacher=null",
                          "--out", str(run)])

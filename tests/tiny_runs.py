@@ -43,6 +43,18 @@ def tiny_overrides(data=None, vocab=None, *extra):
     return out + list(extra)
 
 
+def sample_task_overrides(root, n_train=96):
+    """`--set` values for a tiny random-init virt/distill run on a fresh sample set under `root`
+    (the teacher it fine-tunes shares the built vocabulary with its students)."""
+    from data import make_sample
+
+    files = make_sample(Path(root) / "data", n_train=n_train, n_valid=32, n_test=32)
+    return ["model.init=null", "model.vocab_lang=en", "model.hidden_size=32", "model.num_heads=4",
+            "model.intermediate_size=64", "model.max_position=64", f"data.train={files['train']}",
+            f"data.valid={files['valid']}", f"data.test={files['test']}", "train.batch_size=16",
+            "train.epochs=1", "train.max_seq_len=16", "train.verbose=0", "train.eval_batch_size=32"]
+
+
 def make_data(out_dir, n_train=64, n_valid=16, n_test=16, with_test=False):
     """Sample pairs (label 1 = paraphrase) plus a deterministic vocab.txt; returns paths."""
     from data import build_vocab, make_sample, read_pairs
