@@ -58,6 +58,10 @@ def longest_first(na, nb, budget, a_longer):
     return min(na, n1), min(nb, n2)
 
 
+# Bump when the ids of a text can change (the pair truncation of 2026-12-02 changed some):
+# cached token ids (runs/.cache/tokens) are keyed by it, so a stale cache is never read.
+IDS_VERSION = 2
+
 class TokenizerError(ValueError):
     """The vocabulary cannot be used or a text cannot be encoded."""
 

@@ -698,3 +698,20 @@ def test_epochs_null_follows_the_data_size_rule():
     # ceil(1500 / steps per epoch), clipped to 3..10: worked by hand
     assert [epochs_for(auto, s) for s in (62, 102, 156, 200, 625, 3125)] == [10, 10, 10, 8, 3, 3]
     assert epochs_for(TrainConfig(epochs=2, auto_steps=1500), 62) == 2  # an explicit value wins
+
+
+def test_token_cache_is_keyed_by_the_tokenisation_version(tmp_path, monkeypatch):
+    # Cached ids written before a change to the tokenisation must not be read after it
+    # (stale ids once made a test's weights differ by 4e-4).
+    import modeling.tokenization
+    from modeling.tokenization import PairTokenizer
+    from tests.tiny_runs import make_data, tiny_model
+    from training import tasks
+
+    monkeypatch.setattr(tasks, "TOKEN_CACHE", tmp_path / "tokens")
+    tok = PairTokenizer(make_data(tmp_path / "data", n_train=16, n_valid=4)["vocab"])
+    model = tiny_model(tok.vocab_size)
+    tasks.cached_featurize(model, tok, ["open an account"], ["create an account"], 16)
+    monkeypatch.setattr(tasks, "IDS_VERSION", modeling.tokenization.IDS_VERSION + 1)
+    tasks.cached_featurize(model, tok, ["open an account"], ["create an account"], 16)
+    assert len(list((tmp_path / "tokens").glob("*.npz"))) == 2

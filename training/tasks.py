@@ -24,7 +24,7 @@ from modeling.checkpoints import CheckpointError
 from modeling.encoder import BertEncoder
 from modeling.model_dir import load_model_dir, save_model_dir
 from modeling.pretrained import detect_format, load_pretrained, resolve
-from modeling.tokenization import PairTokenizer
+from modeling.tokenization import IDS_VERSION, PairTokenizer
 from training.memory import peak_rss_mb
 from training.metrics import classification_metrics
 from training.rundir import RunError, differences, finished, start_run
@@ -146,7 +146,8 @@ def cached_featurize(model, tokenizer, texts_a, texts_b, max_len, write=True):
     h = hashlib.sha256()
     h.update(Path(tokenizer.vocab_file).read_bytes())
     layout = getattr(model, "deployable", model)
-    h.update(f"{tokenizer.lowercase}|{max_len}|{type(layout).__name__}|{getattr(layout, 'whole_word', False)}".encode())
+    h.update(f"{IDS_VERSION}|{tokenizer.lowercase}|{max_len}|{type(layout).__name__}|"
+             f"{getattr(layout, 'whole_word', False)}".encode())
     for a, b in zip(texts_a, texts_b if texts_b is not None else [None] * len(texts_a)):
         h.update(f"{a}\x1f{b}\x1e".encode())
     path = TOKEN_CACHE / f"{h.hexdigest()[:24]}.npz"
