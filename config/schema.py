@@ -114,6 +114,7 @@ class DistillConfig:
     intermediate: bool = False  # also match hidden states layer by layer
     layer_map: list[int] | None = None  # teacher layer for each student layer; None = uniform
     intermediate_weight: float = bounded(1.0, ge=0)  # weight of the intermediate-layer loss
+    swap: bool = False  # also train on every pair swapped, (b, a), from the teacher's soft targets alone
     baseline: str | None = "auto"  # the undistilled student: auto = fine-tune it in <out>/baseline | model dir | null = none
 
 
@@ -121,6 +122,8 @@ class DistillConfig:
 class VirtConfig:
     teacher: str | None = None  # cross-encoder teacher directory
     alpha: float = bounded(1.0, ge=0)  # weight of the interaction-distillation loss
+    kd_weight: float = bounded(0.0, ge=0)  # weight of the teacher's soft targets (logit distillation); 0 = the paper
+    kd_temperature: float = bounded(2.0, gt=0)  # their temperature
     layers: str = "all"  # layers to distil: all|first-k|last-k|skip-k (e.g. "last-2")
     distill: bool = True  # false = ablation: no teacher, no attention distillation
     adapted_interaction: bool = True  # use the adapted interaction features in the head

@@ -29,10 +29,20 @@ def soft_kl(student_logits, teacher_logits, temperature):
     return tf.reduce_mean(tf.maximum(kl, 0.0))  # KL >= 0; rounding can dip below when t ~ s
 
 
-def kd_terms(labels, student_logits, teacher_logits, alpha, temperature):
-    """The two weighted terms of the distillation loss: {"ce": ..., "kd": ...}."""
-    ce = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
-        labels=tf.cast(labels, tf.int32), logits=tf.cast(student_logits, tf.float32)))
+def kd_terms(labels, student_logits, teacher_logits, alpha, temperature, hard_weight=None):
+    """The two weighted terms of the distillation loss: {"ce": ..., "kd": ...}.
+
+    `hard_weight` [B] (1/0), optional: the hard-label term averages over the rows marked 1 only
+    (augmented rows whose label may not hold, e.g. a swapped entailment pair, learn from the
+    teacher's soft targets alone).
+    """
+    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=tf.cast(labels, tf.int32), logits=tf.cast(student_logits, tf.float32))  # [B]
+    if hard_weight is None:
+        ce = tf.reduce_mean(ce)
+    else:
+        w = tf.cast(hard_weight, tf.float32)
+        ce = tf.reduce_sum(w * ce) / tf.maximum(tf.reduce_sum(w), 1.0)
     kd = soft_kl(student_logits, teacher_logits, temperature) * temperature ** 2
     return {"ce": alpha * ce, "kd": (1.0 - alpha) * kd}
 

@@ -64,7 +64,7 @@ class DistillTraining(StudentTraining):
 
     def loss_terms(self, x, y, y_pred):
         teacher_logits = y_pred.get("teacher_logits", x.get("teacher_logits"))
-        terms = kd_terms(y, y_pred["logits"], teacher_logits, self.alpha, self.temperature)
+        terms = kd_terms(y, y_pred["logits"], teacher_logits, self.alpha, self.temperature, x.get("hard_weight"))
         if "hidden" in y_pred:
             terms["hidden"] = self.intermediate_weight * y_pred["hidden"]
         return terms

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import gc
 import hashlib
 import logging
@@ -51,6 +52,17 @@ def cached_teacher_logits(teacher, texts_a, texts_b, max_len, batch_size):
     return logits
 
 
+def with_swapped_pairs(splits):
+    """Training pairs followed by the same pairs swapped, and the rows whose hard label is used (1: the
+    originals; a swapped pair keeps its label only for symmetric relations, so it learns from the
+    teacher's logits on (b, a) alone)."""
+    t = splits.train
+    train = dataclasses.replace(t, text_a=t.text_a + t.text_b, text_b=t.text_b + t.text_a,
+                                labels=None if t.labels is None else t.labels * 2, lines=t.lines * 2)
+    hard = np.concatenate([np.ones(len(t), np.float32), np.zeros(len(t), np.float32)])
+    return dataclasses.replace(splits, train=train), hard
+
+
 def train_distill(cfg):
     """Teacher (given or fine-tuned here) -> student; writes <out>/model and metrics.json."""
     run_dir = prepare_run_dir(cfg)
@@ -59,7 +71,7 @@ def train_distill(cfg):
     teacher, teacher_metrics = teacher_for(cfg, run_dir, "distill")
     model_cfg = student_model_config(cfg, teacher)
     report = {"distill": {"alpha": d.alpha, "temperature": d.temperature, "online": d.online,
-                          "intermediate": d.intermediate}}
+                          "intermediate": d.intermediate, "swap": d.swap}}
     report["teacher"] = teacher_report(teacher, teacher_metrics, splits, cfg)
 
     def as_plain_student(bcfg):  # the same student, schedule and data, fine-tuned on the labels alone
@@ -69,11 +81,12 @@ def train_distill(cfg):
     if baseline:
         report["baseline"] = baseline
 
-    online = d.online or d.intermediate
-    logits = None
-    if not online:
-        logits = cached_teacher_logits(teacher, splits.train.text_a, splits.train.text_b,
-                                       cfg.train.max_seq_len, cfg.train.eval_batch_size)
+    extra = {}
+    if d.swap:  # after the baseline, which trains on the original pairs
+        splits, extra["hard_weight"] = with_swapped_pairs(splits)
+    if not (d.online or d.intermediate):
+        extra["teacher_logits"] = cached_teacher_logits(teacher, splits.train.text_a, splits.train.text_b,
+                                                        cfg.train.max_seq_len, cfg.train.eval_batch_size)
         teacher = None  # the student trains without the teacher in memory
         gc.collect()
 
@@ -90,7 +103,7 @@ def train_distill(cfg):
                                intermediate_weight=d.intermediate_weight, name="distill_training"), tokenizer
 
     metrics = train_task(cfg, run_dir, build, splits, report=report,
-                         train_extra=(lambda split: {"teacher_logits": logits}) if logits is not None else None,
+                         train_extra=(lambda split: extra) if extra else None,
                          extra_meta={"distill": report["distill"]}, compare_as="the distilled student")
     print_summary(run_dir, metrics)
     return metrics

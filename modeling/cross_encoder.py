@@ -48,11 +48,15 @@ class CrossEncoder(PairModel):
     def forward(self, inputs, training=False, output_hidden_states=False):
         """Logits [B, C] and the encoder's outputs (distillation reads its hidden states)."""
         out = self.encoder(inputs, training=training, output_hidden_states=output_hidden_states)
-        if self.pooling == "cls" and "pooler_output" in out:
-            pooled = out["pooler_output"]  # [B, H]
+        return self.head(out, inputs["attention_mask"], training), out
+
+    def head(self, encoder_out, attention_mask, training=False):
+        """Logits [B, C] from the encoder's outputs (VIRT reuses the teacher's attention pass)."""
+        if self.pooling == "cls" and "pooler_output" in encoder_out:
+            pooled = encoder_out["pooler_output"]  # [B, H]
         else:
-            pooled = pool(out["last_hidden_state"], inputs["attention_mask"], self.pooling)  # [B, H]
-        return self.classifier(self.dropout(pooled, training=training)), out
+            pooled = pool(encoder_out["last_hidden_state"], attention_mask, self.pooling)  # [B, H]
+        return self.classifier(self.dropout(pooled, training=training))
 
     def call(self, inputs, training=False):
         return self.forward(inputs, training)[0]  # [B, C]

@@ -65,6 +65,32 @@ def test_alpha_one_is_plain_ce_and_equal_logits_give_zero_kl():
     assert float(kd_terms(labels, s, s, 0.2, 10.0)["kd"]) == pytest.approx(0.0, abs=1e-5)
 
 
+def test_hard_weight_restricts_the_label_term_to_the_marked_rows():
+    """distill.swap: swapped rows (weight 0) add the soft term only; the label term is the mean CE
+    over the original rows, worked by hand from the two rows alone."""
+    labels, s, t = [1, 0, 1], [[0.5, -0.3], [1.2, 0.4], [-2.0, 3.0]], [[2.0, -1.0], [0.1, 0.3], [0.0, 0.0]]
+    w = tf.constant([1.0, 1.0, 0.0])
+    terms = kd_terms(tf.constant(labels), tf.constant(s), tf.constant(t), 0.5, 2.0, hard_weight=w)
+    log_p = lambda z: z - np.log(np.exp(z).sum())  # noqa: E731
+    ce_first_two = -(log_p(np.array(s[0]))[1] + log_p(np.array(s[1]))[0]) / 2
+    assert float(terms["ce"]) == pytest.approx(0.5 * ce_first_two, rel=1e-5)
+    all_rows = kd_terms(tf.constant(labels), tf.constant(s), tf.constant(t), 0.5, 2.0)
+    assert float(terms["kd"]) == pytest.approx(float(all_rows["kd"]), rel=1e-6)  # every row's soft target
+
+
+def test_with_swapped_pairs_appends_b_a_and_marks_the_originals():
+    from data.readers import PairData
+    from distill.task import with_swapped_pairs
+    from training.tasks import Splits
+
+    train = PairData(text_a=["a1", "a2"], text_b=["b1", "b2"], labels=["1", "0"], lines=[2, 3], path="t.csv")
+    splits, hard = with_swapped_pairs(Splits(train=train, valid=None, test=None, label_names=["0", "1"]))
+    assert splits.train.text_a == ["a1", "a2", "b1", "b2"] and splits.train.text_b == ["b1", "b2", "a1", "a2"]
+    assert splits.train.labels == ["1", "0", "1", "0"] and splits.train.lines == [2, 3, 2, 3]
+    assert hard.tolist() == [1.0, 1.0, 0.0, 0.0]
+    assert train.text_a == ["a1", "a2"]  # the caller's split is untouched (the baseline trains on it)
+
+
 # ----------------------------------------------------------------------------- cached vs online
 def _batch(vocab_size, seed=0):
     rng = np.random.default_rng(seed)
@@ -219,7 +245,8 @@ def test_distill_task_end_to_end(e2e):
         assert 0.0 <= m[split]["accuracy"] <= 1.0 and "f1" in m[split]
     assert set(m["teacher"]) == {"valid", "test", "model_dir"}
     assert m["teacher"]["model_dir"] == str(e2e / "teacher" / "model") == m["baseline"]["model_dir"]
-    assert m["distill"] == {"alpha": 0.5, "temperature": 2.0, "online": False, "intermediate": False}
+    assert m["distill"] == {"alpha": 0.5, "temperature": 2.0, "online": False, "intermediate": False,
+                            "swap": False}
     assert m["training"]["steps"] == 3
     # The run was in this process: its recorded peak memory is TensorFlow-sized (MB, not KB or bytes)
     # and cannot exceed this process's peak so far as the kernel counts it.

@@ -416,6 +416,41 @@ def test_distillation_moves_student_maps_towards_the_teacher():
         np.testing.assert_array_equal(w.numpy(), w0)
 
 
+def test_kd_term_is_the_kl_to_the_teachers_logits_on_the_joint_pair():
+    """virt.kd_weight: the teacher's logits from the x ++ y[1:] pass equal its logits on the contiguous
+    `[CLS] x [SEP] y [SEP]` row (computed here from a separately padded joint batch), and the term is
+    T^2 * KL(softmax(t/T) || softmax(s/T)) worked in NumPy."""
+    from modeling.cross_encoder import CrossEncoder
+
+    keras.utils.set_random_seed(3)
+    rng = np.random.default_rng(3)
+    teacher = CrossEncoder(tiny_encoder(2, name="kd_teacher_encoder", init=0.2), num_labels=3, pooling="mean",
+                           dropout=0.0, name="kd_teacher")
+    student = VirtModel(tiny_encoder(1, name="kd_student_encoder"), num_labels=3, dropout=0.0, name="virt")
+    words = lambda k: [2, *rng.integers(5, 5 + len(WORDS), size=k).tolist(), 3]  # noqa: E731
+    xs, ys = [words(k) for k in (2, 6, 4, 1)], [words(k) for k in (5, 1, 3, 6)]
+    batch = {k: tf.constant(v) for k, v in virt_batch(xs, ys).items()}
+    joint_ids, joint_mask = pad([x + y[1:] for x, y in zip(xs, ys)])
+    types = pad([[0] * len(x) + [1] * (len(y) - 1) for x, y in zip(xs, ys)])[0]
+    teacher_logits = teacher({"input_ids": tf.constant(joint_ids), "attention_mask": tf.constant(joint_mask),
+                              "token_type_ids": tf.constant(types)}).numpy()
+    t_in = teacher_inputs(batch["x_ids"], batch["x_mask"], batch["y_ids"], batch["y_mask"])
+    split_logits = teacher.head(teacher.encoder(t_in), t_in["attention_mask"]).numpy()
+    np.testing.assert_allclose(split_logits, teacher_logits, atol=1e-5)
+    T = 2.5
+    vt = VirtTraining(student, teacher, alpha=1.0, kd_weight=0.7, kd_temperature=T, name="vt_kd")
+    out = vt(batch, training=True)
+    s = out["logits"].numpy()
+    pt, ps = np_softmax(teacher_logits / T), np_softmax(s / T)
+    expected = T ** 2 * np.mean(np.sum(pt * (np.log(pt) - np.log(ps)), -1))
+    assert float(out["kd"]) == pytest.approx(expected, rel=1e-3)  # float32 logits, a small KL
+    terms = vt.loss_terms(batch, tf.constant([0, 1, 2, 0]), out)
+    assert float(terms["kd"]) == pytest.approx(0.7 * float(out["kd"]), rel=1e-6)
+    assert not any("kd_teacher" in v.path for v in vt.trainable_variables)  # the teacher stays frozen
+    with pytest.raises(ValueError, match="kd_weight"):
+        VirtTraining(student, teacher.encoder, kd_weight=1.0)  # an encoder alone has no logits
+
+
 # --------------------------------------------------------------------------- tasks
 
 @pytest.fixture(scope="module")
@@ -459,7 +494,7 @@ def test_virt_task_trains_and_compares_a_same_depth_siamese_baseline(virt_run):
     metrics = json.loads((run / "metrics.json").read_text())
     base = json.loads((run / "baseline" / "metrics.json").read_text())
     assert base["virt"] == {"distill": False, "adapted_interaction": False, "fusion": False,
-                            "alpha": 1.0, "layers": "all"}
+                            "alpha": 1.0, "layers": "all", "kd_weight": 0.0, "kd_temperature": 2.0}
     assert "baseline" not in base  # the baseline has none of its own
     assert load_model_dir(run / "baseline" / "model", expect_kind="virt").model.encoder.num_layers == 2
     metric = metrics["training"]["selection_metric"]

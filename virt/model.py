@@ -8,7 +8,8 @@ candidates [K, Ty, H] give K probabilities (search/engine.py's rerank).
 and `call` = score(encode(x), encode(y)) on `x_ids/x_mask/y_ids/y_mask`.
 
 `VirtTraining` wraps the student with a frozen cross-encoder teacher and adds
-`alpha * L_virt` (virt/losses.py) to the cross-entropy.
+`alpha * L_virt` (virt/losses.py) to the cross-entropy, and optionally the
+teacher's soft targets (`kd_weight`, distill/losses.py) from the same teacher pass.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import math
 import keras
 import tensorflow as tf
 
-from modeling.cross_encoder import as_encoder
+from distill.losses import soft_kl
+from modeling.cross_encoder import CrossEncoder, as_encoder
 from modeling.encoder import gelu, pool
 from modeling.task_model import PairModel, StudentTraining, cross_entropy, resolve_layer_map
 from virt.losses import select_layers, teacher_inputs, virt_loss
@@ -167,24 +169,42 @@ class VirtModel(PairModel):
 
 
 class VirtTraining(StudentTraining):
-    """Training-time wrapper: `loss = CE + alpha * L_virt` with a frozen teacher.
+    """Training-time wrapper: `loss = CE + alpha * L_virt [+ kd_weight * T^2 * KL]`, frozen teacher.
 
-    The teacher runs in the step in inference mode on `x ++ y[1:]`; only its
-    attention probabilities of the mapped layers are used. Memory: per
-    distilled layer, the teacher's [B, Nt, T, T] and the student's
-    [B, N, Lx, Ly] maps (T = Lx + Ly - 1); at B=32, T=128, 12 heads that is
+    The teacher runs in the step in inference mode on `x ++ y[1:]`; its attention
+    probabilities of the mapped layers feed L_virt. Given the whole cross-encoder
+    (not only its encoder) and `kd_weight > 0`, the same pass also gives its logits
+    (the positions and mask make them the joint pair's), and the student's logits are
+    pulled towards them (Hinton's soft targets at `kd_temperature`; off in the paper,
+    DiPair-style). Memory: per distilled layer, the teacher's [B, Nt, T, T] and the
+    student's [B, N, Lx, Ly] maps (T = Lx + Ly - 1); at B=32, T=128, 12 heads that is
     ~25 MB per layer in float32.
+
+    Args:
+        student: the `VirtModel` that gets saved and served.
+        teacher: a `CrossEncoder`, or its `BertEncoder` alone (attention only); None = no teacher.
+        alpha: weight of L_virt.
+        layers, layer_map: which student layers are distilled, from which teacher layers.
+        kd_weight: weight of the soft-target term (needs a `CrossEncoder` teacher).
+        kd_temperature: its temperature T.
     """
 
-    def __init__(self, student, teacher_encoder=None, alpha=1.0, layers="all", layer_map=None, **kwargs):
+    def __init__(self, student, teacher=None, alpha=1.0, layers="all", layer_map=None, kd_weight=0.0,
+                 kd_temperature=2.0, **kwargs):
         super().__init__(student, **kwargs)
-        self.teacher = teacher_encoder
+        if kd_weight and not isinstance(teacher, CrossEncoder):
+            raise ValueError("virt.kd_weight > 0 needs the teacher's classifier: pass the CrossEncoder, not its encoder")
+        self.teacher_head = teacher if isinstance(teacher, CrossEncoder) else None
+        self.teacher = teacher.encoder if isinstance(teacher, CrossEncoder) else teacher
         self.alpha = alpha
+        self.kd_weight, self.kd_temperature = kd_weight, kd_temperature
         ns = student.encoder.num_layers
-        self.distilled_layers = select_layers(layers, ns) if teacher_encoder is not None else []
-        if teacher_encoder is not None:
-            teacher_encoder.trainable = False
-            self.layer_map = resolve_layer_map(layer_map, ns, teacher_encoder.num_layers, "virt.layer_map")
+        self.distilled_layers = select_layers(layers, ns) if self.teacher is not None else []
+        if self.teacher is not None:
+            if self.teacher_head is not None:
+                self.teacher_head.trainable = False
+            self.teacher.trainable = False
+            self.layer_map = resolve_layer_map(layer_map, ns, self.teacher.num_layers, "virt.layer_map")
 
     def call(self, inputs, training=False):
         if not training or self.teacher is None:
@@ -196,12 +216,20 @@ class VirtTraining(StudentTraining):
         logits = s.score_logits(out_x["last_hidden_state"], inputs["x_mask"],
                                 out_y["last_hidden_state"], inputs["y_mask"], training)
         t_in = teacher_inputs(inputs["x_ids"], inputs["x_mask"], inputs["y_ids"], inputs["y_mask"])
-        t_att = self.teacher(t_in, training=False, output_attentions=True)["attentions"]
-        t_att = [tf.stop_gradient(a) for a in t_att]
+        t_out = self.teacher(t_in, training=False, output_attentions=True)
+        t_att = [tf.stop_gradient(a) for a in t_out["attentions"]]
         l_virt = virt_loss(out_x, out_y, inputs["x_mask"], inputs["y_mask"], t_att, self.distilled_layers, self.layer_map)
-        return {"logits": logits, "virt": l_virt}
+        out = {"logits": logits, "virt": l_virt}
+        if self.kd_weight:
+            t_logits = self.teacher_head.head(t_out, t_in["attention_mask"], training=False)  # [B, C]
+            t = self.kd_temperature
+            out["kd"] = soft_kl(logits, tf.stop_gradient(t_logits), t) * t ** 2
+        return out
 
     def loss_terms(self, x, y, y_pred):
-        if isinstance(y_pred, dict):
-            return {"ce": cross_entropy(y, y_pred["logits"]), "virt": self.alpha * y_pred["virt"]}
-        return {"ce": cross_entropy(y, y_pred)}
+        if not isinstance(y_pred, dict):
+            return {"ce": cross_entropy(y, y_pred)}
+        terms = {"ce": cross_entropy(y, y_pred["logits"]), "virt": self.alpha * y_pred["virt"]}
+        if "kd" in y_pred:
+            terms["kd"] = self.kd_weight * y_pred["kd"]
+        return terms

@@ -29,6 +29,7 @@ def as_siamese_baseline(cfg):
     schedule stay the student's, so the comparison says what the teacher added."""
     v = cfg.virt
     v.distill, v.adapted_interaction, v.fusion, v.teacher, v.baseline = False, False, False, None, None
+    v.kd_weight = 0.0
 
 
 def train_virt(cfg):
@@ -56,12 +57,13 @@ def train_virt(cfg):
         check_same_vocab(teacher, tokenizer)
         if teacher.labels != splits.label_names:
             log.warning("teacher labels %s differ from the data's %s", teacher.labels, splits.label_names)
-        return VirtTraining(student, teacher.model.encoder, alpha=v.alpha, layers=v.layers,
-                            layer_map=v.layer_map, name="virt_training"), tokenizer
+        return VirtTraining(student, teacher.model, alpha=v.alpha, layers=v.layers, layer_map=v.layer_map,
+                            kd_weight=v.kd_weight, kd_temperature=v.kd_temperature, name="virt_training"), tokenizer
 
     report = {"virt": {"distill": v.distill, "adapted_interaction": v.adapted_interaction,
                        "fusion": uses_fusion(v.adapted_interaction, v.fusion),
-                       "alpha": v.alpha, "layers": v.layers}}
+                       "alpha": v.alpha, "layers": v.layers, "kd_weight": v.kd_weight,
+                       "kd_temperature": v.kd_temperature}}
     if teacher is not None:
         report["teacher"] = teacher_report(teacher, teacher_metrics, splits, cfg)
     baseline = None if is_siamese_baseline(v) else baseline_scores(cfg, run_dir, splits, v.baseline, train_virt,
