@@ -24,9 +24,11 @@ demo: $(STAMP)
 	$(PY) run_tasks.py --task virt --out $(DEMO)/virt --set model.num_layers=3 train.epochs=3
 	$(PY) bench/tradeoff.py --out $(DEMO) --student-layers 3 --set train.epochs=3 --note "make demo"
 
+# Two worker processes, one test file each at a time (pytest-xdist): most tests are single-threaded
+# Python/TensorFlow work, so two cores run the suite in about 60% of the serial time (docs/testing.md).
 # pytest exits 5 when it collects nothing: say so, and fail.
 test: $(STAMP)
-	$(PY) -m pytest -q; s=$$?; [ $$s -ne 5 ] || echo "pytest collected no tests"; exit $$s
+	$(PY) -m pytest -q -n 2 --dist loadfile; s=$$?; [ $$s -ne 5 ] || echo "pytest collected no tests"; exit $$s
 
 clean:
 	rm -rf runs .pytest_cache
