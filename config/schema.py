@@ -114,7 +114,7 @@ class DistillConfig:
     intermediate: bool = False  # also match hidden states layer by layer
     layer_map: list[int] | None = None  # teacher layer for each student layer; None = uniform
     intermediate_weight: float = bounded(1.0, ge=0)  # weight of the intermediate-layer loss
-    swap: bool = False  # also train on every pair swapped, (b, a), from the teacher's soft targets alone
+    swap: bool = False  # also train on every pair swapped, (b, a), from the teacher's soft targets alone (data.swap_augment also keeps their labels: symmetric relations only)
     baseline: str | None = "auto"  # the undistilled student: auto = fine-tune it in <out>/baseline | model dir | null = none
 
 

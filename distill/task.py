@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from data import swap_augment
 from distill.model import DistillTraining
 from modeling.cross_encoder import CrossEncoder
 from training.finetune import finetune
@@ -56,11 +57,9 @@ def with_swapped_pairs(splits):
     """Training pairs followed by the same pairs swapped, and the rows whose hard label is used (1: the
     originals; a swapped pair keeps its label only for symmetric relations, so it learns from the
     teacher's logits on (b, a) alone)."""
-    t = splits.train
-    train = dataclasses.replace(t, text_a=t.text_a + t.text_b, text_b=t.text_b + t.text_a,
-                                labels=None if t.labels is None else t.labels * 2, lines=t.lines * 2)
-    hard = np.concatenate([np.ones(len(t), np.float32), np.zeros(len(t), np.float32)])
-    return dataclasses.replace(splits, train=train), hard
+    n = len(splits.train)
+    hard = np.concatenate([np.ones(n, np.float32), np.zeros(n, np.float32)])
+    return dataclasses.replace(splits, train=swap_augment(splits.train)), hard
 
 
 def train_distill(cfg):
