@@ -602,7 +602,8 @@ def three_published(three_class, workdir):
     """The 3-class model exported with the default int8 rule."""
     loaded = load_for_export(three_class["dir"])
     out = workdir / "three_published"
-    report = export_loaded(loaded, _cfg(out, f"export.parity_samples={SAMPLES3}", "export.formats=[saved_model,onnx]"))
+    report = export_loaded(loaded, _cfg(out, f"export.parity_samples={SAMPLES3}", "export.formats=[saved_model,onnx]",
+                                        "export.fuse=false"))  # the int8 gate of model.int8.onnx alone
     return {"loaded": loaded, "out": out, "report": report}
 
 
@@ -630,7 +631,8 @@ def test_a_failed_int8_check_withholds_int8_and_publishes_fp32(three_class, work
     import run_tasks
 
     out = workdir / "three_withheld"
-    sets = [f"export.model={three_class['dir']}", f"export.parity_samples={SAMPLES3}", "export.int8_min_margin=0"]
+    sets = [f"export.model={three_class['dir']}", f"export.parity_samples={SAMPLES3}", "export.int8_min_margin=0",
+            "export.fuse=false"]  # fused graphs: test_export_fused.py
     code = run_tasks.main(["--task", "export", "--out", str(out), "--set", *sets])
     err = capsys.readouterr().err
     kept = out / "withheld" / "model.int8.onnx"
