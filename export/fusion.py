@@ -406,7 +406,6 @@ def fuse(src, dst, num_heads, hidden_size):
     except ImportError as e:  # sympy / onnx missing
         raise ExportError(f"onnxruntime's transformer optimiser is unavailable: {e}") from None
     dst = Path(dst)
-    before = _ops(onnx.load(str(src)))
     log_names = ("onnxruntime.transformers", "fusion_base", "fusion_utils", "onnx_model", "fusion_attention",
                  "onnx_model_bert", "fusion_skiplayernorm", "fusion_layernorm", "shape_infer_helper",
                  "symbolic_shape_infer", "fusion_options")
@@ -415,6 +414,7 @@ def fuse(src, dst, num_heads, hidden_size):
         logging.getLogger(n).setLevel(logging.ERROR)
     try:
         with tempfile.TemporaryDirectory(prefix="fuse-") as tmp:
+            before = _ops(onnx.load(str(src)))
             basic = Path(tmp) / "basic.onnx"
             _basic(src, basic)
             model = onnx.load(str(basic))
