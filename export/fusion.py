@@ -109,6 +109,16 @@ def _ranks(model):
     return ranks
 
 
+def _operands(g, node, op_type, const_other=False):
+    """(the input of binary `node` produced by an `op_type` node, the other input's name), either
+    order; with `const_other` the other input must be a constant. (None, None) when neither fits."""
+    for j in (0, 1):
+        p = g.parent(node, j, op_type)
+        if p is not None and (not const_other or g.const(node.input[1 - j]) is not None):
+            return p, node.input[1 - j]
+    return None, None
+
+
 def _layer_norms(model, ranks):
     """Keras 3 LayerNormalization (tf2onnx lowering) -> ONNX LayerNormalization, last axis.
 
@@ -129,34 +139,17 @@ def _layer_norms(model, ranks):
         else:
             continue
         # add_beta = Mul(Neg(mean), m) + beta
-        beta = mul_neg = None
-        for j in (0, 1):
-            mul_neg = g.parent(add_beta, j, "Mul")
-            if mul_neg is not None and g.const(add_beta.input[1 - j]) is not None:
-                beta = add_beta.input[1 - j]
-                break
-        if beta is None:
-            continue
-        m_name = None
-        for j in (0, 1):
-            neg = g.parent(mul_neg, j, "Neg")
-            if neg is not None:
-                m_name = mul_neg.input[1 - j]
-                break
-        if m_name is None or m_name not in mul_x.input:
+        mul_neg, beta = _operands(g, add_beta, "Mul", const_other=True)
+        neg, m_name = _operands(g, mul_neg, "Neg") if mul_neg is not None else (None, None)
+        if neg is None or m_name not in mul_x.input:
             continue
         x = mul_x.input[1 - list(mul_x.input).index(m_name)]
         mean = g.producer.get(neg.input[0])
         m = g.producer.get(m_name)
         if mean is None or mean.op_type != "GlobalAveragePool" or mean.input[0] != x or m is None or m.op_type != "Mul":
             continue
-        gamma = recip = None
-        for j in (0, 1):
-            recip = g.parent(m, j, "Reciprocal")
-            if recip is not None and g.const(m.input[1 - j]) is not None:
-                gamma = m.input[1 - j]
-                break
-        if gamma is None:
+        recip, gamma = _operands(g, m, "Reciprocal", const_other=True)
+        if recip is None:
             continue
         sqrt = g.parent(recip, 0, "Sqrt")
         add_eps = sqrt and g.parent(sqrt, 0, "Add")
