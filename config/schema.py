@@ -147,6 +147,7 @@ class ExportConfig:
     name: str | None = None  # exported model name; None = the model dir's parent name (if it starts with a letter), else the kind
     opset: int = bounded(17, ge=15)  # ONNX opset (>= 15: export.onnx.MIN_OPSET)
     int8: bool = True  # also write a dynamically quantised int8 model
+    fuse: bool = True  # also write onnxruntime-fused graphs (model.fused.onnx, its int8, encode.fused.onnx); each checked, withheld alone on failure
     ort_optimization: str | None = None  # onnxruntime graph optimisation level basic|extended|all; None = off
     max_seq_len: int | None = bounded(None, ge=5)  # longest token row of the string signatures (as train.max_seq_len); None = the model's
     tokenizer: str = "fast"  # in-graph tokeniser: fast (tf-text FastBertTokenizer) | bert (BertTokenizer)
@@ -172,6 +173,7 @@ class ServeConfig:
     max_chars: int = bounded(2000, ge=1)  # longest accepted text
     backend: str = "onnx"  # export directories: onnx (onnxruntime) | tf (the SavedModel)
     int8: bool = False  # onnx backend: serve onnx/model.int8.onnx for serving_default / predict_ids
+    fused: bool = True  # onnx backend: prefer the export's fused graphs (model.fused[.int8].onnx, encode.fused.onnx) when present
     threads: int | None = bounded(None, ge=1)  # onnxruntime / TensorFlow intra-op threads; None = the runtime's default
     index: str | None = None  # search index directory (--task index) behind POST /v1/search; None = no search
     rerank: str | None = None  # /v1/search rerank: cross-encoder model or export dir | "virt" (the index's model) | None

@@ -203,7 +203,12 @@ def quantize_int8(src, dst):
     Per-channel scales, because one scale per weight matrix moved too many labels: the
     MRPC MiniLM-L6 cross-encoder kept 96.7% of its test labels per-tensor, 98.6% per-channel
     (accuracy 75.0 -> 73.6 and -> 74.3).
+
+    A fused graph (export/fusion.py) works the same way: its onnxruntime contrib ops have no ONNX
+    type inference, so their outputs are declared float (`DefaultTensorType`), and the quantiser
+    turns each fused `Attention` into a `QAttention` (int8 QKV weights).
     """
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     dst = Path(dst)
@@ -211,7 +216,8 @@ def quantize_int8(src, dst):
     level = root.level
     root.setLevel(logging.ERROR)  # quantize_dynamic logs one INFO line per skipped tensor on the root logger
     try:
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True)
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     finally:
         root.setLevel(level)
     _check_runtime(dst)
@@ -244,13 +250,40 @@ def optimize(src, level, dst=None):
     return dst
 
 
-def session(path, threads=None):
+def physical_cores():
+    """Physical cores among the CPUs this process may run on (hyper-threads counted once).
+
+    Reads the (package, core) ids of the affinity CPUs from /sys; where that is unreadable,
+    the number of affinity CPUs (os.cpu_count() without sched_getaffinity)."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    cores = set()
+    for cpu in cpus:
+        topo = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            cores.add((topo / "physical_package_id").read_text().strip() + "/" + (topo / "core_id").read_text().strip())
+        except OSError:
+            return max(1, len(cpus))
+    return max(1, len(cores))
+
+
+def session_options(threads=None, sequential=True):
+    """onnxruntime CPU options: intra-op threads = `threads` or the physical cores; sequential
+    execution (one op at a time, each using every thread). docs/inference.md has the measurement
+    of each option."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    opts.intra_op_num_threads = int(threads or physical_cores())
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL if sequential else ort.ExecutionMode.ORT_PARALLEL
+    if not sequential:
+        opts.inter_op_num_threads = opts.intra_op_num_threads
+    return opts
+
+
+def session(path, threads=None, sequential=True):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), session_options(threads, sequential), providers=["CPUExecutionProvider"])
 
 
 def main(argv=None):

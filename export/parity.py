@@ -8,7 +8,9 @@ training path). Checks (max |diff| of the outputs, over all pairs):
     saved_model.encode / .score   (sbert, virt)                        <= 1e-5
     frozen.predict_ids                                                 <= 1e-5
     onnx.predict_ids (+ onnx.encode_ids, onnx.score, onnx.opt-<level>) <= 1e-4
-    onnx.int8         labelled data.test: accuracy drop <= export.int8_max_accuracy_drop
+    onnx.fused, onnx.fused.encode_ids (onnxruntime-fused graphs)      <= 1e-4
+    onnx.int8, onnx.fused.int8
+                      labelled data.test: accuracy drop <= export.int8_max_accuracy_drop
                       (1 point); otherwise label agreement >= export.int8_min_agreement
                       (0.95) on the pairs whose fp32 margin >= export.int8_min_margin (0.1).
 
@@ -171,7 +173,8 @@ def _labels_of(out, kind_outputs, threshold):
 def run_checks(loaded, data, artifacts, ids_outputs, int8_rule=None, cosine_threshold=None):
     """Compare every artifact with Keras. `artifacts`: dict with optional keys
     `saved_model` (version or staging dir), `frozen` (dir), `onnx` (dict name -> path:
-    `predict_ids`, `encode_ids`, `score`, `int8`, `opt-<level>`). `int8_rule`: keyword
+    `predict_ids`, `encode_ids`, `score`, `int8`, `opt-<level>`, `fused`, `fused.encode_ids`,
+    `fused.int8`). `int8_rule`: keyword
     arguments of `int8_verdict`. Returns the report dict."""
     import tensorflow as tf
     import tensorflow_text  # noqa: F401
@@ -236,20 +239,22 @@ def run_checks(loaded, data, artifacts, ids_outputs, int8_rule=None, cosine_thre
             return dict(zip(names, sess.run(None, feed)))
 
         for label, path in onnx_files.items():
-            if label in ("int8", "encode_ids", "score"):
+            if label in ("int8", "fused.int8", "encode_ids", "fused.encode_ids", "score"):
                 continue
             sess = session(path)
             checks[f"onnx.{label}"] = _check(over_batches(lambda bt: run(sess, bt["feats"])), tol,
                                              file=Path(path).name)
-        if "encode_ids" in onnx_files:
-            sess = session(onnx_files["encode_ids"])
+        for label in ("encode_ids", "fused.encode_ids"):
+            if label not in onnx_files:
+                continue
+            sess = session(onnx_files[label])
             key = "embeddings" if kind == "sbert" else "token_states"
             worst = 0.0
             for bt in data.batches:
                 f = bt["feats"]
                 got = run(sess, {"input_ids": f["x_ids"], "attention_mask": f["x_mask"]})
                 worst = max(worst, max_diff(got, data.encoded(bt, "x"), [key], f["x_mask"]))
-            checks["onnx.encode_ids"] = _check(worst, tol, file=Path(onnx_files["encode_ids"]).name)
+            checks[f"onnx.{label}"] = _check(worst, tol, file=Path(onnx_files[label]).name)
         if "score" in onnx_files:
             sess = session(onnx_files["score"])
 
@@ -258,9 +263,10 @@ def run_checks(loaded, data, artifacts, ids_outputs, int8_rule=None, cosine_thre
                 hx, hy = data.encoded(bt, "x")["token_states"], data.encoded(bt, "y")["token_states"]
                 return run(sess, {"x_states": hx, "x_mask": f["x_mask"], "y_states": hy, "y_mask": f["y_mask"]})
             checks["onnx.score"] = _check(over_batches(score_onnx), tol, file=Path(onnx_files["score"]).name)
-        if "int8" in onnx_files:
-            checks["onnx.int8"] = _int8_check(session(onnx_files["int8"]), run, data, outs, int8_rule or {},
-                                              cosine_threshold, Path(onnx_files["int8"]).name)
+        for label in ("int8", "fused.int8"):  # int8 of model.onnx, of model.fused.onnx: the same gate
+            if label in onnx_files:
+                checks[f"onnx.{label}"] = _int8_check(session(onnx_files[label]), run, data, outs, int8_rule or {},
+                                                      cosine_threshold, Path(onnx_files[label]).name)
 
     ok = all(c["ok"] for c in checks.values())
     return {"ok": ok, "checks": checks, "tokenization": tokenization,

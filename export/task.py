@@ -8,6 +8,8 @@ Writes (README.md, "export"; what is published when a check fails: docs/export.m
     <out>/frozen/model.pb, <out>/frozen/io.json  frozen ids signature (export/frozen.py)
     <out>/onnx/model.onnx, model.int8.onnx       ids signature in ONNX, int8 copy (export/onnx.py)
     <out>/onnx/model.opt-<level>.onnx            with export.ort_optimization
+    <out>/onnx/model.fused.onnx, model.fused.int8.onnx, encode.fused.onnx
+                                                 onnxruntime-fused graphs (export.fuse; export/fusion.py)
     <out>/onnx/encode.onnx (sbert, virt), score.onnx (virt)
     <out>/parity.json                            every artifact vs Keras (export/parity.py)
 
@@ -16,7 +18,9 @@ A failed fp32 check (SavedModel, frozen, ONNX) raises `ExportError`, publishes n
 new SavedModel version appears for a server to pick up) and leaves the artifacts and the
 report in `<out>/failed/`. A failed int8 check withholds only `model.int8.onnx` (kept in
 `<out>/withheld/`, unless export.int8_force): the int8 copy is an optional speed variant,
-and a good fp32 model must not be lost because quantisation moved a few labels. The run
+and a good fp32 model must not be lost because quantisation moved a few labels. The fused
+graphs are speed variants too: a failed check withholds only the failed file (a failed
+`model.fused.onnx` takes its int8 copy with it). The run
 then succeeds with a `warning:` line, and parity.json's `status` says what was withheld.
 """
 
@@ -128,7 +132,7 @@ def export_loaded(loaded, cfg):
             freeze(fns["predict_ids"], staging / "frozen", extra={"kind": kind, "model": name})
             artifacts["frozen"] = staging / "frozen"
             log.info("frozen graph written (%.1fs)", time.time() - t0)
-        onnx_files = {}
+        onnx_files, fusion = {}, None
         if "onnx" in e.formats:
             t0 = time.time()
             for fn_name, file in ONNX_FILES.items():
@@ -138,6 +142,8 @@ def export_loaded(loaded, cfg):
             if e.int8:
                 onnx_files["int8"] = onnx_export.quantize_int8(onnx_files["predict_ids"],
                                                                staging / "onnx" / "model.int8.onnx")
+            if e.fuse:
+                fusion = fuse_graphs(onnx_files, staging / "onnx", loaded.model.encoder, e.int8)
             if e.ort_optimization:
                 onnx_files[f"opt-{e.ort_optimization}"] = onnx_export.optimize(onnx_files["predict_ids"],
                                                                               e.ort_optimization)
@@ -158,8 +164,10 @@ def export_loaded(loaded, cfg):
                   "name": name, "version": version, "max_seq_len": max_len, "tokenizer": e.tokenizer,
                   "opset": e.opset, "pairs": len(a), "pairs_source": source,
                   "checks": result["checks"], "tokenization": result["tokenization"]}
+        if fusion is not None:
+            report["fusion"] = fusion
         names = ["saved_model", *(["frozen"] if "frozen" in artifacts else []), *(f"onnx.{k}" for k in onnx_files)]
-        if any(k != "onnx.int8" for k in result["failed"]):  # an fp32 artifact is wrong: publish nothing
+        if any(k not in OPTIONAL for k in result["failed"]):  # an fp32 artifact is wrong: publish nothing
             report["status"] = dict.fromkeys(names, "withheld")
             failed_dir = out / "failed"
             shutil.rmtree(failed_dir, ignore_errors=True)
@@ -176,31 +184,24 @@ def export_loaded(loaded, cfg):
                               f"(report and artifacts in {failed_dir})")
 
         # ---- publish: the SavedModel version, then the other artifacts, then the report.
-        # Only int8 can have failed here: it is withheld (unless forced), the rest is published.
-        int8 = result["checks"].get("onnx.int8", {"ok": True})
-        withhold = not int8["ok"] and not e.int8_force
-        kept = out / "withheld" / "model.int8.onnx"
+        # Only optional variants (int8, fused) can have failed here: each failed one is withheld
+        # (int8 unless forced), the rest is published.
         report["status"] = dict.fromkeys(names, "published")
         report["warnings"] = []
-        if withhold:
-            report["status"]["onnx.int8"] = "withheld"
-            report["warnings"].append(
-                f"onnx.int8 withheld, fp32 artifacts published: {int8['reason']}; the int8 file is in {kept} "
-                "(export.int8_force=true publishes it; a labelled data.test judges it by accuracy)")
-        elif not int8["ok"]:
-            report["status"]["onnx.int8"] = "forced"
-            report["warnings"].append(f"onnx.int8 published although its check failed (export.int8_force=true): "
-                                      f"{int8['reason']}")
+        withhold = _optional_verdicts(result["checks"], onnx_files, e.int8_force, report, out / "withheld")
         final = publish_version(sm_stage, model_base, version)
         sm_stage = None
         write_models_config(out / "saved_model")
         report["artifacts"] = {"saved_model": str(final)}
         if onnx_files:  # withheld/ goes with the onnx/ beside it: both are replaced together
-            shutil.rmtree(kept.parent, ignore_errors=True)
+            shutil.rmtree(out / "withheld", ignore_errors=True)
         if withhold:
-            kept.parent.mkdir()
-            os.rename(onnx_files.pop("int8"), kept)
-            report["withheld"] = {"onnx.int8": str(kept)}
+            (out / "withheld").mkdir()
+            report["withheld"] = {}
+            for label in withhold:
+                kept = out / "withheld" / Path(onnx_files[label]).name
+                os.rename(onnx_files.pop(label), kept)
+                report["withheld"][f"onnx.{label}"] = str(kept)
         for sub in ("frozen", "onnx"):
             if (staging / sub).exists():
                 _replace_dir(staging / sub, out / sub)
@@ -218,6 +219,85 @@ def export_loaded(loaded, cfg):
             shutil.rmtree(sm_stage, ignore_errors=True)
     _print_summary(out, report)
     return report
+
+
+# Speed variants of model.onnx / encode.onnx: a failed check withholds the file alone (docs/export.md).
+OPTIONAL = ("onnx.int8", "onnx.fused", "onnx.fused.int8", "onnx.fused.encode_ids")
+FUSED_FILES = {"predict_ids": ("fused", "model.fused.onnx"), "encode_ids": ("fused.encode_ids", "encode.fused.onnx")}
+
+
+def fuse_graphs(onnx_files, onnx_dir, encoder, int8):
+    """Fused copies of model.onnx / encode.onnx (export/fusion.py), plus model.fused.int8.onnx.
+
+    Adds the files to `onnx_files` (labels `fused`, `fused.encode_ids`, `fused.int8`) and returns
+    what happened per function for parity.json: the optimiser's op counts, or why there is no
+    fused file (the optimiser failed, or found nothing to fuse: then the graph is the unfused one
+    and is not written). Never raises for a graph it cannot fuse: the unfused files stand."""
+    from export import ExportError as _ExportError
+    from export import fusion as fusion_mod
+    from export.onnx import quantize_int8
+
+    report = {}
+    for fn, (label, file) in FUSED_FILES.items():
+        if fn not in onnx_files:
+            continue
+        t0 = time.time()
+        try:
+            info = fusion_mod.fuse(onnx_files[fn], onnx_dir / file, encoder.num_heads, encoder.hidden_size)
+        except _ExportError as err:
+            report[fn] = {"fused": False, "reason": str(err)}
+            log.warning("%s not fused: %s", file, err)
+            continue
+        if not info["fused_ops"]:
+            (onnx_dir / file).unlink(missing_ok=True)
+            report[fn] = {"fused": False, **info,
+                          "reason": "onnxruntime's transformer optimiser found no subgraph to fuse"}
+            log.warning("%s not written: the optimiser found nothing to fuse", file)
+            continue
+        onnx_files[label] = onnx_dir / file
+        report[fn] = {"fused": True, "file": file, **info, "seconds": round(time.time() - t0, 2)}
+        log.info("%s: %s", file, ", ".join(f"{n} {op}" for op, n in info["fused_ops"].items()))
+    if int8 and "fused" in onnx_files:
+        try:
+            onnx_files["fused.int8"] = quantize_int8(onnx_files["fused"], onnx_dir / "model.fused.int8.onnx")
+        except Exception as err:  # quantize_dynamic raises RuntimeError/KeyError/...; model.int8.onnx stands
+            (onnx_dir / "model.fused.int8.onnx").unlink(missing_ok=True)
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            report["predict_ids"]["int8"] = f"not written: quantize_dynamic failed on the fused graph: {first}"
+            log.warning("model.fused.int8.onnx not written: %s", first)
+    return report
+
+
+def _optional_verdicts(checks, onnx_files, int8_force, report, withheld_dir):
+    """Status and warning of each optional variant; returns the labels to withhold.
+
+    A fused int8 graph is withheld with its fused fp32 graph: it is a quantised copy of it."""
+    withhold = []
+    for key in OPTIONAL:
+        label = key[len("onnx."):]
+        if label not in onnx_files:
+            continue
+        check = checks.get(key, {"ok": True})
+        reason = check.get("reason") or (f"max|diff| {check['max_abs_diff']:.3g} > {check['tolerance']:g}"
+                                         if "tolerance" in check else None)
+        derived = key == "onnx.fused.int8" and "fused" in withhold
+        if derived:  # a quantised copy of a wrong graph: never published, not even forced
+            check, reason = {"ok": False}, "its fused fp32 graph (onnx.fused) failed its check"
+        if check["ok"]:
+            continue
+        kept = withheld_dir / Path(onnx_files[label]).name
+        if key.endswith("int8") and int8_force and not derived:
+            report["status"][key] = "forced"
+            report["warnings"].append(f"{key} published although its check failed (export.int8_force=true): {reason}")
+            continue
+        report["status"][key] = "withheld"
+        withhold.append(label)
+        how = ("export.int8_force=true publishes it; a labelled data.test judges it by accuracy"
+               if key.endswith("int8") else "export.fuse=false skips the fused graphs")
+        what = "the int8 file" if key == "onnx.int8" else "the file"
+        first = "fp32 artifacts published" if key == "onnx.int8" else "the unfused ONNX files published"
+        report["warnings"].append(f"{key} withheld, {first}: {reason}; {what} is in {kept} ({how})")
+    return withhold
 
 
 def _describe(key, check):

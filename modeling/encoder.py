@@ -22,9 +22,11 @@ def gelu(x):
 
     TF >= 2.20 lowers `tf.nn.gelu(approximate=False)` to an `Erfc` op that
     tf2onnx 1.17 cannot convert; this form matches checkpoints trained with
-    exact GELU and exports cleanly.
+    exact GELU and exports cleanly. The order of the products,
+    `x * ((1 + erf(x * 0.7071)) * 0.5)`, is the one onnxruntime's GELU fusion
+    matches in a TensorFlow graph (export/fusion.py); scaling by 0.5 is exact.
     """
-    return 0.5 * x * (1.0 + tf.math.erf(x / math.sqrt(2.0)))
+    return x * ((1.0 + tf.math.erf(x * (1.0 / math.sqrt(2.0)))) * 0.5)
 
 
 def _init(stddev):
@@ -193,7 +195,10 @@ class BertEncoder(keras.Model):
         hidden = self.embeddings_dropout(self.embeddings_norm(hidden), training=training)
 
         # Additive float32 bias: 0 on tokens, -1e9 on padding keys.  [B, 1, 1, T]
-        mask_bias = (1.0 - tf.cast(mask[:, None, None, :], tf.float32)) * -1e9
+        # Two expand_dims rather than mask[:, None, None, :]: tf2onnx makes these two Unsqueeze
+        # (the slice form adds a no-op Slice), the mask path onnxruntime's attention fusion
+        # matches (export/fusion.py).
+        mask_bias = (1.0 - tf.cast(tf.expand_dims(tf.expand_dims(mask, 1), 1), tf.float32)) * -1e9
 
         all_hidden, all_probs, all_q, all_k = [hidden], [], [], []
         for layer in self.encoder_layers:

@@ -109,12 +109,12 @@ class Backend:
 class OnnxBackend(Backend):
     runtime = "onnx"
 
-    def __init__(self, path, meta, tokenizer, name, version, max_len, int8=False, threads=None):
+    def __init__(self, path, meta, tokenizer, name, version, max_len, int8=False, threads=None, fused=True):
         super().__init__(path, meta, tokenizer, name, version, max_len)
         from export.onnx import session
 
-        self.files = {fn: self.path / "onnx" / ("model.int8.onnx" if fn == "predict_ids" and int8 else file)
-                      for fn, file in ONNX_FILES.items() if fn in self.functions}
+        self.files = {fn: onnx_file(self.path / "onnx", fn, int8 and fn == "predict_ids", fused)
+                      for fn in ONNX_FILES if fn in self.functions}
         self.sessions = {}
         for fn, file in self.files.items():
             if not file.is_file():
@@ -124,10 +124,30 @@ class OnnxBackend(Backend):
         names = tuple(o.name for o in self.sessions["predict_ids"].get_outputs())
         self.functions["predict_ids"] = Function(self.functions["predict_ids"].inputs, names)
 
+    def describe(self):
+        return (f"{self.kind} model {self.name!r} version {self.version} (onnx: "
+                f"{', '.join(f.name for f in self.files.values())}; {self.path})")
+
     def run(self, fn, feeds):
         sess = self.sessions[fn]
         names = [o.name for o in sess.get_outputs()]
         return dict(zip(names, sess.run(None, {k: feeds[k] for k in self.functions[fn].inputs})))
+
+
+def onnx_file(onnx_dir, fn, int8=False, fused=True):
+    """The file serving `fn` in an export's onnx/ directory: the fused graph when the export
+    published one (and `fused`), else the portable one; `int8` for predict_ids' int8 copy.
+
+    predict_ids: model.fused.int8.onnx > model.int8.onnx (int8), model.fused.onnx > model.onnx;
+    encode_ids: encode.fused.onnx > encode.onnx; score: score.onnx. A missing preferred file
+    is no error (an export without fusion, or whose fused check withheld it); the portable
+    name is returned when neither exists, for the caller's "missing" message."""
+    plain = "model.int8.onnx" if int8 else ONNX_FILES[fn]
+    if fused and fn != "score":
+        candidate = Path(onnx_dir) / plain.replace(".onnx", ".fused.onnx").replace(".int8.fused", ".fused.int8")
+        if candidate.is_file():
+            return candidate
+    return Path(onnx_dir) / plain
 
 
 def _missing_onnx(file, int8):
@@ -213,8 +233,11 @@ def export_info(path):
         raise BackendError(f"{report_file}: not a finished export's report ({e})") from None
 
 
-def open_model(path, backend="onnx", int8=False, threads=None, name=None, kinds=None):
+def open_model(path, backend="onnx", int8=False, threads=None, name=None, kinds=None, fused=True):
     """A `Backend` for an export directory (`backend` onnx|tf) or a model directory (Keras).
+
+    `fused`: the onnx backend prefers the export's fused graphs (`onnx_file`); `backend.files`
+    says which file each function runs.
 
     `kinds`: accepted model kinds (e.g. ("sbert", "virt") for an index), checked before loading.
     """
@@ -246,7 +269,7 @@ def open_model(path, backend="onnx", int8=False, threads=None, name=None, kinds=
             return SavedModelBackend(path, meta, tok, export_name, version, max_len, threads, name)
         if backend != "onnx":
             raise BackendError(f"backend {backend!r}: expected onnx or tf")
-        return OnnxBackend(path, meta, tok, name or export_name, version, max_len, int8, threads)
+        return OnnxBackend(path, meta, tok, name or export_name, version, max_len, int8, threads, fused)
     if (path / "onnx").is_dir() or (path / "saved_model").is_dir():
         raise BackendError(f"{path}: an export directory without parity.json (a failed or unfinished export?)")
     if int8:
@@ -267,6 +290,41 @@ def read_kind(path):
     from modeling.model_dir import read_meta
 
     return read_meta(path)["kind"]
+
+
+def predict_pairs(backend, text_a, text_b, batch_size=64):
+    """`predict_ids` probabilities [N, C] of pairs through any backend, in input order.
+
+    Pairs are sorted by token length and padded per batch (real texts are short: a batch pads
+    to its own longest row, not to max_len)."""
+    from modeling.tokenization import pad_ids
+
+    if "probs" not in backend.functions["predict_ids"].outputs:
+        raise BackendError(f"{backend.path}: this {backend.kind} model has no classifier (outputs "
+                           f"{', '.join(backend.functions['predict_ids'].outputs)}); predict needs probabilities")
+    tok, n = backend.tokenizer, len(text_a)
+    if backend.kind == "cross_encoder":
+        enc = tok.encode_pairs(text_a, text_b, backend.max_len)
+        rows, lengths = list(zip(enc["input_ids"], enc["token_type_ids"])), [len(r) for r in enc["input_ids"]]
+    else:
+        x, y = tok.encode_texts(text_a, backend.max_len), tok.encode_texts(text_b, backend.max_len)
+        rows, lengths = list(zip(x, y)), [len(p) + len(q) for p, q in zip(x, y)]
+    order = np.argsort(lengths, kind="stable")
+    out = [None] * n
+    for i in range(0, n, batch_size):
+        idx = order[i:i + batch_size]
+        if backend.kind == "cross_encoder":
+            ids, mask = pad_ids([rows[j][0] for j in idx], tok.pad_id)
+            types, _ = pad_ids([rows[j][1] for j in idx], 0)
+            feeds = {"input_ids": ids, "token_type_ids": types, "attention_mask": mask}
+        else:
+            x_ids, x_mask = pad_ids([rows[j][0] for j in idx], tok.pad_id)
+            y_ids, y_mask = pad_ids([rows[j][1] for j in idx], tok.pad_id)
+            feeds = {"x_ids": x_ids, "x_mask": x_mask, "y_ids": y_ids, "y_mask": y_mask}
+        probs = backend.run("predict_ids", feeds)["probs"]
+        for j, p in zip(idx, probs):
+            out[j] = p
+    return np.stack(out) if out else np.zeros((0, len(backend.labels)), np.float32)
 
 
 def pad_rows(rows, dtype, pad_value=0):

@@ -2,6 +2,7 @@
 
     serve.backend   onnx (default) | tf      export directories; a model directory runs through Keras
     serve.int8      serve onnx/model.int8.onnx for serving_default / predict_ids
+    serve.fused     prefer the export's fused graphs (model.fused[.int8].onnx, encode.fused.onnx; default true)
     serve.index     an index directory (--task index) behind POST /v1/search; serve.rerank for its reranker
 
 `start_server(state)` runs the same server on a background thread (tests, benchmarks).
@@ -28,7 +29,7 @@ def build_state(cfg):
     if s.model is None:
         raise BackendError("set serve.model to an export directory (--task export) or a model directory, "
                            "e.g. --set serve.model=runs/export/<stamp>")
-    backend = open_model(s.model, s.backend, s.int8, s.threads, s.name)
+    backend = open_model(s.model, s.backend, s.int8, s.threads, s.name, fused=s.fused)
     searcher = None
     if s.index:
         searcher = open_searcher(s.index, s.rerank, cfg.search.recall, s.backend, query_backend=backend,

@@ -237,22 +237,25 @@ def test_every_artifact_is_written_and_parity_checked(exports, kind):
     assert f'name: "{kind}"' in config and f'base_path: "/models/{kind}"' in config
     assert str((out / "saved_model" / kind).resolve()) in (out / "saved_model" / "models.local.config").read_text()
     assert (out / "frozen" / "model.pb").is_file() and (out / "frozen" / "io.json").is_file()
-    onnx_files = {"cross_encoder": {"model.onnx", "model.int8.onnx", "model.opt-basic.onnx"},
-                  "sbert": {"model.onnx", "model.int8.onnx", "encode.onnx"},
-                  "virt": {"model.onnx", "model.int8.onnx", "encode.onnx", "score.onnx"}}[kind]
+    fused = {"model.fused.onnx", "model.fused.int8.onnx"} | ({"encode.fused.onnx"} if kind != "cross_encoder" else set())
+    onnx_files = fused | {"cross_encoder": {"model.onnx", "model.int8.onnx", "model.opt-basic.onnx"},
+                          "sbert": {"model.onnx", "model.int8.onnx", "encode.onnx"},
+                          "virt": {"model.onnx", "model.int8.onnx", "encode.onnx", "score.onnx"}}[kind]
     assert {p.name for p in (out / "onnx").iterdir()} == onnx_files
     assert not list(out.glob(".staging-*")) and not list((out / "saved_model" / kind).glob(".tmp-*"))
 
     on_disk = json.loads((out / "parity.json").read_text(encoding="utf-8"))
     assert on_disk["ok"] and on_disk == json.loads(json.dumps(report, default=float))
     expected = {"saved_model.serving_default", "saved_model.predict_ids", "frozen.predict_ids",
-                "onnx.predict_ids", "onnx.int8"}
-    expected |= {"cross_encoder": {"onnx.opt-basic"}, "sbert": {"saved_model.encode", "onnx.encode_ids"},
-                 "virt": {"saved_model.encode", "saved_model.score", "onnx.encode_ids", "onnx.score"}}[kind]
+                "onnx.predict_ids", "onnx.int8", "onnx.fused", "onnx.fused.int8"}
+    expected |= {"cross_encoder": {"onnx.opt-basic"},
+                 "sbert": {"saved_model.encode", "onnx.encode_ids", "onnx.fused.encode_ids"},
+                 "virt": {"saved_model.encode", "saved_model.score", "onnx.encode_ids", "onnx.score",
+                          "onnx.fused.encode_ids"}}[kind]
     checks = on_disk["checks"]
     assert set(checks) == expected
     for key, c in checks.items():
-        if key == "onnx.int8":
+        if key.endswith("int8"):
             assert c["label_agreement"] >= 0.99 and c["pairs"] == PARITY_SAMPLES + len(parity_mod.EDGE_PAIRS)
         else:
             limit = 1e-4 if key.startswith("onnx") else 1e-5
@@ -599,7 +602,8 @@ def three_published(three_class, workdir):
     """The 3-class model exported with the default int8 rule."""
     loaded = load_for_export(three_class["dir"])
     out = workdir / "three_published"
-    report = export_loaded(loaded, _cfg(out, f"export.parity_samples={SAMPLES3}", "export.formats=[saved_model,onnx]"))
+    report = export_loaded(loaded, _cfg(out, f"export.parity_samples={SAMPLES3}", "export.formats=[saved_model,onnx]",
+                                        "export.fuse=false"))  # the int8 gate of model.int8.onnx alone
     return {"loaded": loaded, "out": out, "report": report}
 
 
@@ -627,7 +631,8 @@ def test_a_failed_int8_check_withholds_int8_and_publishes_fp32(three_class, work
     import run_tasks
 
     out = workdir / "three_withheld"
-    sets = [f"export.model={three_class['dir']}", f"export.parity_samples={SAMPLES3}", "export.int8_min_margin=0"]
+    sets = [f"export.model={three_class['dir']}", f"export.parity_samples={SAMPLES3}", "export.int8_min_margin=0",
+            "export.fuse=false"]  # fused graphs: test_export_fused.py
     code = run_tasks.main(["--task", "export", "--out", str(out), "--set", *sets])
     err = capsys.readouterr().err
     kept = out / "withheld" / "model.int8.onnx"

@@ -487,13 +487,17 @@ def test_open_model_errors(workdir, model_dirs, virt_export):  # noqa: F811
         open_model(workdir)
     with pytest.raises(BackendError, match="int8 needs an export directory"):
         open_model(model_dirs["virt"], int8=True)
+    onnx_dir = virt_export["out"] / "onnx"
     with pytest.raises(BackendError, match=r"model.int8.onnx: missing; .*export.int8=true"):
-        (virt_export["out"] / "onnx" / "model.int8.onnx").rename(virt_export["out"] / "int8.bak")
+        for name in ("model.int8.onnx", "model.fused.int8.onnx"):  # neither int8 file: an error
+            (onnx_dir / name).rename(virt_export["out"] / f"{name}.bak")
         try:
             open_model(virt_export["out"], int8=True)
         finally:
-            (virt_export["out"] / "int8.bak").rename(virt_export["out"] / "onnx" / "model.int8.onnx")
-    assert open_model(virt_export["out"], int8=True).files["predict_ids"].name == "model.int8.onnx"
+            for name in ("model.int8.onnx", "model.fused.int8.onnx"):
+                (virt_export["out"] / f"{name}.bak").rename(onnx_dir / name)
+    assert open_model(virt_export["out"], int8=True).files["predict_ids"].name == "model.fused.int8.onnx"
+    assert open_model(virt_export["out"], int8=True, fused=False).files["predict_ids"].name == "model.int8.onnx"
 
 
 # ----------------------------------------------------------------------------- clients, command
@@ -538,4 +542,4 @@ def test_serve_command(serve_command, virt_export):
         _, err = proc.communicate(timeout=30)
     # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal (exit status -15)
     assert proc.returncode in (0, -signal.SIGTERM) and "Traceback" not in err, err[-3000:]
-    assert f"serving virt model 'virt' version 1 (onnx, {virt_export['out']})" in err
+    assert f"serving virt model 'virt' version 1 (onnx: model.fused.onnx, encode.fused.onnx, score.onnx; {virt_export['out']})" in err

@@ -112,12 +112,25 @@ def read_unlabelled(cfg, path):
 
 
 def predict(cfg):
-    """Score pairs with a model directory: CSV, or JSON lines when --out ends with .jsonl (default stdout)."""
-    loaded = load_model_dir(_model_path(cfg))
+    """Score pairs with a model directory: CSV, or JSON lines when --out ends with .jsonl (default stdout).
+
+    model.init may also be an export directory: then the export's graphs run (serve.backend,
+    serve.int8, serve.fused, serve.threads choose them, as for the server: the fused ONNX
+    graph when the export has one)."""
+    from serve.backends import is_export_dir, open_model, predict_pairs
+
+    path = _model_path(cfg)
     pairs = read_unlabelled(cfg, cfg.data.test or "-")
-    feats = loaded.model.featurize(loaded.tokenizer, pairs.text_a, pairs.text_b, loaded.max_seq_len)
-    probs = predict_outputs(loaded.model, feats, cfg.train.eval_batch_size)
-    labels = loaded.labels
+    if is_export_dir(path):
+        s = cfg.serve
+        backend = open_model(path, s.backend, s.int8, s.threads, fused=s.fused)
+        log.info("predict with %s", backend.describe())
+        probs, labels = predict_pairs(backend, pairs.text_a, pairs.text_b, cfg.train.eval_batch_size), backend.labels
+    else:
+        loaded = load_model_dir(path)
+        feats = loaded.model.featurize(loaded.tokenizer, pairs.text_a, pairs.text_b, loaded.max_seq_len)
+        probs = predict_outputs(loaded.model, feats, cfg.train.eval_batch_size)
+        labels = loaded.labels
     # Written under a temporary name and renamed when complete: a failed run keeps the previous file.
     tmp = Path(f"{cfg.out}.{os.getpid()}.tmp") if cfg.out else None
     out = open(tmp, "w", encoding="utf-8", newline="") if tmp else sys.stdout
