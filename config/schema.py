@@ -121,7 +121,7 @@ class DistillConfig:
 @dataclass
 class VirtConfig:
     teacher: str | None = None  # cross-encoder teacher directory
-    alpha: float = bounded(1.0, ge=0)  # weight of the interaction-distillation loss
+    alpha: float = bounded(10.0, ge=0)  # weight of the interaction-distillation loss (paper: 1; docs/defaults.md)
     kd_weight: float = bounded(0.0, ge=0)  # weight of the teacher's soft targets (logit distillation); 0 = the paper
     kd_temperature: float = bounded(2.0, gt=0)  # their temperature
     layers: str = "all"  # layers to distil: all|first-k|last-k|skip-k (e.g. "last-2")

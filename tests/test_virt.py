@@ -494,7 +494,7 @@ def test_virt_task_trains_and_compares_a_same_depth_siamese_baseline(virt_run):
     metrics = json.loads((run / "metrics.json").read_text())
     base = json.loads((run / "baseline" / "metrics.json").read_text())
     assert base["virt"] == {"distill": False, "adapted_interaction": False, "fusion": False,
-                            "alpha": 1.0, "layers": "all", "kd_weight": 0.0, "kd_temperature": 2.0}
+                            "alpha": 10.0, "layers": "all", "kd_weight": 0.0, "kd_temperature": 2.0}
     assert "baseline" not in base  # the baseline has none of its own
     assert load_model_dir(run / "baseline" / "model", expect_kind="virt").model.encoder.num_layers == 2
     metric = metrics["training"]["selection_metric"]
