@@ -13,7 +13,7 @@ Backends (each in its own process, per round in alternating order):
     session options as ours). Peers run in the peer venv (PEER_PYTHON, bench/common.py; it
     needs torch, transformers, onnxruntime, onnx, sympy: docs/inference.md).
 
-Shapes: fixed batch 28 x 128 tokens, and the real MRPC test pairs (/work/shared/data/mrpc or
+Shapes: fixed batch 28 x 128 tokens, and the real MRPC test pairs (../shared/data/mrpc beside the repository, or
 --mrpc), tokenised once by our tokenizer (the peers get the same ids), sorted by length and
 padded per batch of 28. Labels: the MiniLM checkpoint has no MRPC head, so without --ce (a
 fine-tuned cross-encoder directory) each backend's labels are compared with its own fp32
@@ -311,7 +311,8 @@ def load_average():
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ce", help="a fine-tuned cross-encoder model directory (default: MiniLM-L6, untrained head)")
-    p.add_argument("--mrpc", default="/work/shared/data/mrpc", help="directory with MRPC test.tsv")
+    p.add_argument("--mrpc", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "mrpc"),
+                   help="directory with MRPC test.tsv (default: ../shared/data/mrpc beside the repository)")
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds (odd rounds in reverse order)")
     p.add_argument("--seconds", type=float, default=3.0, help="per shape and backend")
     p.add_argument("--backends", nargs="*", default=list(OURS + PEERS), choices=OURS + PEERS)
