@@ -35,6 +35,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is impor
 from export import ExportError  # noqa: E402
 
 MIN_OPSET = 15
+# The files of an export's onnx/ directory (the export writes them, the server reads them).
+ONNX_FILES = {"predict_ids": "model.onnx", "encode_ids": "encode.onnx", "score": "score.onnx"}
+# The fused copy of each portable file (export/fusion.py; score.onnx has none).
+FUSED_NAMES = {"model.onnx": "model.fused.onnx", "model.int8.onnx": "model.fused.int8.onnx",
+               "encode.onnx": "encode.fused.onnx"}
 LEVELS = ("basic", "extended", "all")
 
 

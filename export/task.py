@@ -36,12 +36,11 @@ from datetime import datetime
 from pathlib import Path
 
 from export import ExportError
+from export.onnx import FUSED_NAMES, ONNX_FILES
 from export.saved_model import (KINDS, NAME_RE, default_name, ids_functions, outputs_of,
                                 publish_version, stage_saved_model, write_models_config)
 
 log = logging.getLogger(__name__)
-
-ONNX_FILES = {"predict_ids": "model.onnx", "encode_ids": "encode.onnx", "score": "score.onnx"}
 
 
 def load_for_export(model_dir):
@@ -223,7 +222,7 @@ def export_loaded(loaded, cfg):
 
 # Speed variants of model.onnx / encode.onnx: a failed check withholds the file alone (docs/export.md).
 OPTIONAL = ("onnx.int8", "onnx.fused", "onnx.fused.int8", "onnx.fused.encode_ids")
-FUSED_FILES = {"predict_ids": ("fused", "model.fused.onnx"), "encode_ids": ("fused.encode_ids", "encode.fused.onnx")}
+FUSED_FILES = {"predict_ids": ("fused", FUSED_NAMES["model.onnx"]), "encode_ids": ("fused.encode_ids", FUSED_NAMES["encode.onnx"])}
 
 
 def fuse_graphs(onnx_files, onnx_dir, encoder, int8):

@@ -31,12 +31,13 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from export.onnx import FUSED_NAMES, ONNX_FILES  # file names only: onnxruntime loads lazily
+
 log = logging.getLogger(__name__)
 
 PAIR_IDS = ("input_ids", "token_type_ids", "attention_mask")
 SIAMESE_IDS = ("x_ids", "x_mask", "y_ids", "y_mask")
 SCORE_INPUTS = ("x_states", "x_mask", "y_states", "y_mask")
-ONNX_FILES = {"predict_ids": "model.onnx", "encode_ids": "encode.onnx", "score": "score.onnx"}
 
 
 class BackendError(ValueError):
@@ -143,10 +144,9 @@ def onnx_file(onnx_dir, fn, int8=False, fused=True):
     is no error (an export without fusion, or whose fused check withheld it); the portable
     name is returned when neither exists, for the caller's "missing" message."""
     plain = "model.int8.onnx" if int8 else ONNX_FILES[fn]
-    if fused and fn != "score":
-        candidate = Path(onnx_dir) / plain.replace(".onnx", ".fused.onnx").replace(".int8.fused", ".fused.int8")
-        if candidate.is_file():
-            return candidate
+    fused_name = FUSED_NAMES.get(plain) if fused else None
+    if fused_name and (Path(onnx_dir) / fused_name).is_file():
+        return Path(onnx_dir) / fused_name
     return Path(onnx_dir) / plain
 
 
