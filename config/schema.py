@@ -114,6 +114,7 @@ class DistillConfig:
     intermediate: bool = False  # also match hidden states layer by layer
     layer_map: list[int] | None = None  # teacher layer for each student layer; None = uniform
     intermediate_weight: float = bounded(1.0, ge=0)  # weight of the intermediate-layer loss
+    student_init: str = "teacher"  # teacher = the student starts as the teacher's first model.num_layers layers | model = model.init's (the baseline always starts from model.init)
     swap: bool = False  # also train on every pair swapped, (b, a), from the teacher's soft targets alone (data.swap_augment also keeps their labels: symmetric relations only)
     baseline: str | None = "auto"  # the undistilled student: auto = fine-tune it in <out>/baseline | model dir | null = none
 
@@ -234,6 +235,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.mixed_precision": ("mixed_bfloat16", "mixed_float16"),
     "train.metric": ("accuracy", "f1", "macro_f1", "auc", "loss"),
     "sbert.objective": ("softmax", "cosine", "mnrl"),
+    "distill.student_init": ("teacher", "model"),
     "serve.backend": ("onnx", "tf"),
     "index.backend": ("onnx", "tf"),
     "search.backend": ("onnx", "tf"),

@@ -62,6 +62,20 @@ def with_swapped_pairs(splits):
     return dataclasses.replace(splits, train=swap_augment(splits.train)), hard
 
 
+def student_from_teacher(model_cfg, teacher):
+    """`model_cfg` with the teacher's model directory as `init`: the student starts as the teacher's
+    first `model.num_layers` fine-tuned layers (embeddings and vocabulary included) instead of
+    model.init's. Its classifier still starts random: the teacher's reads the teacher's last layer.
+
+    Why (docs/defaults.md, section 4): a 2-layer cut of a pre-trained encoder has not learnt the
+    task, and the teacher's soft targets alone could not teach it (they moved it by tenths, or cost
+    points); the teacher's own lower layers already carry what fine-tuning taught them.
+    """
+    student_cfg = copy.copy(model_cfg)
+    student_cfg.init, student_cfg.vocab = str(teacher.path), None
+    return student_cfg
+
+
 def train_distill(cfg):
     """Teacher (given or fine-tuned here) -> student; writes <out>/model and metrics.json."""
     run_dir = prepare_run_dir(cfg)
@@ -69,11 +83,12 @@ def train_distill(cfg):
     d = cfg.distill
     teacher, teacher_metrics = teacher_for(cfg, run_dir, "distill")
     model_cfg = student_model_config(cfg, teacher)
+    student_cfg = student_from_teacher(model_cfg, teacher) if d.student_init == "teacher" else model_cfg
     report = {"distill": {"alpha": d.alpha, "temperature": d.temperature, "online": d.online,
-                          "intermediate": d.intermediate, "swap": d.swap}}
+                          "intermediate": d.intermediate, "swap": d.swap, "student_init": d.student_init}}
     report["teacher"] = teacher_report(teacher, teacher_metrics, splits, cfg)
 
-    def as_plain_student(bcfg):  # the same student, schedule and data, fine-tuned on the labels alone
+    def as_plain_student(bcfg):  # model.init's student, same schedule and data, fine-tuned on the labels alone
         bcfg.task, bcfg.model, bcfg.distill.baseline = "finetune", copy.copy(model_cfg), None
 
     baseline = baseline_scores(cfg, run_dir, splits, d.baseline, finetune, as_plain_student)
@@ -90,7 +105,7 @@ def train_distill(cfg):
         gc.collect()
 
     def build():
-        encoder, tokenizer = init_encoder(model_cfg, splits.train.text_a + splits.train.text_b, run_dir)
+        encoder, tokenizer = init_encoder(student_cfg, splits.train.text_a + splits.train.text_b, run_dir)
         student = CrossEncoder(encoder, num_labels=len(splits.label_names), pooling=cfg.model.pooling,
                                dropout=cfg.model.dropout, name="cross_encoder")
         if teacher is not None:

@@ -115,12 +115,18 @@ def truncate_encoder(encoder, num_layers):
         return encoder
     if not 1 <= num_layers <= encoder.num_layers:
         raise CheckpointError(f"num_layers={num_layers} but the model has {encoder.num_layers} layers")
-    args = encoder.architecture()
-    args["num_layers"] = num_layers
-    small = BertEncoder(**args, name=encoder.name)
+    return rebuild_encoder(encoder, f"{encoder.name} (first {num_layers} layers)", num_layers=num_layers)
+
+
+def rebuild_encoder(encoder, source, **changes):
+    """A new encoder with `encoder`'s architecture except `changes` (a depth, dropout rates), and
+    its weights. Rebuilt rather than edited in place: a Keras Dropout built at rate 0 has no
+    random state, so raising its rate afterwards fails at the first training step."""
+    args = {**encoder.architecture(), **changes}
+    new = BertEncoder(**args, name=encoder.name)
     tensors = {k: v.numpy() for k, v in encoder_weight_map(encoder).items()}
-    assign_weights(small, tensors, f"{encoder.name} (first {num_layers} layers)")
-    return small
+    assign_weights(new, tensors, source)
+    return new
 
 
 def load_pretrained(path, num_layers=None, allow_mismatch=False, lowercase=None):

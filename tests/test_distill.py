@@ -246,7 +246,7 @@ def test_distill_task_end_to_end(e2e):
     assert set(m["teacher"]) == {"valid", "test", "model_dir"}
     assert m["teacher"]["model_dir"] == str(e2e / "teacher" / "model") == m["baseline"]["model_dir"]
     assert m["distill"] == {"alpha": 0.5, "temperature": 2.0, "online": False, "intermediate": False,
-                            "swap": False}
+                            "swap": False, "student_init": "teacher"}
     assert m["training"]["steps"] == 3
     # The run was in this process: its recorded peak memory is TensorFlow-sized (MB, not KB or bytes)
     # and cannot exceed this process's peak so far as the kernel counts it.
@@ -269,6 +269,29 @@ def test_distill_task_end_to_end(e2e):
         assert m["teacher"][split]["accuracy"] == pytest.approx(t[split]["accuracy"])
     # ... so the teacher does not lead its baseline: the run says so instead of reporting a gap closed.
     assert "gap_closed" not in m and any("not above the baseline" in w for w in m["warnings"])
+
+
+def test_student_init_teacher_starts_from_the_teachers_first_layers(e2e, tmp_path):
+    """distill.student_init=teacher: the student's encoder before training is the teacher's first k
+    layers, weight for weight (checked against the teacher's own variables), with its vocabulary."""
+    from config import load_config
+    from distill.task import student_from_teacher
+    from modeling.model_dir import load_model_dir
+    from training.tasks import init_encoder
+
+    teacher = load_model_dir(e2e / "teacher" / "model", expect_kind="cross_encoder")
+    cfg = load_config(None, TINY + ["task=distill", "model.num_layers=1"])
+    student_cfg = student_from_teacher(cfg.model, teacher)
+    assert cfg.model.init is None  # the baseline's configuration is untouched
+    encoder, tokenizer = init_encoder(student_cfg, ["unused"], tmp_path)
+    assert encoder.num_layers == 1 and tokenizer.vocab_file.endswith("vocab.txt")
+    teacher_w = {w.path.split("/", 1)[1]: w.numpy() for w in teacher.model.encoder.weights}
+    student_w = {w.path.split("/", 1)[1]: w.numpy() for w in encoder.weights}
+    assert student_w and set(student_w) <= set(teacher_w)
+    assert any("layer_1" in k for k in teacher_w) and not any("layer_1" in k for k in student_w)
+    for k, v in student_w.items():
+        np.testing.assert_array_equal(v, teacher_w[k], err_msg=k)
+    assert not list(tmp_path.iterdir())  # no vocabulary built: the teacher's is used
 
 
 def test_distilled_student_loads_and_predicts(e2e):

@@ -23,7 +23,7 @@ from data import DataError, PairData, check_label_set, label_map, make_sample, r
 from modeling.checkpoints import CheckpointError
 from modeling.encoder import BertEncoder
 from modeling.model_dir import load_model_dir, save_model_dir
-from modeling.pretrained import detect_format, load_pretrained, resolve
+from modeling.pretrained import detect_format, load_pretrained, rebuild_encoder, resolve
 from modeling.tokenization import IDS_VERSION, PairTokenizer
 from training.memory import peak_rss_mb
 from training.metrics import classification_metrics
@@ -186,7 +186,7 @@ def init_encoder(model_cfg, train_texts, run_dir, num_layers=None):
                                              allow_mismatch=model_cfg.allow_mismatch,
                                              lowercase=model_cfg.lowercase)
         if model_cfg.dropout is not None:
-            _set_dropout(encoder, model_cfg.dropout)
+            encoder = _with_dropout(encoder, model_cfg.dropout)
         return encoder, tokenizer
     from data import build_vocab
 
@@ -210,12 +210,11 @@ def init_encoder(model_cfg, train_texts, run_dir, num_layers=None):
     return encoder, tokenizer
 
 
-def _set_dropout(encoder, rate):
-    """Use the configured dropout rate instead of the checkpoint's."""
-    for layer in encoder._flatten_layers(include_self=False, recursive=True):
-        if isinstance(layer, keras.layers.Dropout):
-            layer.rate = rate
-    encoder.hidden_dropout = encoder.attention_dropout = rate
+def _with_dropout(encoder, rate):
+    """The encoder with the configured dropout rate instead of the checkpoint's."""
+    if encoder.hidden_dropout == rate and encoder.attention_dropout == rate:
+        return encoder
+    return rebuild_encoder(encoder, f"{encoder.name} (dropout {rate})", hidden_dropout=rate, attention_dropout=rate)
 
 
 def is_model_dir(path):
