@@ -123,6 +123,7 @@ class DistillConfig:
 class VirtConfig:
     teacher: str | None = None  # cross-encoder teacher directory
     alpha: float = bounded(10.0, ge=0)  # weight of the interaction-distillation loss (paper: 1; docs/defaults.md)
+    student_init: str = "model"  # teacher = the student's encoder starts as the teacher's first model.num_layers layers | model = model.init's (the baseline always starts from model.init)
     kd_weight: float = bounded(0.0, ge=0)  # weight of the teacher's soft targets (logit distillation); 0 = the paper
     kd_temperature: float = bounded(2.0, gt=0)  # their temperature
     layers: str = "all"  # layers to distil: all|first-k|last-k|skip-k (e.g. "last-2")
@@ -236,6 +237,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.metric": ("accuracy", "f1", "macro_f1", "auc", "loss"),
     "sbert.objective": ("softmax", "cosine", "mnrl"),
     "distill.student_init": ("teacher", "model"),
+    "virt.student_init": ("teacher", "model"),
     "serve.backend": ("onnx", "tf"),
     "index.backend": ("onnx", "tf"),
     "search.backend": ("onnx", "tf"),

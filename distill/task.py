@@ -16,7 +16,8 @@ from distill.model import DistillTraining
 from modeling.cross_encoder import CrossEncoder
 from training.finetune import finetune
 from training.tasks import (baseline_scores, check_same_vocab, init_encoder, load_splits, prepare_run_dir,
-                            print_summary, student_model_config, teacher_for, teacher_report, train_task)
+                            print_summary, student_from_teacher, student_model_config, teacher_for,
+                            teacher_report, train_task)
 from training.trainer import predict_outputs
 
 log = logging.getLogger(__name__)
@@ -60,20 +61,6 @@ def with_swapped_pairs(splits):
     n = len(splits.train)
     hard = np.concatenate([np.ones(n, np.float32), np.zeros(n, np.float32)])
     return dataclasses.replace(splits, train=swap_augment(splits.train)), hard
-
-
-def student_from_teacher(model_cfg, teacher):
-    """`model_cfg` with the teacher's model directory as `init`: the student starts as the teacher's
-    first `model.num_layers` fine-tuned layers (embeddings and vocabulary included) instead of
-    model.init's. Its classifier still starts random: the teacher's reads the teacher's last layer.
-
-    Why (docs/defaults.md, section 4): a 2-layer cut of a pre-trained encoder has not learnt the
-    task, and the teacher's soft targets alone could not teach it (they moved it by tenths, or cost
-    points); the teacher's own lower layers already carry what fine-tuning taught them.
-    """
-    student_cfg = copy.copy(model_cfg)
-    student_cfg.init, student_cfg.vocab = str(teacher.path), None
-    return student_cfg
 
 
 def train_distill(cfg):

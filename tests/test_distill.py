@@ -275,9 +275,8 @@ def test_student_init_teacher_starts_from_the_teachers_first_layers(e2e, tmp_pat
     """distill.student_init=teacher: the student's encoder before training is the teacher's first k
     layers, weight for weight (checked against the teacher's own variables), with its vocabulary."""
     from config import load_config
-    from distill.task import student_from_teacher
     from modeling.model_dir import load_model_dir
-    from training.tasks import init_encoder
+    from training.tasks import init_encoder, student_from_teacher
 
     teacher = load_model_dir(e2e / "teacher" / "model", expect_kind="cross_encoder")
     cfg = load_config(None, TINY + ["task=distill", "model.num_layers=1"])

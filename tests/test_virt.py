@@ -494,7 +494,8 @@ def test_virt_task_trains_and_compares_a_same_depth_siamese_baseline(virt_run):
     metrics = json.loads((run / "metrics.json").read_text())
     base = json.loads((run / "baseline" / "metrics.json").read_text())
     assert base["virt"] == {"distill": False, "adapted_interaction": False, "fusion": False,
-                            "alpha": 10.0, "layers": "all", "kd_weight": 0.0, "kd_temperature": 2.0}
+                            "alpha": 10.0, "layers": "all", "kd_weight": 0.0, "kd_temperature": 2.0,
+                            "student_init": "model"}
     assert "baseline" not in base  # the baseline has none of its own
     assert load_model_dir(run / "baseline" / "model", expect_kind="virt").model.encoder.num_layers == 2
     metric = metrics["training"]["selection_metric"]
@@ -507,6 +508,29 @@ def test_virt_task_trains_and_compares_a_same_depth_siamese_baseline(virt_run):
             assert split not in metrics.get("gap_closed", {})
     t, b = metrics["teacher"]["valid"][metric], base["valid"][metric]
     assert any("not above the baseline" in w for w in metrics.get("warnings", [])) == (t <= b)
+
+
+def test_student_init_teacher_starts_the_siamese_student_from_the_teachers_layers(virt_run, monkeypatch):
+    """virt.student_init=teacher: the student's encoder is built from the teacher's model directory
+    (its first model.num_layers layers: tests/test_distill.py checks the weights), the baseline from
+    model.init."""
+    import run_tasks
+    import virt.task
+
+    built = []
+    real = virt.task.init_encoder
+    monkeypatch.setattr(virt.task, "init_encoder", lambda model_cfg, *a, **k: built.append(model_cfg.init)
+                        or real(model_cfg, *a, **k))
+    run, teacher = virt_run["run"], virt_run["run"] / "teacher" / "model"
+    out = run.parent / "from_teacher"
+    rc = run_tasks.main(["--task", "virt", "--set", *virt_run["common"], "model.num_layers=1",
+                         f"virt.teacher={teacher}", f"virt.baseline={run / 'baseline' / 'model'}",
+                         "virt.student_init=teacher", "train.steps_per_epoch=1", "--out", str(out)])
+    assert rc == 0 and built == [str(teacher)]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["virt"]["student_init"] == "teacher"
+    assert load_model_dir(out / "model", expect_kind="virt").model.encoder.num_layers == 1
+    assert (out / "model" / "vocab.txt").read_bytes() == (teacher / "vocab.txt").read_bytes()
 
 
 def test_gap_closed_and_weak_teacher_warning_by_hand():

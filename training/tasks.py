@@ -342,6 +342,21 @@ def student_model_config(cfg, teacher):
     return model_cfg
 
 
+def student_from_teacher(model_cfg, teacher):
+    """`model_cfg` with the teacher's model directory as `init` (`distill.student_init` /
+    `virt.student_init: teacher`): the student starts as the teacher's first `model.num_layers`
+    fine-tuned layers, embeddings and vocabulary included, instead of model.init's. Heads start
+    random (the teacher's reads its own last layer); the baseline keeps model.init.
+
+    Why (docs/defaults.md): a cut of a pre-trained encoder has not learnt the task, and the
+    teacher's logits or attention maps alone moved a tiny student little; the teacher's own lower
+    layers already carry what fine-tuning taught them.
+    """
+    student_cfg = copy.copy(model_cfg)
+    student_cfg.init, student_cfg.vocab = str(teacher.path), None
+    return student_cfg
+
+
 def check_same_vocab(teacher, tokenizer):
     a = Path(teacher.tokenizer.vocab_file).read_bytes()
     b = Path(tokenizer.vocab_file).read_bytes()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 
 from training.tasks import (baseline_scores, check_same_vocab, init_encoder, load_splits, prepare_run_dir,
-                            print_summary, student_model_config, teacher_for, teacher_report, train_task)
+                            print_summary, student_from_teacher, student_model_config, teacher_for,
+                            teacher_report, train_task)
 from virt.model import VirtModel, VirtTraining, default_fusion, uses_fusion
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,8 @@ def train_virt(cfg):
     if teacher is not None:
         check_teacher_positions(cfg.train.max_seq_len, teacher.model.encoder.max_position)
     model_cfg = student_model_config(cfg, teacher)
+    if teacher is not None and v.student_init == "teacher":
+        model_cfg = student_from_teacher(model_cfg, teacher)
 
     def build():
         encoder, tokenizer = init_encoder(model_cfg, splits.train.text_a + splits.train.text_b, run_dir)
@@ -63,7 +66,7 @@ def train_virt(cfg):
     report = {"virt": {"distill": v.distill, "adapted_interaction": v.adapted_interaction,
                        "fusion": uses_fusion(v.adapted_interaction, v.fusion),
                        "alpha": v.alpha, "layers": v.layers, "kd_weight": v.kd_weight,
-                       "kd_temperature": v.kd_temperature}}
+                       "kd_temperature": v.kd_temperature, "student_init": v.student_init if v.distill else "model"}}
     if teacher is not None:
         report["teacher"] = teacher_report(teacher, teacher_metrics, splits, cfg)
     baseline = None if is_siamese_baseline(v) else baseline_scores(cfg, run_dir, splits, v.baseline, train_virt,
