@@ -102,6 +102,43 @@ def run_in_batches(backend, fn, rows, batch_size):
     return out
 
 
+def warm_up(backend, lengths, max_batch=1, max_batch_tokens=0):
+    """One call of each of `backend`'s functions per sequence length in `lengths` (capped at the
+    backend's max_len), at 1 row and at the most rows the micro-batcher puts in a batch of that
+    length (`max_batch`, fewer under a `max_batch_tokens` budget), on placeholder rows (pad ids,
+    full masks, zero states). onnxruntime and TensorFlow make the first call of a shape slow
+    (buffers planned and allocated, kernels picked; Keras traces its function); a server that
+    does this before it listens spares its first users that. Returns [(fn, rows, length, seconds)]."""
+    done = []
+    sizes = sorted({max(1, min(int(n), backend.max_len)) for n in lengths})
+    for fn, spec in backend.functions.items():
+        masks = len(length_inputs(spec))
+        for length in sizes:
+            full = max_batch
+            if max_batch_tokens and spec.encoder:
+                full = min(full, max_batch_tokens // (length * masks))
+            row = _placeholder_row(backend, spec, length)
+            for n in sorted({1, max(1, full)}):
+                t0 = time.perf_counter()
+                run_rows(backend, fn, [row] * n)
+                done.append((fn, n, length, time.perf_counter() - t0))
+    return done
+
+
+def _placeholder_row(backend, spec, length):
+    row = {}
+    for name in spec.inputs:
+        if name.endswith("_states"):
+            row[name] = np.zeros((length, backend.hidden_size), np.float32)
+        elif name in ID_INPUTS:
+            row[name] = np.full(length, backend.tokenizer.pad_id, np.int32)
+        elif name.endswith("mask"):
+            row[name] = np.ones(length, np.int32)
+        else:  # token_type_ids
+            row[name] = np.zeros(length, np.int32)
+    return row
+
+
 def _blocks(job):
     return bool(job.rows) and isinstance(job.rows[0], Block)
 

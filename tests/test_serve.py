@@ -439,6 +439,32 @@ def test_a_small_request_waits_a_token_budget_not_a_batch_of_long_rows(max_batch
     assert be.batches == [(32, 64), (32, 64)], be.batches
 
 
+def test_warm_up_calls_every_function_per_length_at_one_row_and_a_full_batch(virt_export):
+    """serve.warmup: one call per function, length (capped at the export's 32 tokens) and row count:
+    1 row and the most the batcher puts in a batch of that length (8 rows, fewer under 64 tokens:
+    predict_ids pads two texts, VIRT's score head is batched by rows only)."""
+    backend, fed = open_model(virt_export["out"]), []
+    real = backend.run
+
+    def run(fn, feeds):
+        fed.append((fn, {k: v.shape for k, v in feeds.items()}))
+        return real(fn, feeds)
+
+    backend.run = run
+    state = ServerState(backend, max_batch=8, max_batch_tokens=64)
+    try:
+        calls = state.warm_up([4, 10_000])
+    finally:
+        state.close()
+    assert sorted((fn, n, length) for _, fn, n, length, _ in calls) == [
+        ("encode_ids", 1, 4), ("encode_ids", 1, 32), ("encode_ids", 2, 32), ("encode_ids", 8, 4),
+        ("predict_ids", 1, 4), ("predict_ids", 1, 32), ("predict_ids", 8, 4),
+        ("score", 1, 4), ("score", 1, 32), ("score", 8, 4), ("score", 8, 32)]
+    assert all(name == "virt" and seconds > 0 for name, *_, seconds in calls)
+    assert ("score", {"x_states": (8, 32, 32), "x_mask": (8, 32), "y_states": (8, 32, 32), "y_mask": (8, 32)}) in fed
+    assert ("predict_ids", {"x_ids": (8, 4), "x_mask": (8, 4), "y_ids": (8, 4), "y_mask": (8, 4)}) in fed
+
+
 def test_a_token_budget_splits_batches_and_keeps_the_scores(virt_export):
     """Real model: requests batched under a small token budget get the scores they get alone."""
     a = [f"{x} number {i}" for i, x in enumerate(PAIRS[0] * 2)]
