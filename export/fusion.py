@@ -336,6 +336,7 @@ def _attention_scales(model, head_size):
 
 
 INT_TYPES = (6, 7)  # onnx TensorProto INT32, INT64
+FLOAT_TYPES = (1, 10, 11)  # FLOAT, FLOAT16, DOUBLE
 
 
 def _through_int_casts(g, name):
@@ -373,7 +374,7 @@ def _wrapped_index(g, name):
             if not less or not shifted or _attr(cast_less, "to") not in INT_TYPES:
                 continue
             to_float = g.parent(less, 0, "Cast")
-            if to_float is None or not _is_const(g, less.input[1], 0):
+            if to_float is None or _attr(to_float, "to") not in FLOAT_TYPES or not _is_const(g, less.input[1], 0):
                 continue
             i = to_float.input[0]
             if i not in shifted.input:
