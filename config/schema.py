@@ -180,6 +180,7 @@ class ServeConfig:
     index: str | None = None  # search index directory (--task index) behind POST /v1/search; None = no search
     rerank: str | None = None  # /v1/search rerank: cross-encoder model or export dir | "virt" (the index's model) | None
     max_k: int = bounded(100, ge=1)  # largest k accepted by /v1/search
+    warmup: list[int] = field(default_factory=lambda: [32, 128])  # sequence lengths run once per function (1 row and a full batch) before listening; [] = none
 
 
 @dataclass

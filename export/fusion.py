@@ -16,13 +16,22 @@ fused nothing (measured 2026-12-02 on the MiniLM-L6 cross-encoder: 0 fused ops w
    back, then the bias Add; the optimiser wants MatMul -> Add;
 3. (fixed in modeling/encoder.py) `mask[:, None, None, :]` became Unsqueeze + a no-op Slice;
    the mask is now two `expand_dims`, the Unsqueeze -> Unsqueeze -> Cast -> Sub -> Mul the
-   attention matcher looks for.
+   attention matcher looks for;
+4. `keras.layers.Embedding` looks rows up with `ops.take`, which wraps negative indices
+   (`where(i < 0, i + V, i)`: Cast, Less, Not, Cast, Mul, Add around each Gather), so the
+   embedding block (three Gathers, two Adds, LayerNorm) was not fused into
+   `EmbedLayerNormalization` as in a PyTorch export (issue 18).
 
-`canonicalize` rewrites 1 and 2 into their plain ONNX forms (an ONNX `LayerNormalization`,
-opset >= 17; a 3-D MatMul, which broadcasts like `tensordot` on the last axis); each rewrite
-checks its whole pattern (constant weights, ranks, the reshape target built from the input's
-own shape) and leaves anything else alone. Then `optimize_model(model_type="bert", opt_level=0)`
-fuses. The result is an onnxruntime-only file (contrib ops); the export keeps the portable
+`canonicalize` rewrites 1, 2 and 4 into their plain ONNX forms (an ONNX `LayerNormalization`,
+opset >= 17; a 3-D MatMul, which broadcasts like `tensordot` on the last axis; a plain Gather,
+which counts negative indices from the back itself); each rewrite checks its whole pattern
+(constant weights, ranks, the reshape target built from the input's own shape, the wrap by the
+table's own row count) and leaves anything else alone. Then `optimize_model(model_type="bert",
+opt_level=0)` fuses; it fuses our embeddings through its GPT-2 matcher, which passes the
+position ids in explicitly, and `_embed_default_positions` drops them when they are the default
+0..T-1 (the op's own), as in a PyTorch export. With the mask as input, EmbedLayerNormalization
+also computes the mask index (valid tokens per row, the `ReduceSum` the Attention nodes had
+before) and every Attention takes it. The result is an onnxruntime-only file (contrib ops); the export keeps the portable
 `model.onnx` beside it and checks the fused file against Keras like every other artifact.
 
 `opt_level=0` with an explicit onnxruntime basic pass first: the optimiser's own opt_level >= 1
@@ -326,6 +335,168 @@ def _attention_scales(model, head_size):
     return count
 
 
+INT_TYPES = (6, 7)  # onnx TensorProto INT32, INT64
+FLOAT_TYPES = (1, 10, 11)  # FLOAT, FLOAT16, DOUBLE
+
+
+def _through_int_casts(g, name):
+    """The tensor that `name` is a Cast (to int32 / int64, any number of them) of; `name` itself when
+    no such Cast produces it. Used on shape tensors only, whose values fit in int32."""
+    node = g.producer.get(name)
+    while node is not None and node.op_type == "Cast" and _attr(node, "to") in INT_TYPES:
+        name = node.input[0]
+        node = g.producer.get(name)
+    return name
+
+
+def _is_const(g, name, value):
+    v = g.const(name)
+    return v is not None and v.size == np.size(value) and np.array_equal(np.ravel(v), np.ravel(value))
+
+
+def _wrapped_index(g, name):
+    """(i, V) when tensor `name` is Keras's negative-index wrap of an index tensor i, else (None, None):
+
+        tf.where(i < 0, i + V, i)   ->   Add(Mul(Cast(Less(Cast(i, float), 0)), Add(i, V)),
+                                             Mul(i, Cast(Not(that Less))))          (tf2onnx)
+
+    (keras.layers.Embedding's lookup, `ops.take`, in the TensorFlow backend.)"""
+    add = g.producer.get(name)
+    if add is None or add.op_type != "Add" or len(add.input) != 2:
+        return None, None
+    muls = [g.producer.get(n) for n in add.input]
+    if any(m is None or m.op_type != "Mul" for m in muls):
+        return None, None
+    for m_neg, m_pos in (muls, muls[::-1]):
+        for j in (0, 1):
+            cast_less, shifted = g.parent(m_neg, j, "Cast"), g.parent(m_neg, 1 - j, "Add")
+            less = cast_less and g.parent(cast_less, 0, "Less")
+            if not less or not shifted or _attr(cast_less, "to") not in INT_TYPES:
+                continue
+            to_float = g.parent(less, 0, "Cast")
+            if to_float is None or _attr(to_float, "to") not in FLOAT_TYPES or not _is_const(g, less.input[1], 0):
+                continue
+            i = to_float.input[0]
+            if i not in shifted.input:
+                continue
+            v = g.const(shifted.input[1 - list(shifted.input).index(i)])
+            if v is None or v.size != 1:
+                continue
+            for k in (0, 1):
+                cast_not = g.parent(m_pos, k, "Cast")
+                not_ = cast_not and g.parent(cast_not, 0, "Not")
+                if not_ and m_pos.input[1 - k] == i and not_.input[0] == less.output[0] and \
+                        _attr(cast_not, "to") in INT_TYPES:
+                    return i, int(v.reshape(()))
+    return None, None
+
+
+def _table_gathers(g, model):
+    """Gather nodes that look up rows of a constant 2-D table (embedding lookups)."""
+    for node in model.graph.node:
+        if node.op_type == "Gather" and _attr(node, "axis", 0) == 0:
+            table = g.const(node.input[0])
+            if table is not None and table.ndim == 2:
+                yield node, table
+
+
+def _embedding_lookups(model):
+    """Gather(table, wrap(i)) -> Gather(table, i), where wrap is Keras's negative-index wrap
+    (`_wrapped_index`) with V = the table's rows.
+
+    The same value for every index in [-V, V): ONNX Gather counts negative indices from the
+    back as the wrap does, and an index outside fails in both. What it removes are the Casts,
+    Less, Not, Mul and Add around each embedding lookup, which also hide the embedding pattern
+    from onnxruntime's EmbedLayerNormalization fusion."""
+    g = _Graph(model)
+    count = 0
+    for gather, table in list(_table_gathers(g, model)):
+        i, v = _wrapped_index(g, gather.input[1])
+        if i is not None and v == table.shape[0]:
+            gather.input[1] = i
+            count += 1
+    _prune(model)
+    return count
+
+
+def _shape_length(g, name):
+    """The tensor whose Shape()[1] tensor `name` is (Squeeze(Slice(shape, [1], [2], [0])) or
+    Gather(shape, 1), through integer Casts), else None."""
+    node = g.producer.get(name)
+    if node is not None and node.op_type == "Squeeze":
+        axes = g.const(node.input[1]) if len(node.input) > 1 and node.input[1] else _attr(node, "axes")
+        sl = g.parent(node, 0, "Slice")
+        if sl is None or (axes is not None and list(np.ravel(axes)) != [0]) or len(sl.input) < 4:
+            return None
+        steps_ok = len(sl.input) < 5 or not sl.input[4] or _is_const(g, sl.input[4], [1])
+        if not (_is_const(g, sl.input[1], [1]) and _is_const(g, sl.input[2], [2]) and
+                _is_const(g, sl.input[3], [0]) and steps_ok):
+            return None
+        shape_name = sl.input[0]
+    elif node is not None and node.op_type == "Gather":
+        if _attr(node, "axis", 0) != 0 or not _is_const(g, node.input[1], 1) or g.const(node.input[1]).ndim != 0:
+            return None
+        shape_name = node.input[0]
+    else:
+        return None
+    shape = g.producer.get(_through_int_casts(g, shape_name))
+    if shape is None or shape.op_type != "Shape" or _attr(shape, "start", 0) != 0 or _attr(shape, "end") is not None:
+        return None
+    return shape.input[0]
+
+
+def _default_positions(g, name):
+    """`ids` when tensor `name` is (through integer Casts) the default position ids of `ids`,
+    `broadcast_to(range(T)[None, :], shape(ids))` with T = shape(ids)[1]:
+
+        Expand([no-op Slice](Unsqueeze(Range(0, shape(ids)[1], 1), [0])), Shape(ids))
+
+    (as tf2onnx writes modeling/encoder.py's, with int32 shape Casts and a Slice for `[None, :]`);
+    else None."""
+    expand = g.producer.get(_through_int_casts(g, name))
+    if expand is None or expand.op_type != "Expand":
+        return None
+    shape = g.producer.get(_through_int_casts(g, expand.input[1]))
+    if shape is None or shape.op_type != "Shape" or _attr(shape, "start", 0) != 0 or _attr(shape, "end") is not None:
+        return None
+    ids = shape.input[0]
+    row = g.producer.get(expand.input[0])
+    if row is not None and row.op_type == "Slice":  # `[None, :]`: starts 0, ends past any size, steps 1
+        starts, ends = g.const(row.input[1]), g.const(row.input[2])
+        steps = g.const(row.input[4]) if len(row.input) > 4 and row.input[4] else np.array([1])
+        if starts is None or ends is None or steps is None or np.any(starts != 0) or np.any(ends < 10 ** 9) \
+                or np.any(steps != 1):
+            return None
+        row = g.producer.get(row.input[0])
+    if row is None or row.op_type != "Unsqueeze" or len(row.input) < 2 or not _is_const(g, row.input[1], [0]):
+        return None
+    rng = g.parent(row, 0, "Range")
+    if rng is None or not _is_const(g, rng.input[0], 0) or not _is_const(g, rng.input[2], 1) \
+            or _shape_length(g, rng.input[1]) != ids:
+        return None
+    return ids
+
+
+def _embed_default_positions(model):
+    """After the fusions: an EmbedLayerNormalization whose position_ids input (index 8) is the default
+    0..T-1 of its own input_ids (`_default_positions`) loses that input; without it the op uses
+    position t for token t, the same rows of the position table. (onnxruntime fuses our embeddings
+    through its GPT-2 matcher, which keeps whatever feeds the position Gather as position_ids.)"""
+    g = _Graph(model)
+    count = 0
+    for node in model.graph.node:
+        if node.op_type != "EmbedLayerNormalization" or len(node.input) < 9 or not node.input[8]:
+            continue
+        ids = _default_positions(g, node.input[8])
+        if ids is not None and _through_int_casts(g, node.input[0]) == _through_int_casts(g, ids):
+            del node.input[8]
+            while node.input and not node.input[-1]:  # no trailing empty optional inputs
+                del node.input[-1]
+            count += 1
+    _prune(model)
+    return count
+
+
 def _replace_nodes(model, drop_ids, new_nodes):
     kept = [n for n in model.graph.node if id(n) not in drop_ids]
     del model.graph.node[:]
@@ -370,7 +541,8 @@ def _toposort(model):
 
 def canonicalize(model, head_size):
     """Rewrite `model` (in place) into the forms onnxruntime's BERT fusions match; returns counts."""
-    counts = {"layer_norm": _layer_norms(model, _ranks(model))}
+    counts = {"embedding_lookup": _embedding_lookups(model)}
+    counts["layer_norm"] = _layer_norms(model, _ranks(model))
     counts["tensordot"] = _tensordots(model, _ranks(model))
     counts["zero_bias"] = _zero_biases(model, _ranks(model))
     counts["attention_scale"] = _attention_scales(model, head_size)
@@ -414,6 +586,7 @@ def fuse(src, dst, num_heads, hidden_size):
             rewrites = canonicalize(model, int(hidden_size) // int(num_heads))
             opt = optimize_model(model, model_type=MODEL_TYPE, num_heads=int(num_heads),
                                  hidden_size=int(hidden_size), opt_level=0, use_gpu=False)
+            rewrites["embed_positions"] = _embed_default_positions(opt.model)
     except ExportError:
         raise
     except Exception as e:  # the optimiser raises whatever its matchers raise

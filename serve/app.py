@@ -74,6 +74,14 @@ class ServerState:
                                                max_batch_tokens=self.max_batch_tokens)
         return self._batchers[key]
 
+    def warm_up(self, lengths):
+        """`serve.batching.warm_up` of every served backend (the model, the search index's query model
+        and reranker), before the server takes requests; returns [(backend name, fn, rows, length, s)]."""
+        from serve.batching import warm_up
+
+        return [(b.backend.name, *call) for b in self._batchers.values()
+                for call in warm_up(b.backend, lengths, self.max_batch, self.max_batch_tokens)]
+
     @property
     def batcher(self):
         return self._batchers[id(self.backend)]

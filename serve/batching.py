@@ -12,7 +12,10 @@ trimmed to each row's own length, so a row's result does not depend on its batch
 One worker thread owns the backend: it takes the least-served request (fewest rows run so
 far, the oldest among equals), then keeps adding rows of requests for the same function,
 least-served first, until the batch is full or `max_wait_ms` have passed, runs them as one
-batch and hands every request its own rows. A batch is full at `max_batch` rows or when the
+batch and hands every request its own rows, in its order. A request's rows go into batches
+shortest first (`by_length`, as `run_in_batches` sorts them for the command-line tasks), so a
+request of mixed lengths split over batches has each batch padded to its own longest row, not
+every batch to the request's longest. A batch is full at `max_batch` rows or when the
 next row would take it over `max_batch_tokens` tokens, counted as rows x padded length (the
 sum of the padded lengths of the function's masks: two texts for a siamese pair); a row
 longer than that runs alone, and 0 counts rows only. On a CPU an encoder batch's cost is
@@ -80,12 +83,17 @@ def length_inputs(spec):
     return tuple(n for n in spec.inputs if n.endswith("mask")) or spec.inputs[:1]
 
 
+def by_length(rows, names):
+    """Row indices sorted by length (the sum of the `names` inputs' lengths), stable: the order in
+    which a request's rows go into batches, so that each batch pads to its own longest row."""
+    return sorted(range(len(rows)), key=lambda i: sum(len(rows[i][n]) for n in names))
+
+
 def run_in_batches(backend, fn, rows, batch_size):
     """Direct (no queue) run for the command-line tasks: length-sorted batches, input order kept."""
     if rows and isinstance(rows[0], Block):
         return run_rows(backend, fn, rows)
-    first = backend.functions[fn].inputs[0]
-    order = sorted(range(len(rows)), key=lambda i: len(rows[i][first]))
+    order = by_length(rows, length_inputs(backend.functions[fn]))
     out = [None] * len(rows)
     for s in range(0, len(order), batch_size):
         chunk = order[s:s + batch_size]
@@ -94,15 +102,55 @@ def run_in_batches(backend, fn, rows, batch_size):
     return out
 
 
+def warm_up(backend, lengths, max_batch=1, max_batch_tokens=0):
+    """One call of each of `backend`'s functions per sequence length in `lengths` (capped at the
+    backend's max_len), at 1 row and at the most rows the micro-batcher puts in a batch of that
+    length (`max_batch`, fewer under a `max_batch_tokens` budget), on placeholder rows (pad ids,
+    full masks, zero states). onnxruntime and TensorFlow make the first call of a shape slow
+    (buffers planned and allocated, kernels picked; Keras traces its function); a server that
+    does this before it listens spares its first users that. Returns [(fn, rows, length, seconds)]."""
+    done = []
+    sizes = sorted({max(1, min(int(n), backend.max_len)) for n in lengths})
+    for fn, spec in backend.functions.items():
+        masks = len(length_inputs(spec))
+        for length in sizes:
+            full = max_batch
+            if max_batch_tokens and spec.encoder:
+                full = min(full, max_batch_tokens // (length * masks))
+            row = _placeholder_row(backend, spec, length)
+            for n in sorted({1, max(1, full)}):
+                t0 = time.perf_counter()
+                run_rows(backend, fn, [row] * n)
+                done.append((fn, n, length, time.perf_counter() - t0))
+    return done
+
+
+def _placeholder_row(backend, spec, length):
+    row = {}
+    for name in spec.inputs:
+        if name.endswith("_states"):
+            row[name] = np.zeros((length, backend.hidden_size), np.float32)
+        elif name in ID_INPUTS:
+            row[name] = np.full(length, backend.tokenizer.pad_id, np.int32)
+        elif name.endswith("mask"):
+            row[name] = np.ones(length, np.int32)
+        else:  # token_type_ids
+            row[name] = np.zeros(length, np.int32)
+    return row
+
+
 def _blocks(job):
     return bool(job.rows) and isinstance(job.rows[0], Block)
 
 
 class _Job:
-    __slots__ = ("fn", "rows", "future", "results", "next", "done", "enqueued")
+    """A request: its rows, run in `order` (shortest first, see `MicroBatcher.submit`); `next`
+    counts the rows taken into batches, `results` is in the request's own row order."""
+    __slots__ = ("fn", "rows", "order", "future", "results", "next", "done", "enqueued")
 
-    def __init__(self, fn, rows):
+    def __init__(self, fn, rows, order=None):
         self.fn, self.rows, self.future = fn, rows, Future()
+        self.order = list(range(len(rows))) if order is None else order
         self.results = [None] * len(rows)
         self.next = self.done = 0
         self.enqueued = time.monotonic()
@@ -133,7 +181,9 @@ class MicroBatcher:
         """Queue `rows` for `fn`; the future's result is the list of row outputs, in order."""
         if fn not in self.backend.functions:
             raise KeyError(fn)
-        job = _Job(fn, list(rows))
+        rows = list(rows)
+        job = _Job(fn, rows, None if not rows or isinstance(rows[0], Block) else
+                   by_length(rows, length_inputs(self.backend.functions[fn])))
         if not job.rows:
             job.future.set_result([])
         elif self._closed:
@@ -208,7 +258,7 @@ class MicroBatcher:
             fn, deadline = job.fn, time.monotonic() + self.max_wait
             if _blocks(job):  # already a batch: run it alone, now
                 if self._live(job):
-                    batch.append((job, job.next))
+                    batch.append((job, job.order[job.next]))
                     job.next += 1
                     self._run_batch(fn, batch)
                 else:
@@ -236,13 +286,14 @@ class MicroBatcher:
         while job.next < len(job.rows):
             if len(batch) >= self.max_batch:
                 return True
+            i = job.order[job.next]
             if budget:
-                row = job.rows[job.next]
+                row = job.rows[i]
                 grown = {name: max(n, len(row[name])) for name, n in longest.items()}
                 if batch and (len(batch) + 1) * sum(grown.values()) > budget:
                     return True
                 longest.update(grown)
-            batch.append((job, job.next))
+            batch.append((job, i))
             job.next += 1
         return len(batch) >= self.max_batch
 

@@ -4,6 +4,8 @@
     serve.int8      serve onnx/model.int8.onnx for serving_default / predict_ids
     serve.fused     prefer the export's fused graphs (model.fused[.int8].onnx, encode.fused.onnx; default true)
     serve.index     an index directory (--task index) behind POST /v1/search; serve.rerank for its reranker
+    serve.warmup    sequence lengths run once per function before the server listens (default [32, 128];
+                    [] = none): the first call of a shape is slow (docs/serving.md, "Warm-up")
 
 `start_server(state)` runs the same server on a background thread (tests, benchmarks).
 """
@@ -36,8 +38,16 @@ def build_state(cfg):
                                  threads=s.threads)
     elif s.rerank:
         raise BackendError("serve.rerank is for /v1/search: set serve.index too")
-    return ServerState(backend, s.max_batch, s.max_wait_ms, Limits(s.max_texts, s.max_chars), searcher, s.max_k,
-                       s.max_batch_tokens)
+    state = ServerState(backend, s.max_batch, s.max_wait_ms, Limits(s.max_texts, s.max_chars), searcher, s.max_k,
+                        s.max_batch_tokens)
+    state.warmup_seconds = 0.0
+    if s.warmup:
+        t0 = time.perf_counter()
+        calls = state.warm_up(s.warmup)
+        state.warmup_seconds = time.perf_counter() - t0
+        log.info("warmed up %d shapes (sequence lengths %s) in %.2f s", len(calls),
+                 ", ".join(str(n) for n in sorted({c[3] for c in calls})), state.warmup_seconds)
+    return state
 
 
 def serve_task(cfg):

@@ -6,6 +6,7 @@ check withholding the fused files alone. The reference is the Keras model, as in
 
 from __future__ import annotations
 
+import collections
 import importlib.util
 import json
 
@@ -58,9 +59,13 @@ def test_a_trained_like_encoder_fuses_attention_skip_layernorm_and_gelu(workdir,
             w.assign(rng.normal(0.0, scale, w.shape).astype("float32"))
     src = convert_function(ids_functions(model, "cross_encoder")["predict_ids"], workdir / "fuse" / "model.onnx")
     info = fusion.fuse(src, workdir / "fuse" / "model.fused.onnx", 4, 32)
-    assert info["fused_ops"] == {"Attention": 2, "SkipLayerNormalization": 4, "BiasGelu": 2}
+    assert info["fused_ops"] == {"Attention": 2, "SkipLayerNormalization": 4, "BiasGelu": 2,
+                                 "EmbedLayerNormalization": 1}
     assert info["rewrites"]["layer_norm"] == 5 and info["rewrites"]["attention_scale"] == 2
+    assert info["rewrites"]["embedding_lookup"] == 3 and info["rewrites"]["embed_positions"] == 1
+    assert info["layer_norm_unfused"] == 0
     assert not _ops(src) & CONTRIB  # the portable file is untouched
+    _assert_embeddings_fused_like_peer_b(workdir / "fuse" / "model.fused.onnx", layers=2)
 
     ids = rng.integers(5, 120, (6, 20)).astype("int32")
     mask = np.ones_like(ids)
@@ -72,6 +77,47 @@ def test_a_trained_like_encoder_fuses_attention_skip_layernorm_and_gelu(workdir,
     got = _run(workdir / "fuse" / "model.fused.onnx", feats)["probs"]
     assert np.ptp(want[:, 1]) > 0.01
     np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def _assert_embeddings_fused_like_peer_b(path, layers):
+    """The embedding block is one EmbedLayerNormalization on the graph inputs (ids, token types, the
+    three tables, gamma, beta, the mask; no position_ids input: the op's own 0..T-1), no Keras index
+    wrap is left (Less / Not / Cast around the lookups), and every Attention takes its mask_index."""
+    import onnx
+
+    model = onnx.load(str(path))
+    (embed,) = [n for n in model.graph.node if n.op_type == "EmbedLayerNormalization"]
+    assert list(embed.input[:2]) == ["input_ids", "token_type_ids"] and list(embed.input[7:]) == ["attention_mask"]
+    attention = [n for n in model.graph.node if n.op_type == "Attention"]
+    assert len(attention) == layers and all(n.input[3] == embed.output[1] for n in attention)
+    ops = collections.Counter(n.op_type for n in model.graph.node)
+    assert not ops["Less"] and not ops["Not"] and not ops["ReduceSum"] and not ops["Range"], ops
+
+
+def test_the_embedding_lookup_rewrite_keeps_every_valid_index_and_leaves_other_wraps_alone(workdir, tf2onnx_fast):
+    """Keras's lookup (`ops.take`: i < 0 -> i + V) becomes a plain Gather with the same values for all
+    i in [-V, V), negative ones included (ONNX Gather counts them from the back); a wrap by anything
+    other than the table's row count is not an embedding lookup and is left as it was."""
+    import keras
+    import onnx
+
+    table = np.arange(7 * 3, dtype="float32").reshape(7, 3)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32, name="ids")])
+    def lookup(ids):
+        return {"rows": keras.ops.take(tf.constant(table), ids, axis=0),
+                "other": tf.gather(tf.constant(table), tf.where(ids < 0, ids + 5, ids))}
+
+    src = convert_function(lookup, workdir / "wrap" / "lookup.onnx")
+    model = onnx.load(str(src))
+    assert fusion._embedding_lookups(model) == 1
+    gathers = [n for n in model.graph.node if n.op_type == "Gather"]
+    assert sorted(n.input[1] == "ids" for n in gathers) == [False, True]
+    ids = np.array([[0, 3, 6, -1], [-7, -3, 2, 1]], np.int32)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    rows, other = sess.run(["rows", "other"], {"ids": ids})
+    np.testing.assert_array_equal(rows, table[ids])
+    np.testing.assert_array_equal(other, _run(src, {"ids": ids})["other"])
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +136,10 @@ def test_the_export_publishes_fused_graphs_equal_to_keras(ce_export):
     assert report["checks"]["onnx.fused"]["ok"] and report["checks"]["onnx.fused"]["tolerance"] == 1e-4
     assert report["checks"]["onnx.fused.int8"]["gate"] == "agreement"
     fused = report["fusion"]["predict_ids"]
-    assert fused["fused"] and fused["fused_ops"].get("SkipLayerNormalization") == 4
+    # This untrained fixture (all-zero biases) fuses no Attention, so its embeddings cannot become an
+    # EmbedLayerNormalization (the optimiser wants an Attention after it): their Add + LayerNorm is a
+    # fifth SkipLayerNormalization (test_a_trained_like_encoder_... has the full fusion).
+    assert fused["fused"] and fused["fused_ops"].get("SkipLayerNormalization") == 5
     assert json.loads((out / "parity.json").read_text())["fusion"] == json.loads(json.dumps(report["fusion"]))
     assert _ops(out / "onnx" / "model.fused.onnx") & CONTRIB and not _ops(out / "onnx" / "model.onnx") & CONTRIB
     int8_ops = _ops(out / "onnx" / "model.fused.int8.onnx")  # int8 kernels, on the fused graph

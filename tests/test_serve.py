@@ -330,6 +330,57 @@ def test_a_large_request_does_not_hold_back_a_small_one():
     assert 1000 in be.batches[1], be.batches  # the next batch, not the ninth
 
 
+def test_a_request_of_mixed_lengths_is_batched_shortest_first_each_batch_padded_to_its_own_longest():
+    """16 rows alternating 60 and 5 tokens, batches of 8: the batcher sorts the request's rows by
+    length before padding (as run_in_batches does), so one batch pads to 5 tokens and one to 60
+    (in arrival order both would pad to 60: 960 tokens instead of 520); every row gets the result
+    it gets alone, in the request's order. Siamese rows sort by the sum of their two texts."""
+    from serve.backends import Function
+    from serve.batching import MicroBatcher
+
+    class Recording:
+        functions = {"f": Function(("x", "x_mask"), ("y",)),
+                     "pair": Function(("x", "x_mask", "z", "z_mask"), ("y",))}
+        tokenizer = type("T", (), {"pad_id": 0})
+
+        def __init__(self):
+            self.shapes = []
+
+        def run(self, fn, feeds):
+            self.shapes.append(tuple(feeds[n].shape[1] for n in self.functions[fn].inputs if n.endswith("mask")))
+            y = feeds["x"].sum(1) * 1000 + feeds["x_mask"].sum(1)
+            return {"y": y + feeds["z"].sum(1) * 10 ** 6 if fn == "pair" else y}
+
+    def text(tag, length):
+        return np.array([tag] + [1] * (length - 1), np.int32), np.ones(length, np.int32)
+
+    lengths = [60, 5] * 8
+    rows = [dict(zip(("x", "x_mask"), text(i, n))) for i, n in enumerate(lengths)]
+    be = Recording()
+    batcher = MicroBatcher(be, max_batch=8, max_wait_ms=0)
+    try:
+        got = [r["y"] for r in batcher.run("f", rows)]
+    finally:
+        batcher.close()
+    assert got == [(i + n - 1) * 1000 + n for i, n in enumerate(lengths)]  # the request's order, unpadded results
+    assert sorted(be.shapes) == [(5,), (60,)], be.shapes
+    assert sum(8 * length for (length,) in be.shapes) == 520
+
+    # pairs of 32, 6, 32 and 8 tokens in 2-row batches: the two short pairs together, padded to
+    # (4, 4), then the long ones to (30, 30); in arrival order they would pad to (30, 3) and (4, 30)
+    sides = [(30, 2), (3, 3), (2, 30), (4, 4)]
+    pairs = [{**dict(zip(("x", "x_mask"), text(i, a))), **dict(zip(("z", "z_mask"), text(1, b)))}
+             for i, (a, b) in enumerate(sides)]
+    be = Recording()
+    batcher = MicroBatcher(be, max_batch=2, max_wait_ms=0)
+    try:
+        got = [r["y"] for r in batcher.run("pair", pairs)]
+    finally:
+        batcher.close()
+    assert be.shapes == [(4, 4), (30, 30)], be.shapes
+    assert got == [(i + a - 1) * 1000 + a + b * 10 ** 6 for i, (a, b) in enumerate(sides)]
+
+
 @pytest.mark.parametrize("max_batch_tokens", [256, 512])
 def test_a_small_request_waits_a_token_budget_not_a_batch_of_long_rows(max_batch_tokens):
     """A stub backend whose cost is rows x padded length (the CPU's case): a one-row request sent
@@ -386,6 +437,32 @@ def test_a_small_request_waits_a_token_budget_not_a_batch_of_long_rows(max_batch
     finally:
         batcher.close()
     assert be.batches == [(32, 64), (32, 64)], be.batches
+
+
+def test_warm_up_calls_every_function_per_length_at_one_row_and_a_full_batch(virt_export):
+    """serve.warmup: one call per function, length (capped at the export's 32 tokens) and row count:
+    1 row and the most the batcher puts in a batch of that length (8 rows, fewer under 64 tokens:
+    predict_ids pads two texts, VIRT's score head is batched by rows only)."""
+    backend, fed = open_model(virt_export["out"]), []
+    real = backend.run
+
+    def run(fn, feeds):
+        fed.append((fn, {k: v.shape for k, v in feeds.items()}))
+        return real(fn, feeds)
+
+    backend.run = run
+    state = ServerState(backend, max_batch=8, max_batch_tokens=64)
+    try:
+        calls = state.warm_up([4, 10_000])
+    finally:
+        state.close()
+    assert sorted((fn, n, length) for _, fn, n, length, _ in calls) == [
+        ("encode_ids", 1, 4), ("encode_ids", 1, 32), ("encode_ids", 2, 32), ("encode_ids", 8, 4),
+        ("predict_ids", 1, 4), ("predict_ids", 1, 32), ("predict_ids", 8, 4),
+        ("score", 1, 4), ("score", 1, 32), ("score", 8, 4), ("score", 8, 32)]
+    assert all(name == "virt" and seconds > 0 for name, *_, seconds in calls)
+    assert ("score", {"x_states": (8, 32, 32), "x_mask": (8, 32), "y_states": (8, 32, 32), "y_mask": (8, 32)}) in fed
+    assert ("predict_ids", {"x_ids": (8, 4), "x_mask": (8, 4), "y_ids": (8, 4), "y_mask": (8, 4)}) in fed
 
 
 def test_a_token_budget_splits_batches_and_keeps_the_scores(virt_export):
