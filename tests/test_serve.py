@@ -354,14 +354,17 @@ def test_a_request_of_mixed_lengths_is_batched_shortest_first_each_batch_padded_
     def text(tag, length):
         return np.array([tag] + [1] * (length - 1), np.int32), np.ones(length, np.int32)
 
+    def run(fn, rows, max_batch):
+        be = Recording()
+        batcher = MicroBatcher(be, max_batch=max_batch, max_wait_ms=0)
+        try:
+            return [r["y"] for r in batcher.run(fn, rows)], be
+        finally:
+            batcher.close()
+
     lengths = [60, 5] * 8
     rows = [dict(zip(("x", "x_mask"), text(i, n))) for i, n in enumerate(lengths)]
-    be = Recording()
-    batcher = MicroBatcher(be, max_batch=8, max_wait_ms=0)
-    try:
-        got = [r["y"] for r in batcher.run("f", rows)]
-    finally:
-        batcher.close()
+    got, be = run("f", rows, 8)
     assert got == [(i + n - 1) * 1000 + n for i, n in enumerate(lengths)]  # the request's order, unpadded results
     assert sorted(be.shapes) == [(5,), (60,)], be.shapes
     assert sum(8 * length for (length,) in be.shapes) == 520
@@ -371,12 +374,7 @@ def test_a_request_of_mixed_lengths_is_batched_shortest_first_each_batch_padded_
     sides = [(30, 2), (3, 3), (2, 30), (4, 4)]
     pairs = [{**dict(zip(("x", "x_mask"), text(i, a))), **dict(zip(("z", "z_mask"), text(1, b)))}
              for i, (a, b) in enumerate(sides)]
-    be = Recording()
-    batcher = MicroBatcher(be, max_batch=2, max_wait_ms=0)
-    try:
-        got = [r["y"] for r in batcher.run("pair", pairs)]
-    finally:
-        batcher.close()
+    got, be = run("pair", pairs, 2)
     assert be.shapes == [(4, 4), (30, 30)], be.shapes
     assert got == [(i + a - 1) * 1000 + a + b * 10 ** 6 for i, (a, b) in enumerate(sides)]
 
