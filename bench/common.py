@@ -49,3 +49,16 @@ def save(out, name, lines, payload):
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.md").write_text(text)
     (out / f"{name}.json").write_text(json.dumps({"machine": machine(), **payload}, indent=2, default=float))
+
+
+def fixed_batch(batch, seq, vocab, seed=0):
+    """The benchmarks' fixed batch (bench/peers.py, bench/same_process.py): random ids in
+    [min(1000, vocab / 2), vocab) between [CLS] (101) and [SEP] (102), segment 0 then 1, no
+    padding; (ids, token types, mask), int32."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(min(1000, vocab // 2), vocab, size=(batch, seq)).astype("int32")
+    ids[:, 0], ids[:, -1] = 101, 102
+    types = np.repeat([[0] * (seq // 2) + [1] * (seq - seq // 2)], batch, 0).astype("int32")
+    return ids, types, np.ones_like(ids)

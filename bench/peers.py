@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PEER_PYTHON, ROOT, md_table, peak_rss_mb, run_child, save  # noqa: E402
+from common import PEER_PYTHON, ROOT, fixed_batch, md_table, peak_rss_mb, run_child, save  # noqa: E402
 
 HERE = Path(__file__).resolve()
 OURS = ("keras", "keras-bf16", "onnx", "onnx-int8", "onnx-fused", "onnx-fused-int8", "onnx-fused:t1",
@@ -72,11 +72,8 @@ def batches_file(work, ids, types, vocab):
 
     from modeling.tokenization import pad_ids
 
-    rng = np.random.default_rng(0)
-    fixed = rng.integers(min(1000, vocab // 2), vocab, size=(BATCH, SEQ)).astype("int32")
-    fixed[:, 0], fixed[:, -1] = 101, 102
-    arrays = {"fixed_ids": fixed, "fixed_types": np.repeat([[0] * (SEQ // 2) + [1] * (SEQ - SEQ // 2)], BATCH, 0)
-              .astype("int32"), "fixed_mask": np.ones_like(fixed)}
+    fixed = fixed_batch(BATCH, SEQ, vocab)
+    arrays = dict(zip(("fixed_ids", "fixed_types", "fixed_mask"), fixed))
     for k, i in enumerate(range(0, len(ids), BATCH)):
         b_ids, b_mask = pad_ids(ids[i:i + BATCH], 0)
         b_types, _ = pad_ids(types[i:i + BATCH], 0)

@@ -26,22 +26,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, md_table, save  # noqa: E402
+from common import ROOT, fixed_batch, md_table, save  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 
 DTYPES = {"tensor(int32)": "int32", "tensor(int64)": "int64"}
-
-
-def fixed_batch(batch, seq, vocab, seed=0):
-    """bench/peers.py's fixed batch: (ids, token types, mask), int32."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(min(1000, vocab // 2), vocab, size=(batch, seq)).astype("int32")
-    ids[:, 0], ids[:, -1] = 101, 102
-    types = np.repeat([[0] * (seq // 2) + [1] * (seq - seq // 2)], batch, 0).astype("int32")
-    return {"input_ids": ids, "token_type_ids": types, "attention_mask": np.ones_like(ids)}
 
 
 def feeds_for(sess, batch):
@@ -74,7 +63,7 @@ def main(argv=None):
 
     named = [f.split("=", 1) if "=" in f else (Path(f).stem, f) for f in args.files]
     sessions = {name: session(path, args.threads) for name, path in named}
-    batch = fixed_batch(args.batch, args.seq, args.vocab)
+    batch = dict(zip(("input_ids", "token_type_ids", "attention_mask"), fixed_batch(args.batch, args.seq, args.vocab)))
     feeds = {name: feeds_for(s, batch) for name, s in sessions.items()}
     for name, s in sessions.items():  # one warm-up call each
         s.run(None, feeds[name])
