@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from config import (CHOICES, ConfigError, RunConfig, config_to_dict, load_config,
-                    parse_overrides, save_config)
+from config import (ConfigError, RunConfig, config_to_dict, load_config, parse_overrides,
+                    save_config, schema_fields)
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
 YAMLS = sorted(CONFIG_DIR.glob("*.yaml"))
@@ -156,6 +156,15 @@ def test_unknown_key_in_file(tmp_path):
     f.write_text("model:\n  poolng: mean\n")
     with pytest.raises(ConfigError, match=r"model\.poolng.*model\.pooling"):
         load_config(f)
+
+
+CHOICES = {k: f.metadata["choices"] for k, f in schema_fields().items() if "choices" in f.metadata}
+
+
+def test_choices_are_declared_on_their_fields():
+    assert len(CHOICES) == 16 and CHOICES["model.pooling"] == CHOICES["sbert.pooling"] == ("cls", "mean", "max")
+    assert CHOICES["train.mixed_precision"] == ("mixed_bfloat16", "mixed_float16")
+    assert schema_fields()["virt.layers"].metadata["pattern"][1] == "all|first-k|last-k|skip-k"
 
 
 @pytest.mark.parametrize("key, choices", sorted(CHOICES.items()))
