@@ -60,7 +60,7 @@ def pattern(regex: str, description: str, default: str):
 @dataclass
 class ModelConfig:
     init: str | None = "minilm"  # checkpoint dir (HF, Google TF1, ours) | "minilm" (all-MiniLM-L6-v2) | None = random
-    num_layers: int | None = bounded(None, ge=1)  # keep the first k layers; also the depth for random init (None there = 4)
+    num_layers: int | None = bounded(None, ge=1)  # keep the first k layers; None = all (random init: model.random_num_layers)
     pooling: str = choice("cls", "mean", "max", default="cls")  # sentence vector
     dropout: float = bounded(0.1, ge=0, lt=1)  # dropout rate in the encoder and the head
     allow_mismatch: bool = False  # load a checkpoint even if some weights are missing or unexpected
@@ -68,6 +68,7 @@ class ModelConfig:
     vocab: str | None = None  # random init: vocab.txt; None = build it from the training data
     vocab_lang: str = "zh"  # random init: language used when building the vocab
     vocab_min_freq: int = bounded(2, ge=1)  # random init: minimum count for a token to enter the built vocab
+    random_num_layers: int = bounded(4, ge=1)  # random init: the depth when model.num_layers is null
     hidden_size: int = bounded(256, ge=1)  # random init: hidden width
     num_heads: int = bounded(4, ge=1)  # random init: attention heads
     intermediate_size: int = bounded(1024, ge=1)  # random init: feed-forward width

@@ -167,6 +167,14 @@ def test_choices_are_declared_on_their_fields():
     assert schema_fields()["virt.layers"].metadata["pattern"][1] == "all|first-k|last-k|skip-k"
 
 
+def test_random_init_depth_is_a_schema_value():
+    """`model.num_layers: null` with `model.init: null` builds model.random_num_layers layers (4, as before)."""
+    assert RunConfig().model.random_num_layers == 4
+    assert load_config(None, ["model.init=null", "model.random_num_layers=2"]).model.random_num_layers == 2
+    with pytest.raises(ConfigError, match=r"model\.random_num_layers: must be >= 1, got 0"):
+        load_config(None, ["model.random_num_layers=0"])
+
+
 @pytest.mark.parametrize("key, choices", sorted(CHOICES.items()))
 def test_bad_choice(key, choices):
     with pytest.raises(ConfigError) as e:
