@@ -4,6 +4,7 @@
     cfg = load_config("config/finetune.yaml", ["train.epochs=1"])
 """
 from .schema import (
+    RENAMED,
     ConfigError,
     DataConfig,
     DistillConfig,
@@ -25,7 +26,7 @@ from .schema import (
 )
 
 __all__ = [
-    "ConfigError", "DataConfig", "DistillConfig", "ExportConfig", "IndexConfig",
+    "RENAMED", "ConfigError", "DataConfig", "DistillConfig", "ExportConfig", "IndexConfig",
     "ModelConfig", "PretrainConfig", "RunConfig", "SbertConfig", "SearchConfig", "ServeConfig", "TrainConfig", "VirtConfig",
     "config_to_dict", "load_config", "parse_overrides", "save_config", "schema_fields",
 ]

@@ -10,12 +10,14 @@
     cfg = load_config(args.config, parse_overrides(args.set))
 
 Types are checked strictly against the annotations; errors are ``ConfigError`` naming the key.
-Each field declares its allowed values next to it (``bounded``, ``choice``, ``pattern``).
+Each field declares its allowed values next to it (``bounded``, ``choice``, ``pattern``). Renamed keys
+(``RENAMED``) are still read under their old names, with a deprecation line.
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import math
 import re
 import types
@@ -24,6 +26,9 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence, Union, get_args, get_origin, get_type_hints
 
 import yaml
+
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class Range:
@@ -119,7 +124,7 @@ class TrainConfig:
 @dataclass
 class DistillConfig:
     teacher: str | None = None  # teacher model directory
-    alpha: float = bounded(0.2, ge=0, le=1)  # weight of the hard-label loss (1 - alpha on the soft loss)
+    label_weight: float = bounded(0.2, ge=0, le=1)  # weight of the hard-label cross-entropy (1 - label_weight on the soft loss); was distill.alpha
     temperature: float = bounded(10.0, gt=0)  # softmax temperature for the soft targets
     online: bool = False  # run the teacher during training instead of caching its logits
     intermediate: bool = False  # also match hidden states layer by layer
@@ -133,7 +138,7 @@ class DistillConfig:
 @dataclass
 class VirtConfig:
     teacher: str | None = None  # cross-encoder teacher directory
-    alpha: float = bounded(10.0, ge=0)  # weight of the interaction-distillation loss (paper: 1; docs/defaults.md)
+    interaction_weight: float = bounded(10.0, ge=0)  # weight of the interaction (attention) distillation loss L_virt (paper: 1; docs/defaults.md); was virt.alpha
     student_init: str = choice("teacher", "model", default="model")  # teacher = the student's encoder starts as the teacher's first model.num_layers layers | model = model.init's (the baseline always starts from model.init)
     kd_weight: float = bounded(0.0, ge=0)  # weight of the teacher's soft targets (logit distillation); 0 = the paper
     kd_temperature: float = bounded(2.0, gt=0)  # their temperature
@@ -239,6 +244,14 @@ class RunConfig:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 
 
+# Keys renamed so the name says what the value weighs; the old names keep working (same meaning),
+# in config files, --set overrides and the config.yaml of older run directories.
+RENAMED: dict[str, str] = {
+    "distill.alpha": "distill.label_weight",  # it weighed the hard labels
+    "virt.alpha": "virt.interaction_weight",  # it weighed the attention distillation: one name, two meanings
+}
+
+
 class ConfigError(ValueError):
     """Invalid configuration; the message names the offending key or file."""
 
@@ -264,7 +277,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),
     ['0', '1']
     """
     raw: dict = {}
-    _merge(raw, base or {})
+    _merge(raw, _renamed(base or {}))
     if path is not None:
         path = Path(path)
         try:
@@ -275,11 +288,13 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),
             raise ConfigError(f"{path}: invalid YAML: {e}") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of sections, got {type(loaded).__name__}")
-        _merge(raw, loaded or {})
+        _merge(raw, _renamed(loaded or {}, path))
+    given: dict = {}  # the overrides as one source: an old and a new name among them must agree
     for item in overrides:
         key, value = _parse_override(item)
         section, _, name = key.rpartition(".")
-        _merge(raw, {section: {name: value}} if section else {name: value})
+        _merge(given, {section: {name: value}} if section else {name: value})
+    _merge(raw, _renamed(given))
     return _check_run(_build(RunConfig, raw, ""))
 
 
@@ -307,6 +322,35 @@ def schema_fields(cls: type = RunConfig, prefix: str = "") -> dict[str, dataclas
     for f in dataclasses.fields(cls):
         tp = get_type_hints(cls)[f.name]
         out.update(schema_fields(tp, f"{prefix}{f.name}.") if dataclasses.is_dataclass(tp) else {prefix + f.name: f})
+    return out
+
+
+_WARNED: set[str] = set()  # deprecation lines already logged: a run reads its configs more than once
+
+
+def _renamed(src: dict, path: Path | None = None) -> dict:
+    """``src`` (one source: the file ``path``, the overrides or ``base``) with the ``RENAMED`` keys under
+    their new names; an old name logs one deprecation line, an old and a new name with other values is an error."""
+    if not isinstance(src, dict):
+        return src  # load_config reports a file that is not a mapping
+    where = f"{path}: " if path is not None else ""
+    out = dict(src)
+    for old, new in RENAMED.items():
+        section, old_key = old.split(".")
+        new_key = new.split(".")[1]  # a key is renamed within its section
+        sub = out.get(section)
+        if not isinstance(sub, dict) or old_key not in sub:
+            continue  # absent, or a malformed section that _build names
+        sub = out[section] = dict(sub)
+        value = sub.pop(old_key)
+        if new_key in sub and sub[new_key] != value:
+            raise ConfigError(f"{where}{old}={value!r} and {new}={sub[new_key]!r} disagree; "
+                              f"{old} is the old name of {new}: give only {new}")
+        sub[new_key] = value
+        line = f"{where}{old} is deprecated: use {new} (same meaning)"
+        if line not in _WARNED:
+            _WARNED.add(line)
+            log.warning("%s", line)
     return out
 
 

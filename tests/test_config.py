@@ -27,14 +27,14 @@ def test_task_yaml_contents():
     assert (ft.model.pooling, ft.train.epochs, ft.train.max_seq_len) == ("cls", 2, 64)
     assert load_config(CONFIG_DIR / "distill.yaml").model.num_layers == 2
     d = load_config(CONFIG_DIR / "distill.yaml")
-    assert (d.distill.alpha, d.distill.temperature, d.distill.baseline) == (0.5, 2.0, "auto")
+    assert (d.distill.label_weight, d.distill.temperature, d.distill.baseline) == (0.5, 2.0, "auto")
     assert (d.model.pooling, d.train.epochs, d.train.learning_rate, d.train.head_lr_multiplier) == ("mean", None, 1e-4, 10)
-    original = load_config(CONFIG_DIR / "distill.yaml", ["distill.alpha=0.2", "distill.temperature=10"]).distill
-    assert (original.alpha, original.temperature) == (0.2, 10.0)  # the original project's setting stays reachable
+    original = load_config(CONFIG_DIR / "distill.yaml", ["distill.label_weight=0.2", "distill.temperature=10"]).distill
+    assert (original.label_weight, original.temperature) == (0.2, 10.0)  # the original project's setting stays reachable
     s = load_config(CONFIG_DIR / "sbert.yaml").sbert
     assert (s.objective, s.pooling) == ("softmax", "mean")
     v = load_config(CONFIG_DIR / "virt.yaml")
-    assert (v.virt.alpha, v.virt.layers, v.model.pooling) == (10.0, "all", "mean")
+    assert (v.virt.interaction_weight, v.virt.layers, v.model.pooling) == (10.0, "all", "mean")
     assert (v.model.num_layers, v.train.epochs, v.virt.baseline, v.virt.fusion) == (None, None, "auto", None)
     p = load_config(CONFIG_DIR / "pretrain.yaml").model
     assert p.init is None and (p.num_layers, p.hidden_size, p.num_heads) == (4, 256, 4)
