@@ -4,8 +4,7 @@
     cfg = load_config("config/finetune.yaml", ["train.epochs=1"])
 """
 from .schema import (
-    CHOICES,
-    PATTERNS,
+    RENAMED,
     ConfigError,
     DataConfig,
     DistillConfig,
@@ -23,10 +22,11 @@ from .schema import (
     load_config,
     parse_overrides,
     save_config,
+    schema_fields,
 )
 
 __all__ = [
-    "CHOICES", "PATTERNS", "ConfigError", "DataConfig", "DistillConfig", "ExportConfig", "IndexConfig",
+    "RENAMED", "ConfigError", "DataConfig", "DistillConfig", "ExportConfig", "IndexConfig",
     "ModelConfig", "PretrainConfig", "RunConfig", "SbertConfig", "SearchConfig", "ServeConfig", "TrainConfig", "VirtConfig",
-    "config_to_dict", "load_config", "parse_overrides", "save_config",
+    "config_to_dict", "load_config", "parse_overrides", "save_config", "schema_fields",
 ]

@@ -10,11 +10,14 @@
     cfg = load_config(args.config, parse_overrides(args.set))
 
 Types are checked strictly against the annotations; errors are ``ConfigError`` naming the key.
+Each field declares its allowed values next to it (``bounded``, ``choice``, ``pattern``). Renamed keys
+(``RENAMED``) are still read under their old names, with a deprecation line.
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import math
 import re
 import types
@@ -23,6 +26,8 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence, Union, get_args, get_origin, get_type_hints
 
 import yaml
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -47,17 +52,28 @@ def bounded(default, **limits):
     return field(default=default, metadata={"range": Range(**limits)})
 
 
+def choice(*values: str, default: str | None):
+    """A dataclass field whose value must be one of ``values`` (or null when the type allows it)."""
+    return field(default=default, metadata={"choices": values})
+
+
+def pattern(regex: str, description: str, default: str):
+    """A dataclass field whose value must match ``regex`` in full; errors show ``description``."""
+    return field(default=default, metadata={"pattern": (regex, description)})
+
+
 @dataclass
 class ModelConfig:
     init: str | None = "minilm"  # checkpoint dir (HF, Google TF1, ours) | "minilm" (all-MiniLM-L6-v2) | None = random
-    num_layers: int | None = bounded(None, ge=1)  # keep the first k layers; also the depth for random init (None there = 4)
-    pooling: str = "cls"  # sentence vector: cls|mean|max
+    num_layers: int | None = bounded(None, ge=1)  # keep the first k layers; None = all (random init: model.random_num_layers)
+    pooling: str = choice("cls", "mean", "max", default="cls")  # sentence vector
     dropout: float = bounded(0.1, ge=0, lt=1)  # dropout rate in the encoder and the head
     allow_mismatch: bool = False  # load a checkpoint even if some weights are missing or unexpected
     lowercase: bool | None = None  # lowercase the input text; None = as the checkpoint says
     vocab: str | None = None  # random init: vocab.txt; None = build it from the training data
     vocab_lang: str = "zh"  # random init: language used when building the vocab
     vocab_min_freq: int = bounded(2, ge=1)  # random init: minimum count for a token to enter the built vocab
+    random_num_layers: int = bounded(4, ge=1)  # random init: the depth when model.num_layers is null
     hidden_size: int = bounded(256, ge=1)  # random init: hidden width
     num_heads: int = bounded(4, ge=1)  # random init: attention heads
     intermediate_size: int = bounded(1024, ge=1)  # random init: feed-forward width
@@ -69,12 +85,12 @@ class DataConfig:
     train: str | None = None  # training file; None = the generated sample data
     valid: str | None = None  # validation file; None = hold out valid_fraction of train
     test: str | None = None  # test file (optional)
-    format: str = "auto"  # auto|csv|tsv|jsonl|bq|lcqmc|afqmc|mrpc
+    format: str = choice("auto", "csv", "tsv", "jsonl", "bq", "lcqmc", "afqmc", "mrpc", default="auto")  # auto = from the extension (or MRPC's header)
     text_a: str = "sentence1"  # column / field of the first sentence
     text_b: str = "sentence2"  # column / field of the second sentence
     label: str = "label"  # column / field of the label
     labels: list[str] | None = None  # class order; None = sorted values found in train
-    on_bad_row: str = "error"  # what to do with malformed rows: error|skip
+    on_bad_row: str = choice("error", "skip", default="error")  # what to do with malformed rows
     swap_augment: bool = False  # also train on (b, a) for every (a, b)
     max_rows: int | None = bounded(None, ge=1)  # read at most this many rows per file (quick runs)
     valid_fraction: float = bounded(0.1, gt=0, lt=1)  # share of train held out when there is no valid file
@@ -93,11 +109,11 @@ class TrainConfig:
     clip_norm: float | None = bounded(1.0, gt=0)  # global gradient-norm clipping; None = off
     max_seq_len: int = bounded(128, ge=5)  # tokens per (pair) input, longer ones are truncated; >= 5: [CLS] a [SEP] b [SEP]
     seed: int = bounded(42, ge=0)  # random seed for data order and init
-    strategy: str = "auto"  # tf.distribute: auto|mirrored|multiworker|one_device
+    strategy: str = choice("auto", "mirrored", "multiworker", "one_device", default="auto")  # tf.distribute strategy
     cpu_replicas: int = bounded(0, ge=0)  # split the CPU into this many logical devices (0 = off)
-    mixed_precision: str | None = None  # None|mixed_bfloat16|mixed_float16
+    mixed_precision: str | None = choice("mixed_bfloat16", "mixed_float16", default=None)  # Keras dtype policy; None = float32
     jit_compile: bool = False  # XLA-compile the train step
-    metric: str = "f1"  # model selection / early stopping: accuracy|f1|macro_f1|auc|loss
+    metric: str = choice("accuracy", "f1", "macro_f1", "auc", "loss", default="f1")  # model selection / early stopping
     patience: int = bounded(2, ge=0)  # epochs without improvement before stopping (0 = never stop early)
     steps_per_epoch: int | None = bounded(None, ge=1)  # cap on steps per epoch (quick runs)
     eval_batch_size: int = bounded(64, ge=1)  # batch size for evaluation and prediction
@@ -108,13 +124,13 @@ class TrainConfig:
 @dataclass
 class DistillConfig:
     teacher: str | None = None  # teacher model directory
-    alpha: float = bounded(0.2, ge=0, le=1)  # weight of the hard-label loss (1 - alpha on the soft loss)
+    label_weight: float = bounded(0.2, ge=0, le=1)  # weight of the hard-label cross-entropy (1 - label_weight on the soft loss); was distill.alpha
     temperature: float = bounded(10.0, gt=0)  # softmax temperature for the soft targets
     online: bool = False  # run the teacher during training instead of caching its logits
     intermediate: bool = False  # also match hidden states layer by layer
     layer_map: list[int] | None = None  # teacher layer for each student layer; None = uniform
     intermediate_weight: float = bounded(1.0, ge=0)  # weight of the intermediate-layer loss
-    student_init: str = "teacher"  # teacher = the student starts as the teacher's first model.num_layers layers | model = model.init's (the baseline always starts from model.init)
+    student_init: str = choice("teacher", "model", default="teacher")  # teacher = the student starts as the teacher's first model.num_layers layers | model = model.init's (the baseline always starts from model.init)
     swap: bool = False  # also train on every pair swapped, (b, a), from the teacher's soft targets alone (data.swap_augment also keeps their labels: symmetric relations only)
     baseline: str | None = "auto"  # the undistilled student: auto = fine-tune it in <out>/baseline | model dir | null = none
 
@@ -122,11 +138,11 @@ class DistillConfig:
 @dataclass
 class VirtConfig:
     teacher: str | None = None  # cross-encoder teacher directory
-    alpha: float = bounded(10.0, ge=0)  # weight of the interaction-distillation loss (paper: 1; docs/defaults.md)
-    student_init: str = "model"  # teacher = the student's encoder starts as the teacher's first model.num_layers layers | model = model.init's (the baseline always starts from model.init)
+    interaction_weight: float = bounded(10.0, ge=0)  # weight of the interaction (attention) distillation loss L_virt (paper: 1; docs/defaults.md); was virt.alpha
+    student_init: str = choice("teacher", "model", default="model")  # teacher = the student's encoder starts as the teacher's first model.num_layers layers | model = model.init's (the baseline always starts from model.init)
     kd_weight: float = bounded(0.0, ge=0)  # weight of the teacher's soft targets (logit distillation); 0 = the paper
     kd_temperature: float = bounded(2.0, gt=0)  # their temperature
-    layers: str = "all"  # layers to distil: all|first-k|last-k|skip-k (e.g. "last-2")
+    layers: str = pattern(r"all|(first|last|skip)-\d+", "all|first-k|last-k|skip-k", default="all")  # layers to distil (e.g. "last-2")
     distill: bool = True  # false = ablation: no teacher, no attention distillation
     adapted_interaction: bool = True  # use the adapted interaction features in the head
     fusion: bool | None = None  # Eq. 6 fusion MLP in the head; None = with adapted_interaction and > 2 classes (docs/defaults.md)
@@ -137,8 +153,8 @@ class VirtConfig:
 
 @dataclass
 class SbertConfig:
-    objective: str = "softmax"  # softmax|cosine|mnrl (multiple negatives ranking)
-    pooling: str = "mean"  # sentence vector: cls|mean|max
+    objective: str = choice("softmax", "cosine", "mnrl", default="softmax")  # mnrl = multiple negatives ranking
+    pooling: str = choice("cls", "mean", "max", default="mean")  # sentence vector
     normalize: bool = False  # L2-normalise the sentence vectors
     scale: float = bounded(20.0, gt=0)  # similarity scale for mnrl / cosine logits
 
@@ -150,9 +166,9 @@ class ExportConfig:
     opset: int = bounded(17, ge=15)  # ONNX opset (>= 15: export.onnx.MIN_OPSET)
     int8: bool = True  # also write a dynamically quantised int8 model
     fuse: bool = True  # also write onnxruntime-fused graphs (model.fused.onnx, its int8, encode.fused.onnx); each checked, withheld alone on failure
-    ort_optimization: str | None = None  # onnxruntime graph optimisation level basic|extended|all; None = off
+    ort_optimization: str | None = choice("basic", "extended", "all", default=None)  # onnxruntime graph optimisation level; None = off
     max_seq_len: int | None = bounded(None, ge=5)  # longest token row of the string signatures (as train.max_seq_len); None = the model's
-    tokenizer: str = "fast"  # in-graph tokeniser: fast (tf-text FastBertTokenizer) | bert (BertTokenizer)
+    tokenizer: str = choice("fast", "bert", default="fast")  # in-graph tokeniser: fast (tf-text FastBertTokenizer) | bert (BertTokenizer)
     parity_samples: int = bounded(256, ge=1)  # generated pairs for the parity checks when data.test is not set
     parity_batch_size: int = bounded(32, ge=1)  # batch size of the parity checks
     int8_min_agreement: float = bounded(0.95, ge=0, le=1)  # int8, unlabelled pairs: least label agreement with Keras on pairs of margin >= int8_min_margin
@@ -173,7 +189,7 @@ class ServeConfig:
     max_wait_ms: float = bounded(5.0, ge=0)  # longest wait to fill a batch
     max_texts: int = bounded(256, ge=1)  # most texts / pairs / rows per request
     max_chars: int = bounded(2000, ge=1)  # longest accepted text
-    backend: str = "onnx"  # export directories: onnx (onnxruntime) | tf (the SavedModel)
+    backend: str = choice("onnx", "tf", default="onnx")  # export directories: onnx (onnxruntime) | tf (the SavedModel)
     int8: bool = False  # onnx backend: serve onnx/model.int8.onnx for serving_default / predict_ids
     fused: bool = True  # onnx backend: prefer the export's fused graphs (model.fused[.int8].onnx, encode.fused.onnx) when present
     threads: int | None = bounded(None, ge=1)  # onnxruntime / TensorFlow intra-op threads; None = the runtime's default
@@ -187,7 +203,7 @@ class ServeConfig:
 class IndexConfig:
     model: str | None = None  # sbert or virt model directory, or an export directory of one
     corpus: str | None = None  # candidates: text file (one per line, or id<TAB>text) or pair file (its data.text_b column)
-    backend: str = "onnx"  # export directories: onnx | tf (model directories run through Keras)
+    backend: str = choice("onnx", "tf", default="onnx")  # export directories: onnx | tf (model directories run through Keras)
     batch_size: int = bounded(64, ge=1)  # texts per encoder call
     max_seq_len: int | None = bounded(None, ge=3)  # tokens per text ([CLS] t [SEP] needs 3); None = the model's max_seq_len
 
@@ -197,9 +213,9 @@ class SearchConfig:
     index: str | None = None  # index directory written by --task index
     queries: str | None = None  # one query per line (or id<TAB>text); None = stdin
     k: int = bounded(10, ge=1)  # candidates recalled (and reranked) per query
-    recall: str = "auto"  # auto (faiss when importable, else numpy) | faiss | numpy
+    recall: str = choice("auto", "faiss", "numpy", default="auto")  # auto = faiss when importable, else numpy
     rerank: str | None = None  # cross-encoder model or export dir | "virt" (the index's own model) | None = cosine only
-    backend: str = "onnx"  # export directories: onnx | tf
+    backend: str = choice("onnx", "tf", default="onnx")  # export directories: onnx | tf
     batch_size: int = bounded(64, ge=1)  # rows per model call
 
 
@@ -228,26 +244,12 @@ class RunConfig:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 
 
-CHOICES: dict[str, tuple[str, ...]] = {
-    "model.pooling": ("cls", "mean", "max"),
-    "sbert.pooling": ("cls", "mean", "max"),
-    "data.format": ("auto", "csv", "tsv", "jsonl", "bq", "lcqmc", "afqmc", "mrpc"),
-    "data.on_bad_row": ("error", "skip"),
-    "train.strategy": ("auto", "mirrored", "multiworker", "one_device"),
-    "train.mixed_precision": ("mixed_bfloat16", "mixed_float16"),
-    "train.metric": ("accuracy", "f1", "macro_f1", "auc", "loss"),
-    "sbert.objective": ("softmax", "cosine", "mnrl"),
-    "distill.student_init": ("teacher", "model"),
-    "virt.student_init": ("teacher", "model"),
-    "serve.backend": ("onnx", "tf"),
-    "index.backend": ("onnx", "tf"),
-    "search.backend": ("onnx", "tf"),
-    "search.recall": ("auto", "faiss", "numpy"),
-    "export.ort_optimization": ("basic", "extended", "all"),
-    "export.tokenizer": ("fast", "bert"),
+# Keys renamed so the name says what the value weighs; the old names keep working (same meaning),
+# in config files, --set overrides and the config.yaml of older run directories.
+RENAMED: dict[str, str] = {
+    "distill.alpha": "distill.label_weight",  # it weighed the hard labels
+    "virt.alpha": "virt.interaction_weight",  # it weighed the attention distillation: one name, two meanings
 }
-PATTERNS: dict[str, tuple[str, str]] = {  # key -> (regex, description)
-    "virt.layers": (r"all|(first|last|skip)-\d+", "all|first-k|last-k|skip-k")}
 
 
 class ConfigError(ValueError):
@@ -275,7 +277,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),
     ['0', '1']
     """
     raw: dict = {}
-    _merge(raw, base or {})
+    _merge(raw, _renamed(base or {}))
     if path is not None:
         path = Path(path)
         try:
@@ -286,11 +288,13 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),
             raise ConfigError(f"{path}: invalid YAML: {e}") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of sections, got {type(loaded).__name__}")
-        _merge(raw, loaded or {})
+        _merge(raw, _renamed(loaded or {}, path))
+    given: dict = {}  # the overrides as one source: an old and a new name among them must agree
     for item in overrides:
         key, value = _parse_override(item)
         section, _, name = key.rpartition(".")
-        _merge(raw, {section: {name: value}} if section else {name: value})
+        _merge(given, {section: {name: value}} if section else {name: value})
+    _merge(raw, _renamed(given))
     return _check_run(_build(RunConfig, raw, ""))
 
 
@@ -310,6 +314,44 @@ def save_config(cfg: RunConfig, path: str | Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True),
                     encoding="utf-8")
+
+
+def schema_fields(cls: type = RunConfig, prefix: str = "") -> dict[str, dataclasses.Field]:
+    """Every key of the schema: ``"section.key"`` -> its dataclass field (metadata: range, choices, pattern)."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        tp = get_type_hints(cls)[f.name]
+        out.update(schema_fields(tp, f"{prefix}{f.name}.") if dataclasses.is_dataclass(tp) else {prefix + f.name: f})
+    return out
+
+
+_WARNED: set[str] = set()  # deprecation lines already logged: a run reads its configs more than once
+
+
+def _renamed(src: dict, path: Path | None = None) -> dict:
+    """``src`` (one source: the file ``path``, the overrides or ``base``) with the ``RENAMED`` keys under
+    their new names; an old name logs one deprecation line, an old and a new name with other values is an error."""
+    if not isinstance(src, dict):
+        return src  # load_config reports a file that is not a mapping
+    where = f"{path}: " if path is not None else ""
+    out = dict(src)
+    for old, new in RENAMED.items():
+        section, old_key = old.split(".")
+        new_key = new.split(".")[1]  # a key is renamed within its section
+        sub = out.get(section)
+        if not isinstance(sub, dict) or old_key not in sub:
+            continue  # absent, or a malformed section that _build names
+        sub = out[section] = dict(sub)
+        value = sub.pop(old_key)
+        if new_key in sub and sub[new_key] != value:
+            raise ConfigError(f"{where}{old}={value!r} and {new}={sub[new_key]!r} disagree; "
+                              f"{old} is the old name of {new}: give only {new}")
+        sub[new_key] = value
+        line = f"{where}{old} is deprecated: use {new} (same meaning)"
+        if line not in _WARNED:
+            _WARNED.add(line)
+            log.warning("%s", line)
+    return out
 
 
 def _merge(dst: dict, src: dict) -> None:
@@ -351,14 +393,15 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
         if v is _BAD:
             want = str(tp) if get_origin(tp) else tp.__name__  # "int", "float | None", "list[str]"
             raise ConfigError(f"{name}: expected {want}, got {value!r}")
-        if name in CHOICES and v is not None and v not in CHOICES[name]:
+        meta = fields[key].metadata
+        if "choices" in meta and v is not None and v not in meta["choices"]:
             null = " or null" if _coerce(None, tp) is None else ""
-            raise ConfigError(f"{name}: expected one of {'|'.join(CHOICES[name])}{null}, got {v!r}")
-        if name in PATTERNS and not re.fullmatch(PATTERNS[name][0], v):
-            raise ConfigError(f"{name}: expected {PATTERNS[name][1]}, got {v!r}")
+            raise ConfigError(f"{name}: expected one of {'|'.join(meta['choices'])}{null}, got {v!r}")
+        if "pattern" in meta and not re.fullmatch(meta["pattern"][0], v):
+            raise ConfigError(f"{name}: expected {meta['pattern'][1]}, got {v!r}")
         if isinstance(v, float) and not math.isfinite(v):  # YAML reads .nan / .inf
             raise ConfigError(f"{name}: expected a finite number, got {value!r}")
-        rng = fields[key].metadata.get("range")
+        rng = meta.get("range")
         if rng is not None and v is not None and v not in rng:
             null = " (or null)" if _coerce(None, tp) is None else ""
             raise ConfigError(f"{name}: must be {rng}{null}, got {v!r}")

@@ -7,6 +7,7 @@ information per example than the hard label (how *close* a negative is).
     loss = alpha * CE(y, s) + (1 - alpha) * T^2 * KL(softmax(t/T) || softmax(s/T))
 
 T^2 keeps the soft term's gradients on the scale of the hard term as T grows.
+alpha is the config key `distill.label_weight` (once itself named `distill.alpha`).
 The original project used alpha=0.2, T=10.
 
 Inputs: integer labels [B], student logits [B, C], teacher logits [B, C].

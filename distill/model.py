@@ -16,13 +16,15 @@ from modeling.task_model import StudentTraining, resolve_layer_map
 
 
 class DistillTraining(StudentTraining):
-    """`alpha * CE + (1 - alpha) * T^2 * KL` (+ optional hidden-state MSE) for a CrossEncoder student.
+    """`w * CE + (1 - w) * T^2 * KL` (+ optional hidden-state MSE) for a CrossEncoder student, w = label_weight.
 
     Args:
         student: the `CrossEncoder` being trained (what is saved).
         teacher: a frozen `CrossEncoder` for online distillation, or None when
             batches carry cached `teacher_logits`.
-        alpha, temperature: see `distill.losses`.
+        label_weight: weight w of the hard-label cross-entropy (`distill.label_weight`, the `alpha`
+            of `distill.losses`); 1 - w weighs the soft targets.
+        temperature: softmax temperature T of the soft targets.
         intermediate: also match hidden states of mapped layers through a learned
             projection (student width -> teacher width); needs the online teacher.
         layer_map: teacher layer (1-based over hidden_states, i.e. the output of
@@ -30,11 +32,11 @@ class DistillTraining(StudentTraining):
         intermediate_weight: weight of the hidden-state term.
     """
 
-    def __init__(self, student, teacher=None, alpha=0.2, temperature=10.0, intermediate=False,
+    def __init__(self, student, teacher=None, label_weight=0.2, temperature=10.0, intermediate=False,
                  layer_map=None, intermediate_weight=1.0, **kwargs):
         super().__init__(student, **kwargs)
         self.teacher = teacher
-        self.alpha, self.temperature = float(alpha), float(temperature)
+        self.label_weight, self.temperature = float(label_weight), float(temperature)
         self.intermediate = intermediate
         self.intermediate_weight = intermediate_weight
         if teacher is not None:
@@ -64,7 +66,7 @@ class DistillTraining(StudentTraining):
 
     def loss_terms(self, x, y, y_pred):
         teacher_logits = y_pred.get("teacher_logits", x.get("teacher_logits"))
-        terms = kd_terms(y, y_pred["logits"], teacher_logits, self.alpha, self.temperature, x.get("hard_weight"))
+        terms = kd_terms(y, y_pred["logits"], teacher_logits, self.label_weight, self.temperature, x.get("hard_weight"))
         if "hidden" in y_pred:
             terms["hidden"] = self.intermediate_weight * y_pred["hidden"]
         return terms

@@ -71,7 +71,7 @@ def train_distill(cfg):
     teacher, teacher_metrics = teacher_for(cfg, run_dir, "distill")
     model_cfg = student_model_config(cfg, teacher)
     student_cfg = student_from_teacher(model_cfg, teacher) if d.student_init == "teacher" else model_cfg
-    report = {"distill": {"alpha": d.alpha, "temperature": d.temperature, "online": d.online,
+    report = {"distill": {"label_weight": d.label_weight, "temperature": d.temperature, "online": d.online,
                           "intermediate": d.intermediate, "swap": d.swap, "student_init": d.student_init}}
     report["teacher"] = teacher_report(teacher, teacher_metrics, splits, cfg)
 
@@ -99,7 +99,8 @@ def train_distill(cfg):
             check_same_vocab(teacher, tokenizer)
             if teacher.labels != splits.label_names:
                 raise ValueError(f"teacher labels {teacher.labels} differ from the data's {splits.label_names}")
-        return DistillTraining(student, teacher.model if teacher is not None else None, alpha=d.alpha,
+        return DistillTraining(student, teacher.model if teacher is not None else None,
+                               label_weight=d.label_weight,
                                temperature=d.temperature, intermediate=d.intermediate, layer_map=d.layer_map,
                                intermediate_weight=d.intermediate_weight, name="distill_training"), tokenizer
 

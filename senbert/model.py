@@ -20,7 +20,7 @@ from virt.model import siamese_dummy_inputs
 
 @keras.saving.register_keras_serializable(package="textmatch")
 class SentenceBert(PairModel):
-    """Siamese encoder trained with one of `softmax`, `cosine`, `mnrl` (senbert/losses.py).
+    """The Sentence-BERT bi-encoder (task and model kind `sbert`): objective `softmax`, `cosine` or `mnrl`.
 
     Args:
         encoder: `BertEncoder` or its architecture dict.

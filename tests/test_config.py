@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from config import (CHOICES, ConfigError, RunConfig, config_to_dict, load_config,
-                    parse_overrides, save_config)
+from config import (ConfigError, RunConfig, config_to_dict, load_config, parse_overrides,
+                    save_config, schema_fields)
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
 YAMLS = sorted(CONFIG_DIR.glob("*.yaml"))
@@ -27,14 +27,14 @@ def test_task_yaml_contents():
     assert (ft.model.pooling, ft.train.epochs, ft.train.max_seq_len) == ("cls", 2, 64)
     assert load_config(CONFIG_DIR / "distill.yaml").model.num_layers == 2
     d = load_config(CONFIG_DIR / "distill.yaml")
-    assert (d.distill.alpha, d.distill.temperature, d.distill.baseline) == (0.5, 2.0, "auto")
+    assert (d.distill.label_weight, d.distill.temperature, d.distill.baseline) == (0.5, 2.0, "auto")
     assert (d.model.pooling, d.train.epochs, d.train.learning_rate, d.train.head_lr_multiplier) == ("mean", None, 1e-4, 10)
-    original = load_config(CONFIG_DIR / "distill.yaml", ["distill.alpha=0.2", "distill.temperature=10"]).distill
-    assert (original.alpha, original.temperature) == (0.2, 10.0)  # the original project's setting stays reachable
+    original = load_config(CONFIG_DIR / "distill.yaml", ["distill.label_weight=0.2", "distill.temperature=10"]).distill
+    assert (original.label_weight, original.temperature) == (0.2, 10.0)  # the original project's setting stays reachable
     s = load_config(CONFIG_DIR / "sbert.yaml").sbert
     assert (s.objective, s.pooling) == ("softmax", "mean")
     v = load_config(CONFIG_DIR / "virt.yaml")
-    assert (v.virt.alpha, v.virt.layers, v.model.pooling) == (10.0, "all", "mean")
+    assert (v.virt.interaction_weight, v.virt.layers, v.model.pooling) == (10.0, "all", "mean")
     assert (v.model.num_layers, v.train.epochs, v.virt.baseline, v.virt.fusion) == (None, None, "auto", None)
     p = load_config(CONFIG_DIR / "pretrain.yaml").model
     assert p.init is None and (p.num_layers, p.hidden_size, p.num_heads) == (4, 256, 4)
@@ -156,6 +156,23 @@ def test_unknown_key_in_file(tmp_path):
     f.write_text("model:\n  poolng: mean\n")
     with pytest.raises(ConfigError, match=r"model\.poolng.*model\.pooling"):
         load_config(f)
+
+
+CHOICES = {k: f.metadata["choices"] for k, f in schema_fields().items() if "choices" in f.metadata}
+
+
+def test_choices_are_declared_on_their_fields():
+    assert len(CHOICES) == 16 and CHOICES["model.pooling"] == CHOICES["sbert.pooling"] == ("cls", "mean", "max")
+    assert CHOICES["train.mixed_precision"] == ("mixed_bfloat16", "mixed_float16")
+    assert schema_fields()["virt.layers"].metadata["pattern"][1] == "all|first-k|last-k|skip-k"
+
+
+def test_random_init_depth_is_a_schema_value():
+    """`model.num_layers: null` with `model.init: null` builds model.random_num_layers layers (4, as before)."""
+    assert RunConfig().model.random_num_layers == 4
+    assert load_config(None, ["model.init=null", "model.random_num_layers=2"]).model.random_num_layers == 2
+    with pytest.raises(ConfigError, match=r"model\.random_num_layers: must be >= 1, got 0"):
+        load_config(None, ["model.random_num_layers=0"])
 
 
 @pytest.mark.parametrize("key, choices", sorted(CHOICES.items()))

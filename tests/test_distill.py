@@ -115,11 +115,11 @@ def test_online_and_cached_give_the_same_first_step_loss():
     teacher(x, training=False)
     teacher.classifier.kernel.assign(teacher.classifier.kernel * 300.0)
 
-    cached = DistillTraining(s1, None, alpha=0.2, temperature=10.0)
+    cached = DistillTraining(s1, None, label_weight=0.2, temperature=10.0)
     xc = dict(x, teacher_logits=teacher(x, training=False))
     terms_c = cached.loss_terms(xc, y, cached(xc, training=True))
 
-    online = DistillTraining(s2, teacher, alpha=0.2, temperature=10.0)
+    online = DistillTraining(s2, teacher, label_weight=0.2, temperature=10.0)
     y_pred = online(x, training=True)
     assert "teacher_logits" in y_pred
     terms_o = online.loss_terms(x, y, y_pred)
@@ -245,7 +245,7 @@ def test_distill_task_end_to_end(e2e):
         assert 0.0 <= m[split]["accuracy"] <= 1.0 and "f1" in m[split]
     assert set(m["teacher"]) == {"valid", "test", "model_dir"}
     assert m["teacher"]["model_dir"] == str(e2e / "teacher" / "model") == m["baseline"]["model_dir"]
-    assert m["distill"] == {"alpha": 0.5, "temperature": 2.0, "online": False, "intermediate": False,
+    assert m["distill"] == {"label_weight": 0.5, "temperature": 2.0, "online": False, "intermediate": False,
                             "swap": False, "student_init": "teacher"}
     assert m["training"]["steps"] == 3
     # The run was in this process: its recorded peak memory is TensorFlow-sized (MB, not KB or bytes)

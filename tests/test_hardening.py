@@ -31,10 +31,10 @@ from tests.tiny_runs import tiny_overrides, write_csv
     ("train.max_seq_len=2", "train.max_seq_len: must be >= 5, got 2"),
     ("serve.port=99999", "serve.port: must be >= 1 and <= 65535, got 99999"),
     ("train.learning_rate=.nan", "train.learning_rate: expected a finite number, got nan"),
-    ("distill.alpha=1.5", "distill.alpha: must be >= 0 and <= 1, got 1.5"),
+    ("distill.label_weight=1.5", "distill.label_weight: must be >= 0 and <= 1, got 1.5"),
     ("distill.temperature=0", "distill.temperature: must be > 0, got 0.0"),
     ("distill.intermediate_weight=-1", "distill.intermediate_weight: must be >= 0, got -1.0"),
-    ("virt.alpha=-0.5", "virt.alpha: must be >= 0, got -0.5"),
+    ("virt.interaction_weight=-0.5", "virt.interaction_weight: must be >= 0, got -0.5"),
     ("export.opset=13", "export.opset: must be >= 15, got 13"),
     ("export.max_seq_len=4", "export.max_seq_len: must be >= 5 (or null), got 4"),
     ("export.parity_samples=0", "export.parity_samples: must be >= 1, got 0"),
@@ -58,8 +58,82 @@ def test_every_default_and_task_yaml_is_in_range():
     for path in (run_tasks.ROOT / "config").glob("*.yaml"):
         load_config(path)
     load_config(None, ["data.max_rows=null", "train.clip_norm=null", "train.patience=0", "model.dropout=0"])
-    load_config(None, ["distill.alpha=0", "distill.alpha=1", "virt.alpha=0", "export.max_seq_len=null",
-                       "export.int8_min_agreement=0", "export.int8_min_margin=0", "export.int8_max_accuracy_drop=0"])
+    load_config(None, ["distill.label_weight=0", "distill.label_weight=1", "virt.interaction_weight=0",
+                       "export.max_seq_len=null", "export.int8_min_agreement=0", "export.int8_min_margin=0",
+                       "export.int8_max_accuracy_drop=0"])
+
+
+# ============================================================================ 4b. renamed keys (issue 19)
+@pytest.fixture
+def deprecations(monkeypatch, caplog):
+    """The deprecation lines logged by load_config (each is logged once per process: start afresh)."""
+    import config.schema
+
+    monkeypatch.setattr(config.schema, "_WARNED", set())
+    caplog.set_level(logging.WARNING, logger="config.schema")
+    return lambda: [r.getMessage() for r in caplog.records if "deprecated" in r.getMessage()]
+
+
+@pytest.mark.parametrize("old,new,value", [("distill.alpha", "distill.label_weight", 0.3),
+                                           ("virt.alpha", "virt.interaction_weight", 2.0)])
+def test_old_key_is_read_as_the_new_one_with_one_deprecation_line(deprecations, tmp_path, old, new, value):
+    section, key = old.split(".")
+    f = tmp_path / "old.yaml"
+    f.write_text(f"{section}:\n  {key}: {value}\n")
+    line = f"{old} is deprecated: use {new} (same meaning)"
+    for _ in range(2):  # a run reads its config more than once (preflight, then the task): one line
+        assert getattr(load_config(f), section) == getattr(load_config(None, [f"{new}={value}"]), section)
+    assert deprecations() == [f"{f}: {line}"]
+    cfg = load_config(f, [f"{old}=0.5", f"{old}=0.5"])  # the override wins over the file, as any key
+    assert getattr(cfg.distill if section == "distill" else cfg.virt, new.split(".")[1]) == 0.5
+    assert deprecations() == [f"{f}: {line}", line]
+    with pytest.raises(ConfigError, match=f"^{new}: must be >= 0"):  # a bad value names the key it is now
+        load_config(None, [f"{old}=-1"])
+
+
+def test_old_and_new_key_together_must_agree(deprecations, tmp_path):
+    message = ("distill.alpha=0.3 and distill.label_weight=0.4 disagree; distill.alpha is the old name of "
+               "distill.label_weight: give only distill.label_weight")
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["distill.alpha=0.3", "distill.label_weight=0.4"])
+    assert str(e.value) == message
+    f = tmp_path / "both.yaml"
+    f.write_text("distill:\n  alpha: 0.3\n  label_weight: 0.4\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(f)
+    assert str(e.value) == f"{f}: {message}"
+    f.write_text("distill:\n  alpha: 0.3\n  label_weight: 0.3\n")  # the same value twice: no conflict
+    assert load_config(f).distill.label_weight == 0.3
+    # sources still layer: config/distill.yaml has the new key, an old-key override replaces it
+    assert load_config(run_tasks.ROOT / "config" / "distill.yaml", ["distill.alpha=0.2"]).distill.label_weight == 0.2
+
+
+def test_old_run_config_with_alpha_still_resumes_and_compares(deprecations, tmp_path):
+    """A run directory written before the rename (config.yaml says `alpha`) resumes with the same settings
+    and names the new key when they differ -- read without TensorFlow, as preflight reads it."""
+    from config import save_config
+    from training.rundir import RunError, check_resume, fingerprints
+
+    cfg = load_config(run_tasks.ROOT / "config" / "virt.yaml", ["distill.label_weight=0.3", f"out={tmp_path / 'run'}"])
+    run = tmp_path / "run"
+    save_config(cfg, run / "config.yaml")
+    text = (run / "config.yaml").read_text()
+    old = text.replace("  label_weight: 0.3\n", "  alpha: 0.3\n").replace("  interaction_weight: 10.0\n",
+                                                                           "  alpha: 10.0\n")
+    assert old.count("  alpha: ") == 2
+    (run / "config.yaml").write_text(old)
+    (run / "inputs.json").write_text(json.dumps(fingerprints(cfg)))
+    (run / "backup").mkdir()
+    (run / "backup" / "checkpoint").write_text("")
+    assert check_resume(cfg, run) is True
+    assert check_resume(cfg, run) is True  # preflight, then the task: one line per old key
+    assert deprecations() == [f"{run / 'config.yaml'}: {k} is deprecated: use {n} (same meaning)"
+                              for k, n in [("distill.alpha", "distill.label_weight"),
+                                           ("virt.alpha", "virt.interaction_weight")]]
+    other = load_config(run_tasks.ROOT / "config" / "virt.yaml", ["virt.interaction_weight=1", f"out={run}",
+                                                                   "distill.label_weight=0.3"])
+    with pytest.raises(RunError, match=r"other settings \(virt\.interaction_weight: 10\.0 -> 1\.0\)"):
+        check_resume(other, run)
 
 
 def test_export_opset_range_is_what_tf2onnx_is_given():

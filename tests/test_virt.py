@@ -225,7 +225,7 @@ def student3():
 
 
 def test_virt_gradients_reach_only_the_distilled_qk_path(student3, teacher_enc, texts):
-    vt = VirtTraining(student3, teacher_enc, alpha=1.0, layers="first-2", name="virt_training")
+    vt = VirtTraining(student3, teacher_enc, interaction_weight=1.0, layers="first-2", name="virt_training")
     batch = virt_batch(texts["x_ids"], texts["y_ids"])
     with tf.GradientTape() as tape:
         virt = vt(batch, training=True)["virt"]
@@ -351,7 +351,7 @@ def test_ablation_flags_change_the_graph(students, teacher_enc, texts):
     assert isinstance(out, tf.Tensor) and tuple(out.shape) == (3, 3)
     assert set(no_teacher.loss_terms(batch, labels, out)) == {"ce"}
 
-    vt = VirtTraining(adapted, teacher_enc, alpha=0.5, layers="last-1", name="vt_distil")
+    vt = VirtTraining(adapted, teacher_enc, interaction_weight=0.5, layers="last-1", name="vt_distil")
     assert vt.distilled_layers == [1] and vt.layer_map == [1, 2]  # 2 student vs 3 teacher layers
     out = vt(batch, training=True)
     assert set(out) == {"logits", "virt"}
@@ -388,7 +388,7 @@ def test_distillation_moves_student_maps_towards_the_teacher():
     rng = np.random.default_rng(7)
     teacher = tiny_encoder(1, name="fixed_teacher", heads=2, init=0.2)  # random, peaky, never trained
     student = VirtModel(tiny_encoder(2, name="student_encoder"), num_labels=2, dropout=0.0, name="virt")
-    vt = VirtTraining(student, teacher, alpha=1.0, layers="all", name="virt_training")
+    vt = VirtTraining(student, teacher, interaction_weight=1.0, layers="all", name="virt_training")
     words = lambda k: [2, *rng.integers(5, 5 + len(WORDS), size=k).tolist(), 3]  # noqa: E731
     lengths = rng.integers(3, 8, size=(2, 24))
     batch = virt_batch([words(k) for k in lengths[0]], [words(k) for k in lengths[1]])
@@ -438,7 +438,7 @@ def test_kd_term_is_the_kl_to_the_teachers_logits_on_the_joint_pair():
     split_logits = teacher.head(teacher.encoder(t_in), t_in["attention_mask"]).numpy()
     np.testing.assert_allclose(split_logits, teacher_logits, atol=1e-5)
     T = 2.5
-    vt = VirtTraining(student, teacher, alpha=1.0, kd_weight=0.7, kd_temperature=T, name="vt_kd")
+    vt = VirtTraining(student, teacher, interaction_weight=1.0, kd_weight=0.7, kd_temperature=T, name="vt_kd")
     out = vt(batch, training=True)
     s = out["logits"].numpy()
     pt, ps = np_softmax(teacher_logits / T), np_softmax(s / T)
@@ -494,7 +494,7 @@ def test_virt_task_trains_and_compares_a_same_depth_siamese_baseline(virt_run):
     metrics = json.loads((run / "metrics.json").read_text())
     base = json.loads((run / "baseline" / "metrics.json").read_text())
     assert base["virt"] == {"distill": False, "adapted_interaction": False, "fusion": False,
-                            "alpha": 10.0, "layers": "all", "kd_weight": 0.0, "kd_temperature": 2.0,
+                            "interaction_weight": 10.0, "layers": "all", "kd_weight": 0.0, "kd_temperature": 2.0,
                             "student_init": "model"}
     assert "baseline" not in base  # the baseline has none of its own
     assert load_model_dir(run / "baseline" / "model", expect_kind="virt").model.encoder.num_layers == 2

@@ -204,7 +204,7 @@ def init_encoder(model_cfg, train_texts, run_dir, num_layers=None):
         log.info("built a %s vocabulary from the training texts: %s", model_cfg.vocab_lang, vocab)
     tokenizer = PairTokenizer(vocab, lowercase=True if model_cfg.lowercase is None else model_cfg.lowercase)
     encoder = BertEncoder(vocab_size=tokenizer.vocab_size, hidden_size=model_cfg.hidden_size,
-                          num_layers=num_layers or 4, num_heads=model_cfg.num_heads,
+                          num_layers=num_layers or model_cfg.random_num_layers, num_heads=model_cfg.num_heads,
                           intermediate_size=model_cfg.intermediate_size, max_position=model_cfg.max_position,
                           hidden_dropout=model_cfg.dropout, attention_dropout=model_cfg.dropout, name="encoder")
     return encoder, tokenizer

@@ -8,7 +8,7 @@ candidates [K, Ty, H] give K probabilities (search/engine.py's rerank).
 and `call` = score(encode(x), encode(y)) on `x_ids/x_mask/y_ids/y_mask`.
 
 `VirtTraining` wraps the student with a frozen cross-encoder teacher and adds
-`alpha * L_virt` (virt/losses.py) to the cross-entropy, and optionally the
+`interaction_weight * L_virt` (virt/losses.py) to the cross-entropy, and optionally the
 teacher's soft targets (`kd_weight`, distill/losses.py) from the same teacher pass.
 """
 
@@ -169,7 +169,7 @@ class VirtModel(PairModel):
 
 
 class VirtTraining(StudentTraining):
-    """Training-time wrapper: `loss = CE + alpha * L_virt [+ kd_weight * T^2 * KL]`, frozen teacher.
+    """Training-time wrapper, frozen teacher: `loss = CE + interaction_weight * L_virt [+ kd_weight * T^2 * KL]`.
 
     The teacher runs in the step in inference mode on `x ++ y[1:]`; its attention
     probabilities of the mapped layers feed L_virt. Given the whole cross-encoder
@@ -183,20 +183,21 @@ class VirtTraining(StudentTraining):
     Args:
         student: the `VirtModel` that gets saved and served.
         teacher: a `CrossEncoder`, or its `BertEncoder` alone (attention only); None = no teacher.
-        alpha: weight of L_virt.
+        interaction_weight: weight of L_virt, the attention (interaction) distillation
+            (`virt.interaction_weight`).
         layers, layer_map: which student layers are distilled, from which teacher layers.
         kd_weight: weight of the soft-target term (needs a `CrossEncoder` teacher).
         kd_temperature: its temperature T.
     """
 
-    def __init__(self, student, teacher=None, alpha=1.0, layers="all", layer_map=None, kd_weight=0.0,
-                 kd_temperature=2.0, **kwargs):
+    def __init__(self, student, teacher=None, interaction_weight=1.0, layers="all", layer_map=None,
+                 kd_weight=0.0, kd_temperature=2.0, **kwargs):
         super().__init__(student, **kwargs)
         if kd_weight and not isinstance(teacher, CrossEncoder):
             raise ValueError("virt.kd_weight > 0 needs the teacher's classifier: pass the CrossEncoder, not its encoder")
         self.teacher_head = teacher if isinstance(teacher, CrossEncoder) else None
         self.teacher = teacher.encoder if isinstance(teacher, CrossEncoder) else teacher
-        self.alpha = alpha
+        self.interaction_weight = interaction_weight
         self.kd_weight, self.kd_temperature = kd_weight, kd_temperature
         ns = student.encoder.num_layers
         self.distilled_layers = select_layers(layers, ns) if self.teacher is not None else []
@@ -229,7 +230,7 @@ class VirtTraining(StudentTraining):
     def loss_terms(self, x, y, y_pred):
         if not isinstance(y_pred, dict):
             return {"ce": cross_entropy(y, y_pred)}
-        terms = {"ce": cross_entropy(y, y_pred["logits"]), "virt": self.alpha * y_pred["virt"]}
+        terms = {"ce": cross_entropy(y, y_pred["logits"]), "virt": self.interaction_weight * y_pred["virt"]}
         if "kd" in y_pred:
             terms["kd"] = self.kd_weight * y_pred["kd"]
         return terms

@@ -60,12 +60,13 @@ def train_virt(cfg):
         check_same_vocab(teacher, tokenizer)
         if teacher.labels != splits.label_names:
             log.warning("teacher labels %s differ from the data's %s", teacher.labels, splits.label_names)
-        return VirtTraining(student, teacher.model, alpha=v.alpha, layers=v.layers, layer_map=v.layer_map,
-                            kd_weight=v.kd_weight, kd_temperature=v.kd_temperature, name="virt_training"), tokenizer
+        return VirtTraining(student, teacher.model, interaction_weight=v.interaction_weight, layers=v.layers,
+                            layer_map=v.layer_map, kd_weight=v.kd_weight, kd_temperature=v.kd_temperature,
+                            name="virt_training"), tokenizer
 
     report = {"virt": {"distill": v.distill, "adapted_interaction": v.adapted_interaction,
                        "fusion": uses_fusion(v.adapted_interaction, v.fusion),
-                       "alpha": v.alpha, "layers": v.layers, "kd_weight": v.kd_weight,
+                       "interaction_weight": v.interaction_weight, "layers": v.layers, "kd_weight": v.kd_weight,
                        "kd_temperature": v.kd_temperature, "student_init": v.student_init if v.distill else "model"}}
     if teacher is not None:
         report["teacher"] = teacher_report(teacher, teacher_metrics, splits, cfg)
