@@ -89,7 +89,7 @@ def main(argv=None):
         if args.out:
             overrides.append(f"out={args.out}")
         cfg = load_config(path, overrides)
-        preflight(cfg)  # output-directory checks, before the task imports TensorFlow
+        preflight(cfg)  # output directory and input paths, before the task imports TensorFlow
         getattr(importlib.import_module(module), func)(cfg)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
