@@ -1,7 +1,8 @@
 """run_tasks.py: help, one-line errors and exit codes, the checks of input paths before TensorFlow
-is imported, evaluate / predict on a trained tiny model, the run's config.yaml. In-process
-(run_tasks.main) except where the exit code or the absence of a traceback is the point; those subprocesses are started together with the module's first test so
-that their start-up (importing TensorFlow) overlaps the in-process tests.
+is imported, a start-up without TensorFlow's and transformers' noise, evaluate / predict on a trained
+tiny model, the run's config.yaml. In-process (run_tasks.main) except where the exit code or the
+absence of a traceback is the point; those subprocesses are started together with the module's first
+test so that their start-up (importing TensorFlow) overlaps the in-process tests.
 """
 
 import io
@@ -13,7 +14,7 @@ import pytest
 
 import run_tasks
 from config import load_config
-from tests.tiny_runs import PYTHON, make_data, popen_cli, tiny_overrides
+from tests.tiny_runs import PYTHON, RUN_TASKS, make_data, popen_cli, tiny_overrides
 
 FINETUNE_YAML = run_tasks.ROOT / "config" / "finetune.yaml"
 
@@ -267,3 +268,39 @@ def test_a_missing_data_file_fails_without_importing_tensorflow(tmp_path):
     assert r.returncode == 1, r.stderr[-3000:]
     assert _one_error_line(r.stderr) == "error: nope.csv: file not found"
     assert list(tmp_path.iterdir()) == []  # no runs/ directory, no config.yaml
+
+
+# ============================================================================ start-up noise
+NOISE = ("cuInit", "cudart_stub", "Could not find cuda drivers", "absl::InitializeLog", "PyTorch was not found")
+
+
+def test_filtered_stderr_drops_the_start_up_lines_only(capfd):
+    import os
+
+    with run_tasks.filtered_stderr():
+        os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+                    b"I0000 00:00:1.0 1 cudart_stub.cc:31] Could not find cuda drivers on your machine, GPU will not "
+                    b"be used.\n"
+                    b"E0000 00:00:1.0 1 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error\n"
+                    b"W0000 00:00:1.0 1 some_op.cc:1] a real warning\n")
+        print("a Python warning", file=sys.stderr)
+    lines = capfd.readouterr().err.splitlines()  # (capfd takes sys.stderr apart from fd 2: order not kept)
+    assert sorted(lines) == ["W0000 00:00:1.0 1 some_op.cc:1] a real warning", "a Python warning"]
+    with run_tasks.filtered_stderr():  # a cuInit failure where a driver was found is a real error
+        os.write(2, b"E0000 00:00:1.0 1 cuda_platform.cc:52] failed call to cuInit: CUDA_ERROR_NO_DEVICE\n")
+    assert "cuInit" in capfd.readouterr().err
+
+
+def test_a_command_prints_no_start_up_noise(trained, tmp_path):
+    """predict in a fresh process (TensorFlow, transformers' tokenizer, a model run), started as a user's
+    shell would: none of TensorFlow's CUDA lines nor transformers' PyTorch notice."""
+    run, data, _ = trained
+    env = {k: v for k, v in __import__("os").environ.items()
+           if k not in ("PYTHONPATH", "TF_CPP_MIN_LOG_LEVEL", "CUDA_VISIBLE_DEVICES")
+           and not k.startswith("TRANSFORMERS_")}
+    r = subprocess.run([str(PYTHON), str(RUN_TASKS), "--task", "predict", "--out", str(tmp_path / "p.csv"), "--set",
+                        f"model.init={run / 'model'}", f"data.test={data['valid']}"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (tmp_path / "p.csv").is_file()
+    assert [line for line in r.stderr.splitlines() if any(n in line for n in NOISE)] == [], r.stderr[-3000:]
