@@ -2,7 +2,10 @@
 """Check the requirement files against the code's imports: `python tools/check_requirements.py`.
 
 - every third-party top-level import of the runtime code (all but tests/, bench/, tools/) is listed in
-  requirements.txt; those of tests/, bench/ and tools/ in requirements.txt or requirements-dev.txt;
+  requirements.txt; those of tests/, bench/ and tools/ in requirements.txt or requirements-dev.txt
+  (UNLISTED: what only code run in a separate venv imports; the Makefile's `pip install --no-deps`
+  packages count as listed);
+- requirements-dev.txt includes requirements.txt (`-r`), and no entry is listed twice;
 - every entry is pinned (`name==version`);
 - every entry is imported by the code its file serves (runtime code for requirements.txt), or is in
   INDIRECT with the reason it is needed anyway.
@@ -146,26 +149,25 @@ def problems(root=ROOT):
     """The mismatches between the requirement files and the imports, one sentence each."""
     out = []
     found = third_party_imports(root)
-    listed = {}  # file -> {name: line}
+    listed = {RUNTIME: {}, DEV: {}}  # file -> {name: line}
     for fname in (RUNTIME, DEV):
         path = root / fname
         if not path.is_file():
             out.append(f"{fname} is missing")
-            listed[fname] = {}
             continue
-        listed[fname] = {}
+        includes = []
         for n, entry, name, pinned in read_requirements(path):
             if name is None:
-                if fname != DEV or entry.split()[-1] != RUNTIME:
-                    out.append(f"{fname}:{n}: `{entry}`: only {DEV} includes another file (-r {RUNTIME})")
+                includes.append(entry.split()[-1])
                 continue
             if not pinned:
                 out.append(f"{fname}:{n}: `{entry}` is not pinned (name==version)")
             if name in listed[RUNTIME] or name in listed[fname]:
                 out.append(f"{fname}:{n}: {name} is listed twice")
             listed[fname][name] = n
-    if (root / DEV).is_file() and not any(e[2] is None for e in read_requirements(root / DEV)):
-        out.append(f"{DEV} does not include the runtime set (-r {RUNTIME})")
+        want = [RUNTIME] if fname == DEV else []
+        if includes != want:
+            out.append(f"{fname} includes {includes}, expected {want} (the dev set adds to the runtime set)")
     separate = makefile_pins(root)
     runtime_ok = set(listed[RUNTIME]) | set(separate)
     dev_ok = runtime_ok | set(listed[DEV]) | set(UNLISTED)
