@@ -1,7 +1,8 @@
-"""run_tasks.py: help, one-line errors and exit codes, evaluate / predict on a trained tiny model,
-the run's config.yaml. In-process (run_tasks.main) except where the exit code or the absence of a
-traceback is the point; those subprocesses are started together with the module's first test so
-that their start-up (importing TensorFlow) overlaps the in-process tests.
+"""run_tasks.py: help, one-line errors and exit codes, the checks of input paths before TensorFlow
+is imported, a start-up without TensorFlow's and transformers' noise, evaluate / predict on a trained
+tiny model, the run's config.yaml. In-process (run_tasks.main) except where the exit code or the
+absence of a traceback is the point; those subprocesses are started together with the module's first
+test so that their start-up (importing TensorFlow) overlaps the in-process tests.
 """
 
 import io
@@ -13,7 +14,7 @@ import pytest
 
 import run_tasks
 from config import load_config
-from tests.tiny_runs import make_data, popen_cli, tiny_overrides
+from tests.tiny_runs import PYTHON, RUN_TASKS, make_data, popen_cli, tiny_overrides
 
 FINETUNE_YAML = run_tasks.ROOT / "config" / "finetune.yaml"
 
@@ -197,6 +198,7 @@ def test_error_missing_data_file(error_runs):
     assert rc == 1
     line = _one_error_line(err)
     assert str(tmp / "no_such_train.csv") in line and "not found" in line
+    assert not (tmp / "missing_run").exists()  # found before the run directory (and its config.yaml) exists
 
 
 def test_error_bad_config_key(error_runs):
@@ -218,3 +220,87 @@ def test_debug_shows_the_traceback(error_runs):
     assert rc == 1
     assert "Traceback (most recent call last)" in err
     assert "ConfigError: unknown key 'train.epoch'" in err
+
+
+# ============================================================================ input paths, before TensorFlow
+@pytest.mark.parametrize("task, sets, message", [
+    ("finetune", ["data.train={tmp}/nope.csv"], "{tmp}/nope.csv: file not found"),
+    ("finetune", ["data.valid={tmp}/nope.csv"], "{tmp}/nope.csv: file not found"),
+    ("finetune", ["model.init={tmp}/nope"], "{tmp}/nope: checkpoint directory not found"),
+    ("sbert", ["model.init=null", "model.vocab={tmp}/vocab.txt"], "{tmp}/vocab.txt: vocabulary file not found"),
+    ("distill", ["distill.teacher={tmp}"], "{tmp}: not a model directory (no model.json)"),
+    ("virt", ["virt.baseline={tmp}/nope"], "{tmp}/nope: not a model directory (no model.json)"),
+    ("pretrain", ["data.text=[{tmp}/nope.txt]"], "{tmp}/nope.txt: not found"),
+    ("evaluate", ["model.init={tmp}/nope"], "{tmp}/nope: not a model directory (no model.json)"),
+    ("predict", ["model.init={tmp}/nope"], "{tmp}/nope: no such directory"),
+    ("embed", ["model.init={tmp}", "data.test={tmp}/texts.txt"], "{tmp}: not a model directory (no model.json)"),
+    ("export", ["export.model={tmp}/nope"], "{tmp}/nope: no such model directory"),
+    ("serve", ["serve.model={tmp}/nope"], "{tmp}/nope: no such directory"),
+    ("index", ["index.model={tmp}", "index.corpus={tmp}/nope.txt"], "{tmp}/nope.txt: file not found"),
+    ("search", ["search.index={tmp}"],
+     "{tmp}: not an index directory (no index.json; build one with --task index)"),
+])
+def test_a_missing_input_is_reported_before_anything_is_written(tmp_path, capsys, task, sets, message):
+    out = tmp_path / "out"
+    code = run_tasks.main(["--task", task, "--out", str(out), "--set", *(s.format(tmp=tmp_path) for s in sets)])
+    assert code == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "error: " + message.format(tmp=tmp_path)
+    assert not out.exists()
+
+
+def test_values_that_are_not_paths_pass_the_input_check(tmp_path):
+    from training.rundir import check_inputs
+
+    for task, sets in (("distill", ["distill.baseline=auto", "model.init=minilm"]),
+                       ("finetune", ["model.init=owner/model-on-the-hub"]),
+                       ("predict", ["model.init=" + str(tmp_path)]),  # data.test unset: stdin
+                       ("search", ["search.rerank=virt"])):
+        check_inputs(load_config(FINETUNE_YAML, sets + [f"task={task}"]))
+
+
+def test_a_missing_data_file_fails_without_importing_tensorflow(tmp_path):
+    """The whole run before the error is config + preflight: no TensorFlow start-up, nothing written."""
+    code = ("import sys, run_tasks; rc = run_tasks.main(['--task', 'finetune', '--set', 'data.train=nope.csv']); "
+            "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'; sys.exit(rc)")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"}
+    r = subprocess.run([str(PYTHON), "-c", code], cwd=tmp_path, env={**env, "PYTHONPATH": str(run_tasks.ROOT)},
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1, r.stderr[-3000:]
+    assert _one_error_line(r.stderr) == "error: nope.csv: file not found"
+    assert list(tmp_path.iterdir()) == []  # no runs/ directory, no config.yaml
+
+
+# ============================================================================ start-up noise
+NOISE = ("cuInit", "cudart_stub", "Could not find cuda drivers", "absl::InitializeLog", "PyTorch was not found")
+
+
+def test_filtered_stderr_drops_the_start_up_lines_only(capfd):
+    import os
+
+    with run_tasks.filtered_stderr():
+        os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+                    b"I0000 00:00:1.0 1 cudart_stub.cc:31] Could not find cuda drivers on your machine, GPU will not "
+                    b"be used.\n"
+                    b"E0000 00:00:1.0 1 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error\n"
+                    b"W0000 00:00:1.0 1 some_op.cc:1] a real warning\n")
+        print("a Python warning", file=sys.stderr)
+    lines = capfd.readouterr().err.splitlines()  # (capfd takes sys.stderr apart from fd 2: order not kept)
+    assert sorted(lines) == ["W0000 00:00:1.0 1 some_op.cc:1] a real warning", "a Python warning"]
+    with run_tasks.filtered_stderr():  # a cuInit failure where a driver was found is a real error
+        os.write(2, b"E0000 00:00:1.0 1 cuda_platform.cc:52] failed call to cuInit: CUDA_ERROR_NO_DEVICE\n")
+    assert "cuInit" in capfd.readouterr().err
+
+
+def test_a_command_prints_no_start_up_noise(trained, tmp_path):
+    """predict in a fresh process (TensorFlow, transformers' tokenizer, a model run), started as a user's
+    shell would: none of TensorFlow's CUDA lines nor transformers' PyTorch notice."""
+    run, data, _ = trained
+    env = {k: v for k, v in __import__("os").environ.items()
+           if k not in ("PYTHONPATH", "TF_CPP_MIN_LOG_LEVEL", "CUDA_VISIBLE_DEVICES")
+           and not k.startswith("TRANSFORMERS_")}
+    r = subprocess.run([str(PYTHON), str(RUN_TASKS), "--task", "predict", "--out", str(tmp_path / "p.csv"), "--set",
+                        f"model.init={run / 'model'}", f"data.test={data['valid']}"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (tmp_path / "p.csv").is_file()
+    assert [line for line in r.stderr.splitlines() if any(n in line for n in NOISE)] == [], r.stderr[-3000:]

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from config import ConfigError, config_to_dict, load_config, save_config
 from config.schema import TRAINING_TASKS
+from data.readers import DataError
 
 log = logging.getLogger(__name__)
 
@@ -156,9 +157,73 @@ def start_run(cfg, out):
     tmp.replace(out / "inputs.json")
 
 
+# ----------------------------------------------------------------------------- inputs
+# How a path a task reads is checked -> (the test, the message of the reader or loader that fails later).
+_CHECKS = {
+    "file": (Path.exists, "{}: file not found"),  # data.readers
+    "text": (Path.is_file, "{}: not found"),  # pretrain.task (data.text)
+    "vocab": (Path.is_file, "{}: vocabulary file not found"),  # modeling.tokenization
+    "checkpoint": (Path.exists, "{}: checkpoint directory not found"),  # modeling.pretrained.resolve
+    "model_dir": (lambda p: (p / "model.json").is_file(), "{}: not a model directory (no model.json)"),  # read_meta
+    "export_model": (Path.is_dir, "{}: no such model directory"),  # export.task
+    "dir": (Path.is_dir, "{}: no such directory"),  # serve.backends.open_model: a model or export directory
+    "index": (lambda p: (p / "index.json").is_file(),
+              "{}: not an index directory (no index.json; build one with --task index)"),  # search.index
+}
+_NOT_PATHS = (None, "-", "auto", "minilm", "virt")  # stdin, "train one", the embedded model, the index's model
+
+
+def _hub_id(value):
+    """An `owner/name` that modeling.pretrained.resolve looks up on the hub when no such path exists."""
+    return str(value).count("/") == 1 and not str(value).startswith((".", "/"))
+
+
+def task_inputs(cfg):
+    """`[(key, path, check)]`: the files and directories `cfg.task` reads, as `cfg` gives them."""
+    t, d, m = cfg.task, cfg.data, cfg.model
+    model = [("model.vocab", m.vocab, "vocab")] if m.init is None else [("model.init", m.init, "checkpoint")]
+    if t == "pretrain":
+        texts = [(f"data.text[{i}]", p, "text") for i, p in enumerate(d.text)]
+        return (texts or [("data.train", d.train, "text")]) + model
+    if t in TRAINING_TASKS:
+        found = [("data.train", d.train, "file"), ("data.valid", d.valid, "file"), ("data.test", d.test, "file")]
+        section = {"distill": cfg.distill, "virt": cfg.virt}.get(t)
+        if section is not None:
+            found += [(f"{t}.teacher", section.teacher, "model_dir"), (f"{t}.baseline", section.baseline, "model_dir")]
+        return found + model
+    return {
+        "evaluate": [("model.init", m.init, "model_dir"),
+                     ("data.test", d.test, "file") if d.test else ("data.valid", d.valid, "file")],
+        "predict": [("model.init", m.init, "dir"), ("data.test", d.test, "file")],
+        "embed": [("model.init", m.init, "model_dir"), ("data.test", d.test, "file")],
+        "virt-plot": [("model.init", m.init, "model_dir"), ("data.test", d.test, "file")],
+        "export": [("export.model", cfg.export.model, "export_model")],
+        "serve": [("serve.model", cfg.serve.model, "dir"), ("serve.index", cfg.serve.index, "index"),
+                  ("serve.rerank", cfg.serve.rerank, "dir")],
+        "index": [("index.model", cfg.index.model, "dir"), ("index.corpus", cfg.index.corpus, "file")],
+        "search": [("search.index", cfg.search.index, "index"), ("search.queries", cfg.search.queries, "file"),
+                   ("search.rerank", cfg.search.rerank, "dir")],
+    }.get(t, [])
+
+
+def check_inputs(cfg):
+    """Raise the error the task would raise later for the first input path of `task_inputs` that is
+    missing: a wrong path costs no TensorFlow start-up and leaves no run directory behind. Only what
+    is cheap to tell is checked (existence, the marker file of a directory), not the contents."""
+    for key, value, check in task_inputs(cfg):
+        if value in _NOT_PATHS or (check == "checkpoint" and _hub_id(value) and not Path(value).exists()):
+            continue
+        test, message = _CHECKS[check]
+        if not test(Path(value).expanduser()):
+            shown = value if check in ("text", "vocab", "checkpoint") else Path(value)  # as the task shows it
+            raise (DataError if check in ("file", "text") else RunError)(message.format(shown))
+
+
 def preflight(cfg):
-    """The output-directory checks of a `run_tasks.py` run, before the task (and TensorFlow) is imported."""
+    """The cheap checks of a `run_tasks.py` run, before the task (and TensorFlow) is imported: the
+    output directory, then the input paths. They only read: nothing is written before they pass."""
     check_out(cfg.task, cfg.out)
+    check_inputs(cfg)
     if cfg.task in TRAINING_TASKS and cfg.out and chief_from_env(cfg.train):
         check_resume(cfg, cfg.out)
 
