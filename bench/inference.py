@@ -141,7 +141,7 @@ def _functions(files, online, backend):
 
     out = []
     if backend.startswith("onnx"):
-        from export.onnx import session
+        from runtime.onnx import session
 
         for i, fn in enumerate(online):
             key = f"{backend}:{fn}" if i == 0 and f"{backend}:{fn}" in files else f"onnx:{fn}"

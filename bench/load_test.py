@@ -425,7 +425,7 @@ def main(argv=None):
 
 def served_name(model):
     """The name the server gives `model` (serve.name unset): the export's name, else the directory's."""
-    from serve.backends import export_info, is_export_dir, read_kind
+    from runtime.backends import export_info, is_export_dir, read_kind
 
     if is_export_dir(model):
         return export_info(model)[0]

@@ -159,7 +159,7 @@ def ours(spec, backend, seconds):
 
     files = spec["files"]
     if backend.startswith("onnx"):
-        from export.onnx import physical_cores, session
+        from runtime.onnx import physical_cores, session
 
         name, _, option = backend.partition(":")
         sess = session(files[name], threads=1 if option == "t1" else None, sequential=option != "parallel")
@@ -236,7 +236,7 @@ def peer(spec, backend, seconds):
         import onnxruntime as ort
 
         sys.path.insert(0, str(ROOT))
-        from export.onnx import physical_cores, session_options  # stdlib + onnxruntime only
+        from runtime.onnx import physical_cores, session_options  # stdlib + onnxruntime only
 
         sess = ort.InferenceSession(spec["peer"]["int8"], session_options(), providers=["CPUExecutionProvider"])
 
@@ -271,7 +271,7 @@ def gemm(seconds, n=GEMM_N):
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
-    from export.onnx import session_options
+    from runtime.onnx import session_options
     from inference import matmul
 
     res = {"fp32": None, "bf16": None}

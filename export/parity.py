@@ -230,7 +230,7 @@ def run_checks(loaded, data, artifacts, ids_outputs, int8_rule=None, cosine_thre
 
     onnx_files = artifacts.get("onnx") or {}
     if onnx_files:
-        from export.onnx import session
+        from runtime.onnx import session
 
         tol = TOLERANCES["onnx"]
 

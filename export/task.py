@@ -36,7 +36,7 @@ from datetime import datetime
 from pathlib import Path
 
 from export import ExportError
-from export.onnx import FUSED_NAMES, ONNX_FILES
+from runtime.onnx import FUSED_NAMES, ONNX_FILES
 from export.saved_model import (KINDS, NAME_RE, default_name, ids_functions, outputs_of,
                                 publish_version, stage_saved_model, write_models_config)
 

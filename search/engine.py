@@ -1,4 +1,4 @@
-"""Recall + rerank over an index, as a plan (serve.batching.drive) so the same code runs in
+"""Recall + rerank over an index, as a plan (runtime.batching.drive) so the same code runs in
 the search task (direct batches) and behind `POST /v1/search` (through the micro-batchers).
 
     searcher = Searcher(Index(dir), query_backend, reranker=None | "virt" | cross_encoder_backend)
@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from search.index import Recall, SearchError, recall_vectors
-from serve.batching import Block, Call
-from serve.signatures import pair_rows, text_rows
+from runtime.batching import Block, Call
+from runtime.rows import pair_rows, text_rows
 
 RERANK_BLOCK = 256  # candidates per VIRT score call: bounds the [K, Tq, Tc] score tensors and [K, Tc, H] states
 
@@ -110,7 +110,7 @@ def open_searcher(index_dir, rerank=None, recall="auto", backend="onnx", query_b
     """A Searcher for an index directory: opens the index's model (or reuses `query_backend`
     when it is that model) and the reranker (a model / export dir, or "virt")."""
     from search.index import Index
-    from serve.backends import open_model, read_kind
+    from runtime.backends import open_model, read_kind
 
     index = Index(index_dir)
     if rerank == "virt" and index.kind != "virt":  # cheap checks before any model is loaded

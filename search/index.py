@@ -50,8 +50,8 @@ def recall_vectors(kind, rows):
 
 def build_index(backend, ids, texts, out, batch_size=64, corpus=None):
     """Encode `texts` with `backend` (sbert or virt) into the index directory `out`."""
-    from serve.batching import run_in_batches
-    from serve.signatures import text_rows
+    from runtime.batching import run_in_batches
+    from runtime.rows import text_rows
 
     if backend.kind not in ("sbert", "virt"):
         raise SearchError(f"{backend.path}: a {backend.kind} model cannot build an index (sbert or virt)")

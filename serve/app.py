@@ -31,8 +31,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serve.batching import MicroBatcher, drive_async
-from serve.logs import LIMITED, short
+from runtime.batching import MicroBatcher, drive_async
+from runtime.logs import LIMITED, short
 from serve.metrics import Metrics
 from serve.signatures import (ApiError, Limits, SignatureSet, check_text, format_response, load_object,
                               parse_request, status)
@@ -75,9 +75,9 @@ class ServerState:
         return self._batchers[key]
 
     def warm_up(self, lengths):
-        """`serve.batching.warm_up` of every served backend (the model, the search index's query model
+        """`runtime.batching.warm_up` of every served backend (the model, the search index's query model
         and reranker), before the server takes requests; returns [(backend name, fn, rows, length, s)]."""
-        from serve.batching import warm_up
+        from runtime.batching import warm_up
 
         return [(b.backend.name, *call) for b in self._batchers.values()
                 for call in warm_up(b.backend, lengths, self.max_batch, self.max_batch_tokens)]

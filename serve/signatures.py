@@ -33,8 +33,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from serve.backends import PAIR_IDS, SIAMESE_IDS
-from serve.batching import Call
+from runtime.backends import PAIR_IDS, SIAMESE_IDS
+from runtime.batching import Call
+from runtime.rows import pair_rows, text_rows
 
 DT = {"string": "DT_STRING", "int32": "DT_INT32", "float": "DT_FLOAT"}
 # JSON's "\ud800" escapes decode to lone surrogates, which are not text: the tokenizer refuses them.
@@ -217,25 +218,6 @@ def format_response(outputs, sig, row_format):
         n = len(outputs[names[0]])
         return {"predictions": [{k: outputs[k][i] for k in names} for i in range(n)]}
     return {"outputs": outputs[names[0]] if len(names) == 1 else {k: outputs[k] for k in names}}
-
-
-# ----------------------------------------------------------------------------- rows
-def text_rows(backend, texts):
-    """`[CLS] t [SEP]` rows for encode_ids, tokenised as in training."""
-    return [{"input_ids": np.asarray(ids, np.int32), "attention_mask": np.ones(len(ids), np.int32)}
-            for ids in backend.tokenizer.encode_texts(texts, backend.max_len)]
-
-
-def pair_rows(backend, a, b):
-    """predict_ids rows for text pairs, tokenised as in training."""
-    if backend.kind == "cross_encoder":
-        enc = backend.tokenizer.encode_pairs(a, b, backend.max_len)
-        return [{"input_ids": np.asarray(ids, np.int32), "token_type_ids": np.asarray(t, np.int32),
-                 "attention_mask": np.ones(len(ids), np.int32)}
-                for ids, t in zip(enc["input_ids"], enc["token_type_ids"])]
-    return [{"x_ids": x["input_ids"], "x_mask": x["attention_mask"],
-             "y_ids": y["input_ids"], "y_mask": y["attention_mask"]}
-            for x, y in zip(text_rows(backend, a), text_rows(backend, b))]
 
 
 # ----------------------------------------------------------------------------- signatures

@@ -153,7 +153,7 @@ def test_the_export_publishes_fused_graphs_equal_to_keras(ce_export):
 def test_the_server_and_predict_load_the_fused_graphs(ce_export, workdir, monkeypatch, capsys):
     import export.onnx as onnx_mod
     import run_tasks
-    from serve.backends import open_model
+    from runtime.backends import open_model
     from tests.tiny_runs import write_csv
 
     out, loaded = ce_export["out"], ce_export["loaded"]
@@ -184,7 +184,7 @@ def test_a_fused_graph_that_fails_parity_is_withheld_and_fp32_published(model_di
     import onnx
     from onnx import helper, numpy_helper
 
-    from serve.backends import open_model
+    from runtime.backends import open_model
 
     real = fusion.fuse
 

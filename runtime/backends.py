@@ -31,7 +31,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from export.onnx import FUSED_NAMES, ONNX_FILES  # file names only: onnxruntime loads lazily
+from runtime.onnx import FUSED_NAMES, ONNX_FILES  # file names only: onnxruntime loads lazily
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ class OnnxBackend(Backend):
 
     def __init__(self, path, meta, tokenizer, name, version, max_len, int8=False, threads=None, fused=True):
         super().__init__(path, meta, tokenizer, name, version, max_len)
-        from export.onnx import session
+        from runtime.onnx import session
 
         self.files = {fn: onnx_file(self.path / "onnx", fn, int8 and fn == "predict_ids", fused)
                       for fn in ONNX_FILES if fn in self.functions}

@@ -1,6 +1,6 @@
 """Rows in, rows out: padding a batch of rows for a backend, and dynamic micro-batching.
 
-A *row* is one example for an ids-level function (serve/backends.py): input name ->
+A *row* is one example for an ids-level function (runtime/backends.py): input name ->
 unpadded array (`[L]` ids / mask, `[L, H]` states). `run_rows` pads rows to the longest
 in the batch, runs the backend once and cuts the outputs back into rows (sequence outputs
 trimmed to each row's own length, so a row's result does not depend on its batch mates).
@@ -43,8 +43,8 @@ from concurrent.futures import Future, InvalidStateError
 
 import numpy as np
 
-from serve.backends import pad_rows
-from serve.logs import LIMITED
+from runtime.backends import pad_rows
+from runtime.logs import LIMITED
 
 log = logging.getLogger(__name__)
 
