@@ -111,13 +111,12 @@ def export_onnx(model_dir, out_dir, int8=True):
     """The online functions of a model directory as ONNX (export/onnx.py), int8 copies of the
     encoder's function: writes `<out_dir>/files.json` = {"onnx": {fn: path}, "onnx-int8": {...}}."""
     from export.onnx import convert_function, quantize_int8
-    from export.saved_model import ids_functions
     from modeling.model_dir import load_model_dir
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     loaded = load_model_dir(model_dir)
-    fns = ids_functions(loaded.model, loaded.kind)
+    fns = loaded.model.serving_functions()
     online = {"cross_encoder": ["predict_ids"], "sbert": ["encode_ids"], "virt": ["encode_ids", "score"]}[loaded.kind]
     files = {"onnx": {fn: str(convert_function(fns[fn], out_dir / f"{fn}.onnx")) for fn in online}}
     if int8:  # the encoder carries the weights: quantise it, keep VIRT's small head in fp32

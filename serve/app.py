@@ -9,7 +9,7 @@
 Every error is `{"error": "..."}`: 400 bad request, 404 unknown model / version / signature /
 path, 405 wrong HTTP method, 500 a failed model call (the worker carries on). Bad client input
 is always a 4xx, logged as one line; a 500 is a server fault, logged with its traceback; both
-kinds of line are rate-limited per endpoint and code (serve/logs.py). A client that
+kinds of line are rate-limited per endpoint and code (runtime/logs.py). A client that
 disconnects while its request waits or runs is logged, its queued rows are dropped and the
 request is counted with code 499 (nginx's "client closed request"); nothing is sent back.
 
