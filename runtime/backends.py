@@ -1,11 +1,12 @@
-"""What the server and the search task run: a model's ids-level functions behind one interface.
+"""What the server, search, export's checks and bench run: a model's ids-level functions behind one interface.
 
     backend = open_model("exports/qm")                 # export dir -> onnxruntime (default)
     backend = open_model("exports/qm", backend="tf")   # export dir -> its SavedModel
     backend = open_model("runs/virt/<stamp>/model")    # model dir  -> Keras (no export step)
     backend.run("predict_ids", {"input_ids": ids, "token_type_ids": types, "attention_mask": mask})
 
-Functions (`backend.functions`, the ones export/saved_model.py exports):
+Functions (`backend.functions`, the ones export/saved_model.py exports; which a kind has, and
+their names, are its model class's attributes, modeling/task_model.py):
 
 | function      | kinds         | inputs                                              | outputs |
 |---------------|---------------|-----------------------------------------------------|---------|
@@ -14,7 +15,7 @@ Functions (`backend.functions`, the ones export/saved_model.py exports):
 | `encode_ids`  | sbert, virt   | `input_ids`, `attention_mask`                       | `embeddings` [B, H] / `token_states` [B, T, H] |
 | `score`       | virt          | `x_states`, `x_mask`, `y_states`, `y_mask`          | `probs` |
 
-A model directory is served through Keras (the same `ids_functions` the export
+A model directory is served through Keras (the same `serving_functions()` the export
 converts) rather than exported on the fly: an export costs a SavedModel, tf2onnx
 conversions and parity checks (about a minute for MiniLM-L6) before the first
 request, for a model someone is still iterating on; `--task export` is the way

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from search.index import Recall, SearchError, recall_vectors
 from runtime.batching import Block, Call
 from runtime.rows import pair_rows, text_rows
+from search.index import Recall, SearchError, recall_vectors
 
 RERANK_BLOCK = 256  # candidates per VIRT score call: bounds the [K, Tq, Tc] score tensors and [K, Tc, H] states
 

@@ -38,8 +38,8 @@ def read_corpus(path, data_cfg):
 
 
 def index_task(cfg):
-    from search.index import SearchError, build_index, index_kinds
     from runtime.backends import open_model
+    from search.index import SearchError, build_index, index_kinds
 
     ic = cfg.index
     if ic.model is None or ic.corpus is None:
@@ -57,10 +57,10 @@ def index_task(cfg):
 
 
 def search_task(cfg):
-    from search.engine import open_searcher
-    from search.index import SearchError
     from data import read_texts
     from runtime.batching import drive, run_in_batches
+    from search.engine import open_searcher
+    from search.index import SearchError
 
     sc = cfg.search
     if sc.index is None:

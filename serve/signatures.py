@@ -58,7 +58,7 @@ class Limits:
 @dataclass
 class Signature:
     """`inputs` / `outputs`: name -> (dtype, shape), for metadata; `plan(columns, where)` ->
-    a plan (serve.batching.drive) returning output name -> list of per-row values."""
+    a plan (runtime.batching.drive) returning output name -> list of per-row values."""
     name: str
     inputs: dict
     outputs: dict

@@ -25,11 +25,11 @@ import pytest
 import tensorflow as tf
 
 from export import parity as parity_mod
-from runtime.onnx import session
 from export.serving_client import GrpcClient, RestClient, ServingError
 from export.task import export_loaded, load_for_export
-from serve.app import ServerState
 from runtime.backends import BackendError, open_model
+from runtime.onnx import session
+from serve.app import ServerState
 from serve.signatures import Limits
 from serve.task import BackgroundServer, free_port
 from tests.test_export import (MAX_LEN, PAIRS, _cfg, model_dirs, tf2onnx_fast,  # noqa: F401  fixtures
