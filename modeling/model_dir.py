@@ -29,9 +29,9 @@ FORMAT = "textmatch-model"
 FORMAT_VERSION = 1
 
 ROOT = Path(__file__).resolve().parents[1]
-# A model module that moved: model.json records the module of the model class (Keras's "module"),
-# so directories written before a move name the old one.
-MOVED_MODULES = {}
+# Model modules that moved, old -> new: model.json records the module of the model class (Keras's
+# "module"), so a directory written before the move names the old one (tried first, while it exists).
+MOVED_MODULES = {"modeling.cross_encoder": "crossenc.model"}
 
 
 @dataclass
@@ -114,7 +114,7 @@ def kind_class(meta, where="model.json"):
     kind = meta.get("kind")
     module = (meta.get("model") or {}).get("module") if isinstance(meta.get("model"), dict) else None
     if isinstance(module, str) and kind not in KINDS:
-        _import_model_module(MOVED_MODULES.get(module, module))
+        _import_model_module(module) or _import_model_module(MOVED_MODULES.get(module, ""))
     if kind not in KINDS:
         discover_kinds()
     if not isinstance(kind, str) or kind not in KINDS:
@@ -132,12 +132,14 @@ def discover_kinds():
 
 
 def _import_model_module(name):
-    """Import a module named by a model.json, only if it is one of the project's own."""
+    """Import a module named by a model.json, only if it is one of the project's own files
+    (a foreign or missing module is never imported: its kind stays unknown). Returns whether it was."""
     parts = name.split(".")
     if not all(p.isidentifier() for p in parts) or not (
             (ROOT / Path(*parts)).with_suffix(".py").is_file() and (ROOT / parts[0] / "__init__.py").is_file()):
-        return  # a foreign module: never imported; the kind stays unknown
+        return False
     importlib.import_module(name)
+    return True
 
 
 def load_model_dir(path, expect_kind=None):

@@ -150,8 +150,8 @@ def test_the_export_publishes_fused_graphs_equal_to_keras(ce_export):
 
 
 def test_the_server_and_predict_load_the_fused_graphs(ce_export, workdir, monkeypatch, capsys):
-    import export.onnx as onnx_mod
     import run_tasks
+    import runtime.onnx as onnx_mod
     from runtime.backends import open_model
     from tests.tiny_runs import write_csv
 
