@@ -309,30 +309,15 @@ def predict_pairs(backend, text_a, text_b, batch_size=64):
     """`predict_ids` probabilities [N, C] of pairs through any backend, in input order.
 
     Pairs are sorted by token length and padded per batch (real texts are short: a batch pads
-    to its own longest row, not to max_len)."""
+    to its own longest row, not to max_len): the command-line run of runtime.batching."""
+    from runtime.batching import run_in_batches
     from runtime.rows import pair_rows
 
     if "probs" not in backend.functions["predict_ids"].outputs:
         raise BackendError(f"{backend.path}: this {backend.kind} model has no classifier (outputs "
                            f"{', '.join(backend.functions['predict_ids'].outputs)}); predict needs probabilities")
-    n = len(text_a)
-    names = backend.functions["predict_ids"].inputs
-    rows = pair_rows(backend, text_a, text_b)
-    lengths = [sum(len(r[k]) for k in names if k.endswith("mask")) for r in rows]
-    order = np.argsort(lengths, kind="stable")
-    out = [None] * n
-    for i in range(0, n, batch_size):
-        idx = order[i:i + batch_size]
-        feeds = {k: pad_rows([rows[j][k] for j in idx], np.int32, _pad_value(backend, k)) for k in names}
-        probs = backend.run("predict_ids", feeds)["probs"]
-        for j, p in zip(idx, probs):
-            out[j] = p
-    return np.stack(out) if out else np.zeros((0, len(backend.labels)), np.float32)
-
-
-def _pad_value(backend, name):
-    """Token ids pad with the tokenizer's [PAD] id; masks and token types with 0 (as pad_ids)."""
-    return backend.tokenizer.pad_id if name in ("input_ids", "x_ids", "y_ids") else 0
+    out = run_in_batches(backend, "predict_ids", pair_rows(backend, text_a, text_b), batch_size)
+    return np.stack([r["probs"] for r in out]) if out else np.zeros((0, len(backend.labels)), np.float32)
 
 
 def pad_rows(rows, dtype, pad_value=0):
