@@ -12,7 +12,7 @@ depend on training). What runs online per pair:
 - sbert: encode the query (64 tokens) + cosine against the candidate's cached embedding;
 - virt: encode the query (64 tokens) + interaction head against the candidate's cached
   64 token states (`encode_ids` + `score`).
-The ONNX files are made with the export task's functions (export/saved_model.ids_functions,
+The ONNX files are made with the export task's functions (the model classes' serving_functions,
 export/onnx.convert_function / quantize_int8) in a temp dir; the SavedModel holds the same
 functions. Every (model, backend) runs in its own process, so its peak RSS (VmHWM) is that of
 serving the model alone. Efficiency: the cross-encoder's forward FLOPs (counted from its config)
@@ -68,7 +68,6 @@ def prepare(dirs, work, int8=True, models=MODELS):
     import tensorflow as tf
 
     from export.onnx import convert_function, quantize_int8
-    from export.saved_model import ids_functions
     from modeling.model_dir import load_model_dir
 
     work = Path(work)
@@ -76,7 +75,7 @@ def prepare(dirs, work, int8=True, models=MODELS):
     for name in models:
         d = Path(dirs[name]) if dirs.get(name) else default_model(name, work / name / "model")
         loaded = load_model_dir(d, expect_kind=KIND[name])
-        fns = ids_functions(loaded.model, loaded.kind)
+        fns = loaded.model.serving_functions()
         online = ["predict_ids"] if loaded.kind == "cross_encoder" else ["encode_ids"] + (
             ["score"] if loaded.kind == "virt" else [])
         files = {"model_dir": str(d), "saved_model": str(work / name / "saved_model")}
@@ -141,7 +140,7 @@ def _functions(files, online, backend):
 
     out = []
     if backend.startswith("onnx"):
-        from export.onnx import session
+        from runtime.onnx import session
 
         for i, fn in enumerate(online):
             key = f"{backend}:{fn}" if i == 0 and f"{backend}:{fn}" in files else f"onnx:{fn}"
@@ -156,11 +155,10 @@ def _functions(files, online, backend):
         keep = tf.saved_model.load(files["saved_model"])
         fns = [getattr(keep, fn) for fn in online]
     else:
-        from export.saved_model import ids_functions
         from modeling.model_dir import load_model_dir
 
         keep = load_model_dir(files["model_dir"])
-        all_fns = ids_functions(keep.model, keep.kind)
+        all_fns = keep.model.serving_functions()
         fns = [all_fns[fn] for fn in online]
     for f in fns:  # `keep`: the model (or SavedModel object) must outlive the functions using its variables
         out.append(lambda f=f, keep=keep, **feeds: {k: v.numpy() for k, v in f(**{k: tf.constant(v) for k, v in

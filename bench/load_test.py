@@ -425,12 +425,10 @@ def main(argv=None):
 
 def served_name(model):
     """The name the server gives `model` (serve.name unset): the export's name, else the directory's."""
-    from serve.backends import export_info, is_export_dir, read_kind
+    from runtime.backends import default_name, export_info, is_export_dir, read_kind
 
     if is_export_dir(model):
         return export_info(model)[0]
-    from export.saved_model import default_name
-
     return default_name(model, read_kind(model))
 
 

@@ -100,7 +100,6 @@ def prepare(spec):
 
     from export.fusion import fuse
     from export.onnx import convert_function, quantize_int8
-    from export.saved_model import ids_functions
     from modeling.model_dir import load_model_dir
 
     work = Path(spec["work"])
@@ -108,7 +107,7 @@ def prepare(spec):
     loaded = load_model_dir(d, expect_kind="cross_encoder")
     enc = loaded.model.encoder
     files = {"model_dir": str(d)}
-    files["onnx"] = str(convert_function(ids_functions(loaded.model, "cross_encoder")["predict_ids"],
+    files["onnx"] = str(convert_function(loaded.model.serving_functions()["predict_ids"],
                                          work / "ce" / "model.onnx"))
     fusion = fuse(files["onnx"], work / "ce" / "model.fused.onnx", enc.num_heads, enc.hidden_size)
     files["onnx-fused"] = str(work / "ce" / "model.fused.onnx")
@@ -159,7 +158,7 @@ def ours(spec, backend, seconds):
 
     files = spec["files"]
     if backend.startswith("onnx"):
-        from export.onnx import physical_cores, session
+        from runtime.onnx import physical_cores, session
 
         name, _, option = backend.partition(":")
         sess = session(files[name], threads=1 if option == "t1" else None, sequential=option != "parallel")
@@ -174,11 +173,10 @@ def ours(spec, backend, seconds):
 
     if backend == "keras-bf16":  # variables stay float32; matmuls and activations run in bf16
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    from export.saved_model import ids_functions
     from modeling.model_dir import load_model_dir
 
     loaded = load_model_dir(files["model_dir"])
-    fn = ids_functions(loaded.model, "cross_encoder")["predict_ids"]
+    fn = loaded.model.serving_functions()["predict_ids"]
 
     def run(ids, types, mask):
         return fn(input_ids=tf.constant(ids), token_type_ids=tf.constant(types),
@@ -236,7 +234,7 @@ def peer(spec, backend, seconds):
         import onnxruntime as ort
 
         sys.path.insert(0, str(ROOT))
-        from export.onnx import physical_cores, session_options  # stdlib + onnxruntime only
+        from runtime.onnx import physical_cores, session_options  # stdlib + onnxruntime only
 
         sess = ort.InferenceSession(spec["peer"]["int8"], session_options(), providers=["CPUExecutionProvider"])
 
@@ -271,7 +269,7 @@ def gemm(seconds, n=GEMM_N):
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
-    from export.onnx import session_options
+    from runtime.onnx import session_options
     from inference import matmul
 
     res = {"fp32": None, "bf16": None}

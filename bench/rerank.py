@@ -53,7 +53,7 @@ from common import ROOT, md_table, save  # noqa: E402
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 if str(ROOT) not in sys.path[:2]:
     sys.path.insert(0, str(ROOT))
-from serve.backends import Backend, Function  # noqa: E402  (numpy only; TensorFlow loads later)
+from runtime.backends import Backend, Function  # noqa: E402  (numpy only; TensorFlow loads later)
 
 KINDS = ("cross_encoder", "sbert", "virt")
 SHORT = {"cross_encoder": "ce", "sbert": "sbert", "virt": "virt"}
@@ -88,13 +88,13 @@ def texts_of_length(tokenizer, n, length, seed=0):
 
 # ----------------------------------------------------------------------------- backends
 class OnnxFilesBackend(Backend):
-    """A serve.backends.Backend over ONNX files named per function ({"encode_ids": path, ...}),
+    """A runtime.backends.Backend over ONNX files named per function ({"encode_ids": path, ...}),
     e.g. an int8 `encode_ids` (the export task's OnnxBackend quantises `predict_ids` only)."""
 
     runtime = "onnx"
 
     def __init__(self, loaded, files, max_len, threads=None):
-        from export.onnx import session
+        from runtime.onnx import session
 
         super().__init__(loaded.path, loaded.meta, loaded.tokenizer, "bench", 1, max_len)
         self.sessions = {fn: session(path, threads) for fn, path in files.items()}
@@ -111,13 +111,12 @@ def export_onnx(model_dir, out_dir, int8=True):
     """The online functions of a model directory as ONNX (export/onnx.py), int8 copies of the
     encoder's function: writes `<out_dir>/files.json` = {"onnx": {fn: path}, "onnx-int8": {...}}."""
     from export.onnx import convert_function, quantize_int8
-    from export.saved_model import ids_functions
     from modeling.model_dir import load_model_dir
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     loaded = load_model_dir(model_dir)
-    fns = ids_functions(loaded.model, loaded.kind)
+    fns = loaded.model.serving_functions()
     online = {"cross_encoder": ["predict_ids"], "sbert": ["encode_ids"], "virt": ["encode_ids", "score"]}[loaded.kind]
     files = {"onnx": {fn: str(convert_function(fns[fn], out_dir / f"{fn}.onnx")) for fn in online}}
     if int8:  # the encoder carries the weights: quantise it, keep VIRT's small head in fp32
@@ -130,7 +129,7 @@ def export_onnx(model_dir, out_dir, int8=True):
 def open_backend(model_dir, backend="keras", onnx=None, max_len=512, loaded=None):
     """A Backend for `model_dir`: Keras, or the ONNX files of `onnx` (export_onnx's dict or its dir)."""
     from modeling.model_dir import load_model_dir
-    from serve.backends import KerasBackend
+    from runtime.backends import KerasBackend
 
     loaded = loaded or load_model_dir(model_dir)
     if backend == "keras":
@@ -154,7 +153,7 @@ def legacy_backend(loaded, max_len=512):
     import tensorflow as tf
 
     from modeling.encoder import pool
-    from serve.backends import KerasBackend
+    from runtime.backends import KerasBackend
     from virt.model import _masked_attend
 
     b = KerasBackend(loaded, "bench-before", max_len)
@@ -205,9 +204,9 @@ def ranker(backend, cands, queries, K, path="block", batch_size=CE_BATCH):
     (VIRT: the search path before issue 18, one padded row per candidate)."""
     from search.engine import broadcasts_query, virt_blocks
     from search.index import normalize
-    from serve.backends import pad_rows
-    from serve.batching import Block, run_in_batches, run_rows
-    from serve.signatures import pair_rows, text_rows
+    from runtime.backends import pad_rows
+    from runtime.batching import Block, run_in_batches, run_rows
+    from runtime.rows import pair_rows, text_rows
 
     n = len(cands.texts)
     broadcast = backend.kind == "virt" and broadcasts_query(backend)
@@ -312,9 +311,9 @@ def rerank_latency(model_dir, K=100, query_len=32, cand_len=128, backend="keras"
 def virt_breakdown(backend, legacy, cands, query, K, seconds):
     """p50 ms of each part of VIRT's online work for one query against K cached candidates."""
     from search.engine import virt_blocks
-    from serve.backends import pad_rows
-    from serve.batching import run_rows
-    from serve.signatures import text_rows
+    from runtime.backends import pad_rows
+    from runtime.batching import run_rows
+    from runtime.rows import text_rows
 
     rows = text_rows(backend, [query])
     enc = run_rows(backend, "encode_ids", rows)[0]

@@ -72,8 +72,8 @@ def main(argv=None):
 
     from search.engine import Searcher
     from search.index import Index, build_index
-    from serve.backends import open_model
-    from serve.batching import drive, run_in_batches
+    from runtime.backends import open_model
+    from runtime.batching import drive, run_in_batches
 
     out = Path(args.out or ROOT / "runs" / "retrieval" / datetime.now().strftime("%Y%m%d-%H%M%S"))
     out.mkdir(parents=True, exist_ok=True)

@@ -59,7 +59,7 @@ def main(argv=None):
     p.add_argument("--threads", type=int, help="intra-op threads (default: physical cores)")
     p.add_argument("--out", help="also write <out>/same_process.md and .json")
     args = p.parse_args(argv)
-    from export.onnx import session
+    from runtime.onnx import session
 
     named = [f.split("=", 1) if "=" in f else (Path(f).stem, f) for f in args.files]
     sessions = {name: session(path, args.threads) for name, path in named}

@@ -1,10 +1,10 @@
 """Data loading for sentence-pair matching: readers, a smoke-test sample set, vocabularies."""
 from .readers import (FORMATS, DataError, PairData, check_label_set, clean_text, label_map, read_pairs,
-                      swap_augment)
+                      read_texts, swap_augment)
 from .vocab import SPECIAL_TOKENS, build_vocab
 
 __all__ = ["FORMATS", "DataError", "PairData", "check_label_set", "clean_text", "label_map", "read_pairs",
-           "swap_augment", "make_sample", "build_vocab", "SPECIAL_TOKENS"]
+           "read_texts", "swap_augment", "make_sample", "build_vocab", "SPECIAL_TOKENS"]
 
 
 def __getattr__(name):

@@ -423,3 +423,19 @@ def label_map(label_values, labels=None) -> list[str]:
     if all(_is_number(v) for v in values):
         return sorted(values, key=lambda v: (float(v), v))
     return sorted(values)
+
+
+def read_texts(path):
+    """One text per line (a file, or stdin for '-'); ids are line numbers unless `id<TAB>text`."""
+    ids, texts = [], []
+    with (open(0, encoding="utf-8", closefd=False) if path == "-" else open(path, encoding="utf-8")) as f:
+        for n, line in enumerate(f, 1):
+            line = line.rstrip("\n")
+            if not line.strip():
+                continue
+            key, sep, text = line.partition("\t")
+            ids.append(key if sep else str(n))
+            texts.append(text if sep else line)
+    if not texts:
+        raise DataError(f"{'<stdin>' if path == '-' else path}: no texts")
+    return ids, texts

@@ -88,7 +88,7 @@ def parity_pairs(cfg, loaded, n):
 def python_features(loaded, a, b, max_len):
     """Python-tokenised, padded ids for the ids signature, and the unpadded rows."""
     tok = loaded.tokenizer
-    if loaded.kind == "cross_encoder":
+    if loaded.kind_class.joint_pair():
         enc = tok.encode_pairs(a, b, max_len)
         ids, mask = pad_ids(enc["input_ids"], tok.pad_id)
         types, _ = pad_ids(enc["token_type_ids"], 0)
@@ -101,24 +101,12 @@ def python_features(loaded, a, b, max_len):
 
 def keras_outputs(loaded, feats):
     """The Keras model's outputs (probs and/or cosine) on padded ids: the reference."""
-    import tensorflow as tf
-
-    model = loaded.model
-    out = model({k: tf.constant(v) for k, v in feats.items()}, training=False)
-    if loaded.kind == "sbert":
-        res = {"cosine": out["cosine"].numpy()}
-        if "logits" in out:
-            res["probs"] = tf.nn.softmax(out["logits"], axis=-1).numpy()
-        return res
-    return {"probs": tf.nn.softmax(tf.cast(out, tf.float32), axis=-1).numpy()}
+    return {k: v.numpy() for k, v in loaded.model.reference_outputs(feats).items()}
 
 
 def keras_encode(loaded, ids, mask):
-    import tensorflow as tf
-
-    if loaded.kind == "sbert":
-        return {"embeddings": loaded.model.encode(tf.constant(ids), tf.constant(mask)).numpy()}
-    return {"token_states": loaded.model.encode(tf.constant(ids), tf.constant(mask))["last_hidden_state"].numpy()}
+    """The Keras model's encode_ids output (embeddings or token states) on padded ids."""
+    return {k: v.numpy() for k, v in loaded.model.encode_reference(ids, mask).items()}
 
 
 def max_diff(got, want, keys=None, mask=None):
@@ -179,7 +167,7 @@ def run_checks(loaded, data, artifacts, ids_outputs, int8_rule=None, cosine_thre
     import tensorflow as tf
     import tensorflow_text  # noqa: F401
 
-    kind = loaded.kind
+    cls = loaded.kind_class
     checks, tokenization = {}, None
     outs = list(ids_outputs)
 
@@ -200,19 +188,19 @@ def run_checks(loaded, data, artifacts, ids_outputs, int8_rule=None, cosine_thre
         checks["saved_model.predict_ids"] = _check(over_batches(
             lambda bt: {k: v.numpy() for k, v in sigs["predict_ids"](
                 **{n: tf.constant(x) for n, x in bt["feats"].items()}).items()}), tol)
-        tokenization = _token_parity(sigs["tokenize"], data, kind)
-        if kind in ("sbert", "virt"):
-            key = "embeddings" if kind == "sbert" else "token_states"
+        tokenization = _token_parity(sigs["tokenize"], data, cls.joint_pair())
+        key = cls.encode_output
+        if key:
             worst = 0.0
             for bt in data.batches:
                 r = sigs["encode"](texts=tf.constant(bt["a"]))
                 want = data.encoded(bt, "x")
                 got = {key: r[key].numpy()}
                 worst = max(worst, max_diff(got, want, [key], bt["feats"]["x_mask"]))
-                if kind == "virt" and not np.array_equal(r["mask"].numpy(), bt["feats"]["x_mask"]):
+                if cls.late_interaction and not np.array_equal(r["mask"].numpy(), bt["feats"]["x_mask"]):
                     worst = float("inf")
             checks["saved_model.encode"] = _check(worst, tol)
-        if kind == "virt":
+        if cls.late_interaction:
             def score(bt):
                 f = bt["feats"]
                 hx, hy = data.encoded(bt, "x")["token_states"], data.encoded(bt, "y")["token_states"]
@@ -230,7 +218,7 @@ def run_checks(loaded, data, artifacts, ids_outputs, int8_rule=None, cosine_thre
 
     onnx_files = artifacts.get("onnx") or {}
     if onnx_files:
-        from export.onnx import session
+        from runtime.onnx import session
 
         tol = TOLERANCES["onnx"]
 
@@ -248,7 +236,7 @@ def run_checks(loaded, data, artifacts, ids_outputs, int8_rule=None, cosine_thre
             if label not in onnx_files:
                 continue
             sess = session(onnx_files[label])
-            key = "embeddings" if kind == "sbert" else "token_states"
+            key = cls.encode_output
             worst = 0.0
             for bt in data.batches:
                 f = bt["feats"]
@@ -356,13 +344,14 @@ def _int8_check(sess, run, data, outs, rule, threshold, file):
     return res
 
 
-def _token_parity(tokenize, data, kind):
-    """In-graph token ids vs PairTokenizer's, pair by pair."""
+def _token_parity(tokenize, data, joint_pair):
+    """In-graph token ids vs PairTokenizer's, pair by pair (`joint_pair`: the signature
+    tokenises a pair into one row, else one text)."""
     import tensorflow as tf
 
     differ, examples, total = 0, [], 0
     for bt in data.batches:
-        if kind == "cross_encoder":
+        if joint_pair:
             r = tokenize(text_a=tf.constant(bt["a"]), text_b=tf.constant(bt["b"]))
             got = _unpad(r["input_ids"].numpy(), r["attention_mask"].numpy())
             want = bt["rows"]["input_ids"]

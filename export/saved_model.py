@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 from pathlib import Path
 
@@ -37,84 +36,11 @@ import tensorflow as tf
 from export import ExportError
 from export.text import GraphTokenizer
 
-KINDS = ("cross_encoder", "sbert", "virt")
-PAIR_IDS = ("input_ids", "token_type_ids", "attention_mask")
-SIAMESE_IDS = ("x_ids", "x_mask", "y_ids", "y_mask")
 TEXT_PAIR = ("text_a", "text_b")
-
-
-def ids_spec(name):
-    return tf.TensorSpec([None, None], tf.int32, name=name)
 
 
 def string_spec(name):
     return tf.TensorSpec([None], tf.string, name=name)
-
-
-def ids_names(kind):
-    """Input names of the `predict_ids` signature of a kind (also the ONNX input names)."""
-    return PAIR_IDS if kind == "cross_encoder" else SIAMESE_IDS
-
-
-def outputs_of(loaded):
-    """Output names of serving_default / predict_ids: `probs` and/or `cosine`."""
-    if loaded.kind == "sbert":
-        return ("probs", "cosine") if loaded.model.objective == "softmax" else ("cosine",)
-    return ("probs",)
-
-
-def ids_functions(model, kind):
-    """The ids-level `tf.function`s of a model (input_signature set), keyed by name.
-
-    `predict_ids` for every kind; sbert adds `encode_ids` (ids, mask -> embeddings);
-    virt adds `encode_ids` (ids, mask -> token_states) and `score`. SavedModel,
-    frozen graph and ONNX are all made from these, so they compute the same thing.
-    """
-    if kind not in KINDS:
-        raise ExportError(f"cannot export a {kind!r} model (export supports {', '.join(KINDS)})")
-    fns = {}
-    if kind == "cross_encoder":
-        @tf.function(autograph=False, input_signature=[ids_spec(n) for n in PAIR_IDS])
-        def predict_ids(input_ids, token_type_ids, attention_mask):
-            logits = model({"input_ids": input_ids, "token_type_ids": token_type_ids,
-                            "attention_mask": attention_mask}, training=False)
-            return {"probs": tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)}
-        fns["predict_ids"] = predict_ids
-        return fns
-
-    @tf.function(autograph=False, input_signature=[ids_spec("input_ids"), ids_spec("attention_mask")])
-    def encode_ids(input_ids, attention_mask):
-        if kind == "sbert":
-            return {"embeddings": model.encode(input_ids, attention_mask)}
-        states = model.encode(input_ids, attention_mask)["last_hidden_state"]
-        return {"token_states": tf.cast(states, tf.float32)}
-
-    if kind == "sbert":
-        @tf.function(autograph=False, input_signature=[ids_spec(n) for n in SIAMESE_IDS])
-        def predict_ids(x_ids, x_mask, y_ids, y_mask):
-            out = model({"x_ids": x_ids, "x_mask": x_mask, "y_ids": y_ids, "y_mask": y_mask}, training=False)
-            res = {"cosine": out["cosine"]}
-            if "logits" in out:
-                res["probs"] = tf.nn.softmax(tf.cast(out["logits"], tf.float32), axis=-1)
-            return res
-    else:
-        hidden = model.encoder.hidden_size
-
-        @tf.function(autograph=False, input_signature=[tf.TensorSpec([None, None, hidden], tf.float32, name="x_states"),
-                                      ids_spec("x_mask"),
-                                      tf.TensorSpec([None, None, hidden], tf.float32, name="y_states"),
-                                      ids_spec("y_mask")])
-        def score(x_states, x_mask, y_states, y_mask):
-            return {"probs": tf.cast(model.score(x_states, x_mask, y_states, y_mask), tf.float32)}
-
-        @tf.function(autograph=False, input_signature=[ids_spec(n) for n in SIAMESE_IDS])
-        def predict_ids(x_ids, x_mask, y_ids, y_mask):
-            logits = model({"x_ids": x_ids, "x_mask": x_mask, "y_ids": y_ids, "y_mask": y_mask}, training=False)
-            return {"probs": tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)}
-        fns["score"] = score
-    fns["predict_ids"] = predict_ids
-    fns["encode_ids"] = encode_ids
-    return fns
 
 
 class ServingModule(tf.Module):
@@ -128,8 +54,9 @@ class ServingModule(tf.Module):
 
     def __init__(self, loaded, max_len, tokenizer="fast"):
         super().__init__(name="serving")
-        kind = loaded.kind
-        self.kind = kind
+        cls = type(loaded.model)
+        self.late_interaction = cls.late_interaction
+        self.has_encode = bool(cls.encode_output)
         # Track the weights, not the Keras model object: the functions below are all a server
         # needs, and saving the Keras object graph too costs time and size (~1 s, 20%).
         self.model_weights = list(loaded.model.weights)
@@ -139,14 +66,14 @@ class ServingModule(tf.Module):
         self.vocab_file = tf.saved_model.Asset(str(vocab_path))
         if loaded.path is not None and (Path(loaded.path) / "model.json").is_file():
             self.meta_file = tf.saved_model.Asset(str(Path(loaded.path) / "model.json"))
-        fns = ids_functions(loaded.model, kind)
+        fns = loaded.model.serving_functions()
         self.predict_ids = fns["predict_ids"]
         tok = self.tokenizer
         a_spec, b_spec = string_spec("text_a"), string_spec("text_b")
 
         # The string signatures call the `tokenize` tf.function: traced once, one copy
         # of the tokeniser graph in the SavedModel, shared by every signature.
-        if kind == "cross_encoder":
+        if cls.joint_pair():
             @tf.function(autograph=False, input_signature=[a_spec, b_spec])
             def tokenize(text_a, text_b):
                 return tok.encode_pairs(text_a, text_b)
@@ -156,8 +83,6 @@ class ServingModule(tf.Module):
             def serving_default(text_a, text_b):
                 return self.predict_ids(**self.tokenize(text_a, text_b))
         else:
-            self.encode_ids = fns["encode_ids"]
-
             @tf.function(autograph=False, input_signature=[string_spec("texts")])
             def tokenize(texts):
                 return tok.encode_texts(texts)
@@ -168,25 +93,27 @@ class ServingModule(tf.Module):
                 x, y = self.tokenize(text_a), self.tokenize(text_b)
                 return self.predict_ids(x_ids=x["input_ids"], x_mask=x["attention_mask"],
                                         y_ids=y["input_ids"], y_mask=y["attention_mask"])
+        if self.has_encode:
+            self.encode_ids = fns["encode_ids"]
 
             @tf.function(autograph=False, input_signature=[string_spec("texts")])
             def encode(texts):
                 x = self.tokenize(texts)
                 out = self.encode_ids(**x)
-                if kind == "virt":
-                    out = {"token_states": out["token_states"], "mask": x["attention_mask"]}
+                if cls.late_interaction:  # token states need their mask
+                    out = {cls.encode_output: out[cls.encode_output], "mask": x["attention_mask"]}
                 return out
             self.encode = encode
-            if kind == "virt":
-                self.score = fns["score"]
+        if cls.late_interaction:
+            self.score = fns["score"]
         self.serving_default = serving_default
 
     def signatures(self):
         sigs = {"serving_default": self.serving_default, "predict_ids": self.predict_ids,
                 "tokenize": self.tokenize}
-        if self.kind in ("sbert", "virt"):
+        if self.has_encode:
             sigs["encode"] = self.encode
-        if self.kind == "virt":
+        if self.late_interaction:
             sigs["score"] = self.score
         return sigs  # tf.functions: traced by tf.saved_model.save itself (tracing here first would trace twice)
 
@@ -262,17 +189,3 @@ def write_models_config(saved_model_root, base_path_prefix="/models"):
     (root / "models.config").write_text(render(lambda n: f"{base_path_prefix.rstrip('/')}/{n}"), encoding="utf-8")
     (root / "models.local.config").write_text(render(lambda n: str((root / n).resolve())), encoding="utf-8")
     return root / "models.config"
-
-
-NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
-
-
-def default_name(model_dir, kind):
-    """The model dir's parent name (`runs/virt/<stamp>/model` -> `<stamp>` only if it is a
-    usable name, i.e. starts with a letter), else its own name unless that is `model`, else the kind."""
-    p = Path(model_dir).resolve()
-    for cand in (p.parent.name, p.name if p.name != "model" else ""):
-        cand = re.sub(r"[^A-Za-z0-9_.-]", "_", cand)
-        if NAME_RE.match(cand):
-            return cand
-    return kind

@@ -36,16 +36,17 @@ from datetime import datetime
 from pathlib import Path
 
 from export import ExportError
-from export.onnx import FUSED_NAMES, ONNX_FILES
-from export.saved_model import (KINDS, NAME_RE, default_name, ids_functions, outputs_of,
-                                publish_version, stage_saved_model, write_models_config)
+from runtime.onnx import FUSED_NAMES, ONNX_FILES
+from runtime.progress import Steps
+from export.saved_model import publish_version, stage_saved_model, write_models_config
+from runtime.backends import NAME_RE, default_name, servable_kinds
 
 log = logging.getLogger(__name__)
 
 
 def load_for_export(model_dir):
     """A model directory of an exportable kind, with clear errors for everything else."""
-    from modeling.model_dir import load_model_dir, read_meta
+    from modeling.model_dir import kind_class, load_model_dir, read_meta
 
     if model_dir is None:
         raise ExportError("set export.model to a trained model directory, e.g. "
@@ -54,20 +55,24 @@ def load_for_export(model_dir):
     if not path.is_dir():
         raise ExportError(f"{path}: no such model directory")
     meta = read_meta(path)  # "not a model directory" / unknown kind
-    if meta["kind"] not in KINDS:
+    if not kind_class(meta).servable:
         raise ExportError(f"{path}: a {meta['kind']} model cannot be exported "
-                          f"(export supports {', '.join(KINDS)})")
+                          f"(export supports {', '.join(servable_kinds())})")
     vocab = path / meta.get("tokenizer", {}).get("vocab", "vocab.txt")
     if not vocab.is_file():
         raise ExportError(f"{path}: {vocab.name} is missing; the export needs the model's vocabulary")
     return load_model_dir(path)
 
 
-def cosine_threshold(model_dir):
-    """An sbert run's cosine threshold (valid split) from `<run>/metrics.json`, if any."""
-    metrics = Path(model_dir).resolve().parent / "metrics.json"
+def cosine_threshold(loaded):
+    """The run's decision threshold on `cosine` (valid split) from `<run>/metrics.json`, for a
+    kind that chooses one (`threshold_metric`: sbert), if any."""
+    key = loaded.kind_class.threshold_metric
+    if key is None:
+        return None
+    metrics = Path(loaded.path).resolve().parent / "metrics.json"
     try:
-        return float(json.loads(metrics.read_text(encoding="utf-8"))["valid"]["cosine_threshold"])
+        return float(json.loads(metrics.read_text(encoding="utf-8"))["valid"][key])
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -119,15 +124,18 @@ def export_loaded(loaded, cfg):
     staging = out / f".staging-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     sm_stage = None
+    fns = loaded.model.serving_functions()
+    steps = Steps(_steps(e, fns), "export")
     try:
         log.info("exporting %s model %s as %r (max_seq_len %d) to %s", kind, loaded.path, name, max_len, out)
         t0 = time.time()
+        steps.start("SavedModel")
         sm_stage, version = stage_saved_model(loaded, model_base, max_len, e.tokenizer)
         log.info("SavedModel version %d written (%.1fs)", version, time.time() - t0)
-        fns = ids_functions(loaded.model, kind)
         artifacts = {"saved_model": sm_stage}
         if "frozen" in e.formats:
             t0 = time.time()
+            steps.start("frozen graph")
             freeze(fns["predict_ids"], staging / "frozen", extra={"kind": kind, "model": name})
             artifacts["frozen"] = staging / "frozen"
             log.info("frozen graph written (%.1fs)", time.time() - t0)
@@ -136,14 +144,18 @@ def export_loaded(loaded, cfg):
             t0 = time.time()
             for fn_name, file in ONNX_FILES.items():
                 if fn_name in fns:
+                    steps.start(f"ONNX {file}")
                     onnx_files[fn_name] = onnx_export.convert_function(fns[fn_name], staging / "onnx" / file,
                                                                       e.opset)
             if e.int8:
+                steps.start("int8 quantisation")
                 onnx_files["int8"] = onnx_export.quantize_int8(onnx_files["predict_ids"],
                                                                staging / "onnx" / "model.int8.onnx")
             if e.fuse:
+                steps.start("fusion")
                 fusion = fuse_graphs(onnx_files, staging / "onnx", loaded.model.encoder, e.int8)
             if e.ort_optimization:
+                steps.start(f"onnxruntime {e.ort_optimization} optimisation")
                 onnx_files[f"opt-{e.ort_optimization}"] = onnx_export.optimize(onnx_files["predict_ids"],
                                                                               e.ort_optimization)
             onnx_files = {k: str(v) for k, v in onnx_files.items()}
@@ -152,12 +164,15 @@ def export_loaded(loaded, cfg):
                      time.time() - t0)
 
         t0 = time.time()
+        steps.start("parity: Keras reference")
         a, b, labels, source = parity_pairs(cfg, loaded, e.parity_samples)
         data = Batches(loaded, a, b, labels, max_len, batch_size=e.parity_batch_size)
+        steps.start("parity checks")
         rule = {"min_agreement": e.int8_min_agreement, "min_margin": e.int8_min_margin,
                 "max_accuracy_drop": e.int8_max_accuracy_drop}
-        result = run_checks(loaded, data, artifacts, outputs_of(loaded), int8_rule=rule,
-                            cosine_threshold=cosine_threshold(loaded.path) if kind == "sbert" else None)
+        outputs = loaded.model.predict_outputs(loaded.model.get_config())
+        result = run_checks(loaded, data, artifacts, outputs, int8_rule=rule, cosine_threshold=cosine_threshold(loaded))
+        steps.close()
         log.info("parity checks on %d pairs (%.1fs)", len(a), time.time() - t0)
         report = {"ok": result["ok"], "failed": result["failed"], "model": str(loaded.path), "kind": kind,
                   "name": name, "version": version, "max_seq_len": max_len, "tokenizer": e.tokenizer,
@@ -213,11 +228,19 @@ def export_loaded(loaded, cfg):
         write_report(out / "parity.json", report)
         shutil.rmtree(out / "failed", ignore_errors=True)
     finally:
+        steps.close()
         shutil.rmtree(staging, ignore_errors=True)
         if sm_stage is not None:
             shutil.rmtree(sm_stage, ignore_errors=True)
     _print_summary(out, report)
     return report
+
+
+def _steps(e, fns):
+    """How many steps the export of `fns` as `e` says takes (the progress bar's total)."""
+    onnx = "onnx" in e.formats
+    return (1 + ("frozen" in e.formats) + 2 + onnx * (sum(fn in fns for fn in ONNX_FILES) + bool(e.int8)
+                                                      + bool(e.fuse) + bool(e.ort_optimization)))
 
 
 # Speed variants of model.onnx / encode.onnx: a failed check withholds the file alone (docs/export.md).

@@ -7,9 +7,10 @@ of VIRT (which uses mean pooling).
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 
 from modeling.encoder import BertEncoder, pool
-from modeling.task_model import PairModel, pair_dummy_inputs
+from modeling.task_model import PAIR_IDS, PairModel, ids_spec, pair_dummy_inputs
 
 
 def as_encoder(encoder):
@@ -30,6 +31,8 @@ class CrossEncoder(PairModel):
     """
 
     kind = "cross_encoder"
+    servable = True
+    reranks = True
 
     def __init__(self, encoder, num_labels, pooling="cls", dropout=0.1, **kwargs):
         super().__init__(**kwargs)
@@ -63,6 +66,13 @@ class CrossEncoder(PairModel):
 
     def dummy_inputs(self):
         return pair_dummy_inputs()
+
+    def serving_functions(self):
+        @tf.function(autograph=False, input_signature=[ids_spec(n) for n in PAIR_IDS])
+        def predict_ids(input_ids, token_type_ids, attention_mask):
+            return self.reference_outputs({"input_ids": input_ids, "token_type_ids": token_type_ids,
+                                           "attention_mask": attention_mask})
+        return {"predict_ids": predict_ids}
 
     def get_config(self):
         return {**super().get_config(), "encoder": self.encoder.architecture(),

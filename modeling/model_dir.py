@@ -22,18 +22,16 @@ from pathlib import Path
 import keras
 
 from modeling.checkpoints import CheckpointError
+from modeling.task_model import KINDS
 from modeling.tokenization import PairTokenizer
 
 FORMAT = "textmatch-model"
 FORMAT_VERSION = 1
 
-# kind -> module that registers the model class with Keras serialisation.
-KIND_MODULES = {
-    "cross_encoder": "modeling.cross_encoder",
-    "sbert": "senbert.model",
-    "virt": "virt.model",
-    "mlm": "pretrain.model",
-}
+ROOT = Path(__file__).resolve().parents[1]
+# Model modules that moved, old -> new: model.json records the module of the model class (Keras's
+# "module"), so a directory written before the move names the old one (tried first, while it exists).
+MOVED_MODULES = {"modeling.cross_encoder": "crossenc.model"}
 
 
 @dataclass
@@ -46,6 +44,11 @@ class LoadedModel:
     @property
     def kind(self):
         return self.meta["kind"]
+
+    @property
+    def kind_class(self):
+        """The registered class of the kind: what export, the runtime and search need of it."""
+        return KINDS[self.kind]
 
     @property
     def labels(self):
@@ -97,9 +100,46 @@ def read_meta(path):
         raise CheckpointError(f"{meta_file}: not valid JSON ({e})") from None
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{meta_file}: not a {FORMAT} model directory")
-    if meta.get("kind") not in KIND_MODULES:
-        raise CheckpointError(f"{meta_file}: unknown model kind {meta.get('kind')!r}")
+    kind_class(meta, meta_file)
     return meta
+
+
+def kind_class(meta, where="model.json"):
+    """The model class registered for `meta["kind"]` (modeling.task_model.KINDS).
+
+    The class registers itself when its module is imported: the module model.json's model
+    config names (Keras records "module" and "class_name"), so modeling never names the
+    packages above it. A kind still unknown is looked for among all the project's model
+    modules (`discover_kinds`) before it is refused."""
+    kind = meta.get("kind")
+    module = (meta.get("model") or {}).get("module") if isinstance(meta.get("model"), dict) else None
+    if isinstance(module, str) and kind not in KINDS:
+        _import_model_module(module) or _import_model_module(MOVED_MODULES.get(module, ""))
+    if kind not in KINDS:
+        discover_kinds()
+    if not isinstance(kind, str) or kind not in KINDS:
+        raise CheckpointError(f"{where}: unknown model kind {kind!r}")
+    return KINDS[kind]
+
+
+def discover_kinds():
+    """Import every `<package>/model.py` of the project (the method packages' model classes
+    register their kinds on import); returns the registry, kind -> class."""
+    for f in sorted(ROOT.glob("*/model.py")):
+        if (f.parent / "__init__.py").is_file():
+            _import_model_module(f"{f.parent.name}.model")
+    return KINDS
+
+
+def _import_model_module(name):
+    """Import a module named by a model.json, only if it is one of the project's own files
+    (a foreign or missing module is never imported: its kind stays unknown). Returns whether it was."""
+    parts = name.split(".")
+    if not all(p.isidentifier() for p in parts) or not (
+            (ROOT / Path(*parts)).with_suffix(".py").is_file() and (ROOT / parts[0] / "__init__.py").is_file()):
+        return False
+    importlib.import_module(name)
+    return True
 
 
 def load_model_dir(path, expect_kind=None):
@@ -109,7 +149,6 @@ def load_model_dir(path, expect_kind=None):
     if expect_kind is not None and meta["kind"] not in (
             (expect_kind,) if isinstance(expect_kind, str) else tuple(expect_kind)):
         raise CheckpointError(f"{path}: a {meta['kind']} model, expected {expect_kind}")
-    importlib.import_module(KIND_MODULES[meta["kind"]])
     for name in ("vocab.txt", "model.weights.h5"):
         if not (path / name).is_file():
             raise CheckpointError(f"{path}: {name} is missing (half-written model directory?)")

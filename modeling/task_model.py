@@ -7,6 +7,11 @@ A task model is a `keras.Model` that
 - `loss_terms(x, y, y_pred)`: named scalar losses, each a mean over the batch
   (the trainer sums them, scales for replicas and logs each);
 - `dummy_inputs()`: a tiny batch that creates every variable.
+
+A model class with a `kind` registers itself (`KINDS`), and its class attributes say what
+export, the inference runtime, the server and search need of the kind (its functions, their
+input and output names), so none of them branches on the kind's name. The attributes are
+readable from model.json without building the model (`model_dir.kind_class`).
 """
 
 from __future__ import annotations
@@ -15,12 +20,56 @@ import keras
 import tensorflow as tf
 
 
+# predict_ids' inputs (and the ONNX input names): a jointly tokenised pair, or two texts tokenised alone.
+PAIR_IDS = ("input_ids", "token_type_ids", "attention_mask")
+SIAMESE_IDS = ("x_ids", "x_mask", "y_ids", "y_mask")
+
+KINDS = {}  # kind -> model class; filled by PairModel.__init_subclass__
+
+
 def _ids(n):
     return tf.constant([[2, 5, 3] + [0] * (n - 3)], tf.int32)
 
 
 class PairModel(keras.Model):
     kind = "abstract"
+    servable = False  # exported (SavedModel, ONNX) and served
+    ids_inputs = PAIR_IDS  # predict_ids' inputs; PAIR_IDS: a pair is tokenised jointly, [CLS] a [SEP] b [SEP]
+    encode_output = None  # encode_ids' output for one text (None: no such function): "embeddings" [B, H] ...
+    late_interaction = False  # ... or per-token "token_states" [B, T, H], scored by `score` (VIRT)
+    reranks = False  # its predict_ids on (query, candidate) may rerank search results
+    threshold_metric = None  # metrics.json's "valid" key of a decision threshold on `cosine` (no classifier)
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if isinstance(cls.__dict__.get("kind"), str):  # training wrappers take their student's kind
+            KINDS[cls.kind] = cls
+
+    @classmethod
+    def joint_pair(cls):
+        """Whether a pair is one input ([CLS] a [SEP] b [SEP]) rather than two texts encoded alone."""
+        return cls.ids_inputs == PAIR_IDS
+
+    @classmethod
+    def predict_outputs(cls, config):
+        """Output names of predict_ids / serving_default, from the model's Keras config (model.json)."""
+        return ("probs",)
+
+    def serving_functions(self):
+        """The ids-level `tf.function`s (input_signature set) by name: `predict_ids` (inputs
+        `ids_inputs`, outputs `predict_outputs`), `encode_ids` when `encode_output`, `score` when
+        `late_interaction`. SavedModel, frozen graph, ONNX and the Keras backend are all made
+        from these, so they compute the same thing."""
+        raise NotImplementedError(f"a {self.kind} model has no serving functions")
+
+    def reference_outputs(self, feats):
+        """predict_ids' outputs on padded ids (tensors or arrays): class probabilities."""
+        logits = self({k: tf.convert_to_tensor(v) for k, v in feats.items()}, training=False)
+        return {"probs": tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)}
+
+    def encode_reference(self, ids, mask):
+        """encode_ids' output `{encode_output: ...}` on padded ids of single texts."""
+        raise NotImplementedError(f"a {self.kind} model encodes no single text")
 
     def featurize(self, tokenizer, texts_a, texts_b, max_len):
         raise NotImplementedError
@@ -84,6 +133,16 @@ def cross_entropy(labels, logits):
     """Mean softmax cross-entropy of integer `labels` [B] given `logits` [B, C]."""
     return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
         labels=tf.cast(labels, tf.int32), logits=tf.cast(logits, tf.float32)))
+
+
+def ids_spec(name):
+    return tf.TensorSpec([None, None], tf.int32, name=name)
+
+
+def siamese_dummy_inputs():
+    ids = tf.constant([[2, 5, 3]], tf.int32)
+    mask = tf.ones_like(ids)
+    return {"x_ids": ids, "x_mask": mask, "y_ids": ids, "y_mask": mask}
 
 
 def pair_dummy_inputs():

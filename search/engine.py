@@ -1,4 +1,4 @@
-"""Recall + rerank over an index, as a plan (serve.batching.drive) so the same code runs in
+"""Recall + rerank over an index, as a plan (runtime.batching.drive) so the same code runs in
 the search task (direct batches) and behind `POST /v1/search` (through the micro-batchers).
 
     searcher = Searcher(Index(dir), query_backend, reranker=None | "virt" | cross_encoder_backend)
@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.batching import Block, Call
+from runtime.rows import pair_rows, text_rows
 from search.index import Recall, SearchError, recall_vectors
-from serve.batching import Block, Call
-from serve.signatures import pair_rows, text_rows
 
 RERANK_BLOCK = 256  # candidates per VIRT score call: bounds the [K, Tq, Tc] score tensors and [K, Tc, H] states
 
@@ -54,6 +54,14 @@ def broadcasts_query(backend):
     return dims.get("x_states") != dims.get("y_states")
 
 
+def _rerankers():
+    """What may rerank, for messages: "a cross_encoder, or virt" (a reranking kind's model, or an
+    index's own token states)."""
+    from modeling.model_dir import discover_kinds
+
+    return f"a {' or '.join(sorted(k for k, c in discover_kinds().items() if c.reranks))}, or virt"
+
+
 def positive_class(backend):
     from training.metrics import positive_index
 
@@ -66,10 +74,10 @@ class Searcher:
     def __init__(self, index, query_backend, reranker=None, recall="auto"):
         if query_backend.kind != index.kind:
             raise SearchError(f"{index.path}: a {index.kind} index, but the query model is {query_backend.kind}")
-        if reranker == "virt" and index.kind != "virt":
+        if reranker == "virt" and not index.has_states:
             raise SearchError(f"{index.path}: rerank=virt needs a virt index (this one is {index.kind})")
-        if reranker not in (None, "virt") and reranker.kind != "cross_encoder":
-            raise SearchError(f"{reranker.path}: a {reranker.kind} model cannot rerank (a cross_encoder, or virt)")
+        if reranker not in (None, "virt") and not reranker.model_class.reranks:
+            raise SearchError(f"{reranker.path}: a {reranker.kind} model cannot rerank ({_rerankers()})")
         self.index, self.query_backend, self.reranker = index, query_backend, reranker
         self.recall = Recall(index.vectors, recall)
         self.rerank_backend = query_backend if reranker == "virt" else reranker
@@ -80,7 +88,7 @@ class Searcher:
         qb = self.query_backend
         rows = text_rows(qb, queries)
         encoded = yield Call(qb, "encode_ids", rows)
-        scores, idx = self.recall.search(recall_vectors(qb.kind, encoded), k)
+        scores, idx = self.recall.search(recall_vectors(qb.model_class, encoded), k)
         results = [[{"index": int(j), "id": self.index.ids[j], "text": self.index.texts[j], "cosine": float(s)}
                     for s, j in zip(srow, irow)] for srow, irow in zip(scores, idx)]
         if rerank and self.reranker is not None:
@@ -109,14 +117,15 @@ class Searcher:
 def open_searcher(index_dir, rerank=None, recall="auto", backend="onnx", query_backend=None, threads=None):
     """A Searcher for an index directory: opens the index's model (or reuses `query_backend`
     when it is that model) and the reranker (a model / export dir, or "virt")."""
+    from modeling.model_dir import kind_class, read_meta
+    from runtime.backends import open_model
     from search.index import Index
-    from serve.backends import open_model, read_kind
 
     index = Index(index_dir)
-    if rerank == "virt" and index.kind != "virt":  # cheap checks before any model is loaded
+    if rerank == "virt" and not index.has_states:  # cheap checks before any model is loaded
         raise SearchError(f"{index.path}: rerank=virt needs a virt index (this one is {index.kind})")
-    if rerank not in (None, "virt") and (kind := read_kind(rerank)) != "cross_encoder":
-        raise SearchError(f"{rerank}: a {kind} model cannot rerank (a cross_encoder, or virt)")
+    if rerank not in (None, "virt") and not kind_class(meta := read_meta(rerank)).reranks:
+        raise SearchError(f"{rerank}: a {meta['kind']} model cannot rerank ({_rerankers()})")
     model = index.meta["model"]
     if query_backend is None or Path(query_backend.path).resolve() != Path(model).resolve():
         if not Path(model).is_dir():
@@ -126,5 +135,5 @@ def open_searcher(index_dir, rerank=None, recall="auto", backend="onnx", query_b
         query_backend.max_len = int(index.meta["max_seq_len"])
     reranker = rerank
     if rerank not in (None, "virt"):
-        reranker = open_model(rerank, backend, threads=threads, kinds=("cross_encoder",))
+        reranker = open_model(rerank, backend, threads=threads)
     return Searcher(index, query_backend, reranker, recall)

@@ -41,20 +41,31 @@ def normalize(v):
     return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
 
 
-def recall_vectors(kind, rows):
-    """Row outputs of encode_ids -> recall vectors [N, D] (normalised)."""
-    if kind == "sbert":
-        return normalize(np.stack([r["embeddings"] for r in rows]))
-    return normalize(np.stack([r["token_states"].mean(axis=0) for r in rows]))  # rows hold valid tokens only
+def recall_vectors(model_class, rows):
+    """Row outputs of encode_ids -> recall vectors [N, D] (normalised): the sentence embedding,
+    or the mean of a late-interaction model's token states (rows hold valid tokens only)."""
+    key = model_class.encode_output
+    if model_class.late_interaction:
+        return normalize(np.stack([r[key].mean(axis=0) for r in rows]))
+    return normalize(np.stack([r[key] for r in rows]))
+
+
+def index_kinds():
+    """The kinds that can build an index: those whose encode_ids encodes one text."""
+    from modeling.model_dir import discover_kinds
+
+    return tuple(sorted(k for k, cls in discover_kinds().items() if cls.servable and cls.encode_output))
 
 
 def build_index(backend, ids, texts, out, batch_size=64, corpus=None):
-    """Encode `texts` with `backend` (sbert or virt) into the index directory `out`."""
-    from serve.batching import run_in_batches
-    from serve.signatures import text_rows
+    """Encode `texts` with `backend` (a kind with encode_ids: sbert, virt) into the index directory `out`."""
+    from runtime.batching import run_in_batches
+    from runtime.rows import text_rows
 
-    if backend.kind not in ("sbert", "virt"):
-        raise SearchError(f"{backend.path}: a {backend.kind} model cannot build an index (sbert or virt)")
+    cls = backend.model_class
+    if not cls.encode_output:
+        raise SearchError(f"{backend.path}: a {backend.kind} model cannot build an index "
+                          f"({' or '.join(index_kinds())})")
     seen, keep = set(), []
     for i, t in enumerate(texts):
         if t not in seen:
@@ -67,18 +78,19 @@ def build_index(backend, ids, texts, out, batch_size=64, corpus=None):
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     t0 = time.time()
-    rows = run_in_batches(backend, "encode_ids", text_rows(backend, texts), batch_size)
-    vectors = recall_vectors(backend.kind, rows)
+    rows = run_in_batches(backend, "encode_ids", text_rows(backend, texts), batch_size, progress="index: encoding")
+    vectors = recall_vectors(cls, rows)
     np.save(tmp / "vectors.npy", vectors)
     meta = {"format": FORMAT, "kind": backend.kind, "model": str(Path(backend.path).resolve()),
             "backend": backend.runtime, "n": len(texts), "dim": int(vectors.shape[1]),
             "max_seq_len": backend.max_len, "corpus": corpus, "duplicates_dropped": dropped,
             "seconds": round(time.time() - t0, 3)}
-    if backend.kind == "virt":
-        lengths = np.array([len(r["token_states"]) for r in rows], np.int64)
+    if cls.late_interaction:  # keep the token states: the model's `score` reranks on them
+        key = cls.encode_output
+        lengths = np.array([len(r[key]) for r in rows], np.int64)
         np.save(tmp / "offsets.npy", np.concatenate([[0], np.cumsum(lengths)]))
-        np.save(tmp / "states.npy", np.concatenate([r["token_states"] for r in rows]).astype(np.float16))
-        meta["hidden_size"] = int(rows[0]["token_states"].shape[1])
+        np.save(tmp / "states.npy", np.concatenate([r[key] for r in rows]).astype(np.float16))
+        meta["hidden_size"] = int(rows[0][key].shape[1])
     with open(tmp / "texts.jsonl", "w", encoding="utf-8") as f:
         for i, t in zip(ids, texts):
             f.write(json.dumps({"id": i, "text": t}, ensure_ascii=False) + "\n")
@@ -114,9 +126,12 @@ class Index:
         if self.meta.get("format") != FORMAT:
             raise SearchError(f"{meta_file}: not a {FORMAT} file")
         self.kind = self.meta["kind"]
+        # Token states are stored (and rerank=virt possible) for a late-interaction kind, whose
+        # index.json alone has hidden_size (every index written so far: virt ones).
+        self.has_states = "hidden_size" in self.meta
         try:
             self.vectors = np.load(self.path / "vectors.npy")
-            if self.kind == "virt":
+            if self.has_states:
                 self._states = np.load(self.path / "states.npy", mmap_mode="r")
                 if states_dtype == "float32":
                     self._states = _to_float32(self._states)

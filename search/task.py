@@ -27,8 +27,7 @@ PAIR_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
 
 def read_corpus(path, data_cfg):
     """(ids, texts) of a text file or of a pair file's text_b column."""
-    from data import read_pairs
-    from senbert.task import read_texts
+    from data import read_pairs, read_texts
 
     p = Path(path)
     if data_cfg.format != "auto" or p.suffix.lower() in PAIR_SUFFIXES:
@@ -39,14 +38,14 @@ def read_corpus(path, data_cfg):
 
 
 def index_task(cfg):
-    from search.index import SearchError, build_index
-    from serve.backends import open_model
+    from runtime.backends import open_model
+    from search.index import SearchError, build_index, index_kinds
 
     ic = cfg.index
     if ic.model is None or ic.corpus is None:
         raise SearchError("set index.model (an sbert or virt model / export directory) and index.corpus "
                           "(a text file or pair file)")
-    backend = open_model(ic.model, ic.backend, kinds=("sbert", "virt"))
+    backend = open_model(ic.model, ic.backend, kinds=index_kinds())
     if ic.max_seq_len:
         backend.max_len = ic.max_seq_len
     ids, texts = read_corpus(ic.corpus, cfg.data)
@@ -58,10 +57,10 @@ def index_task(cfg):
 
 
 def search_task(cfg):
+    from data import read_texts
+    from runtime.batching import drive, run_in_batches
     from search.engine import open_searcher
     from search.index import SearchError
-    from senbert.task import read_texts
-    from serve.batching import drive, run_in_batches
 
     sc = cfg.search
     if sc.index is None:

@@ -13,9 +13,8 @@ import tensorflow as tf
 
 from modeling.cross_encoder import as_encoder
 from modeling.encoder import pool
-from modeling.task_model import PairModel
+from modeling.task_model import SIAMESE_IDS, PairModel, ids_spec, siamese_dummy_inputs
 from senbert.losses import cosine, cosine_loss, mnrl_loss, softmax_loss
-from virt.model import siamese_dummy_inputs
 
 
 @keras.saving.register_keras_serializable(package="textmatch")
@@ -35,6 +34,10 @@ class SentenceBert(PairModel):
     """
 
     kind = "sbert"
+    servable = True
+    ids_inputs = SIAMESE_IDS
+    encode_output = "embeddings"
+    threshold_metric = "cosine_threshold"  # chosen on the valid split by the sbert evaluator
 
     def __init__(self, encoder, num_labels=2, objective="softmax", pooling="mean", normalize=False,
                  scale=20.0, positive_index=1, targets=None, dropout=0.1, **kwargs):
@@ -87,6 +90,31 @@ class SentenceBert(PairModel):
 
     def dummy_inputs(self):
         return siamese_dummy_inputs()
+
+    @classmethod
+    def predict_outputs(cls, config):
+        """`cosine`, and `probs` when the softmax objective trained a classifier."""
+        return ("cosine", "probs") if config.get("objective", "softmax") == "softmax" else ("cosine",)
+
+    def reference_outputs(self, feats):
+        out = self({k: tf.convert_to_tensor(v) for k, v in feats.items()}, training=False)
+        res = {"cosine": out["cosine"]}
+        if "logits" in out:
+            res["probs"] = tf.nn.softmax(tf.cast(out["logits"], tf.float32), axis=-1)
+        return res
+
+    def encode_reference(self, ids, mask):
+        return {"embeddings": self.encode(tf.convert_to_tensor(ids), tf.convert_to_tensor(mask))}
+
+    def serving_functions(self):
+        @tf.function(autograph=False, input_signature=[ids_spec("input_ids"), ids_spec("attention_mask")])
+        def encode_ids(input_ids, attention_mask):
+            return self.encode_reference(input_ids, attention_mask)
+
+        @tf.function(autograph=False, input_signature=[ids_spec(n) for n in SIAMESE_IDS])
+        def predict_ids(x_ids, x_mask, y_ids, y_mask):
+            return self.reference_outputs({"x_ids": x_ids, "x_mask": x_mask, "y_ids": y_ids, "y_mask": y_mask})
+        return {"predict_ids": predict_ids, "encode_ids": encode_ids}
 
     def get_config(self):
         return {**super().get_config(), "encoder": self.encoder.architecture(), "num_labels": self.num_labels,

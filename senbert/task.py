@@ -10,7 +10,7 @@ import numpy as np
 from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
-from data import DataError
+from data import DataError, read_texts
 from modeling.model_dir import load_model_dir
 from senbert.model import SentenceBert
 from training.metrics import classification_metrics, positive_index
@@ -101,22 +101,6 @@ def train_sbert(cfg):
                          report={"sbert": {"objective": s.objective, "pooling": s.pooling, "normalize": s.normalize}})
     print_summary(run_dir, metrics)
     return metrics
-
-
-def read_texts(path):
-    """One text per line (a file, or stdin for '-'); ids are line numbers unless `id<TAB>text`."""
-    ids, texts = [], []
-    with (open(0, encoding="utf-8", closefd=False) if path == "-" else open(path, encoding="utf-8")) as f:
-        for n, line in enumerate(f, 1):
-            line = line.rstrip("\n")
-            if not line.strip():
-                continue
-            key, sep, text = line.partition("\t")
-            ids.append(key if sep else str(n))
-            texts.append(text if sep else line)
-    if not texts:
-        raise DataError(f"{'<stdin>' if path == '-' else path}: no texts")
-    return ids, texts
 
 
 def embed(cfg):

@@ -2,7 +2,7 @@
 
     python run_tasks.py --task serve --set serve.model=<export dir or model dir>
 
-Modules: `backends` (onnxruntime / SavedModel / Keras behind one interface), `batching`
-(rows, micro-batcher, plans), `signatures` (TF Serving request/response shapes),
-`metrics` (Prometheus text), `app` (FastAPI routes), `task` (the serve task).
+Modules: `signatures` (TF Serving request/response shapes), `metrics` (Prometheus text),
+`app` (FastAPI routes), `task` (the serve task). The backends and the micro-batcher are
+the inference runtime's (runtime/).
 """

@@ -9,7 +9,7 @@
 Every error is `{"error": "..."}`: 400 bad request, 404 unknown model / version / signature /
 path, 405 wrong HTTP method, 500 a failed model call (the worker carries on). Bad client input
 is always a 4xx, logged as one line; a 500 is a server fault, logged with its traceback; both
-kinds of line are rate-limited per endpoint and code (serve/logs.py). A client that
+kinds of line are rate-limited per endpoint and code (runtime/logs.py). A client that
 disconnects while its request waits or runs is logged, its queued rows are dropped and the
 request is counted with code 499 (nginx's "client closed request"); nothing is sent back.
 
@@ -31,8 +31,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serve.batching import MicroBatcher, drive_async
-from serve.logs import LIMITED, short
+from runtime.batching import MicroBatcher, drive_async
+from runtime.logs import LIMITED, short
 from serve.metrics import Metrics
 from serve.signatures import (ApiError, Limits, SignatureSet, check_text, format_response, load_object,
                               parse_request, status)
@@ -75,9 +75,9 @@ class ServerState:
         return self._batchers[key]
 
     def warm_up(self, lengths):
-        """`serve.batching.warm_up` of every served backend (the model, the search index's query model
+        """`runtime.batching.warm_up` of every served backend (the model, the search index's query model
         and reranker), before the server takes requests; returns [(backend name, fn, rows, length, s)]."""
-        from serve.batching import warm_up
+        from runtime.batching import warm_up
 
         return [(b.backend.name, *call) for b in self._batchers.values()
                 for call in warm_up(b.backend, lengths, self.max_batch, self.max_batch_tokens)]

@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from serve.backends import PAIR_IDS, SIAMESE_IDS
-from serve.batching import Call
+from runtime.batching import Call
+from runtime.rows import pair_rows, text_rows
 
 DT = {"string": "DT_STRING", "int32": "DT_INT32", "float": "DT_FLOAT"}
 # JSON's "\ud800" escapes decode to lone surrogates, which are not text: the tokenizer refuses them.
@@ -58,7 +58,7 @@ class Limits:
 @dataclass
 class Signature:
     """`inputs` / `outputs`: name -> (dtype, shape), for metadata; `plan(columns, where)` ->
-    a plan (serve.batching.drive) returning output name -> list of per-row values."""
+    a plan (runtime.batching.drive) returning output name -> list of per-row values."""
     name: str
     inputs: dict
     outputs: dict
@@ -95,8 +95,8 @@ def _type(value):
             int: "an integer", float: "a number"}.get(type(value), type(value).__name__)
 
 
-def _array(value, where, kind, ndim):
-    """A JSON list -> numpy array of `ndim` dims; kind "i" (integers) or "f" (numbers)."""
+def _array(value, where, want, ndim):
+    """A JSON list -> numpy array of `ndim` dims; `want` "i" (integers) or "f" (numbers)."""
     if not isinstance(value, list):
         raise ApiError(400, f"{where}: expected a list, got {_type(value)}")
     try:
@@ -105,14 +105,14 @@ def _array(value, where, kind, ndim):
         raise ApiError(400, f"{where}: ragged nested lists") from None
     if arr.ndim != ndim or arr.size == 0:
         raise ApiError(400, f"{where}: expected a non-empty {ndim}-d list, got shape {list(arr.shape)}")
-    if kind == "i" and arr.dtype.kind not in "iu":
+    if want == "i" and arr.dtype.kind not in "iu":
         flat = value if ndim == 1 else [v for row in value for v in row]
         i, bad = next(((i, v) for i, v in enumerate(flat) if type(v) is not int), (None, None))
         if i is None:  # all integers, but past int64
             raise ApiError(400, f"{where}: integers out of range")
         raise ApiError(400, f"{where}: expected integers, got {_type(bad)}"
                             + (f" ({bad!r})" if type(bad) is float and math.isfinite(bad) else "") + f" at [{i}]")
-    if kind == "f":
+    if want == "f":
         if arr.dtype.kind not in "iuf":
             raise ApiError(400, f"{where}: expected numbers")
         arr = arr.astype(np.float32)
@@ -219,25 +219,6 @@ def format_response(outputs, sig, row_format):
     return {"outputs": outputs[names[0]] if len(names) == 1 else {k: outputs[k] for k in names}}
 
 
-# ----------------------------------------------------------------------------- rows
-def text_rows(backend, texts):
-    """`[CLS] t [SEP]` rows for encode_ids, tokenised as in training."""
-    return [{"input_ids": np.asarray(ids, np.int32), "attention_mask": np.ones(len(ids), np.int32)}
-            for ids in backend.tokenizer.encode_texts(texts, backend.max_len)]
-
-
-def pair_rows(backend, a, b):
-    """predict_ids rows for text pairs, tokenised as in training."""
-    if backend.kind == "cross_encoder":
-        enc = backend.tokenizer.encode_pairs(a, b, backend.max_len)
-        return [{"input_ids": np.asarray(ids, np.int32), "token_type_ids": np.asarray(t, np.int32),
-                 "attention_mask": np.ones(len(ids), np.int32)}
-                for ids, t in zip(enc["input_ids"], enc["token_type_ids"])]
-    return [{"x_ids": x["input_ids"], "x_mask": x["attention_mask"],
-             "y_ids": y["input_ids"], "y_mask": y["attention_mask"]}
-            for x, y in zip(text_rows(backend, a), text_rows(backend, b))]
-
-
 # ----------------------------------------------------------------------------- signatures
 def _tolist(rows, name):
     return [np.asarray(r[name]).tolist() for r in rows]
@@ -314,11 +295,11 @@ class SignatureSet:
 
     def _build(self):
         be = self.backend
-        kind, n_cls = be.kind, max(len(be.labels), 1)
+        cls, n_cls = be.model_class, max(len(be.labels), 1)
         out_shapes = {"probs": ("float", (-1, n_cls)), "cosine": ("float", (-1,))}
         pred_out = {k: out_shapes[k] for k in be.functions["predict_ids"].outputs}
         strings = {"text_a": ("string", (-1,)), "text_b": ("string", (-1,))}
-        ids_names = PAIR_IDS if kind == "cross_encoder" else SIAMESE_IDS
+        ids_names = cls.ids_inputs
         ids_in = {n: ("int32", (-1, -1)) for n in ids_names}
 
         def predict(rows):
@@ -330,32 +311,32 @@ class SignatureSet:
                       lambda c, rf: predict(pair_rows(be, self._texts(c, "text_a", rf), self._texts(c, "text_b", rf)))),
             Signature("predict_ids", ids_in, pred_out, lambda c, rf: predict(self._ids(c, ids_names, rf))),
         ]
-        if kind == "cross_encoder":
-            tok_out = {n: ("int32", (-1, -1)) for n in PAIR_IDS}
+        if cls.joint_pair():
+            tok_out = {n: ("int32", (-1, -1)) for n in cls.ids_inputs}
             sigs.append(Signature("tokenize", strings, tok_out, self._tokenize_pairs))
         else:
             tok_out = {"input_ids": ("int32", (-1, -1)), "attention_mask": ("int32", (-1, -1))}
             sigs.append(Signature("tokenize", {"texts": ("string", (-1,))}, tok_out, self._tokenize_texts))
         h = be.hidden_size
-        if kind == "sbert":
+        key = cls.encode_output
+        if key and not cls.late_interaction:  # one vector per text
             def encode(c, rf):
                 out = yield Call(be, "encode_ids", text_rows(be, self._texts(c, "texts", rf)))
-                return {"embeddings": _tolist(out, "embeddings")}
-            sigs.append(Signature("encode", {"texts": ("string", (-1,))}, {"embeddings": ("float", (-1, h))}, encode))
-        if kind == "virt":
+                return {key: _tolist(out, key)}
+            sigs.append(Signature("encode", {"texts": ("string", (-1,))}, {key: ("float", (-1, h))}, encode))
+        if cls.late_interaction:  # token states, padded to the request's longest text, and their mask
             def encode(c, rf):
                 rows = text_rows(be, self._texts(c, "texts", rf))
                 out = yield Call(be, "encode_ids", rows)
                 width = max(len(r["input_ids"]) for r in rows)
-                states = [np.pad(o["token_states"], ((0, width - len(o["token_states"])), (0, 0))).tolist()
-                          for o in out]
-                return {"token_states": states, "mask": _padded([r["attention_mask"] for r in rows])}
+                states = [np.pad(o[key], ((0, width - len(o[key])), (0, 0))).tolist() for o in out]
+                return {key: states, "mask": _padded([r["attention_mask"] for r in rows])}
 
             def score(c, rf):
                 out = yield Call(be, "score", self._states(c, rf))
                 return {"probs": _tolist(out, "probs")}
             sigs.append(Signature("encode", {"texts": ("string", (-1,))},
-                                  {"token_states": ("float", (-1, -1, h)), "mask": ("int32", (-1, -1))}, encode))
+                                  {key: ("float", (-1, -1, h)), "mask": ("int32", (-1, -1))}, encode))
             states_in = {"x_states": ("float", (-1, -1, h)), "x_mask": ("int32", (-1, -1)),
                          "y_states": ("float", (-1, -1, h)), "y_mask": ("int32", (-1, -1))}
             sigs.append(Signature("score", states_in, {"probs": out_shapes["probs"]}, score))

@@ -24,7 +24,7 @@ def build_state(cfg):
     """Open the backends of `cfg.serve` (and the search index) -> ServerState."""
     from search.engine import open_searcher
     from serve.app import ServerState
-    from serve.backends import BackendError, open_model
+    from runtime.backends import BackendError, open_model
     from serve.signatures import Limits
 
     s = cfg.serve

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 import peers  # noqa: E402
-from export.onnx import physical_cores, session_options  # noqa: E402
+from runtime.onnx import physical_cores, session_options  # noqa: E402
 
 
 def test_mrpc_batches_are_sorted_by_length_and_padded_per_batch(tmp_path):

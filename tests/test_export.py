@@ -45,8 +45,7 @@ from export import ExportError  # noqa: E402
 from export import parity as parity_mod  # noqa: E402
 from export.frozen import load_frozen  # noqa: E402
 from export.onnx import convert_function, convert_saved_model  # noqa: E402
-from export.saved_model import (ids_functions, next_version, outputs_of,  # noqa: E402
-                                publish_version, versions)
+from export.saved_model import next_version, publish_version, versions  # noqa: E402
 from export.task import export_loaded, export_task, load_for_export  # noqa: E402
 from export.text import GraphTokenizer, longest_first  # noqa: E402
 
@@ -303,10 +302,10 @@ def test_saved_model_serving_default_on_raw_strings(exports, saved_models):
 
 def test_sbert_without_classifier_exports_cosine_only(model_dirs, vocab_file):
     model = model_dirs["models"]["sbert_cosine"]
-    fns = ids_functions(model, "sbert")
+    fns = model.serving_functions()
     assert set(fns) == {"predict_ids", "encode_ids"}
     assert set(fns["predict_ids"].get_concrete_function().structured_outputs) == {"cosine"}
-    assert outputs_of(LoadedModel(model, None, {"kind": "sbert"})) == ("cosine",)
+    assert model.predict_outputs(model.get_config()) == ("cosine",)
 
 
 def test_saved_model_cli_lists_the_signatures(exports):
@@ -578,7 +577,7 @@ def three_class(workdir, vocab_file, tf2onnx_fast):
     loaded = LoadedModel(model, tok, {"kind": "cross_encoder"})
     a, b, _, _ = parity_mod.parity_pairs(load_config(None), loaded, SAMPLES3)
     probe = workdir / "three_class_probe"
-    q = quantize_int8(convert_function(ids_functions(model, "cross_encoder")["predict_ids"], probe / "m.onnx"),
+    q = quantize_int8(convert_function(model.serving_functions()["predict_ids"], probe / "m.onnx"),
                       probe / "m.int8.onnx")
     errors = []  # int8 minus fp32 log-probabilities (= logits up to a per-row constant), per batch
     for n in (len(a), SAMPLES3):

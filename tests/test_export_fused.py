@@ -21,7 +21,6 @@ if importlib.util.find_spec("tf2onnx") is None:
 
 from export import fusion  # noqa: E402
 from export.onnx import convert_function  # noqa: E402
-from export.saved_model import ids_functions  # noqa: E402
 from export.task import export_loaded, load_for_export  # noqa: E402
 from tests.test_export import (MAX_LEN, PAIRS, _batch, _cfg, model_dirs, tf2onnx_fast,  # noqa: E402,F401
                                vocab_file, workdir)
@@ -57,7 +56,7 @@ def test_a_trained_like_encoder_fuses_attention_skip_layernorm_and_gelu(workdir,
         scale = 0.1 if len(w.shape) == 1 else 1.0 / np.sqrt(w.shape[0])
         if "norm" not in w.path:
             w.assign(rng.normal(0.0, scale, w.shape).astype("float32"))
-    src = convert_function(ids_functions(model, "cross_encoder")["predict_ids"], workdir / "fuse" / "model.onnx")
+    src = convert_function(model.serving_functions()["predict_ids"], workdir / "fuse" / "model.onnx")
     info = fusion.fuse(src, workdir / "fuse" / "model.fused.onnx", 4, 32)
     assert info["fused_ops"] == {"Attention": 2, "SkipLayerNormalization": 4, "BiasGelu": 2,
                                  "EmbedLayerNormalization": 1}
@@ -151,9 +150,9 @@ def test_the_export_publishes_fused_graphs_equal_to_keras(ce_export):
 
 
 def test_the_server_and_predict_load_the_fused_graphs(ce_export, workdir, monkeypatch, capsys):
-    import export.onnx as onnx_mod
     import run_tasks
-    from serve.backends import open_model
+    import runtime.onnx as onnx_mod
+    from runtime.backends import open_model
     from tests.tiny_runs import write_csv
 
     out, loaded = ce_export["out"], ce_export["loaded"]
@@ -184,7 +183,7 @@ def test_a_fused_graph_that_fails_parity_is_withheld_and_fp32_published(model_di
     import onnx
     from onnx import helper, numpy_helper
 
-    from serve.backends import open_model
+    from runtime.backends import open_model
 
     real = fusion.fuse
 

@@ -10,8 +10,9 @@ import pytest
 import tensorflow as tf
 
 import run_tasks
+from data import read_texts
 from senbert.losses import cosine, cosine_loss, mnrl_loss, softmax_loss
-from senbert.task import best_threshold, class_targets, read_texts, sbert_evaluator
+from senbert.task import best_threshold, class_targets, sbert_evaluator
 from training.trainer import Split
 
 # max_seq_len 8: every sample sentence is longer, so all batches have one width and each

@@ -23,12 +23,12 @@ from export import parity as parity_mod
 from config import load_config
 from modeling.model_dir import load_model_dir
 from modeling.tokenization import pad_ids
+from runtime.backends import BackendError, KerasBackend, open_model
+from runtime.batching import drive, run_in_batches
 from search.engine import Searcher, open_searcher
 from search.index import Index, Recall, SearchError, build_index, faiss_available, normalize
 from search.task import read_corpus
 from serve.app import ServerState
-from serve.backends import BackendError, KerasBackend, open_model
-from serve.batching import drive, run_in_batches
 from serve.task import BackgroundServer
 from tests.test_export import model_dirs, vocab_file, workdir  # noqa: F401  fixtures
 

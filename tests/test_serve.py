@@ -25,11 +25,11 @@ import pytest
 import tensorflow as tf
 
 from export import parity as parity_mod
-from export.onnx import session
 from export.serving_client import GrpcClient, RestClient, ServingError
 from export.task import export_loaded, load_for_export
+from runtime.backends import BackendError, open_model
+from runtime.onnx import session
 from serve.app import ServerState
-from serve.backends import BackendError, open_model
 from serve.signatures import Limits
 from serve.task import BackgroundServer, free_port
 from tests.test_export import (MAX_LEN, PAIRS, _cfg, model_dirs, tf2onnx_fast,  # noqa: F401  fixtures
@@ -226,7 +226,7 @@ BAD = [
 
 
 def test_bad_requests_get_a_clean_4xx_and_the_server_keeps_serving(server, caplog, monkeypatch):
-    from serve.logs import RateLimitedLog
+    from runtime.logs import RateLimitedLog
 
     url = server["url"]
     monkeypatch.setattr("serve.app.LIMITED", RateLimitedLog(period=60, burst=5))
@@ -281,7 +281,7 @@ def test_a_failing_batch_fails_its_requests_only(server, monkeypatch):
 
 
 def test_repeated_faults_log_a_few_tracebacks_then_count_the_rest(caplog):
-    from serve.logs import RateLimitedLog
+    from runtime.logs import RateLimitedLog
 
     now = [0.0]
     limited, log = RateLimitedLog(period=60, burst=2, clock=lambda: now[0]), logging.getLogger("serve")
@@ -301,8 +301,8 @@ def test_repeated_faults_log_a_few_tracebacks_then_count_the_rest(caplog):
 
 def test_a_large_request_does_not_hold_back_a_small_one():
     """Least-served first: a one-row request sent after a 64-row one (8 batches) runs in the next batch."""
-    from serve.backends import Function
-    from serve.batching import MicroBatcher
+    from runtime.backends import Function
+    from runtime.batching import MicroBatcher
 
     class Slow:
         functions = {"f": Function(("x",), ("y",))}
@@ -335,8 +335,8 @@ def test_a_request_of_mixed_lengths_is_batched_shortest_first_each_batch_padded_
     length before padding (as run_in_batches does), so one batch pads to 5 tokens and one to 60
     (in arrival order both would pad to 60: 960 tokens instead of 520); every row gets the result
     it gets alone, in the request's order. Siamese rows sort by the sum of their two texts."""
-    from serve.backends import Function
-    from serve.batching import MicroBatcher
+    from runtime.backends import Function
+    from runtime.batching import MicroBatcher
 
     class Recording:
         functions = {"f": Function(("x", "x_mask"), ("y",)),
@@ -386,8 +386,8 @@ def test_a_small_request_waits_a_token_budget_not_a_batch_of_long_rows(max_batch
     `max_batch_tokens` tokens (the one running, then its own), not after two 32-row batches
     (4,096 tokens: rows-only batching, max_batch_tokens=0, fails here). Every row's result is
     the one it gets alone."""
-    from serve.backends import Function
-    from serve.batching import MicroBatcher
+    from runtime.backends import Function
+    from runtime.batching import MicroBatcher
 
     class Costly:
         functions = {"f": Function(("x", "x_mask"), ("y",))}

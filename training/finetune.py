@@ -117,7 +117,7 @@ def predict(cfg):
     model.init may also be an export directory: then the export's graphs run (serve.backend,
     serve.int8, serve.fused, serve.threads choose them, as for the server: the fused ONNX
     graph when the export has one)."""
-    from serve.backends import is_export_dir, open_model, predict_pairs
+    from runtime.backends import is_export_dir, open_model, predict_pairs
 
     path = _model_path(cfg)
     pairs = read_unlabelled(cfg, cfg.data.test or "-")

@@ -22,14 +22,9 @@ import tensorflow as tf
 from distill.losses import soft_kl
 from modeling.cross_encoder import CrossEncoder, as_encoder
 from modeling.encoder import gelu, pool
-from modeling.task_model import PairModel, StudentTraining, cross_entropy, resolve_layer_map
+from modeling.task_model import (SIAMESE_IDS, PairModel, StudentTraining, cross_entropy, ids_spec, resolve_layer_map,
+                                 siamese_dummy_inputs)
 from virt.losses import select_layers, teacher_inputs, virt_loss
-
-
-def siamese_dummy_inputs():
-    ids = tf.constant([[2, 5, 3]], tf.int32)
-    mask = tf.ones_like(ids)
-    return {"x_ids": ids, "x_mask": mask, "y_ids": ids, "y_mask": mask}
 
 
 def _masked_attend(hq, hk, k_mask):
@@ -114,6 +109,10 @@ class VirtModel(PairModel):
     """
 
     kind = "virt"
+    servable = True
+    ids_inputs = SIAMESE_IDS
+    encode_output = "token_states"
+    late_interaction = True
 
     def __init__(self, encoder, num_labels, adapted_interaction=True, fusion=None, dropout=0.1, **kwargs):
         super().__init__(**kwargs)
@@ -161,6 +160,29 @@ class VirtModel(PairModel):
 
     def dummy_inputs(self):
         return siamese_dummy_inputs()
+
+    def encode_reference(self, ids, mask):
+        states = self.encode(tf.convert_to_tensor(ids), tf.convert_to_tensor(mask))["last_hidden_state"]
+        return {"token_states": tf.cast(states, tf.float32)}
+
+    def serving_functions(self):
+        @tf.function(autograph=False, input_signature=[ids_spec("input_ids"), ids_spec("attention_mask")])
+        def encode_ids(input_ids, attention_mask):
+            return self.encode_reference(input_ids, attention_mask)
+
+        hidden = self.encoder.hidden_size
+
+        @tf.function(autograph=False, input_signature=[tf.TensorSpec([None, None, hidden], tf.float32, name="x_states"),
+                                                       ids_spec("x_mask"),
+                                                       tf.TensorSpec([None, None, hidden], tf.float32, name="y_states"),
+                                                       ids_spec("y_mask")])
+        def score(x_states, x_mask, y_states, y_mask):
+            return {"probs": tf.cast(self.score(x_states, x_mask, y_states, y_mask), tf.float32)}
+
+        @tf.function(autograph=False, input_signature=[ids_spec(n) for n in SIAMESE_IDS])
+        def predict_ids(x_ids, x_mask, y_ids, y_mask):
+            return self.reference_outputs({"x_ids": x_ids, "x_mask": x_mask, "y_ids": y_ids, "y_mask": y_mask})
+        return {"score": score, "predict_ids": predict_ids, "encode_ids": encode_ids}
 
     def get_config(self):
         return {**super().get_config(), "encoder": self.encoder.architecture(), "num_labels": self.num_labels,

@@ -1,6 +1,6 @@
 """Rows in, rows out: padding a batch of rows for a backend, and dynamic micro-batching.
 
-A *row* is one example for an ids-level function (serve/backends.py): input name ->
+A *row* is one example for an ids-level function (runtime/backends.py): input name ->
 unpadded array (`[L]` ids / mask, `[L, H]` states). `run_rows` pads rows to the longest
 in the batch, runs the backend once and cuts the outputs back into rows (sequence outputs
 trimmed to each row's own length, so a row's result does not depend on its batch mates).
@@ -35,6 +35,7 @@ or merged with other rows, and its output is the backend's output dict.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import queue
 import threading
@@ -43,8 +44,9 @@ from concurrent.futures import Future, InvalidStateError
 
 import numpy as np
 
-from serve.backends import pad_rows
-from serve.logs import LIMITED
+from runtime.backends import pad_rows
+from runtime.logs import LIMITED
+from runtime.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -89,16 +91,20 @@ def by_length(rows, names):
     return sorted(range(len(rows)), key=lambda i: sum(len(rows[i][n]) for n in names))
 
 
-def run_in_batches(backend, fn, rows, batch_size):
-    """Direct (no queue) run for the command-line tasks: length-sorted batches, input order kept."""
+def run_in_batches(backend, fn, rows, batch_size, progress=None):
+    """Direct (no queue) run for the command-line tasks: length-sorted batches, input order kept.
+    `progress`: a label for a progress bar over the rows (runtime.progress; long runs only)."""
     if rows and isinstance(rows[0], Block):
         return run_rows(backend, fn, rows)
     order = by_length(rows, length_inputs(backend.functions[fn]))
     out = [None] * len(rows)
-    for s in range(0, len(order), batch_size):
-        chunk = order[s:s + batch_size]
-        for i, res in zip(chunk, run_rows(backend, fn, [rows[i] for i in chunk])):
-            out[i] = res
+    with progress_bar(len(rows), progress, "text") if progress else contextlib.nullcontext() as bar:
+        for s in range(0, len(order), batch_size):
+            chunk = order[s:s + batch_size]
+            for i, res in zip(chunk, run_rows(backend, fn, [rows[i] for i in chunk])):
+                out[i] = res
+            if bar is not None:
+                bar.update(len(chunk))
     return out
 
 

@@ -1,11 +1,12 @@
-"""What the server and the search task run: a model's ids-level functions behind one interface.
+"""What the server, search, export's checks and bench run: a model's ids-level functions behind one interface.
 
     backend = open_model("exports/qm")                 # export dir -> onnxruntime (default)
     backend = open_model("exports/qm", backend="tf")   # export dir -> its SavedModel
     backend = open_model("runs/virt/<stamp>/model")    # model dir  -> Keras (no export step)
     backend.run("predict_ids", {"input_ids": ids, "token_type_ids": types, "attention_mask": mask})
 
-Functions (`backend.functions`, the ones export/saved_model.py exports):
+Functions (`backend.functions`, the ones export/saved_model.py exports; which a kind has, and
+their names, are its model class's attributes, modeling/task_model.py):
 
 | function      | kinds         | inputs                                              | outputs |
 |---------------|---------------|-----------------------------------------------------|---------|
@@ -14,7 +15,7 @@ Functions (`backend.functions`, the ones export/saved_model.py exports):
 | `encode_ids`  | sbert, virt   | `input_ids`, `attention_mask`                       | `embeddings` [B, H] / `token_states` [B, T, H] |
 | `score`       | virt          | `x_states`, `x_mask`, `y_states`, `y_mask`          | `probs` |
 
-A model directory is served through Keras (the same `ids_functions` the export
+A model directory is served through Keras (the same `serving_functions()` the export
 converts) rather than exported on the fly: an export costs a SavedModel, tf2onnx
 conversions and parity checks (about a minute for MiniLM-L6) before the first
 request, for a model someone is still iterating on; `--task export` is the way
@@ -25,19 +26,18 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 
-from export.onnx import FUSED_NAMES, ONNX_FILES  # file names only: onnxruntime loads lazily
+from runtime.onnx import FUSED_NAMES, ONNX_FILES  # file names only: onnxruntime loads lazily
 
 log = logging.getLogger(__name__)
 
-PAIR_IDS = ("input_ids", "token_type_ids", "attention_mask")
-SIAMESE_IDS = ("x_ids", "x_mask", "y_ids", "y_mask")
-SCORE_INPUTS = ("x_states", "x_mask", "y_states", "y_mask")
+SCORE_INPUTS = ("x_states", "x_mask", "y_states", "y_mask")  # VIRT's `score` on cached token states
 
 
 class BackendError(ValueError):
@@ -56,44 +56,39 @@ class Function:
     encoder: bool = True
 
 
-def functions_of(kind, outputs):
-    """`Function`s of a model kind; `outputs` = predict_ids' output names."""
-    if kind == "cross_encoder":
-        return {"predict_ids": Function(PAIR_IDS, tuple(outputs))}
-    fns = {"predict_ids": Function(SIAMESE_IDS, tuple(outputs))}
-    if kind == "sbert":
-        fns["encode_ids"] = Function(("input_ids", "attention_mask"), ("embeddings",))
-    else:
-        fns["encode_ids"] = Function(("input_ids", "attention_mask"), ("token_states",), ("token_states",))
+def functions_of(model_class, outputs):
+    """`Function`s of a model kind (its registered class's attributes, modeling.task_model);
+    `outputs` = predict_ids' output names."""
+    fns = {"predict_ids": Function(model_class.ids_inputs, tuple(outputs))}
+    if model_class.encode_output:
+        seq = (model_class.encode_output,) if model_class.late_interaction else ()
+        fns["encode_ids"] = Function(("input_ids", "attention_mask"), (model_class.encode_output,), seq)
+    if model_class.late_interaction:
         fns["score"] = Function(SCORE_INPUTS, ("probs",), encoder=False)
     return fns
-
-
-def _predict_outputs(meta):
-    """Output names of predict_ids from model.json (as export.saved_model.outputs_of, without TF)."""
-    if meta["kind"] == "sbert":
-        return ("cosine", "probs") if meta["model"]["config"].get("objective", "softmax") == "softmax" \
-            else ("cosine",)
-    return ("probs",)
 
 
 class Backend:
     """A model's ids-level functions, its tokenizer and what the server reports about it.
 
-    Attributes: kind, name, version (int), labels, tokenizer (PairTokenizer), max_len
-    (longest token row the server produces), architecture (the encoder's config dict),
-    functions (name -> Function), source (path), runtime ("onnx", "tf" or "keras").
+    Attributes: kind, model_class (the kind's registered class: what its functions are), name,
+    version (int), labels, tokenizer (PairTokenizer), max_len (longest token row the server
+    produces), architecture (the encoder's config dict), functions (name -> Function), source
+    (path), runtime ("onnx", "tf" or "keras").
     """
 
     runtime = "?"
 
     def __init__(self, path, meta, tokenizer, name, version, max_len):
+        from modeling.model_dir import kind_class
+
         self.path, self.meta, self.tokenizer = Path(path), meta, tokenizer
         self.kind = meta["kind"]
+        self.model_class = kind_class(meta)
         self.labels = list(meta.get("labels") or [])
         self.architecture = dict(meta["model"]["config"]["encoder"])
         self.name, self.version, self.max_len = name, int(version), int(max_len)
-        self.functions = functions_of(self.kind, _predict_outputs(meta))
+        self.functions = functions_of(self.model_class, self.model_class.predict_outputs(meta["model"]["config"]))
 
     @property
     def hidden_size(self):
@@ -112,7 +107,7 @@ class OnnxBackend(Backend):
 
     def __init__(self, path, meta, tokenizer, name, version, max_len, int8=False, threads=None, fused=True):
         super().__init__(path, meta, tokenizer, name, version, max_len)
-        from export.onnx import session
+        from runtime.onnx import session
 
         self.files = {fn: onnx_file(self.path / "onnx", fn, int8 and fn == "predict_ids", fused)
                       for fn in ONNX_FILES if fn in self.functions}
@@ -203,10 +198,8 @@ class KerasBackend(_TFBackend):
     def __init__(self, loaded, name, max_len, threads=None):
         super().__init__(loaded.path, loaded.meta, loaded.tokenizer, name, 1, max_len)
         _tf_threads(threads)
-        from export.saved_model import ids_functions
-
         self.loaded = loaded
-        self.callables = ids_functions(loaded.model, self.kind)
+        self.callables = loaded.model.serving_functions()
 
 
 def _tf_threads(threads):
@@ -242,7 +235,7 @@ def open_model(path, backend="onnx", int8=False, threads=None, name=None, kinds=
     `kinds`: accepted model kinds (e.g. ("sbert", "virt") for an index), checked before loading.
     """
     from modeling.checkpoints import CheckpointError
-    from modeling.model_dir import read_meta
+    from modeling.model_dir import kind_class, read_meta
 
     if path is None:
         raise BackendError("no model given: set it to an export directory (--task export) or a model directory")
@@ -255,8 +248,8 @@ def open_model(path, backend="onnx", int8=False, threads=None, name=None, kinds=
         raise BackendError(f"{e} (expected an export directory or a model directory)") from None
     if kinds and meta["kind"] not in kinds:
         raise BackendError(f"{path}: a {meta['kind']} model, expected {' or '.join(kinds)}")
-    if meta["kind"] not in ("cross_encoder", "sbert", "virt"):
-        raise BackendError(f"{path}: a {meta['kind']} model cannot be served (cross_encoder, sbert or virt)")
+    if not kind_class(meta).servable:
+        raise BackendError(f"{path}: a {meta['kind']} model cannot be served ({', '.join(servable_kinds())})")
     if is_export_dir(path):
         from modeling.model_dir import check_sizes
         from modeling.tokenization import PairTokenizer
@@ -280,10 +273,30 @@ def open_model(path, backend="onnx", int8=False, threads=None, name=None, kinds=
     return KerasBackend(loaded, name or _dir_name(path), loaded.max_seq_len, threads)
 
 
-def _dir_name(path):
-    from export.saved_model import default_name
+def servable_kinds():
+    """Every kind the runtime can serve and the export can export, sorted."""
+    from modeling.model_dir import discover_kinds
 
+    return sorted(k for k, cls in discover_kinds().items() if cls.servable)
+
+
+def _dir_name(path):
     return default_name(path, read_kind(path))
+
+
+NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
+
+
+def default_name(model_dir, kind):
+    """A model's name (the server's, the SavedModel's): the model dir's parent name
+    (`runs/virt/<stamp>/model` -> `<stamp>`) only if it is a usable name, i.e. starts with a letter,
+    else its own name unless that is `model`, else the kind."""
+    p = Path(model_dir).resolve()
+    for cand in (p.parent.name, p.name if p.name != "model" else ""):
+        cand = re.sub(r"[^A-Za-z0-9_.-]", "_", cand)
+        if NAME_RE.match(cand):
+            return cand
+    return kind
 
 
 def read_kind(path):
@@ -296,35 +309,15 @@ def predict_pairs(backend, text_a, text_b, batch_size=64):
     """`predict_ids` probabilities [N, C] of pairs through any backend, in input order.
 
     Pairs are sorted by token length and padded per batch (real texts are short: a batch pads
-    to its own longest row, not to max_len)."""
-    from modeling.tokenization import pad_ids
+    to its own longest row, not to max_len): the command-line run of runtime.batching."""
+    from runtime.batching import run_in_batches
+    from runtime.rows import pair_rows
 
     if "probs" not in backend.functions["predict_ids"].outputs:
         raise BackendError(f"{backend.path}: this {backend.kind} model has no classifier (outputs "
                            f"{', '.join(backend.functions['predict_ids'].outputs)}); predict needs probabilities")
-    tok, n = backend.tokenizer, len(text_a)
-    if backend.kind == "cross_encoder":
-        enc = tok.encode_pairs(text_a, text_b, backend.max_len)
-        rows, lengths = list(zip(enc["input_ids"], enc["token_type_ids"])), [len(r) for r in enc["input_ids"]]
-    else:
-        x, y = tok.encode_texts(text_a, backend.max_len), tok.encode_texts(text_b, backend.max_len)
-        rows, lengths = list(zip(x, y)), [len(p) + len(q) for p, q in zip(x, y)]
-    order = np.argsort(lengths, kind="stable")
-    out = [None] * n
-    for i in range(0, n, batch_size):
-        idx = order[i:i + batch_size]
-        if backend.kind == "cross_encoder":
-            ids, mask = pad_ids([rows[j][0] for j in idx], tok.pad_id)
-            types, _ = pad_ids([rows[j][1] for j in idx], 0)
-            feeds = {"input_ids": ids, "token_type_ids": types, "attention_mask": mask}
-        else:
-            x_ids, x_mask = pad_ids([rows[j][0] for j in idx], tok.pad_id)
-            y_ids, y_mask = pad_ids([rows[j][1] for j in idx], tok.pad_id)
-            feeds = {"x_ids": x_ids, "x_mask": x_mask, "y_ids": y_ids, "y_mask": y_mask}
-        probs = backend.run("predict_ids", feeds)["probs"]
-        for j, p in zip(idx, probs):
-            out[j] = p
-    return np.stack(out) if out else np.zeros((0, len(backend.labels)), np.float32)
+    out = run_in_batches(backend, "predict_ids", pair_rows(backend, text_a, text_b), batch_size)
+    return np.stack([r["probs"] for r in out]) if out else np.zeros((0, len(backend.labels)), np.float32)
 
 
 def pad_rows(rows, dtype, pad_value=0):
