@@ -204,7 +204,7 @@ def ranker(backend, cands, queries, K, path="block", batch_size=CE_BATCH):
     (VIRT: the search path before issue 18, one padded row per candidate)."""
     from search.engine import broadcasts_query, virt_blocks
     from search.index import normalize
-    from runtime.backends import pad_rows
+    from runtime.rows import pad_rows
     from runtime.batching import Block, run_in_batches, run_rows
     from runtime.rows import pair_rows, text_rows
 
@@ -311,7 +311,7 @@ def rerank_latency(model_dir, K=100, query_len=32, cand_len=128, backend="keras"
 def virt_breakdown(backend, legacy, cands, query, K, seconds):
     """p50 ms of each part of VIRT's online work for one query against K cached candidates."""
     from search.engine import virt_blocks
-    from runtime.backends import pad_rows
+    from runtime.rows import pad_rows
     from runtime.batching import run_rows
     from runtime.rows import text_rows
 

@@ -318,13 +318,3 @@ def predict_pairs(backend, text_a, text_b, batch_size=64):
                            f"{', '.join(backend.functions['predict_ids'].outputs)}); predict needs probabilities")
     out = run_in_batches(backend, "predict_ids", pair_rows(backend, text_a, text_b), batch_size)
     return np.stack([r["probs"] for r in out]) if out else np.zeros((0, len(backend.labels)), np.float32)
-
-
-def pad_rows(rows, dtype, pad_value=0):
-    """Stack arrays of shape [L_i, ...] into [B, max L, ...], padded with `pad_value`."""
-    rows = [np.asarray(r) for r in rows]
-    width = max((r.shape[0] for r in rows), default=0)
-    out = np.full((len(rows), width) + rows[0].shape[1:], pad_value, dtype=dtype)
-    for i, r in enumerate(rows):
-        out[i, :r.shape[0]] = r
-    return out

@@ -44,7 +44,7 @@ from concurrent.futures import Future, InvalidStateError
 
 import numpy as np
 
-from runtime.backends import pad_rows
+from runtime.rows import pad_rows
 from runtime.logs import LIMITED
 from runtime.progress import progress_bar
 

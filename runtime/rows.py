@@ -27,3 +27,13 @@ def pair_rows(backend, a, b):
     return [{"x_ids": x["input_ids"], "x_mask": x["attention_mask"],
              "y_ids": y["input_ids"], "y_mask": y["attention_mask"]}
             for x, y in zip(text_rows(backend, a), text_rows(backend, b))]
+
+
+def pad_rows(rows, dtype, pad_value=0):
+    """Stack arrays of shape [L_i, ...] into [B, max L, ...], padded with `pad_value`."""
+    rows = [np.asarray(r) for r in rows]
+    width = max((r.shape[0] for r in rows), default=0)
+    out = np.full((len(rows), width) + rows[0].shape[1:], pad_value, dtype=dtype)
+    for i, r in enumerate(rows):
+        out[i, :r.shape[0]] = r
+    return out

@@ -22,7 +22,8 @@ import tensorflow as tf
 from export import parity as parity_mod
 from modeling.encoder import pool
 from modeling.model_dir import load_model_dir
-from runtime.backends import KerasBackend, pad_rows
+from runtime.backends import KerasBackend
+from runtime.rows import pad_rows
 from runtime.batching import Block, MicroBatcher, run_rows
 from tests.test_export import model_dirs, vocab_file, workdir  # noqa: F401  fixtures
 from virt.model import VirtModel, _masked_attend, adapted_pooling
