@@ -618,3 +618,15 @@ def test_serve_command(serve_command, virt_export):
     # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal (exit status -15)
     assert proc.returncode in (0, -signal.SIGTERM) and "Traceback" not in err, err[-3000:]
     assert f"serving virt model 'virt' version 1 (onnx: model.fused.onnx, encode.fused.onnx, score.onnx; {virt_export['out']})" in err
+
+
+def test_python_api_loads_an_export_directory_and_scores_as_keras(virt_export, model_dirs):  # noqa: F811
+    """textmatch.load on the export (ONNX Runtime) gives the model directory's (Keras) numbers."""
+    import textmatch
+
+    onnx, keras_ = textmatch.load(virt_export["out"]), textmatch.load(model_dirs["virt"])
+    assert onnx.backend.runtime == "onnx" and keras_.backend.runtime == "keras"
+    pairs = list(zip(*PAIRS))
+    np.testing.assert_allclose(onnx.predict(pairs), keras_.predict(pairs), atol=1e-4)
+    np.testing.assert_allclose(onnx.encode(PAIRS[0]), keras_.encode(PAIRS[0]), atol=1e-4)
+    assert [i for i, _, _ in onnx.rank(PAIRS[0][0], PAIRS[1])] == [i for i, _, _ in keras_.rank(PAIRS[0][0], PAIRS[1])]
