@@ -76,8 +76,9 @@ def prepare(dirs, work, int8=True, models=MODELS):
         d = Path(dirs[name]) if dirs.get(name) else default_model(name, work / name / "model")
         loaded = load_model_dir(d, expect_kind=KIND[name])
         fns = loaded.model.serving_functions()
-        online = ["predict_ids"] if loaded.kind == "cross_encoder" else ["encode_ids"] + (
-            ["score"] if loaded.kind == "virt" else [])
+        cls = loaded.kind_class
+        online = ["predict_ids"] if cls.encode_output is None else ["encode_ids"] + (
+            ["score"] if cls.late_interaction else [])
         files = {"model_dir": str(d), "saved_model": str(work / name / "saved_model")}
         module = tf.Module()
         module.model = loaded.model
@@ -89,7 +90,8 @@ def prepare(dirs, work, int8=True, models=MODELS):
                                                                 work / name / f"{online[0]}.int8.onnx"))
         tf.saved_model.save(module, files["saved_model"])
         enc = loaded.model.encoder
-        manifest[name] = {"files": files, "kind": loaded.kind, "online": online, "hidden": enc.hidden_size,
+        manifest[name] = {"files": files, "kind": loaded.kind, "online": online, "joint_pair": cls.joint_pair(),
+                          "encode_output": cls.encode_output, "late_interaction": cls.late_interaction, "hidden": enc.hidden_size,
                           "layers": enc.num_layers, "intermediate": enc.intermediate_size,
                           "vocab": loaded.tokenizer.vocab_size}
     return manifest
@@ -109,8 +111,8 @@ def runner(spec, backend, batch, seq):
     """A function processing one batch of `batch` pairs online with `backend`."""
     import numpy as np
 
-    kind, online, files = spec["kind"], spec["online"], spec["files"]
-    if kind == "cross_encoder":
+    online, files = spec["online"], spec["files"]
+    if spec["joint_pair"]:
         ids, mask = fake_ids(batch, seq, spec["vocab"])
         feeds = [{"input_ids": ids, "token_type_ids": np.repeat([[0] * (seq // 2) + [1] * (seq - seq // 2)], batch, 0)
                   .astype("int32"), "attention_mask": mask}]
@@ -120,16 +122,16 @@ def runner(spec, backend, batch, seq):
     calls = _functions(files, online, backend)
     # The candidates' cached side: one encoding of other ids, made once with the same backend.
     cand_ids, cand_mask = fake_ids(batch, seq // 2, spec["vocab"], seed=1)
-    cached = calls[0](input_ids=cand_ids, attention_mask=cand_mask) if kind != "cross_encoder" else None
+    cached = calls[0](input_ids=cand_ids, attention_mask=cand_mask) if spec["encode_output"] else None
 
     def step():
         out = calls[0](**feeds[0])
-        if kind == "sbert":
-            u, v = out["embeddings"], cached["embeddings"]
-            return np.sum(u * v, -1) / (np.linalg.norm(u, axis=-1) * np.linalg.norm(v, axis=-1))
-        if kind == "virt":
+        if spec["late_interaction"]:
             return calls[1](x_states=out["token_states"], x_mask=mask, y_states=cached["token_states"],
                             y_mask=cand_mask)["probs"]
+        if spec["encode_output"]:  # one vector per text: cosine
+            u, v = out[spec["encode_output"]], cached[spec["encode_output"]]
+            return np.sum(u * v, -1) / (np.linalg.norm(u, axis=-1) * np.linalg.norm(v, axis=-1))
         return out["probs"]
     return step
 
@@ -184,7 +186,7 @@ def measure(spec, backend, seq, seconds):
     _tf_path()
     res = {str(batch): per_second(runner(spec, backend, batch, seq), batch, seconds) for batch in BATCHES}
     out = {"pairs_per_s": res}
-    if spec["kind"] != "cross_encoder":  # bi-encoders: how fast a corpus is encoded offline
+    if spec["encode_output"]:  # bi-encoders: how fast a corpus is encoded offline
         ids, mask = fake_ids(ENCODE_BATCH, seq // 2, spec["vocab"], seed=2)
         encode = _functions(spec["files"], spec["online"][:1], backend)[0]
         out["encode_per_s"] = per_second(lambda: encode(input_ids=ids, attention_mask=mask), ENCODE_BATCH, seconds)

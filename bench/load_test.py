@@ -164,10 +164,18 @@ async def run_clients(url, path, bodies, clients, seconds, max_requests):
     return latencies, errors, time.perf_counter() - t_start, sent
 
 
-def bad_bodies(kind, max_texts, max_chars):
-    """(body, the status it must get): the classes of bad input of the README's reliability section."""
+def reads_pair_jointly(kind):
+    """Whether the served kind reads a pair as one row, from the kind's own class (the registry)."""
+    from modeling.model_dir import discover_kinds
+
+    return discover_kinds()[kind].joint_pair()
+
+
+def bad_bodies(joint_pair, max_texts, max_chars):
+    """(body, the status it must get): the classes of bad input of docs/serving.md's reliability section.
+    `joint_pair`: the model reads a pair as one row (a cross-encoder's `predict_ids` inputs)."""
     pair = {"text_a": "x", "text_b": "y"}
-    ids = ({"input_ids": [2, "NaN"], "token_type_ids": [0, 0], "attention_mask": [1, 1]} if kind == "cross_encoder"
+    ids = ({"input_ids": [2, "NaN"], "token_type_ids": [0, 0], "attention_mask": [1, 1]} if joint_pair
            else {"x_ids": [2, "NaN"], "x_mask": [1, 1], "y_ids": [2], "y_mask": [1]})
     return [
         ("{not json", 400), ('"a string"', 400), ("[" * 50_000 + "]" * 50_000, 400),
@@ -259,7 +267,7 @@ def measure_mix(args, config, good, path):
         lines0 = Path(log.name).read_text(errors="replace").count("\n")
         rows0, batches0 = batch_stats(url, "predict_ids")
         mixed = asyncio.run(run_groups(url, path, {"good": (n_good, good), "bad": (n_bad, bad_bodies(
-            health["kind"], args.max_texts, args.max_chars)), "max-size": (args.clients // 4, big)}, args.seconds))
+            reads_pair_jointly(health["kind"]), args.max_texts, args.max_chars)), "max-size": (args.clients // 4, big)}, args.seconds))
         rows1, batches1 = batch_stats(url, "predict_ids")
         mem1 = proc_memory_mb(proc.pid)
     finally:

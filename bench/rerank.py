@@ -189,7 +189,7 @@ class Candidates:
 
         self.texts = texts_of_length(backend.tokenizer, n, cand_len, seed)
         self.index = None
-        if backend.kind in ("sbert", "virt"):
+        if backend.model_class.encode_output:  # a bi-encoder: the candidates' side is cached
             out = Path(work) / f"index-{backend.kind}-{backend.runtime}-{cand_len}-{n}-{os.getpid()}-{id(self)}"
             build_index(backend, [str(i) for i in range(n)], self.texts, out, batch_size=32)
             self.index = Index(out)  # as search / serve hold it: float32 states in one array
@@ -209,11 +209,12 @@ def ranker(backend, cands, queries, K, path="block", batch_size=CE_BATCH):
     from runtime.rows import pair_rows, text_rows
 
     n = len(cands.texts)
-    broadcast = backend.kind == "virt" and broadcasts_query(backend)
+    cls = backend.model_class
+    broadcast = cls.late_interaction and broadcasts_query(backend)
     plans = []
     for g, group in enumerate(queries):
         picks = [[(g * K * len(group) + j * K + k) % n for k in range(K)] for j in range(len(group))]
-        if backend.kind == "cross_encoder":
+        if cls.encode_output is None:  # reads query and candidate together
             plans.append(pair_rows(backend, [q for q, p in zip(group, picks) for _ in p],
                                    [cands.texts[i] for p in picks for i in p]))
         else:
@@ -221,12 +222,12 @@ def ranker(backend, cands, queries, K, path="block", batch_size=CE_BATCH):
 
     def step(i):
         plan = plans[i % len(plans)]
-        if backend.kind == "cross_encoder":
+        if cls.encode_output is None:
             return np.array([o["probs"][1] for o in run_in_batches(backend, "predict_ids", plan, batch_size)])
         rows, picks = plan
         enc = run_rows(backend, "encode_ids", rows)  # one call for the group's queries
-        if backend.kind == "sbert":
-            u = normalize(np.stack([e["embeddings"] for e in enc]))
+        if not cls.late_interaction:  # one vector per text: cosine against the cached vectors
+            u = normalize(np.stack([e[cls.encode_output] for e in enc]))
             return np.concatenate([cands.index.vectors[p] @ u[j] for j, p in enumerate(picks)])
         if path == "rows":
             call_rows = [r for j, p in enumerate(picks)
