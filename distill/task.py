@@ -13,7 +13,7 @@ import numpy as np
 
 from data import swap_augment
 from distill.model import DistillTraining
-from modeling.cross_encoder import CrossEncoder
+from crossenc.model import CrossEncoder
 from training.finetune import finetune
 from training.tasks import (baseline_scores, check_same_vocab, init_encoder, load_splits, prepare_run_dir,
                             print_summary, student_from_teacher, student_model_config, teacher_for,

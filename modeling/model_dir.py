@@ -29,11 +29,15 @@ FORMAT_VERSION = 1
 
 # kind -> module that registers the model class with Keras serialisation.
 KIND_MODULES = {
-    "cross_encoder": "modeling.cross_encoder",
+    "cross_encoder": "crossenc.model",
     "sbert": "senbert.model",
     "virt": "virt.model",
     "mlm": "pretrain.model",
 }
+
+# Modules that moved, as model.json files written before the move name them ("module" in the Keras
+# config): modeling/cross_encoder.py became crossenc/model.py (issue 19).
+MODULE_ALIASES = {"modeling.cross_encoder": "crossenc.model"}
 
 
 @dataclass
@@ -113,8 +117,11 @@ def load_model_dir(path, expect_kind=None):
     for name in ("vocab.txt", "model.weights.h5"):
         if not (path / name).is_file():
             raise CheckpointError(f"{path}: {name} is missing (half-written model directory?)")
+    config = meta["model"]
+    if isinstance(config, dict) and config.get("module") in MODULE_ALIASES:
+        config = {**config, "module": MODULE_ALIASES[config["module"]]}
     try:
-        model = keras.saving.deserialize_keras_object(meta["model"])
+        model = keras.saving.deserialize_keras_object(config)
         model(model.dummy_inputs())  # create the variables before loading them
     except Exception as e:  # an edited or foreign model.json: Keras raises TypeError, ValueError, ...
         raise CheckpointError(f"{path / 'model.json'}: cannot rebuild the {meta['kind']} model from its "

@@ -182,7 +182,7 @@ def test_cached_teacher_logits_writes_then_reads_and_key_follows_texts(saved_tea
 
 # ----------------------------------------------------------------------------- intermediate layers
 def test_intermediate_distillation_projects_student_width_to_teacher_width():
-    from modeling.cross_encoder import CrossEncoder
+    from crossenc.model import CrossEncoder
     from modeling.encoder import BertEncoder
 
     V = 40

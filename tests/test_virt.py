@@ -420,7 +420,7 @@ def test_kd_term_is_the_kl_to_the_teachers_logits_on_the_joint_pair():
     """virt.kd_weight: the teacher's logits from the x ++ y[1:] pass equal its logits on the contiguous
     `[CLS] x [SEP] y [SEP]` row (computed here from a separately padded joint batch), and the term is
     T^2 * KL(softmax(t/T) || softmax(s/T)) worked in NumPy."""
-    from modeling.cross_encoder import CrossEncoder
+    from crossenc.model import CrossEncoder
 
     keras.utils.set_random_seed(3)
     rng = np.random.default_rng(3)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from data import DataError, PairData
-from modeling.cross_encoder import CrossEncoder
+from crossenc.model import CrossEncoder
 from modeling.model_dir import load_model_dir
 from training.metrics import classification_metrics
 from training.rundir import check_out
