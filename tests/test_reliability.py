@@ -289,7 +289,7 @@ def test_cli_skip_counts_bad_rows(work, capsys, caplog, tmp_path, task):
 
 
 def test_predict_failing_while_writing_keeps_the_previous_file(work, tmp_path, monkeypatch, capsys):
-    import training.finetune as finetune
+    import crossenc.task as finetune
 
     out = tmp_path / "scores.jsonl"
     out.write_text("previous run\n")
