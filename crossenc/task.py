@@ -60,7 +60,7 @@ def evaluate(cfg):
         raise DataError("set data.test (or data.valid) to the labelled file to evaluate on")
     pairs = read_data(cfg, path, loaded.labels)
     split = tokenize(loaded.model, loaded.tokenizer, pairs, loaded.labels, loaded.max_seq_len, "eval")
-    probs = predict_outputs(loaded.model, split.features, cfg.train.eval_batch_size)
+    probs = predict_outputs(loaded.model, split.features, cfg.train.eval_batch_size, progress=True)
     metrics = classification_metrics(split.labels, probs, loaded.labels)
     cm = metrics["confusion_matrix"]
     print(f"{path}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
@@ -133,7 +133,7 @@ def predict(cfg):
     else:
         loaded = load_model_dir(path)
         feats = loaded.model.featurize(loaded.tokenizer, pairs.text_a, pairs.text_b, loaded.max_seq_len)
-        probs = predict_outputs(loaded.model, feats, cfg.train.eval_batch_size)
+        probs = predict_outputs(loaded.model, feats, cfg.train.eval_batch_size, progress=True)
         labels = loaded.labels
     # Written under a temporary name and renamed when complete: a failed run keeps the previous file.
     tmp = Path(f"{cfg.out}.{os.getpid()}.tmp") if cfg.out else None

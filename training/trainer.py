@@ -17,6 +17,7 @@ import logging
 import math
 import shutil
 import signal
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -105,17 +106,42 @@ def epochs_for(cfg, steps_per_epoch):
     return epochs
 
 
-def predict_outputs(model, features, batch_size, fn=None):
-    """Run `fn` (default: class probabilities) over features in length-sorted batches, in input order."""
+def predict_outputs(model, features, batch_size, fn=None, progress=False):
+    """Run `fn` (default: class probabilities) over features in length-sorted batches, in input order
+    (`progress`: a progress bar on stderr once it takes more than a few seconds)."""
     fn = fn or model.predict_proba_fn()
     order = np.argsort(example_lengths(features), kind="stable")
     sorted_feats = {k: ([v[i] for i in order] if isinstance(v, list) else np.asarray(v)[order])
                     for k, v in features.items()}
-    outs = [fn(x) for x in make_dataset(sorted_feats, batch_size=batch_size, bucket=False)]
+    bar = LateProgbar(num_batches(len(order), batch_size, drop_remainder=False)) if progress else None
+    outs = []
+    for x in make_dataset(sorted_feats, batch_size=batch_size, bucket=False):
+        outs.append(fn(x))
+        if bar:
+            bar.add(1)
     if isinstance(outs[0], dict):
         merged = {k: np.concatenate([o[k].numpy() for o in outs]) for k in outs[0]}
         return {k: _unsort(v, order) for k, v in merged.items()}
     return _unsort(np.concatenate([o.numpy() for o in outs]), order)
+
+
+class LateProgbar:
+    """Keras's Progbar, on stderr (a task's results may go to stdout), shown only once the work has
+    taken more than `delay` seconds: quick runs print nothing."""
+
+    def __init__(self, target, delay=3.0, unit_name="batch"):
+        self.target, self.delay, self.unit_name = target, delay, unit_name
+        self.start, self.pending, self.bar = time.time(), 0, None
+
+    def add(self, n=1):
+        self.pending += n
+        if self.bar is None and time.time() - self.start < self.delay:
+            return
+        with contextlib.redirect_stdout(sys.stderr):
+            if self.bar is None:
+                self.bar = keras.utils.Progbar(self.target, unit_name=self.unit_name)
+            self.bar.add(self.pending)
+        self.pending = 0
 
 
 def _unsort(values, order):
