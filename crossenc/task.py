@@ -15,10 +15,10 @@ import numpy as np
 from crossenc.model import CrossEncoder
 from data import DataError, PairData
 from modeling.model_dir import load_model_dir
-from training.inputs import read_data, tokenize
+from training.inputs import init_encoder, read_data, tokenize
 from training.metrics import classification_metrics
 from training.rundir import check_out
-from training.runner import TrainingTask, init_encoder, run, write_json
+from training.runner import TrainingTask, run, write_json
 from training.trainer import predict_outputs
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ from pathlib import Path
 from crossenc.task import finetune
 from modeling.checkpoints import CheckpointError
 from modeling.model_dir import load_model_dir
-from training.runner import run_or_reuse
+from training.references import run_or_reuse
 
 log = logging.getLogger(__name__)
 

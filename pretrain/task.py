@@ -20,8 +20,8 @@ import tensorflow as tf
 from data import DataError, PairData, read_pairs
 from pretrain.model import MaskedLM, masked_lm_loss
 from training.pipeline import make_dataset
-from training.inputs import SAMPLE_DIR, Splits
-from training.runner import TrainingTask, init_encoder, run
+from training.inputs import SAMPLE_DIR, Splits, init_encoder
+from training.runner import TrainingTask, run
 
 log = logging.getLogger(__name__)
 

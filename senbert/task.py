@@ -14,7 +14,8 @@ from data import DataError
 from modeling.model_dir import load_model_dir
 from senbert.model import SentenceBert
 from training.metrics import classification_metrics, positive_index
-from training.runner import TrainingTask, init_encoder, run
+from training.inputs import init_encoder
+from training.runner import TrainingTask, run
 from training.trainer import predict_outputs
 
 log = logging.getLogger(__name__)

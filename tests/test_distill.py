@@ -277,7 +277,7 @@ def test_student_init_teacher_starts_from_the_teachers_first_layers(e2e, tmp_pat
     from config import load_config
     from crossenc.teacher import student_from_teacher
     from modeling.model_dir import load_model_dir
-    from training.runner import init_encoder
+    from training.inputs import init_encoder
 
     teacher = load_model_dir(e2e / "teacher" / "model", expect_kind="cross_encoder")
     cfg = load_config(None, TINY + ["task=distill", "model.num_layers=1"])

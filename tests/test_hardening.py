@@ -320,7 +320,7 @@ def test_resuming_after_the_teacher_reuses_it_only_if_it_is_the_same(work, caplo
     from training.rundir import RunError
     from crossenc.teacher import teacher_for
 
-    caplog.set_level(logging.INFO, logger="training.runner")
+    caplog.set_level(logging.INFO, logger="training.references")
     run = tmp_path / "distill"
     sets = tiny_overrides(work["data"], work["data"]["vocab"], "train.epochs=1", "train.steps_per_epoch=2",
                           "task=distill", f"out={run}")

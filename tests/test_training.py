@@ -376,7 +376,7 @@ def test_in_process_resume_at_epoch_boundary_keeps_validation(tmp_path, train_sp
 
 def test_en_vocab_is_the_same_when_a_run_restarts(tmp_path, data):
     from data import read_pairs
-    from training.runner import init_encoder
+    from training.inputs import init_encoder
 
     cfg = _cfg(data=data)
     cfg.model.vocab = None
@@ -438,7 +438,7 @@ def test_nan_loss_names_the_step_and_keeps_the_checkpoint(tmp_path, train_split,
 
 
 def test_early_stopping_when_the_metric_cannot_improve(tmp_path, data, train_split, tokenizer, monkeypatch):
-    from training.runner import evaluator
+    from training.trainer import evaluator
 
     valid = _split(data["valid"], tokenizer, "valid")
     saved = []

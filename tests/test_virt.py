@@ -534,7 +534,7 @@ def test_student_init_teacher_starts_the_siamese_student_from_the_teachers_layer
 
 
 def test_gap_closed_and_weak_teacher_warning_by_hand():
-    from training.runner import compare_with_baseline
+    from training.references import compare_with_baseline
 
     m = {"teacher": {"valid": {"accuracy": 0.90}, "test": {"accuracy": 0.80}},
          "baseline": {"valid": {"accuracy": 0.70}, "test": {"accuracy": 0.85}},

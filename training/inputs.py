@@ -1,5 +1,5 @@
-"""A training run's inputs: its data splits (read as the `data.*` keys say) and their tokenisation
-(cached on disk)."""
+"""What a training run starts from: its data splits (read as the `data.*` keys say), their
+tokenisation (cached on disk) and its encoder (a checkpoint or random weights)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,11 @@ from pathlib import Path
 import numpy as np
 
 from data import DataError, PairData, check_label_set, label_map, make_sample, read_pairs, swap_augment
-from modeling.tokenization import IDS_VERSION
+from modeling.encoder import BertEncoder
+from modeling.pretrained import load_pretrained, rebuild_encoder
+from modeling.tokenization import IDS_VERSION, PairTokenizer
+from training.rundir import RunError
+from training.strategy import in_cluster
 from training.trainer import Split
 
 log = logging.getLogger(__name__)
@@ -116,3 +120,43 @@ def tokenize(model, tokenizer, pairs, label_names, max_len, name, cache=True):
     index = {n: i for i, n in enumerate(label_names)}
     labels = None if pairs.labels is None else np.array([index[y] for y in pairs.labels], np.int32)
     return Split(name, feats, labels, (pairs.text_a, pairs.text_b))
+
+
+def init_encoder(model_cfg, train_texts, run_dir, num_layers=None):
+    """The encoder and tokenizer a task starts from: a checkpoint (optionally cut to
+    its first k layers) or, with `model.init: null`, random weights and a vocab."""
+    num_layers = num_layers if num_layers is not None else model_cfg.num_layers
+    if model_cfg.init is not None:
+        encoder, tokenizer = load_pretrained(model_cfg.init, num_layers=num_layers,
+                                             allow_mismatch=model_cfg.allow_mismatch,
+                                             lowercase=model_cfg.lowercase)
+        if model_cfg.dropout is not None:
+            encoder = _with_dropout(encoder, model_cfg.dropout)
+        return encoder, tokenizer
+    from data import build_vocab
+
+    vocab = model_cfg.vocab
+    built = Path(run_dir) / "vocab.txt"
+    if vocab is None and built.is_file():
+        vocab = built  # a resumed run must keep its token ids (the WordPiece builder is not deterministic)
+        log.info("reusing the run's vocabulary %s", vocab)
+    if vocab is None and in_cluster():  # build() runs inside the strategy's scope
+        raise RunError("train.strategy=multiworker with model.init=null needs model.vocab: a vocab.txt every "
+                       "worker reads (workers that each built one could get different token ids)")
+    if vocab is None:
+        vocab = build_vocab(train_texts, Path(run_dir) / "vocab.txt", lang=model_cfg.vocab_lang,
+                            min_freq=model_cfg.vocab_min_freq)
+        log.info("built a %s vocabulary from the training texts: %s", model_cfg.vocab_lang, vocab)
+    tokenizer = PairTokenizer(vocab, lowercase=True if model_cfg.lowercase is None else model_cfg.lowercase)
+    encoder = BertEncoder(vocab_size=tokenizer.vocab_size, hidden_size=model_cfg.hidden_size,
+                          num_layers=num_layers or 4, num_heads=model_cfg.num_heads,
+                          intermediate_size=model_cfg.intermediate_size, max_position=model_cfg.max_position,
+                          hidden_dropout=model_cfg.dropout, attention_dropout=model_cfg.dropout, name="encoder")
+    return encoder, tokenizer
+
+
+def _with_dropout(encoder, rate):
+    """The encoder with the configured dropout rate instead of the checkpoint's."""
+    if encoder.hidden_dropout == rate and encoder.attention_dropout == rate:
+        return encoder
+    return rebuild_encoder(encoder, f"{encoder.name} (dropout {rate})", hidden_dropout=rate, attention_dropout=rate)

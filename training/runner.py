@@ -17,16 +17,13 @@ from pathlib import Path
 import keras
 
 from config import config_to_dict, load_config
-from modeling.encoder import BertEncoder
 from modeling.model_dir import load_model_dir, save_model_dir
-from modeling.pretrained import load_pretrained, rebuild_encoder
-from modeling.tokenization import PairTokenizer
 from training.inputs import load_splits, tokenize
 from training.memory import peak_rss_mb
-from training.metrics import classification_metrics
-from training.rundir import RunError, differences, finished, start_run
-from training.strategy import chief_from_env, in_cluster, is_chief, make_strategy
-from training.trainer import Trainer, TrainingError, finish_backup, predict_outputs
+from training.references import baseline_scores, compare_with_baseline, teacher_report
+from training.rundir import RunError, finished, start_run
+from training.strategy import chief_from_env, is_chief, make_strategy
+from training.trainer import Trainer, TrainingError, evaluator, finish_backup
 
 log = logging.getLogger(__name__)
 
@@ -143,135 +140,6 @@ def prepare_run_dir(cfg, given=None):
     return out
 
 
-# ----------------------------------------------------------------------------- building blocks for tasks
-def init_encoder(model_cfg, train_texts, run_dir, num_layers=None):
-    """The encoder and tokenizer a task starts from: a checkpoint (optionally cut to
-    its first k layers) or, with `model.init: null`, random weights and a vocab."""
-    num_layers = num_layers if num_layers is not None else model_cfg.num_layers
-    if model_cfg.init is not None:
-        encoder, tokenizer = load_pretrained(model_cfg.init, num_layers=num_layers,
-                                             allow_mismatch=model_cfg.allow_mismatch,
-                                             lowercase=model_cfg.lowercase)
-        if model_cfg.dropout is not None:
-            encoder = _with_dropout(encoder, model_cfg.dropout)
-        return encoder, tokenizer
-    from data import build_vocab
-
-    vocab = model_cfg.vocab
-    built = Path(run_dir) / "vocab.txt"
-    if vocab is None and built.is_file():
-        vocab = built  # a resumed run must keep its token ids (the WordPiece builder is not deterministic)
-        log.info("reusing the run's vocabulary %s", vocab)
-    if vocab is None and in_cluster():  # build() runs inside the strategy's scope
-        raise RunError("train.strategy=multiworker with model.init=null needs model.vocab: a vocab.txt every "
-                       "worker reads (workers that each built one could get different token ids)")
-    if vocab is None:
-        vocab = build_vocab(train_texts, Path(run_dir) / "vocab.txt", lang=model_cfg.vocab_lang,
-                            min_freq=model_cfg.vocab_min_freq)
-        log.info("built a %s vocabulary from the training texts: %s", model_cfg.vocab_lang, vocab)
-    tokenizer = PairTokenizer(vocab, lowercase=True if model_cfg.lowercase is None else model_cfg.lowercase)
-    encoder = BertEncoder(vocab_size=tokenizer.vocab_size, hidden_size=model_cfg.hidden_size,
-                          num_layers=num_layers or 4, num_heads=model_cfg.num_heads,
-                          intermediate_size=model_cfg.intermediate_size, max_position=model_cfg.max_position,
-                          hidden_dropout=model_cfg.dropout, attention_dropout=model_cfg.dropout, name="encoder")
-    return encoder, tokenizer
-
-
-def _with_dropout(encoder, rate):
-    """The encoder with the configured dropout rate instead of the checkpoint's."""
-    if encoder.hidden_dropout == rate and encoder.attention_dropout == rate:
-        return encoder
-    return rebuild_encoder(encoder, f"{encoder.name} (dropout {rate})", hidden_dropout=rate, attention_dropout=rate)
-
-
-def evaluator(label_names, batch_size):
-    """Classification metrics of a model's probabilities on a split."""
-    def evaluate(model, split):
-        return classification_metrics(split.labels, predict_outputs(model, split.features, batch_size), label_names)
-    return evaluate
-
-
-# ----------------------------------------------------------------------------- teachers, baselines
-def run_or_reuse(sub_cfg, train_fn, what):
-    """Train a run's sub-model (`what`: teacher, baseline) in `sub_cfg.out`, or reuse it when an
-    interrupted parent run is resumed after the sub-run had finished with the same settings."""
-    out = Path(sub_cfg.out)
-    if finished(out):
-        diffs = differences(sub_cfg, out)
-        if diffs:
-            raise RunError(f"{out} holds a {what} trained with other settings ({'; '.join(diffs)}); "
-                           f"start fresh with another --out")
-        log.info("the %s in %s is finished: reusing it", what, out)
-        return json.loads((out / "metrics.json").read_text(encoding="utf-8"))
-    return train_fn(sub_cfg)
-
-
-def baseline_scores(task, run_dir, splits):
-    """Valid/test scores of the task's baseline (`task.baseline_path()`): None skips it, a model directory
-    is scored on this run's splits, `auto` trains it in <out>/baseline on a copy of the run's configuration
-    that `task.as_baseline` turns into the baseline's (everything else as the student's)."""
-    path = task.baseline_path()
-    if path is None:
-        return None
-    if path != "auto":
-        return {**score_model_dir(path, splits, task.cfg), "model_dir": str(path)}
-    bcfg = copy.deepcopy(task.cfg)
-    bcfg.out = str(Path(run_dir) / "baseline")
-    train_fn = task.as_baseline(bcfg)
-    log.info("baseline=auto: training the student's baseline first in %s", bcfg.out)
-    metrics = run_or_reuse(bcfg, train_fn, "baseline")
-    return {**{k: metrics[k] for k in ("valid", "test") if k in metrics}, "model_dir": str(Path(bcfg.out) / "model")}
-
-
-def teacher_report(teacher, teacher_metrics, splits, cfg):
-    """The teacher's valid/test scores on this run's splits (from its own run when it was trained
-    here) and its model directory, for metrics.json."""
-    scores = ({k: teacher_metrics[k] for k in ("valid", "test") if k in teacher_metrics}
-              if teacher_metrics else score_model_dir(teacher.path, splits, cfg))
-    return {**scores, "model_dir": str(teacher.path)}
-
-
-def score_model_dir(path, splits, cfg):
-    """valid/test metrics of another model directory (teacher, baseline) on this run's splits."""
-    loaded = load_model_dir(path)
-    evaluate = evaluator(splits.label_names, cfg.train.eval_batch_size)
-    out = {}
-    for name in ("valid", "test"):
-        pairs = getattr(splits, name)
-        if pairs is not None:
-            split = tokenize(loaded.model, loaded.tokenizer, pairs, splits.label_names, cfg.train.max_seq_len, name)
-            out[name] = evaluate(loaded.model, split)
-    return out
-
-
-def compare_with_baseline(metrics, metric, what):
-    """Add `gap_closed` and `warnings` to a student's metrics that hold `teacher` and `baseline` scores.
-
-    gap_closed[split] = (student - baseline) / (teacher - baseline) on the selection metric, where the
-    teacher leads the baseline; a teacher that does not lead on valid gets a warning instead: the
-    student then has little to learn from it (`what` names the student, e.g. "VIRT")."""
-    teacher, baseline = metrics.get("teacher", {}), metrics.get("baseline", {})
-    gaps, warnings = {}, []
-    for split in ("valid", "test"):
-        try:
-            t, b, s = teacher[split][metric], baseline[split][metric], metrics[split][metric]
-        except KeyError:
-            continue
-        if t > b:
-            gaps[split] = (s - b) / (t - b)
-        elif split == "valid":
-            warnings.append(f"the teacher's valid {metric} ({t:.4f}) is not above the baseline's ({b:.4f}): "
-                            f"distillation has little to teach; expect {what} to score about like the baseline")
-    if gaps:
-        metrics["gap_closed"] = gaps
-    if warnings:
-        metrics.setdefault("warnings", []).extend(warnings)
-        for w in warnings:
-            log.warning(w)
-    return metrics
-
-
-# ----------------------------------------------------------------------------- train
 def train(task, run_dir, splits, metric, report):
     """Fit the task's model under the strategy, keep the best epoch's model directory and write
     metrics.json (the re-loaded best model's scores, the training facts and `report`)."""
@@ -329,7 +197,6 @@ def train(task, run_dir, splits, metric, report):
         keras.mixed_precision.set_global_policy("float32")
 
 
-# ----------------------------------------------------------------------------- outputs
 def print_summary(run_dir, metrics):
     """The run's scores, with its teacher's and baseline's (valid split) when it has them."""
     if not metrics:  # a multi-worker run's non-chief worker

@@ -27,7 +27,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from training.metrics import better
+from training.metrics import better, classification_metrics
 from training.optim import build_optimizer
 from training.pipeline import example_lengths, make_dataset, num_batches
 from training.strategy import is_chief
@@ -142,6 +142,13 @@ class LateProgbar:
                 self.bar = keras.utils.Progbar(self.target, unit_name=self.unit_name)
             self.bar.add(self.pending)
         self.pending = 0
+
+
+def evaluator(label_names, batch_size):
+    """Classification metrics of a model's probabilities on a split."""
+    def evaluate(model, split):
+        return classification_metrics(split.labels, predict_outputs(model, split.features, batch_size), label_names)
+    return evaluate
 
 
 def _unsort(values, order):

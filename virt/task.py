@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 
 from crossenc.teacher import check_same_vocab, student_config, teacher_for
-from training.runner import TrainingTask, init_encoder, run
+from training.inputs import init_encoder
+from training.runner import TrainingTask, run
 from virt.model import VirtModel, VirtTraining, default_fusion, uses_fusion
 
 log = logging.getLogger(__name__)
