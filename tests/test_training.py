@@ -741,3 +741,17 @@ def test_config_yaml_is_the_effective_config_and_a_resume_compares_the_given_one
     given.train.seed += 1
     with pytest.raises(RunError, match=r"train.seed: 42 -> 43"):
         check_resume(given, out)
+
+
+def test_predict_progress_goes_to_stderr_and_only_when_slow(capsys):
+    """predict writes its results to stdout: its progress bar must not mix with them."""
+    from training.trainer import LateProgbar
+
+    quick = LateProgbar(4)  # done long before the delay: prints nothing
+    for _ in range(4):
+        quick.add(1)
+    slow = LateProgbar(4, delay=0.0)
+    for _ in range(4):
+        slow.add(1)
+    out, err = capsys.readouterr()
+    assert out == "" and "4/4" in err
