@@ -629,3 +629,15 @@ def test_virt_head_script_on_a_trained_run(virt_run, tmp_path):
     for key in ("coverage_y_pos", "coverage_y_neg", "coverage_x_pos", "peak_neg"):
         assert 0.0 < result[key] <= 1.0 + 1e-9
     assert "coverage of y in u" in (tmp_path / "virt_head.md").read_text()
+
+
+def test_virt_run_config_yaml_is_what_ran(virt_run):
+    """config.yaml is written after the run decided virt.fusion (null in the given configuration), and
+    the teacher's records the mean pooling VIRT's teachers are fine-tuned with."""
+    from config import load_config
+
+    run = virt_run["run"]
+    saved = load_config(run / "config.yaml")
+    assert saved.virt.fusion is False  # default_fusion: two classes
+    assert json.loads((run / "inputs.json").read_text())["config"]["virt"]["fusion"] is None
+    assert load_config(run / "teacher" / "config.yaml").model.pooling == "mean"
