@@ -26,11 +26,11 @@ sys.path.insert(0, str(ROOT))
 
 # task -> (module, function, default config, one-line help)
 TASKS = {
-    "finetune": ("training.finetune", "finetune", "finetune",
+    "finetune": ("crossenc.task", "finetune", "finetune",
                  "fine-tune a cross-encoder ([CLS] a [SEP] b [SEP] -> classifier)"),
-    "evaluate": ("training.finetune", "evaluate", "finetune",
+    "evaluate": ("crossenc.task", "evaluate", "finetune",
                  "metrics + confusion matrix of a model directory (model.init) on data.test"),
-    "predict": ("training.finetune", "predict", "finetune",
+    "predict": ("crossenc.task", "predict", "finetune",
                 "score pairs of data.test (or a<TAB>b lines on stdin) with model.init; --out FILE"),
     "distill": ("distill.task", "train_distill", "distill",
                 "distill a cross-encoder teacher (distill.teacher, or fine-tuned first) into a tiny student"),

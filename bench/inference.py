@@ -47,7 +47,7 @@ def _tf_path():
 # ----------------------------------------------------------------------------- prepare (child)
 def default_model(name, path):
     """An untrained-head model directory for `name` built from MiniLM-L6."""
-    from modeling.cross_encoder import CrossEncoder
+    from crossenc.model import CrossEncoder
     from modeling.model_dir import save_model_dir
     from modeling.pretrained import load_pretrained
     from senbert.model import SentenceBert

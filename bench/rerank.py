@@ -359,7 +359,7 @@ def e2e_latency(searcher, query_backend, queries, K, seconds, min_calls=3, warmu
 # ----------------------------------------------------------------------------- the command
 def default_models(work):
     """MiniLM-L6 cross-encoder, sbert (cosine) and VIRT model directories, untrained heads."""
-    from modeling.cross_encoder import CrossEncoder
+    from crossenc.model import CrossEncoder
     from modeling.model_dir import save_model_dir
     from modeling.pretrained import load_pretrained
     from senbert.model import SentenceBert

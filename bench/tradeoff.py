@@ -84,7 +84,7 @@ def median_lengths(model_dir, data_file, cfg_overrides=()):
 
     from config import load_config, parse_overrides
     from modeling.model_dir import load_model_dir
-    from training.tasks import read_data
+    from training.inputs import read_data
 
     cfg = load_config(ROOT / "config" / "finetune.yaml", parse_overrides([list(cfg_overrides)]))
     pairs = read_data(cfg, data_file)
@@ -159,7 +159,7 @@ def main(argv=None):
     entries = models(dirs, args.teacher)
     import yaml
 
-    from training.tasks import SAMPLE_DIR
+    from training.inputs import SAMPLE_DIR
 
     run_data = yaml.safe_load((dirs["virt"] / "config.yaml").read_text())["data"]
     sample = run_data.get("test") or run_data.get("valid") or run_data.get("train") or SAMPLE_DIR / "test.csv"

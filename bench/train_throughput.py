@@ -36,7 +36,7 @@ def measure(layers, batch, seq, steps, precision, jit):
     import tensorflow as tf
 
     from config import TrainConfig
-    from modeling.cross_encoder import CrossEncoder
+    from crossenc.model import CrossEncoder
     from modeling.pretrained import load_pretrained
     from training.optim import build_optimizer
     from training.trainer import Trainer

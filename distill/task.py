@@ -11,13 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
+from crossenc.task import build_cross_encoder, finetune
+from crossenc.teacher import check_same_vocab, student_config, student_model_config, teacher_for
 from data import swap_augment
 from distill.model import DistillTraining
-from modeling.cross_encoder import CrossEncoder
-from training.finetune import finetune
-from training.tasks import (baseline_scores, check_same_vocab, init_encoder, load_splits, prepare_run_dir,
-                            print_summary, student_from_teacher, student_model_config, teacher_for,
-                            teacher_report, train_task)
+from training.runner import TrainingTask, run
 from training.trainer import predict_outputs
 
 log = logging.getLogger(__name__)
@@ -63,49 +61,61 @@ def with_swapped_pairs(splits):
     return dataclasses.replace(splits, train=swap_augment(splits.train)), hard
 
 
-def train_distill(cfg):
-    """Teacher (given or fine-tuned here) -> student; writes <out>/model and metrics.json."""
-    run_dir = prepare_run_dir(cfg)
-    splits = load_splits(cfg)
-    d = cfg.distill
-    teacher, teacher_metrics = teacher_for(cfg, run_dir, "distill")
-    model_cfg = student_model_config(cfg, teacher)
-    student_cfg = student_from_teacher(model_cfg, teacher) if d.student_init == "teacher" else model_cfg
-    report = {"distill": {"label_weight": d.label_weight, "temperature": d.temperature, "online": d.online,
-                          "intermediate": d.intermediate, "swap": d.swap, "student_init": d.student_init}}
-    report["teacher"] = teacher_report(teacher, teacher_metrics, splits, cfg)
+class Distill(TrainingTask):
+    """Teacher (given or fine-tuned here) -> tiny cross-encoder student on the teacher's logits."""
 
-    def as_plain_student(bcfg):  # model.init's student, same schedule and data, fine-tuned on the labels alone
-        bcfg.task, bcfg.model, bcfg.distill.baseline = "finetune", copy.copy(model_cfg), None
+    section = "distill"
+    student_name = "the distilled student"
 
-    baseline = baseline_scores(cfg, run_dir, splits, d.baseline, finetune, as_plain_student)
-    if baseline:
-        report["baseline"] = baseline
+    def settings(self):
+        d = self.cfg.distill
+        return {"label_weight": d.label_weight, "temperature": d.temperature, "online": d.online,
+                "intermediate": d.intermediate, "swap": d.swap, "student_init": d.student_init}
 
-    extra = {}
-    if d.swap:  # after the baseline, which trains on the original pairs
-        splits, extra["hard_weight"] = with_swapped_pairs(splits)
-    if not (d.online or d.intermediate):
-        extra["teacher_logits"] = cached_teacher_logits(teacher, splits.train.text_a, splits.train.text_b,
-                                                        cfg.train.max_seq_len, cfg.train.eval_batch_size)
-        teacher = None  # the student trains without the teacher in memory
-        gc.collect()
+    def model_meta(self):
+        return {"distill": self.settings()}
 
-    def build():
-        encoder, tokenizer = init_encoder(student_cfg, splits.train.text_a + splits.train.text_b, run_dir)
-        student = CrossEncoder(encoder, num_labels=len(splits.label_names), pooling=cfg.model.pooling,
-                               dropout=cfg.model.dropout, name="cross_encoder")
+    def load_teacher(self, run_dir):
+        self.teacher, metrics = teacher_for(self.cfg, run_dir, "distill")
+        return metrics
+
+    def baseline_path(self):
+        return self.cfg.distill.baseline
+
+    def as_baseline(self, bcfg):
+        """model.init's student, same schedule and data, fine-tuned on the labels alone."""
+        bcfg.task, bcfg.distill.baseline = "finetune", None
+        bcfg.model = copy.copy(student_model_config(self.cfg, self.teacher))
+        return finetune
+
+    def prepare(self, run_dir, splits):
+        d, self.extra = self.cfg.distill, {}
+        self.student_cfg = student_config(self.cfg, self.teacher, d.student_init)
+        if d.swap:  # after the baseline, which trains on the original pairs
+            splits, self.extra["hard_weight"] = with_swapped_pairs(splits)
+        if not (d.online or d.intermediate):
+            self.extra["teacher_logits"] = cached_teacher_logits(
+                self.teacher, splits.train.text_a, splits.train.text_b, self.cfg.train.max_seq_len,
+                self.cfg.train.eval_batch_size)
+            self.teacher = None  # the student trains without the teacher in memory
+            gc.collect()
+        return splits
+
+    def train_features(self, split):
+        return self.extra
+
+    def build(self, run_dir, splits):
+        d, teacher = self.cfg.distill, self.teacher
+        student, tokenizer = build_cross_encoder(self.cfg, self.student_cfg, splits, run_dir)
         if teacher is not None:
             check_same_vocab(teacher, tokenizer)
             if teacher.labels != splits.label_names:
                 raise ValueError(f"teacher labels {teacher.labels} differ from the data's {splits.label_names}")
-        return DistillTraining(student, teacher.model if teacher is not None else None,
-                               label_weight=d.label_weight,
+        return DistillTraining(student, teacher.model if teacher is not None else None, label_weight=d.label_weight,
                                temperature=d.temperature, intermediate=d.intermediate, layer_map=d.layer_map,
                                intermediate_weight=d.intermediate_weight, name="distill_training"), tokenizer
 
-    metrics = train_task(cfg, run_dir, build, splits, report=report,
-                         train_extra=(lambda split: extra) if extra else None,
-                         extra_meta={"distill": report["distill"]}, compare_as="the distilled student")
-    print_summary(run_dir, metrics)
-    return metrics
+
+def train_distill(cfg):
+    """Teacher (given or fine-tuned here) -> student; writes <out>/model and metrics.json."""
+    return run(Distill(cfg))

@@ -30,8 +30,8 @@ FORMAT_VERSION = 1
 
 ROOT = Path(__file__).resolve().parents[1]
 # Model modules that moved, old -> new: model.json records the module of the model class (Keras's
-# "module"), so a directory written before the move names the old one (tried first, while it exists).
-MOVED_MODULES = {"modeling.cross_encoder": "crossenc.model"}
+# "module"), so a directory written before the move names the old one.
+MOVED_MODULES = {"modeling.cross_encoder": "crossenc.model"}  # issue 19: the cross-encoder got its package
 
 
 @dataclass
@@ -114,7 +114,7 @@ def kind_class(meta, where="model.json"):
     kind = meta.get("kind")
     module = (meta.get("model") or {}).get("module") if isinstance(meta.get("model"), dict) else None
     if isinstance(module, str) and kind not in KINDS:
-        _import_model_module(module) or _import_model_module(MOVED_MODULES.get(module, ""))
+        _import_model_module(MOVED_MODULES.get(module, module))
     if kind not in KINDS:
         discover_kinds()
     if not isinstance(kind, str) or kind not in KINDS:
@@ -152,8 +152,11 @@ def load_model_dir(path, expect_kind=None):
     for name in ("vocab.txt", "model.weights.h5"):
         if not (path / name).is_file():
             raise CheckpointError(f"{path}: {name} is missing (half-written model directory?)")
+    config = meta["model"]
+    if isinstance(config, dict) and config.get("module") in MOVED_MODULES:
+        config = {**config, "module": MOVED_MODULES[config["module"]]}
     try:
-        model = keras.saving.deserialize_keras_object(meta["model"])
+        model = keras.saving.deserialize_keras_object(config)
         model(model.dummy_inputs())  # create the variables before loading them
     except Exception as e:  # an edited or foreign model.json: Keras raises TypeError, ValueError, ...
         raise CheckpointError(f"{path / 'model.json'}: cannot rebuild the {meta['kind']} model from its "

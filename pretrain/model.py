@@ -11,7 +11,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from modeling.cross_encoder import as_encoder
+from crossenc.model import as_encoder
 from modeling.encoder import gelu
 from modeling.task_model import PairModel, pair_dummy_inputs
 

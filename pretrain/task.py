@@ -20,7 +20,8 @@ import tensorflow as tf
 from data import DataError, PairData, read_pairs
 from pretrain.model import MaskedLM, masked_lm_loss
 from training.pipeline import make_dataset
-from training.tasks import Splits, SAMPLE_DIR, init_encoder, prepare_run_dir, train_task
+from training.inputs import SAMPLE_DIR, Splits, init_encoder
+from training.runner import TrainingTask, run
 
 log = logging.getLogger(__name__)
 
@@ -109,41 +110,57 @@ def mlm_evaluator(batch_size, seed=1234):
     return evaluate
 
 
-def pretrain(cfg):
-    """MLM pre-training; writes <out>/model (kind mlm, loadable by every task via model.init)."""
-    p = cfg.pretrain
-    if p.pairs and not cfg.data.text:  # before the run directory exists
-        raise DataError("pretrain.pairs=true needs data.text: pair files whose rows become the inputs")
-    run_dir = prepare_run_dir(cfg)
-    # Single texts (text_b None) or pairs; the held-out slice is drawn the same way for both.
-    text_a, text_b = read_text_pairs(cfg) if p.pairs else (read_sentences(cfg), None)
-    sentences = text_a + (text_b or [])  # what the vocabulary is built from
-    rng = np.random.default_rng(cfg.train.seed)
-    order = rng.permutation(len(text_a))
-    n_valid = min(5000, max(10, int(round(cfg.data.valid_fraction * len(text_a)))))
+class Pretrain(TrainingTask):
+    """Masked-LM pre-training on single texts or pairs; selects on the held-out MLM loss."""
 
-    def pick(idx):
-        return PairData([text_a[i] for i in idx], None if text_b is None else [text_b[i] for i in idx], None,
-                        [int(i) for i in idx])
+    section = "pretrain"
 
-    splits = Splits(train=pick(np.sort(order[n_valid:])), valid=pick(np.sort(order[:n_valid])), test=None,
-                    label_names=[])
-    unit = "pairs" if p.pairs else "sentences"
-    log.info("pre-training on %d %s, %d held out for MLM metrics", len(splits.train), unit, len(splits.valid))
-    if cfg.train.metric != "loss":
-        cfg.train.metric = "loss"  # MLM has no classification metric; select on held-out MLM loss
+    def read_splits(self):
+        cfg, p = self.cfg, self.cfg.pretrain
+        if p.pairs and not cfg.data.text:
+            raise DataError("pretrain.pairs=true needs data.text: pair files whose rows become the inputs")
+        # Single texts (text_b None) or pairs; the held-out slice is drawn the same way for both.
+        text_a, text_b = read_text_pairs(cfg) if p.pairs else (read_sentences(cfg), None)
+        self.sentences = text_a + (text_b or [])  # what the vocabulary is built from
+        self.unit, self.count = ("pairs" if p.pairs else "sentences"), len(text_a)
+        rng = np.random.default_rng(cfg.train.seed)
+        order = rng.permutation(len(text_a))
+        n_valid = min(5000, max(10, int(round(cfg.data.valid_fraction * len(text_a)))))
 
-    def build():
-        encoder, tokenizer = init_encoder(cfg.model, sentences, run_dir)
+        def pick(idx):
+            return PairData([text_a[i] for i in idx], None if text_b is None else [text_b[i] for i in idx], None,
+                            [int(i) for i in idx])
+
+        splits = Splits(train=pick(np.sort(order[n_valid:])), valid=pick(np.sort(order[:n_valid])), test=None,
+                        label_names=[])
+        log.info("pre-training on %d %s, %d held out for MLM metrics", len(splits.train), self.unit,
+                 len(splits.valid))
+        return splits
+
+    def selection_metric(self, label_names):
+        return "loss"  # MLM has no classification metric
+
+    def settings(self):
+        p = self.cfg.pretrain
+        return {self.unit: self.count, "whole_word": p.whole_word, "mask_rate": p.mask_rate, "pairs_input": p.pairs}
+
+    def build(self, run_dir, splits):
+        p = self.cfg.pretrain
+        encoder, tokenizer = init_encoder(self.cfg.model, self.sentences, run_dir)
         specials = sorted({tokenizer.pad_id, tokenizer.unk_id, tokenizer.cls_id, tokenizer.sep_id, tokenizer.mask_id})
         return MaskedLM(encoder, special_ids=specials, mask_id=tokenizer.mask_id, rate=p.mask_rate,
                         whole_word=p.whole_word, name="mlm"), tokenizer
 
-    metrics = train_task(cfg, run_dir, build, splits, evaluate=mlm_evaluator(cfg.train.eval_batch_size),
-                         report={"pretrain": {unit: len(text_a), "whole_word": p.whole_word,
-                                              "mask_rate": p.mask_rate, "pairs_input": p.pairs}})
-    v = metrics.get("valid", {})
-    print(f"held-out MLM: loss {v.get('loss', float('nan')):.4f}, accuracy {v.get('mlm_accuracy', 0):.4f}, "
-          f"perplexity {v.get('perplexity', float('nan')):.1f}")
-    print(f"model directory: {Path(run_dir) / 'model'}  (use it as model.init)")
-    return metrics
+    def evaluator(self, splits):
+        return mlm_evaluator(self.cfg.train.eval_batch_size)
+
+    def summary(self, run_dir, metrics):
+        v = metrics.get("valid", {})
+        print(f"held-out MLM: loss {v.get('loss', float('nan')):.4f}, accuracy {v.get('mlm_accuracy', 0):.4f}, "
+              f"perplexity {v.get('perplexity', float('nan')):.1f}")
+        print(f"model directory: {Path(run_dir) / 'model'}  (use it as model.init)")
+
+
+def pretrain(cfg):
+    """MLM pre-training; writes <out>/model (kind mlm, loadable by every task via model.init)."""
+    return run(Pretrain(cfg))

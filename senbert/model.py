@@ -11,7 +11,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from modeling.cross_encoder import as_encoder
+from crossenc.model import as_encoder
 from modeling.encoder import pool
 from modeling.task_model import SIAMESE_IDS, PairModel, ids_spec, siamese_dummy_inputs
 from senbert.losses import cosine, cosine_loss, mnrl_loss, softmax_loss

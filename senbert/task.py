@@ -14,7 +14,8 @@ from data import DataError, read_texts
 from modeling.model_dir import load_model_dir
 from senbert.model import SentenceBert
 from training.metrics import classification_metrics, positive_index
-from training.tasks import init_encoder, load_splits, prepare_run_dir, print_summary, train_task
+from training.inputs import init_encoder
+from training.runner import TrainingTask, run
 from training.trainer import predict_outputs
 
 log = logging.getLogger(__name__)
@@ -81,26 +82,38 @@ def sbert_evaluator(label_names, batch_size, graded):
     return evaluate
 
 
-def train_sbert(cfg):
-    """Fine-tune a bi-encoder; writes <out>/model (kind sbert) and metrics.json."""
-    run_dir = prepare_run_dir(cfg)
-    splits = load_splits(cfg)
-    s = cfg.sbert
-    targets, graded = class_targets(splits.label_names)
-    if s.objective != "softmax" and cfg.train.metric in ("accuracy", "f1", "auc"):
-        cfg.train.metric = f"cosine_{cfg.train.metric}"  # no classifier: select on the cosine rule
+class Sbert(TrainingTask):
+    """A Sentence-BERT bi-encoder on the labels (softmax head, cosine regression or in-batch negatives)."""
 
-    def build():
+    section = "sbert"
+
+    def decide(self, splits):
+        self.targets, self.graded = class_targets(splits.label_names)
+
+    def selection_metric(self, label_names):
+        m = self.cfg.train.metric
+        if self.cfg.sbert.objective != "softmax" and m in ("accuracy", "f1", "auc"):
+            return f"cosine_{m}"  # no classifier: select on the cosine rule
+        return super().selection_metric(label_names)
+
+    def settings(self):
+        s = self.cfg.sbert
+        return {"objective": s.objective, "pooling": s.pooling, "normalize": s.normalize}
+
+    def build(self, run_dir, splits):
+        cfg, s = self.cfg, self.cfg.sbert
         encoder, tokenizer = init_encoder(cfg.model, splits.train.text_a + splits.train.text_b, run_dir)
         return SentenceBert(encoder, num_labels=len(splits.label_names), objective=s.objective, pooling=s.pooling,
                             normalize=s.normalize, scale=s.scale, positive_index=positive_index(splits.label_names),
-                            targets=targets, dropout=cfg.model.dropout, name="sbert"), tokenizer
+                            targets=self.targets, dropout=cfg.model.dropout, name="sbert"), tokenizer
 
-    metrics = train_task(cfg, run_dir, build, splits,
-                         evaluate=sbert_evaluator(splits.label_names, cfg.train.eval_batch_size, graded),
-                         report={"sbert": {"objective": s.objective, "pooling": s.pooling, "normalize": s.normalize}})
-    print_summary(run_dir, metrics)
-    return metrics
+    def evaluator(self, splits):
+        return sbert_evaluator(splits.label_names, self.cfg.train.eval_batch_size, self.graded)
+
+
+def train_sbert(cfg):
+    """Fine-tune a bi-encoder; writes <out>/model (kind sbert) and metrics.json."""
+    return run(Sbert(cfg))
 
 
 def embed(cfg):

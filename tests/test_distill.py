@@ -81,7 +81,7 @@ def test_hard_weight_restricts_the_label_term_to_the_marked_rows():
 def test_with_swapped_pairs_appends_b_a_and_marks_the_originals():
     from data.readers import PairData
     from distill.task import with_swapped_pairs
-    from training.tasks import Splits
+    from training.inputs import Splits
 
     train = PairData(text_a=["a1", "a2"], text_b=["b1", "b2"], labels=["1", "0"], lines=[2, 3], path="t.csv")
     splits, hard = with_swapped_pairs(Splits(train=train, valid=None, test=None, label_names=["0", "1"]))
@@ -182,7 +182,7 @@ def test_cached_teacher_logits_writes_then_reads_and_key_follows_texts(saved_tea
 
 # ----------------------------------------------------------------------------- intermediate layers
 def test_intermediate_distillation_projects_student_width_to_teacher_width():
-    from modeling.cross_encoder import CrossEncoder
+    from crossenc.model import CrossEncoder
     from modeling.encoder import BertEncoder
 
     V = 40
@@ -275,8 +275,9 @@ def test_student_init_teacher_starts_from_the_teachers_first_layers(e2e, tmp_pat
     """distill.student_init=teacher: the student's encoder before training is the teacher's first k
     layers, weight for weight (checked against the teacher's own variables), with its vocabulary."""
     from config import load_config
+    from crossenc.teacher import student_from_teacher
     from modeling.model_dir import load_model_dir
-    from training.tasks import init_encoder, student_from_teacher
+    from training.inputs import init_encoder
 
     teacher = load_model_dir(e2e / "teacher" / "model", expect_kind="cross_encoder")
     cfg = load_config(None, TINY + ["task=distill", "model.num_layers=1"])

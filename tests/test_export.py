@@ -118,7 +118,7 @@ def model_dirs(workdir, vocab_file):
     """kind -> model directory; "models": kind -> Keras model, with "sbert_cosine" (no classifier)."""
     import keras
 
-    from modeling.cross_encoder import CrossEncoder
+    from crossenc.model import CrossEncoder
     from modeling.encoder import BertEncoder
     from senbert.model import SentenceBert
     from virt.model import VirtModel
@@ -566,7 +566,7 @@ def three_class(workdir, vocab_file, tf2onnx_fast):
     error), both in the export's batch and in a batch of the generated pairs alone (activation
     scales are per batch; those pairs, without the edge cases' empty texts, make a labelled file)."""
     from export.onnx import quantize_int8
-    from modeling.cross_encoder import CrossEncoder
+    from crossenc.model import CrossEncoder
     from modeling.encoder import BertEncoder
 
     tok = PairTokenizer(vocab_file, lowercase=True)

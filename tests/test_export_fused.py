@@ -44,7 +44,7 @@ def test_a_trained_like_encoder_fuses_attention_skip_layernorm_and_gelu(workdir,
     SkipLayerNormalization and one BiasGelu, and the fused graph equals Keras on padded rows."""
     import keras
 
-    from modeling.cross_encoder import CrossEncoder
+    from crossenc.model import CrossEncoder
     from modeling.encoder import BertEncoder
 
     keras.utils.set_random_seed(5)

@@ -276,7 +276,7 @@ def _label_file(tmp_path, labels, name="train.csv"):
 
 
 def _splits(path, *sets):
-    from training.tasks import load_splits
+    from training.inputs import load_splits
 
     return load_splits(load_config(None, ["model.init=null", f"data.train={path}", *sets]))
 
@@ -392,9 +392,9 @@ def test_resuming_after_the_teacher_reuses_it_only_if_it_is_the_same(work, caplo
     """virt/distill fine-tune their teacher into <out>/teacher first: a run stopped after that used to fail
     on resume ("already holds a finished run"), and must not pick up a teacher trained with other settings."""
     from training.rundir import RunError
-    from training.tasks import teacher_for
+    from crossenc.teacher import teacher_for
 
-    caplog.set_level(logging.INFO, logger="training.tasks")
+    caplog.set_level(logging.INFO, logger="training.references")
     run = tmp_path / "distill"
     sets = tiny_overrides(work["data"], work["data"]["vocab"], "train.epochs=1", "train.steps_per_epoch=2",
                           "task=distill", f"out={run}")

@@ -352,7 +352,7 @@ def test_whole_word_features_are_not_taken_from_a_plain_runs_token_cache(tmp_pat
     from data import PairData, build_vocab
     from modeling.encoder import BertEncoder
     from modeling.tokenization import PairTokenizer
-    from training.tasks import tokenize
+    from training.inputs import tokenize
 
     monkeypatch.chdir(tmp_path)  # the token cache lives in runs/.cache
     texts = ["a unbelievable story", "another story here"]

@@ -289,7 +289,7 @@ def test_cli_skip_counts_bad_rows(work, capsys, caplog, tmp_path, task):
 
 
 def test_predict_failing_while_writing_keeps_the_previous_file(work, tmp_path, monkeypatch, capsys):
-    import training.finetune as finetune
+    import crossenc.task as finetune
 
     out = tmp_path / "scores.jsonl"
     out.write_text("previous run\n")
@@ -314,7 +314,7 @@ def test_inf_loss_stops_the_cli_run_and_the_kept_checkpoint_resumes(work, capsys
     line, exit 1, no model or metrics, and the checkpoint it kept is a valid resume point."""
     import tensorflow as tf
 
-    from modeling.cross_encoder import CrossEncoder
+    from crossenc.model import CrossEncoder
 
     run = work["root"] / "inf-run"
     sets = tiny_overrides(work["data"], work["data"]["vocab"], "model.dropout=0", "train.epochs=1",

@@ -49,7 +49,7 @@ def tokenizer(data):
 
 def _split(path, tokenizer, name, max_len=16, labels=("0", "1")):
     from data import read_pairs
-    from training.tasks import tokenize
+    from training.inputs import tokenize
 
     pairs = read_pairs(path)
     return tokenize(_Featurizer, tokenizer, pairs, list(labels), max_len, name)
@@ -376,7 +376,7 @@ def test_in_process_resume_at_epoch_boundary_keeps_validation(tmp_path, train_sp
 
 def test_en_vocab_is_the_same_when_a_run_restarts(tmp_path, data):
     from data import read_pairs
-    from training.tasks import init_encoder
+    from training.inputs import init_encoder
 
     cfg = _cfg(data=data)
     cfg.model.vocab = None
@@ -438,7 +438,7 @@ def test_nan_loss_names_the_step_and_keeps_the_checkpoint(tmp_path, train_split,
 
 
 def test_early_stopping_when_the_metric_cannot_improve(tmp_path, data, train_split, tokenizer, monkeypatch):
-    from training.tasks import evaluator
+    from training.trainer import evaluator
 
     valid = _split(data["valid"], tokenizer, "valid")
     saved = []
@@ -457,14 +457,14 @@ def test_early_stopping_when_the_metric_cannot_improve(tmp_path, data, train_spl
 
 # ============================================================================ data / tasks
 def test_held_out_validation_is_seeded_and_disjoint(data, caplog):
-    from training.tasks import load_splits
+    from training.inputs import load_splits
 
     def splits(seed):
         cfg = _cfg([f"train.seed={seed}"])
         cfg.data.train = data["train"]
         return load_splits(cfg)
 
-    with caplog.at_level(logging.INFO, logger="training.tasks"):
+    with caplog.at_level(logging.INFO, logger="training.inputs"):
         a = splits(1)
     assert "no data.valid: holding out a seeded 10% of train (6 pairs)" in caplog.text
     b, c = splits(1), splits(2)
@@ -706,12 +706,52 @@ def test_token_cache_is_keyed_by_the_tokenisation_version(tmp_path, monkeypatch)
     import modeling.tokenization
     from modeling.tokenization import PairTokenizer
     from tests.tiny_runs import make_data, tiny_model
-    from training import tasks
+    from training import inputs
 
-    monkeypatch.setattr(tasks, "TOKEN_CACHE", tmp_path / "tokens")
+    monkeypatch.setattr(inputs, "TOKEN_CACHE", tmp_path / "tokens")
     tok = PairTokenizer(make_data(tmp_path / "data", n_train=16, n_valid=4)["vocab"])
     model = tiny_model(tok.vocab_size)
-    tasks.cached_featurize(model, tok, ["open an account"], ["create an account"], 16)
-    monkeypatch.setattr(tasks, "IDS_VERSION", modeling.tokenization.IDS_VERSION + 1)
-    tasks.cached_featurize(model, tok, ["open an account"], ["create an account"], 16)
+    inputs.cached_featurize(model, tok, ["open an account"], ["create an account"], 16)
+    monkeypatch.setattr(inputs, "IDS_VERSION", modeling.tokenization.IDS_VERSION + 1)
+    inputs.cached_featurize(model, tok, ["open an account"], ["create an account"], 16)
     assert len(list((tmp_path / "tokens").glob("*.npz"))) == 2
+
+
+def test_config_yaml_is_the_effective_config_and_a_resume_compares_the_given_one(tmp_path, data, monkeypatch):
+    """config.yaml records what ran (the sample data's paths, decided after the given config); a resumed
+    run is compared with the configuration as it was given, so the decisions do not refuse it."""
+    import copy
+
+    from config import load_config as load
+    from training.inputs import load_splits
+    from training.rundir import RunError, check_resume, start_run
+
+    monkeypatch.chdir(tmp_path)  # the sample data is written under runs/
+    out = tmp_path / "run"
+    given = _cfg(out=out)
+    given.data.train = given.data.valid = None  # the generated sample data
+    cfg = copy.deepcopy(given)
+    load_splits(cfg)
+    assert cfg.data.train is not None and cfg != given
+    start_run(cfg, out, given)
+    assert load(out / "config.yaml") == cfg
+    (out / "backup").mkdir()
+    (out / "backup" / "checkpoint").write_text("")  # an interrupted run
+    assert check_resume(copy.deepcopy(given), out)
+    given.train.seed += 1
+    with pytest.raises(RunError, match=r"train.seed: 42 -> 43"):
+        check_resume(given, out)
+
+
+def test_predict_progress_goes_to_stderr_and_only_when_slow(capsys):
+    """predict writes its results to stdout: its progress bar must not mix with them."""
+    from training.trainer import LateProgbar
+
+    quick = LateProgbar(4)  # done long before the delay: prints nothing
+    for _ in range(4):
+        quick.add(1)
+    slow = LateProgbar(4, delay=0.0)
+    for _ in range(4):
+        slow.add(1)
+    out, err = capsys.readouterr()
+    assert out == "" and "4/4" in err

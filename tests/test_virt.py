@@ -420,7 +420,7 @@ def test_kd_term_is_the_kl_to_the_teachers_logits_on_the_joint_pair():
     """virt.kd_weight: the teacher's logits from the x ++ y[1:] pass equal its logits on the contiguous
     `[CLS] x [SEP] y [SEP]` row (computed here from a separately padded joint batch), and the term is
     T^2 * KL(softmax(t/T) || softmax(s/T)) worked in NumPy."""
-    from modeling.cross_encoder import CrossEncoder
+    from crossenc.model import CrossEncoder
 
     keras.utils.set_random_seed(3)
     rng = np.random.default_rng(3)
@@ -534,7 +534,7 @@ def test_student_init_teacher_starts_the_siamese_student_from_the_teachers_layer
 
 
 def test_gap_closed_and_weak_teacher_warning_by_hand():
-    from training.tasks import compare_with_baseline
+    from training.references import compare_with_baseline
 
     m = {"teacher": {"valid": {"accuracy": 0.90}, "test": {"accuracy": 0.80}},
          "baseline": {"valid": {"accuracy": 0.70}, "test": {"accuracy": 0.85}},
@@ -629,3 +629,15 @@ def test_virt_head_script_on_a_trained_run(virt_run, tmp_path):
     for key in ("coverage_y_pos", "coverage_y_neg", "coverage_x_pos", "peak_neg"):
         assert 0.0 < result[key] <= 1.0 + 1e-9
     assert "coverage of y in u" in (tmp_path / "virt_head.md").read_text()
+
+
+def test_virt_run_config_yaml_is_what_ran(virt_run):
+    """config.yaml is written after the run decided virt.fusion (null in the given configuration), and
+    the teacher's records the mean pooling VIRT's teachers are fine-tuned with."""
+    from config import load_config
+
+    run = virt_run["run"]
+    saved = load_config(run / "config.yaml")
+    assert saved.virt.fusion is False  # default_fusion: two classes
+    assert json.loads((run / "inputs.json").read_text())["config"]["virt"]["fusion"] is None
+    assert load_config(run / "teacher" / "config.yaml").model.pooling == "mean"

@@ -98,7 +98,7 @@ def write_csv(path, rows, header=("sentence1", "sentence2", "label")):
 
 def tiny_model(vocab_size, dropout=0.0, num_labels=2, num_layers=2):
     """A built tiny CrossEncoder (call it inside a strategy scope for mirrored variables)."""
-    from modeling.cross_encoder import CrossEncoder
+    from crossenc.model import CrossEncoder
     from modeling.encoder import BertEncoder
 
     enc = BertEncoder(vocab_size=vocab_size, hidden_size=32, num_layers=num_layers, num_heads=4,

@@ -103,20 +103,27 @@ def _sha256(path, size, mtime_ns):
 
 
 def differences(cfg, out):
-    """How `cfg` (and its input files) differ from the run in `out`: ["key: old -> new", ...]."""
+    """How `cfg` (a configuration as given, and its input files) differs from the run in `out`:
+    ["key: old -> new", ...]. Given configurations are compared: the effective one in config.yaml
+    follows from the given one and the input files."""
     out = Path(out)
     try:
-        saved = _flat(config_to_dict(load_config(out / "config.yaml")))
+        inputs = json.loads((out / "inputs.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # a run from before inputs.json: the paths alone were compared
+        inputs = None
+    given = inputs.get("config") if isinstance(inputs, dict) else None
+    try:  # runs from before inputs.json recorded the given configuration wrote it as config.yaml
+        saved = _flat(config_to_dict(load_config(None, base=given) if given is not None
+                                     else load_config(out / "config.yaml")))
     except ConfigError as e:
         return [f"its config.yaml cannot be read ({e})"]
     now = _flat(config_to_dict(cfg))
     diffs = [f"{k}: {_show(saved.get(k))} -> {_show(now.get(k))}" for k in now | saved
              if k not in IGNORED and saved.get(k) != now.get(k)]
-    try:
-        files = json.loads((out / "inputs.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):  # a run from before inputs.json: the paths alone were compared
+    if inputs is None:
         log.warning("%s has no inputs.json: cannot tell whether its data files changed", out)
         return diffs
+    files = inputs.get("files", inputs) if given is not None else inputs
     current = fingerprints(cfg)
     for key in sorted(current.keys() | files.keys()):
         old, new = files.get(key), current.get(key)
@@ -145,15 +152,19 @@ def check_resume(cfg, out):
     return True
 
 
-def start_run(cfg, out):
-    """Check, then record a run's configuration and input files in `out` (kept as they are on resume)."""
+def start_run(cfg, out, given=None):
+    """Check, then record a run in `out` (kept as it is on resume): `cfg`, its effective configuration,
+    as config.yaml; the configuration as `given` (default: `cfg`) and its input files in inputs.json,
+    which a resumed run is compared with."""
     out = Path(out)
-    if check_resume(cfg, out):
+    given = given or cfg
+    if check_resume(given, out):
         return
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     tmp = out / "inputs.json.tmp"
-    tmp.write_text(json.dumps(fingerprints(cfg), indent=2), encoding="utf-8")
+    tmp.write_text(json.dumps({"config": config_to_dict(given), "files": fingerprints(given)}, indent=2),
+                   encoding="utf-8")
     tmp.replace(out / "inputs.json")
 
 
@@ -166,7 +177,7 @@ _CHECKS = {
     "checkpoint": (Path.exists, "{}: checkpoint directory not found"),  # modeling.pretrained.resolve
     "model_dir": (lambda p: (p / "model.json").is_file(), "{}: not a model directory (no model.json)"),  # read_meta
     "export_model": (Path.is_dir, "{}: no such model directory"),  # export.task
-    "dir": (Path.is_dir, "{}: no such directory"),  # serve.backends.open_model: a model or export directory
+    "dir": (Path.is_dir, "{}: no such directory"),  # runtime.backends.open_model: a model or export directory
     "index": (lambda p: (p / "index.json").is_file(),
               "{}: not an index directory (no index.json; build one with --task index)"),  # search.index
 }

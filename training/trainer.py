@@ -17,6 +17,7 @@ import logging
 import math
 import shutil
 import signal
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from training.metrics import better
+from training.metrics import better, classification_metrics
 from training.optim import build_optimizer
 from training.pipeline import example_lengths, make_dataset, num_batches
 from training.strategy import is_chief
@@ -105,17 +106,49 @@ def epochs_for(cfg, steps_per_epoch):
     return epochs
 
 
-def predict_outputs(model, features, batch_size, fn=None):
-    """Run `fn` (default: class probabilities) over features in length-sorted batches, in input order."""
+def predict_outputs(model, features, batch_size, fn=None, progress=False):
+    """Run `fn` (default: class probabilities) over features in length-sorted batches, in input order
+    (`progress`: a progress bar on stderr once it takes more than a few seconds)."""
     fn = fn or model.predict_proba_fn()
     order = np.argsort(example_lengths(features), kind="stable")
     sorted_feats = {k: ([v[i] for i in order] if isinstance(v, list) else np.asarray(v)[order])
                     for k, v in features.items()}
-    outs = [fn(x) for x in make_dataset(sorted_feats, batch_size=batch_size, bucket=False)]
+    bar = LateProgbar(num_batches(len(order), batch_size, drop_remainder=False)) if progress else None
+    outs = []
+    for x in make_dataset(sorted_feats, batch_size=batch_size, bucket=False):
+        outs.append(fn(x))
+        if bar:
+            bar.add(1)
     if isinstance(outs[0], dict):
         merged = {k: np.concatenate([o[k].numpy() for o in outs]) for k in outs[0]}
         return {k: _unsort(v, order) for k, v in merged.items()}
     return _unsort(np.concatenate([o.numpy() for o in outs]), order)
+
+
+class LateProgbar:
+    """Keras's Progbar, on stderr (a task's results may go to stdout), shown only once the work has
+    taken more than `delay` seconds: quick runs print nothing."""
+
+    def __init__(self, target, delay=3.0, unit_name="batch"):
+        self.target, self.delay, self.unit_name = target, delay, unit_name
+        self.start, self.pending, self.bar = time.time(), 0, None
+
+    def add(self, n=1):
+        self.pending += n
+        if self.bar is None and time.time() - self.start < self.delay:
+            return
+        with contextlib.redirect_stdout(sys.stderr):
+            if self.bar is None:
+                self.bar = keras.utils.Progbar(self.target, unit_name=self.unit_name)
+            self.bar.add(self.pending)
+        self.pending = 0
+
+
+def evaluator(label_names, batch_size):
+    """Classification metrics of a model's probabilities on a split."""
+    def evaluate(model, split):
+        return classification_metrics(split.labels, predict_outputs(model, split.features, batch_size), label_names)
+    return evaluate
 
 
 def _unsort(values, order):
@@ -179,123 +212,184 @@ class Trainer:
         """Train `model` on `train`; after each epoch `evaluate(model, valid) -> dict`,
         and `save_best(model, metrics)` when `metric` improved. Returns a FitResult."""
         cfg = self.cfg
-        metric = metric or cfg.metric
+        steps_per_epoch, epochs = self._budget(train)
+        with self.strategy.scope():
+            optimizer = build_optimizer(cfg, steps_per_epoch * epochs, model)
+        train_step = self._make_train_step(model, optimizer)
+        backup = _Backup(self, model, optimizer)
+        state = backup.restore(steps_per_epoch)
+        progress = _Progress(cfg, self.run_dir if self.chief else None, steps_per_epoch, epochs)
+        selection = _Selection(metric or cfg.metric, cfg.patience, state, save_best if self.chief else None)
+        save_every = max(1, min(steps_per_epoch, getattr(cfg, "save_every", 0) or 200))
+        start = time.time()
+        step = _value(optimizer.iterations)
+        log.info("training: %d examples, global batch %d (%d x %d replicas), %d steps/epoch, %d epochs",
+                 len(train), self.global_batch, cfg.batch_size, self.replicas, steps_per_epoch, epochs)
+        with _StopFlag() as stop, _removed_after(backup.worker_dir):
+            for epoch in range(state["epochs_done"], epochs):
+                if selection.stopped:
+                    break
+                done = min(max(step - epoch * steps_per_epoch, 0), steps_per_epoch)
+                progress.start_epoch(epoch, done)
+                for x, y in self._batches(model, train, epoch, done, steps_per_epoch):
+                    loss, terms = train_step(x, y)
+                    step += 1
+                    _check_finite(float(loss), step, epoch, backup.restore_dir)
+                    progress.step(step, float(loss), terms, float(keras.ops.convert_to_numpy(optimizer.learning_rate)))
+                    if stop.signum is not None:
+                        backup.save(state)
+                        raise TrainingInterrupted(f"stopped by signal {stop.signum} at step {step}; "
+                                                  f"run the same command again to resume")
+                    if step % save_every == 0:
+                        backup.save(state)
+                metrics = evaluate(model, valid) if valid is not None and evaluate is not None else None
+                if metrics is not None:
+                    progress.validated(valid.name, metrics, epoch, step)
+                selection.end_epoch(model, epoch, step, metrics)
+                state["epochs_done"] = epoch + 1
+                backup.save(state)
+                if selection.stopped:
+                    log.info("early stopping: %s has not improved for %d epochs", selection.metric,
+                             state["bad_epochs"])
+                    break
+        progress.close()
+        best = next((h for h in state["history"] if h["epoch"] == state["best_epoch"]), None)
+        return FitResult(state["best_epoch"], best, state["history"], step, time.time() - start)
+
+    def _budget(self, train):
+        """`(steps per epoch, epochs)` for the training split: whole global batches, `train.steps_per_epoch`
+        at the most, and `epochs_for`'s number of epochs."""
         if len(train) < self.global_batch:
             raise TrainingError(f"train has {len(train)} examples, fewer than one global batch "
                                 f"({self.global_batch}); lower train.batch_size")
         steps_per_epoch = num_batches(len(train), self.global_batch, drop_remainder=True)
-        if cfg.steps_per_epoch:
-            steps_per_epoch = min(steps_per_epoch, cfg.steps_per_epoch)
-        epochs = epochs_for(cfg, steps_per_epoch)
-        total_steps = steps_per_epoch * epochs
+        if self.cfg.steps_per_epoch:
+            steps_per_epoch = min(steps_per_epoch, self.cfg.steps_per_epoch)
+        return steps_per_epoch, epochs_for(self.cfg, steps_per_epoch)
 
-        with self.strategy.scope():
-            optimizer = build_optimizer(cfg, total_steps, model)
-        train_step = self._make_train_step(model, optimizer)
+    def _batches(self, model, train, epoch, done, steps_per_epoch):
+        """The rest of `epoch`'s batches after the `done` ones, distributed over the replicas."""
+        ds = make_dataset(train.features, train.labels, self.global_batch, shuffle=True, seed=self.cfg.seed,
+                          epoch=epoch, drop_remainder=True, skip_batches=done,
+                          transform=getattr(model, "batch_transform", None))
+        return self.strategy.experimental_distribute_dataset(ds.take(steps_per_epoch - done))
 
-        # Every worker resumes from the chief's backup (a shared directory: the same --out on a shared
-        # filesystem); the others save their copies (TensorFlow wants every worker to save) to a temp dir.
-        restore_dir = self.run_dir / "backup"
-        backup_dir = restore_dir if self.chief else Path(tempfile.mkdtemp(prefix="backup-worker-"))
+
+class _Backup:
+    """The resume checkpoints (model, optimizer, dropout seeds) and the loop's state beside them.
+
+    Every worker resumes from the chief's backup (a shared directory: the same --out on a shared
+    filesystem); the others save their copies (TensorFlow wants every worker to save) to a temp dir.
+    """
+
+    def __init__(self, trainer, model, optimizer):
+        self.chief, self.optimizer = trainer.chief, optimizer
+        self.restore_dir = trainer.run_dir / "backup"
+        self.worker_dir = None if self.chief else Path(tempfile.mkdtemp(prefix="backup-worker-"))
         # Dropout seed states are not tracked by Keras; listed here so a resumed run draws the same masks.
         seeds = [v for v in model.variables if "seed_generator" in v.path]
-        ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer, seeds=seeds)
-        manager = tf.train.CheckpointManager(ckpt, str(backup_dir), max_to_keep=2)
-        state_file = restore_dir / "state.json"
+        self.ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer, seeds=seeds)
+        self.manager = tf.train.CheckpointManager(self.ckpt, str(self.worker_dir or self.restore_dir), max_to_keep=2)
+        self.state_file = self.restore_dir / "state.json"
+
+    def restore(self, steps_per_epoch):
+        """The loop's state: restored with the latest checkpoint, or a fresh run's."""
         # epochs_done: epochs trained *and* validated; a stop between the two validates on resume.
         state = {"best": None, "best_epoch": None, "bad_epochs": 0, "history": [], "epochs_done": 0}
-        latest = tf.train.latest_checkpoint(str(restore_dir))
+        latest = tf.train.latest_checkpoint(str(self.restore_dir))
         if latest:
-            ckpt.restore(latest).assert_existing_objects_matched()
-            if state_file.is_file():
-                state = json.loads(state_file.read_text())
-            log.info("resumed from %s at step %d", latest, _value(optimizer.iterations))
+            self.ckpt.restore(latest).assert_existing_objects_matched()
+            if self.state_file.is_file():
+                state = json.loads(self.state_file.read_text())
+            log.info("resumed from %s at step %d", latest, _value(self.optimizer.iterations))
+        state.setdefault("epochs_done", _value(self.optimizer.iterations) // steps_per_epoch)
+        return state
 
-        def save_backup():
-            manager.save(checkpoint_number=_value(optimizer.iterations))
-            if self.chief:
-                tmp = state_file.with_suffix(".tmp")
-                tmp.write_text(json.dumps(state))
-                tmp.replace(state_file)  # never a half-written state next to a good checkpoint
+    def save(self, state):
+        self.manager.save(checkpoint_number=_value(self.optimizer.iterations))
+        if self.chief:
+            tmp = self.state_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(state))
+            tmp.replace(self.state_file)  # never a half-written state next to a good checkpoint
 
-        writer = tf.summary.create_file_writer(str(self.run_dir / "tensorboard")) if self.chief else None
-        save_every = max(1, min(steps_per_epoch, getattr(cfg, "save_every", 0) or 200))
-        start = time.time()
-        step = _value(optimizer.iterations)
-        state.setdefault("epochs_done", step // steps_per_epoch)
-        log.info("training: %d examples, global batch %d (%d x %d replicas), %d steps/epoch, %d epochs",
-                 len(train), self.global_batch, cfg.batch_size, self.replicas, steps_per_epoch, epochs)
-        with _StopFlag() as stop, _removed_after(None if self.chief else backup_dir):
-            for epoch in range(state["epochs_done"], epochs):
-                if state["bad_epochs"] >= cfg.patience > 0:
-                    break
-                done = min(max(step - epoch * steps_per_epoch, 0), steps_per_epoch)
-                ds = make_dataset(train.features, train.labels, self.global_batch, shuffle=True,
-                                  seed=cfg.seed, epoch=epoch, drop_remainder=True, skip_batches=done,
-                                  transform=getattr(model, "batch_transform", None))
-                ds = ds.take(steps_per_epoch - done)
-                if cfg.verbose:
-                    print(f"Epoch {epoch + 1}/{epochs}", flush=True)
-                bar = keras.utils.Progbar(steps_per_epoch, verbose=cfg.verbose, stateful_metrics=["lr"])
-                bar.update(done)
-                means = _RunningMeans()
-                for x, y in self.strategy.experimental_distribute_dataset(ds):
-                    loss, terms = train_step(x, y)
-                    loss = float(loss)
-                    step += 1
-                    if not math.isfinite(loss):
-                        kept = (f"the last good checkpoint is kept in {restore_dir}"
-                                if tf.train.latest_checkpoint(str(restore_dir))
-                                else "no checkpoint had been written yet")
-                        raise TrainingError(f"loss became {loss} at step {step} (epoch {epoch + 1}); {kept}. "
-                                            "Try a lower train.learning_rate or train.clip_norm.")
-                    lr = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
-                    values = [("loss", loss)] + [(k, float(v)) for k, v in terms.items()] if len(terms) > 1 \
-                        else [("loss", loss)]
-                    # Keras 3's Progbar prints the last value it was given: give it the epoch's mean so far.
-                    shown = means.add(values)
-                    bar.stateful_metrics.update(k for k, _ in shown)
-                    bar.update(step - epoch * steps_per_epoch, values=shown + [("lr", lr)])
-                    if writer and step % 10 == 0:
-                        with writer.as_default(step=step):
-                            for k, v in values + [("lr", lr)]:
-                                tf.summary.scalar(f"train/{k}", v)
-                    if stop.signum is not None:
-                        save_backup()
-                        raise TrainingInterrupted(f"stopped by signal {stop.signum} at step {step}; "
-                                                  f"run the same command again to resume")
-                    if step % save_every == 0:
-                        save_backup()
 
-                if valid is not None and evaluate is not None:
-                    metrics = evaluate(model, valid)
-                    value = metrics[metric]
-                    state["history"].append({"epoch": epoch + 1, "step": step, **{
-                        k: v for k, v in metrics.items() if isinstance(v, (int, float))}})
-                    log.info("epoch %d %s: %s", epoch + 1, valid.name, _fmt(metrics))
-                    if writer:
-                        with writer.as_default(step=step):
-                            for k, v in metrics.items():
-                                if isinstance(v, (int, float)):
-                                    tf.summary.scalar(f"{valid.name}/{k}", v)
-                    if better(metric, value, state["best"]):
-                        state.update(best=value, best_epoch=epoch + 1, bad_epochs=0)
-                        if save_best and self.chief:
-                            save_best(model, metrics)
-                    else:
-                        state["bad_epochs"] += 1
-                elif save_best and self.chief:
-                    state.update(best_epoch=epoch + 1)
-                    save_best(model, {})
-                state["epochs_done"] = epoch + 1
-                save_backup()
-                if state["bad_epochs"] >= cfg.patience > 0:
-                    log.info("early stopping: %s has not improved for %d epochs", metric, state["bad_epochs"])
-                    break
-        if writer:
-            writer.flush()
-        best = next((h for h in state["history"] if h["epoch"] == state["best_epoch"]), None)
-        return FitResult(state["best_epoch"], best, state["history"], step, time.time() - start)
+def _check_finite(loss, step, epoch, restore_dir):
+    """Stop on a NaN/inf loss before it is saved: the last checkpoint stays a good resume point."""
+    if not math.isfinite(loss):
+        kept = (f"the last good checkpoint is kept in {restore_dir}" if tf.train.latest_checkpoint(str(restore_dir))
+                else "no checkpoint had been written yet")
+        raise TrainingError(f"loss became {loss} at step {step} (epoch {epoch + 1}); {kept}. "
+                            "Try a lower train.learning_rate or train.clip_norm.")
+
+
+class _Progress:
+    """What the loop shows: a progress bar per epoch (the epoch's mean losses and the learning rate),
+    TensorBoard scalars every 10 steps and after each validation (`run_dir` None: no TensorBoard)."""
+
+    def __init__(self, cfg, run_dir, steps_per_epoch, epochs):
+        self.cfg, self.steps_per_epoch, self.epochs = cfg, steps_per_epoch, epochs
+        self.writer = tf.summary.create_file_writer(str(run_dir / "tensorboard")) if run_dir else None
+
+    def start_epoch(self, epoch, done):
+        if self.cfg.verbose:
+            print(f"Epoch {epoch + 1}/{self.epochs}", flush=True)
+        self.epoch_start = epoch * self.steps_per_epoch
+        self.bar = keras.utils.Progbar(self.steps_per_epoch, verbose=self.cfg.verbose, stateful_metrics=["lr"])
+        self.bar.update(done)
+        self.means = _RunningMeans()
+
+    def step(self, step, loss, terms, lr):
+        values = [("loss", loss)] + [(k, float(v)) for k, v in terms.items()] if len(terms) > 1 \
+            else [("loss", loss)]
+        # Keras 3's Progbar prints the last value it was given: give it the epoch's mean so far.
+        shown = self.means.add(values)
+        self.bar.stateful_metrics.update(k for k, _ in shown)
+        self.bar.update(step - self.epoch_start, values=shown + [("lr", lr)])
+        if self.writer and step % 10 == 0:
+            self._scalars("train", values + [("lr", lr)], step)
+
+    def validated(self, name, metrics, epoch, step):
+        log.info("epoch %d %s: %s", epoch + 1, name, _fmt(metrics))
+        if self.writer:
+            self._scalars(name, [(k, v) for k, v in metrics.items() if isinstance(v, (int, float))], step)
+
+    def _scalars(self, prefix, values, step):
+        with self.writer.as_default(step=step):
+            for k, v in values:
+                tf.summary.scalar(f"{prefix}/{k}", v)
+
+    def close(self):
+        if self.writer:
+            self.writer.flush()
+
+
+class _Selection:
+    """Model selection and early stopping on the validation `metric`, kept in the loop's `state`."""
+
+    def __init__(self, metric, patience, state, save_best):
+        self.metric, self.patience, self.state, self.save_best = metric, patience, state, save_best
+
+    @property
+    def stopped(self):
+        return self.state["bad_epochs"] >= self.patience > 0
+
+    def end_epoch(self, model, epoch, step, metrics):
+        """Record `metrics` (None: no validation, every epoch is kept) and keep the model if it is the best."""
+        state = self.state
+        if metrics is None:
+            if self.save_best:
+                state.update(best_epoch=epoch + 1)
+                self.save_best(model, {})
+            return
+        value = metrics[self.metric]
+        state["history"].append({"epoch": epoch + 1, "step": step,
+                                 **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}})
+        if better(self.metric, value, state["best"]):
+            state.update(best=value, best_epoch=epoch + 1, bad_epochs=0)
+            if self.save_best:
+                self.save_best(model, metrics)
+        else:
+            state["bad_epochs"] += 1
 
 
 class _RunningMeans:

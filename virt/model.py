@@ -20,7 +20,7 @@ import keras
 import tensorflow as tf
 
 from distill.losses import soft_kl
-from modeling.cross_encoder import CrossEncoder, as_encoder
+from crossenc.model import CrossEncoder, as_encoder
 from modeling.encoder import gelu, pool
 from modeling.task_model import (SIAMESE_IDS, PairModel, StudentTraining, cross_entropy, ids_spec, resolve_layer_map,
                                  siamese_dummy_inputs)

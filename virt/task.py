@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 
-from training.tasks import (baseline_scores, check_same_vocab, init_encoder, load_splits, prepare_run_dir,
-                            print_summary, student_from_teacher, student_model_config, teacher_for,
-                            teacher_report, train_task)
+from crossenc.teacher import check_same_vocab, student_config, teacher_for
+from training.inputs import init_encoder
+from training.runner import TrainingTask, run
 from virt.model import VirtModel, VirtTraining, default_fusion, uses_fusion
 
 log = logging.getLogger(__name__)
@@ -33,25 +33,51 @@ def as_siamese_baseline(cfg):
     v.kd_weight = 0.0
 
 
-def train_virt(cfg):
-    """Teacher -> (siamese baseline) -> VIRT student; writes <out>/model (kind virt) and metrics.json
-    (+ teacher and baseline scores, the share of the gap closed, warnings)."""
-    run_dir = prepare_run_dir(cfg)
-    splits = load_splits(cfg)
-    v = cfg.virt
-    if v.fusion is None:
-        v.fusion = default_fusion(v.adapted_interaction, len(splits.label_names))
-    if v.distill and v.teacher is None and cfg.model.init is None:  # fail before fine-tuning the teacher
-        check_teacher_positions(cfg.train.max_seq_len, cfg.model.max_position)
-    teacher, teacher_metrics = teacher_for(cfg, run_dir, "virt") if v.distill else (None, None)
+def as_teacher(tcfg):
+    tcfg.model.pooling = "mean"  # VIRT's teachers use mean pooling (paper, Sec. 4.3)
 
-    if teacher is not None:
-        check_teacher_positions(cfg.train.max_seq_len, teacher.model.encoder.max_position)
-    model_cfg = student_model_config(cfg, teacher)
-    if teacher is not None and v.student_init == "teacher":
-        model_cfg = student_from_teacher(model_cfg, teacher)
 
-    def build():
+class Virt(TrainingTask):
+    """Teacher -> (siamese baseline) -> VIRT student: a siamese model that learns the teacher's
+    cross-attention during training and adds the adapted interaction head."""
+
+    section = "virt"
+    student_name = "the VIRT student"
+
+    def decide(self, splits):
+        v = self.cfg.virt
+        if v.fusion is None:
+            v.fusion = default_fusion(v.adapted_interaction, len(splits.label_names))
+        if v.distill and v.teacher is None and self.cfg.model.init is None:  # fail before fine-tuning the teacher
+            check_teacher_positions(self.cfg.train.max_seq_len, self.cfg.model.max_position)
+
+    def settings(self):
+        v = self.cfg.virt
+        return {"distill": v.distill, "adapted_interaction": v.adapted_interaction,
+                "fusion": uses_fusion(v.adapted_interaction, v.fusion),
+                "interaction_weight": v.interaction_weight, "layers": v.layers, "kd_weight": v.kd_weight,
+                "kd_temperature": v.kd_temperature, "student_init": v.student_init if v.distill else "model"}
+
+    def model_meta(self):
+        return {"virt": self.settings()}
+
+    def load_teacher(self, run_dir):
+        if not self.cfg.virt.distill:
+            return None
+        self.teacher, metrics = teacher_for(self.cfg, run_dir, "virt", adjust=as_teacher)
+        check_teacher_positions(self.cfg.train.max_seq_len, self.teacher.model.encoder.max_position)
+        return metrics
+
+    def baseline_path(self):
+        return None if is_siamese_baseline(self.cfg.virt) else self.cfg.virt.baseline
+
+    def as_baseline(self, bcfg):
+        as_siamese_baseline(bcfg)
+        return train_virt
+
+    def build(self, run_dir, splits):
+        cfg, v, teacher = self.cfg, self.cfg.virt, self.teacher
+        model_cfg = student_config(cfg, teacher, v.student_init)
         encoder, tokenizer = init_encoder(model_cfg, splits.train.text_a + splits.train.text_b, run_dir)
         student = VirtModel(encoder, num_labels=len(splits.label_names), adapted_interaction=v.adapted_interaction,
                             fusion=v.fusion, dropout=cfg.model.dropout, name="virt")
@@ -60,21 +86,11 @@ def train_virt(cfg):
         check_same_vocab(teacher, tokenizer)
         if teacher.labels != splits.label_names:
             log.warning("teacher labels %s differ from the data's %s", teacher.labels, splits.label_names)
-        return VirtTraining(student, teacher.model, interaction_weight=v.interaction_weight, layers=v.layers,
-                            layer_map=v.layer_map, kd_weight=v.kd_weight, kd_temperature=v.kd_temperature,
-                            name="virt_training"), tokenizer
+        return VirtTraining(student, teacher.model, interaction_weight=v.interaction_weight, layers=v.layers, layer_map=v.layer_map,
+                            kd_weight=v.kd_weight, kd_temperature=v.kd_temperature, name="virt_training"), tokenizer
 
-    report = {"virt": {"distill": v.distill, "adapted_interaction": v.adapted_interaction,
-                       "fusion": uses_fusion(v.adapted_interaction, v.fusion),
-                       "interaction_weight": v.interaction_weight, "layers": v.layers, "kd_weight": v.kd_weight,
-                       "kd_temperature": v.kd_temperature, "student_init": v.student_init if v.distill else "model"}}
-    if teacher is not None:
-        report["teacher"] = teacher_report(teacher, teacher_metrics, splits, cfg)
-    baseline = None if is_siamese_baseline(v) else baseline_scores(cfg, run_dir, splits, v.baseline, train_virt,
-                                                                     as_siamese_baseline)
-    if baseline:
-        report["baseline"] = baseline
-    metrics = train_task(cfg, run_dir, build, splits, report=report,
-                         extra_meta={"virt": report["virt"]}, compare_as="the VIRT student")
-    print_summary(run_dir, metrics)
-    return metrics
+
+def train_virt(cfg):
+    """Teacher -> (siamese baseline) -> VIRT student; writes <out>/model (kind virt) and metrics.json
+    (+ teacher and baseline scores, the share of the gap closed, warnings)."""
+    return run(Virt(cfg))

@@ -12,32 +12,36 @@ from pathlib import Path
 
 import numpy as np
 
+from crossenc.model import CrossEncoder
 from data import DataError, PairData
-from modeling.cross_encoder import CrossEncoder
 from modeling.model_dir import load_model_dir
+from training.inputs import init_encoder, read_data, tokenize
 from training.metrics import classification_metrics
 from training.rundir import check_out
-from training.tasks import (init_encoder, load_splits, prepare_run_dir, print_summary, read_data, tokenize,
-                            train_task, write_json)
+from training.runner import TrainingTask, run, write_json
 from training.trainer import predict_outputs
 
 log = logging.getLogger(__name__)
 
 
+def build_cross_encoder(cfg, model_cfg, splits, run_dir):
+    """A cross-encoder on `model_cfg`'s encoder with `cfg.model`'s head settings (finetune, distill's student)."""
+    encoder, tokenizer = init_encoder(model_cfg, splits.train.text_a + splits.train.text_b, run_dir)
+    model = CrossEncoder(encoder, num_labels=len(splits.label_names), pooling=cfg.model.pooling,
+                         dropout=cfg.model.dropout, name="cross_encoder")
+    return model, tokenizer
+
+
+class Finetune(TrainingTask):
+    """Fine-tune a cross-encoder on the labels."""
+
+    def build(self, run_dir, splits):
+        return build_cross_encoder(self.cfg, self.cfg.model, splits, run_dir)
+
+
 def finetune(cfg):
     """Fine-tune a cross-encoder; writes <out>/model, metrics.json, config.yaml, tensorboard/."""
-    run_dir = prepare_run_dir(cfg)
-    splits = load_splits(cfg)
-
-    def build():
-        encoder, tokenizer = init_encoder(cfg.model, splits.train.text_a + splits.train.text_b, run_dir)
-        model = CrossEncoder(encoder, num_labels=len(splits.label_names), pooling=cfg.model.pooling,
-                             dropout=cfg.model.dropout, name="cross_encoder")
-        return model, tokenizer
-
-    metrics = train_task(cfg, run_dir, build, splits)
-    print_summary(run_dir, metrics)
-    return metrics
+    return run(Finetune(cfg))
 
 
 def _model_path(cfg):
@@ -56,7 +60,7 @@ def evaluate(cfg):
         raise DataError("set data.test (or data.valid) to the labelled file to evaluate on")
     pairs = read_data(cfg, path, loaded.labels)
     split = tokenize(loaded.model, loaded.tokenizer, pairs, loaded.labels, loaded.max_seq_len, "eval")
-    probs = predict_outputs(loaded.model, split.features, cfg.train.eval_batch_size)
+    probs = predict_outputs(loaded.model, split.features, cfg.train.eval_batch_size, progress=True)
     metrics = classification_metrics(split.labels, probs, loaded.labels)
     cm = metrics["confusion_matrix"]
     print(f"{path}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
@@ -129,7 +133,7 @@ def predict(cfg):
     else:
         loaded = load_model_dir(path)
         feats = loaded.model.featurize(loaded.tokenizer, pairs.text_a, pairs.text_b, loaded.max_seq_len)
-        probs = predict_outputs(loaded.model, feats, cfg.train.eval_batch_size)
+        probs = predict_outputs(loaded.model, feats, cfg.train.eval_batch_size, progress=True)
         labels = loaded.labels
     # Written under a temporary name and renamed when complete: a failed run keeps the previous file.
     tmp = Path(f"{cfg.out}.{os.getpid()}.tmp") if cfg.out else None
