@@ -12,6 +12,7 @@ from sklearn.metrics import roc_auc_score
 
 from data import DataError, read_texts
 from modeling.model_dir import load_model_dir
+from runtime.progress import progress_bar
 from senbert.model import SentenceBert
 from training.metrics import classification_metrics, positive_index
 from training.inputs import init_encoder
@@ -119,7 +120,6 @@ def train_sbert(cfg):
 def embed(cfg):
     """Texts -> `<out>/embeddings.npy` + `<out>/ids.txt`, with the model's own pooling and normalisation."""
     import tensorflow as tf
-    from keras.utils import Progbar
 
     from training.pipeline import make_dataset
 
@@ -132,11 +132,11 @@ def embed(cfg):
     feats = {"input_ids": loaded.tokenizer.encode_texts(texts, loaded.max_seq_len)}
     batch = 64
     encode = tf.function(lambda x: loaded.model.encode(x["input_ids"], x["attention_mask"]), reduce_retracing=True)
-    bar = Progbar(-(-len(texts) // batch), unit_name="batch")
     chunks = []
-    for x in make_dataset(feats, batch_size=batch, bucket=False):
-        chunks.append(encode(x).numpy())
-        bar.add(1)
+    with progress_bar(len(texts), "embedding", "text") as bar:
+        for x in make_dataset(feats, batch_size=batch, bucket=False):
+            chunks.append(encode(x).numpy())
+            bar.update(len(chunks[-1]))
     emb = np.concatenate(chunks).astype(np.float32)
     np.save(out / "embeddings.npy", emb)
     (out / "ids.txt").write_text("\n".join(ids) + "\n", encoding="utf-8")

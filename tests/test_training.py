@@ -745,13 +745,15 @@ def test_config_yaml_is_the_effective_config_and_a_resume_compares_the_given_one
 
 def test_predict_progress_goes_to_stderr_and_only_when_slow(capsys):
     """predict writes its results to stdout: its progress bar must not mix with them."""
-    from training.trainer import LateProgbar
+    from runtime.progress import progress_bar
 
-    quick = LateProgbar(4)  # done long before the delay: prints nothing
-    for _ in range(4):
-        quick.add(1)
-    slow = LateProgbar(4, delay=0.0)
-    for _ in range(4):
-        slow.add(1)
+    with progress_bar(4, "scoring", "pair", disable=False) as quick:  # done long before the delay: nothing
+        for _ in range(4):
+            quick.update(1)
+    assert capsys.readouterr() == ("", "")
+    with progress_bar(4, "scoring", "pair", delay=0.0, disable=False) as slow:
+        for _ in range(4):
+            time.sleep(0.12)  # tqdm redraws at most every 0.1 s
+            slow.update(1)
     out, err = capsys.readouterr()
-    assert out == "" and "4/4" in err
+    assert out == "" and "scoring" in err and "4/4" in err

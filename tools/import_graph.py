@@ -100,6 +100,17 @@ def imports(modules):
     return graph
 
 
+def closure(graph, start):
+    """Every project module `start` depends on, directly or through others (itself excluded)."""
+    seen, todo = set(), [start]
+    while todo:
+        for t in graph.get(todo.pop(), ()):
+            if t not in seen and t != start:
+                seen.add(t)
+                todo.append(t)
+    return seen
+
+
 def violations(graph):
     """Imports from a module to one of a higher layer: [(importer, imported, line)]."""
     return sorted((m, t, line) for m, ts in graph.items() for t, line in ts.items()
@@ -275,6 +286,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--edges", action="store_true", help="print the package -> package edges")
     p.add_argument("--walk", action="append", default=[], metavar="MODULE:FUNCTION")
+    p.add_argument("--closure", action="append", default=[], metavar="MODULE",
+                   help="the modules MODULE depends on (its import closure) and the upward imports among them")
     p.add_argument("--arg", default="cfg", help="the argument --walk follows (default cfg)")
     p.add_argument("--layer", action="append", default=[], metavar="MODULE=RANK",
                    help="rank one module as another layer (e.g. training.finetune=4 for the old layout)")
@@ -287,6 +300,10 @@ def main(argv=None):
     if args.edges:
         for pkg, ts in sorted(package_edges(graph).items()):
             print(f"{pkg:<10} -> {', '.join(sorted(ts, key=lambda t: (LAYERS[t], t)))}")
+    for start in args.closure:
+        deps = closure(graph, start)
+        up = [v for v in violations(graph) if v[0] in deps | {start}]
+        print(f"closure {start}: {len(deps)} modules, {len(up)} upward imports among them")
     for start in args.walk:
         visited, climbs = walk(start, args.arg)
         files = sorted({str(modules[m].relative_to(ROOT)) for m, _ in visited})

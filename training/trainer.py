@@ -17,7 +17,6 @@ import logging
 import math
 import shutil
 import signal
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from runtime.progress import progress_bar
 from training.metrics import better, classification_metrics
 from training.optim import build_optimizer
 from training.pipeline import example_lengths, make_dataset, num_batches
@@ -113,35 +113,17 @@ def predict_outputs(model, features, batch_size, fn=None, progress=False):
     order = np.argsort(example_lengths(features), kind="stable")
     sorted_feats = {k: ([v[i] for i in order] if isinstance(v, list) else np.asarray(v)[order])
                     for k, v in features.items()}
-    bar = LateProgbar(num_batches(len(order), batch_size, drop_remainder=False)) if progress else None
     outs = []
-    for x in make_dataset(sorted_feats, batch_size=batch_size, bucket=False):
-        outs.append(fn(x))
-        if bar:
-            bar.add(1)
+    with progress_bar(len(order), "scoring", "pair") if progress else contextlib.nullcontext() as bar:
+        for x in make_dataset(sorted_feats, batch_size=batch_size, bucket=False):
+            outs.append(fn(x))
+            if bar is not None:
+                bar.update(len(next(iter(x.values()))))
     if isinstance(outs[0], dict):
         merged = {k: np.concatenate([o[k].numpy() for o in outs]) for k in outs[0]}
         return {k: _unsort(v, order) for k, v in merged.items()}
     return _unsort(np.concatenate([o.numpy() for o in outs]), order)
 
-
-class LateProgbar:
-    """Keras's Progbar, on stderr (a task's results may go to stdout), shown only once the work has
-    taken more than `delay` seconds: quick runs print nothing."""
-
-    def __init__(self, target, delay=3.0, unit_name="batch"):
-        self.target, self.delay, self.unit_name = target, delay, unit_name
-        self.start, self.pending, self.bar = time.time(), 0, None
-
-    def add(self, n=1):
-        self.pending += n
-        if self.bar is None and time.time() - self.start < self.delay:
-            return
-        with contextlib.redirect_stdout(sys.stderr):
-            if self.bar is None:
-                self.bar = keras.utils.Progbar(self.target, unit_name=self.unit_name)
-            self.bar.add(self.pending)
-        self.pending = 0
 
 
 def evaluator(label_names, batch_size):
