@@ -54,7 +54,7 @@ TASKS = {
                "top-k cosine recall over search.index (+ rerank) for queries on stdin or search.queries"),
 }
 
-MAIN_KEYS = """main keys (--set section.key=value; see README for all):
+MAIN_KEYS = """main keys (--set section.key=value; all keys: docs/configuration.md):
   model.init        checkpoint: minilm | HF dir | Google TF1 dir | model directory | null (random)
   model.num_layers  keep the first k layers ("tiny" models)
   data.train / data.valid / data.test   pair files; data.format auto|csv|tsv|jsonl|bq|lcqmc|afqmc|mrpc

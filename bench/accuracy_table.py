@@ -1,4 +1,4 @@
-"""Train and evaluate every model kind on one dataset; write the README's accuracy table.
+"""Train and evaluate every model kind on one dataset; write an accuracy table (docs/results.md).
 
     python bench/accuracy_table.py --data ../shared/data/mrpc --out runs/table-mrpc
     python bench/accuracy_table.py --data ../shared/data/bq --out runs/table-bq --set data.max_rows=20000

@@ -1,6 +1,6 @@
 """The export task: `python run_tasks.py --task export --set export.model=<model dir> --out DIR`.
 
-Writes (README.md, "export"; what is published when a check fails: docs/export.md)::
+Writes (docs/export.md; what is published when a check fails: its "What is published")::
 
     <out>/vocab.txt, <out>/model.json            copies: the export directory is self-contained
     <out>/saved_model/<name>/<version>/          SavedModel for TF Serving (export/saved_model.py)

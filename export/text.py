@@ -23,7 +23,7 @@ ties the other way (a=3, b=2 tokens, budget 3: HF keeps 2+1, the trimmer 1+2).
 Why not `combine_segments` + `pad_model_inputs`: same result, but with their ragged
 checks the pair tokeniser graph had ~2700 nodes (5 s to trace on a busy 2-core machine)
 against ~830 with the dense assembly. Remaining differences from the
-Python tokenizer are listed in README.md, "Tokenisation parity".
+Python tokenizer are listed in docs/export.md, "Tokenisation parity".
 """
 
 from __future__ import annotations

@@ -384,7 +384,7 @@ def test_hf_longest_first_arithmetic_and_why_not_shrink_longest_trimmer():
 
 
 def test_documented_tokenisation_differences(vocab_file):
-    """The two differences README.md lists ("Tokenisation parity"; if a library update removes one, update it)."""
+    """The two differences docs/export.md lists ("Tokenisation parity"; if a library update removes one, update it)."""
     py = PairTokenizer(vocab_file, lowercase=False)
     g = GraphTokenizer(_vocab(vocab_file), False, max_len=128)
     # 1. a word of <= 100 characters but > 100 UTF-8 bytes: HF (limit in characters) WordPieces it,

@@ -256,7 +256,7 @@ FORMATS = ["csv", "bq", "tsv", "lcqmc", "jsonl", "afqmc", "mrpc"]
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_on_bad_row_skip_skips_and_counts_non_utf8_rows(tmp_path, fmt):
-    """As the README says: a row with bytes that are not UTF-8 is a bad row (error mode: the file:line
+    """As docs/configuration.md says: a row with bytes that are not UTF-8 is a bad row (error mode: the file:line
     error it always was, tests/test_reliability.py)."""
     from data import read_pairs
     from tests.test_reliability import EXT, GOOD, first_data_line, render
@@ -516,7 +516,9 @@ def test_export_directory_with_a_vocab_shorter_than_the_embedding_table_is_refus
 
 
 # ============================================================================ 7. pointers to documents
-@pytest.mark.parametrize("source", ["export/task.py", "export/text.py", "tests/test_export.py", "requirements.txt"])
+@pytest.mark.parametrize("source", ["export/task.py", "export/text.py", "tests/test_export.py", "requirements.txt",
+                                    "run_tasks.py", "config/export.yaml", "config/serve.yaml", "config/index.yaml",
+                                    "config/search.yaml"])
 def test_documents_named_in_modules_exist(source):
     import re
 

@@ -41,7 +41,7 @@ DISTRIBUTIONS = {
 
 # Listed, pinned, never imported: why each is needed anyway.
 INDIRECT = {
-    "tensorboard": "the `tensorboard --logdir runs` viewer of the training logs (README)",
+    "tensorboard": "the `tensorboard --logdir runs` viewer of the training logs (docs/tasks.md)",
     "sympy": "onnxruntime's transformer optimiser (export.fuse) needs it and does not declare it",
     "pytest-xdist": "the pytest plugin behind `make test`'s `-n 2`",
 }
