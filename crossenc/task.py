@@ -129,7 +129,8 @@ def predict(cfg):
         s = cfg.serve
         backend = open_model(path, s.backend, s.int8, s.threads, fused=s.fused)
         log.info("predict with %s", backend.describe())
-        probs, labels = predict_pairs(backend, pairs.text_a, pairs.text_b, cfg.train.eval_batch_size), backend.labels
+        probs, labels = predict_pairs(backend, pairs.text_a, pairs.text_b, cfg.train.eval_batch_size,
+                                      progress="scoring"), backend.labels
     else:
         loaded = load_model_dir(path)
         feats = loaded.model.featurize(loaded.tokenizer, pairs.text_a, pairs.text_b, loaded.max_seq_len)

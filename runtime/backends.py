@@ -305,7 +305,7 @@ def read_kind(path):
     return read_meta(path)["kind"]
 
 
-def predict_pairs(backend, text_a, text_b, batch_size=64):
+def predict_pairs(backend, text_a, text_b, batch_size=64, progress=None):
     """`predict_ids` probabilities [N, C] of pairs through any backend, in input order.
 
     Pairs are sorted by token length and padded per batch (real texts are short: a batch pads
@@ -316,5 +316,5 @@ def predict_pairs(backend, text_a, text_b, batch_size=64):
     if "probs" not in backend.functions["predict_ids"].outputs:
         raise BackendError(f"{backend.path}: this {backend.kind} model has no classifier (outputs "
                            f"{', '.join(backend.functions['predict_ids'].outputs)}); predict needs probabilities")
-    out = run_in_batches(backend, "predict_ids", pair_rows(backend, text_a, text_b), batch_size)
+    out = run_in_batches(backend, "predict_ids", pair_rows(backend, text_a, text_b), batch_size, progress)
     return np.stack([r["probs"] for r in out]) if out else np.zeros((0, len(backend.labels)), np.float32)

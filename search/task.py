@@ -59,6 +59,7 @@ def index_task(cfg):
 def search_task(cfg):
     from data import read_texts
     from runtime.batching import drive, run_in_batches
+    from runtime.progress import progress_bar
     from search.engine import open_searcher
     from search.index import SearchError
 
@@ -76,10 +77,12 @@ def search_task(cfg):
     out = open(cfg.out, "w", encoding="utf-8") if cfg.out else sys.stdout
     t0 = time.time()
     try:
-        for s in range(0, len(queries), sc.batch_size):
-            chunk = queries[s:s + sc.batch_size]
-            for qid, q, res in zip(qids[s:s + sc.batch_size], chunk, drive(searcher.plan(chunk, sc.k), run)):
-                out.write(json.dumps({"id": qid, "query": q, "results": res}, ensure_ascii=False) + "\n")
+        with progress_bar(len(queries), "search", "query") as bar:
+            for s in range(0, len(queries), sc.batch_size):
+                chunk = queries[s:s + sc.batch_size]
+                for qid, q, res in zip(qids[s:s + sc.batch_size], chunk, drive(searcher.plan(chunk, sc.k), run)):
+                    out.write(json.dumps({"id": qid, "query": q, "results": res}, ensure_ascii=False) + "\n")
+                bar.update(len(chunk))
     finally:
         if out is not sys.stdout:
             out.close()
