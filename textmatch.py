@@ -23,11 +23,14 @@ trained without a classifier (`sbert.objective=cosine|mnrl`).
 
 from __future__ import annotations
 
+import logging
 import os
 
 import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: no C++ start-up chatter
+# transformers (its tokenizers only are used) announces on import that PyTorch is absent: not news here
+logging.getLogger("transformers").addFilter(lambda record: "PyTorch was not found" not in record.getMessage())
 
 from runtime.backends import BackendError, open_model, predict_pairs  # noqa: E402
 from runtime.batching import run_in_batches  # noqa: E402
