@@ -35,6 +35,8 @@ logging.getLogger("transformers").addFilter(lambda record: "PyTorch was not foun
 from runtime.backends import BackendError, open_model, predict_pairs  # noqa: E402
 from runtime.batching import run_in_batches  # noqa: E402
 from runtime.rows import text_rows  # noqa: E402
+from search.engine import positive_class  # noqa: E402
+from search.index import recall_vectors  # noqa: E402  (the vectors the index task stores)
 
 __all__ = ["load", "Matcher", "BackendError"]
 
@@ -96,9 +98,7 @@ class Matcher:
         if not texts:
             return np.zeros((0, self.backend.hidden_size), np.float32)
         rows = run_in_batches(self.backend, "encode_ids", text_rows(self.backend, texts), batch_size)
-        key = cls.encode_output
-        v = np.stack([r[key].mean(axis=0) if cls.late_interaction else r[key] for r in rows]).astype(np.float32)
-        return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+        return recall_vectors(cls, rows)
 
     def rank(self, query, candidates, top_k=None, batch_size=64):
         """`[(index, text, score)]` of `candidates` for `query`, best first (`top_k`: keep that many).
@@ -110,10 +110,7 @@ class Matcher:
         if not candidates:
             return []
         if self.has_classifier:
-            from training.metrics import positive_index
-
-            probs = self.predict([(query, c) for c in candidates], batch_size)
-            scores = probs[:, positive_index(self.labels) if self.labels else 1]
+            scores = self.predict([(query, c) for c in candidates], batch_size)[:, positive_class(self.backend)]
         else:
             q, c = self.encode([query], batch_size), self.encode(candidates, batch_size)
             scores = c @ q[0]
