@@ -152,11 +152,8 @@ def load_model_dir(path, expect_kind=None):
     for name in ("vocab.txt", "model.weights.h5"):
         if not (path / name).is_file():
             raise CheckpointError(f"{path}: {name} is missing (half-written model directory?)")
-    config = meta["model"]
-    if isinstance(config, dict) and config.get("module") in MOVED_MODULES:
-        config = {**config, "module": MOVED_MODULES[config["module"]]}
     try:
-        model = keras.saving.deserialize_keras_object(config)
+        model = keras.saving.deserialize_keras_object(meta["model"])
         model(model.dummy_inputs())  # create the variables before loading them
     except Exception as e:  # an edited or foreign model.json: Keras raises TypeError, ValueError, ...
         raise CheckpointError(f"{path / 'model.json'}: cannot rebuild the {meta['kind']} model from its "
