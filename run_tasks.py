@@ -64,6 +64,37 @@ MAIN_KEYS = """main keys (--set section.key=value; all keys: docs/configuration.
 """
 
 
+def task_inputs(cfg):
+    """`[(key, path, check)]`: the files and directories `cfg.task` reads, as `cfg` gives them (checked by
+    training.rundir.check_inputs before the task is imported)."""
+    from config.schema import TRAINING_TASKS
+
+    t, d, m = cfg.task, cfg.data, cfg.model
+    model = [("model.vocab", m.vocab, "vocab")] if m.init is None else [("model.init", m.init, "checkpoint")]
+    if t == "pretrain":
+        texts = [(f"data.text[{i}]", p, "text") for i, p in enumerate(d.text)]
+        return (texts or [("data.train", d.train, "text")]) + model
+    if t in TRAINING_TASKS:
+        found = [("data.train", d.train, "file"), ("data.valid", d.valid, "file"), ("data.test", d.test, "file")]
+        section = {"distill": cfg.distill, "virt": cfg.virt}.get(t)
+        if section is not None:
+            found += [(f"{t}.teacher", section.teacher, "model_dir"), (f"{t}.baseline", section.baseline, "model_dir")]
+        return found + model
+    return {
+        "evaluate": [("model.init", m.init, "model_dir"),
+                     ("data.test", d.test, "file") if d.test else ("data.valid", d.valid, "file")],
+        "predict": [("model.init", m.init, "dir"), ("data.test", d.test, "file")],
+        "embed": [("model.init", m.init, "model_dir"), ("data.test", d.test, "file")],
+        "virt-plot": [("model.init", m.init, "model_dir"), ("data.test", d.test, "file")],
+        "export": [("export.model", cfg.export.model, "export_model")],
+        "serve": [("serve.model", cfg.serve.model, "dir"), ("serve.index", cfg.serve.index, "index"),
+                  ("serve.rerank", cfg.serve.rerank, "dir")],
+        "index": [("index.model", cfg.index.model, "dir"), ("index.corpus", cfg.index.corpus, "file")],
+        "search": [("search.index", cfg.search.index, "index"), ("search.queries", cfg.search.queries, "file"),
+                   ("search.rerank", cfg.search.rerank, "dir")],
+    }.get(t, [])
+
+
 def build_parser():
     tasks = "\n".join(f"  {name:<10} {spec[3]}" for name, spec in TASKS.items())
     p = argparse.ArgumentParser(
@@ -159,7 +190,7 @@ def main(argv=None):
         if args.out:
             overrides.append(f"out={args.out}")
         cfg = load_config(path, overrides)
-        preflight(cfg)  # output directory and input paths, before the task imports TensorFlow
+        preflight(cfg, task_inputs(cfg))  # output directory and input paths, before the task imports TensorFlow
         getattr(importlib.import_module(module), func)(cfg)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -255,7 +255,7 @@ def test_values_that_are_not_paths_pass_the_input_check(tmp_path):
                        ("finetune", ["model.init=owner/model-on-the-hub"]),
                        ("predict", ["model.init=" + str(tmp_path)]),  # data.test unset: stdin
                        ("search", ["search.rerank=virt"])):
-        check_inputs(load_config(FINETUNE_YAML, sets + [f"task={task}"]))
+        check_inputs(run_tasks.task_inputs(load_config(FINETUNE_YAML, sets + [f"task={task}"])))
 
 
 def test_a_missing_data_file_fails_without_importing_tensorflow(tmp_path):

@@ -189,39 +189,12 @@ def _hub_id(value):
     return str(value).count("/") == 1 and not str(value).startswith((".", "/"))
 
 
-def task_inputs(cfg):
-    """`[(key, path, check)]`: the files and directories `cfg.task` reads, as `cfg` gives them."""
-    t, d, m = cfg.task, cfg.data, cfg.model
-    model = [("model.vocab", m.vocab, "vocab")] if m.init is None else [("model.init", m.init, "checkpoint")]
-    if t == "pretrain":
-        texts = [(f"data.text[{i}]", p, "text") for i, p in enumerate(d.text)]
-        return (texts or [("data.train", d.train, "text")]) + model
-    if t in TRAINING_TASKS:
-        found = [("data.train", d.train, "file"), ("data.valid", d.valid, "file"), ("data.test", d.test, "file")]
-        section = {"distill": cfg.distill, "virt": cfg.virt}.get(t)
-        if section is not None:
-            found += [(f"{t}.teacher", section.teacher, "model_dir"), (f"{t}.baseline", section.baseline, "model_dir")]
-        return found + model
-    return {
-        "evaluate": [("model.init", m.init, "model_dir"),
-                     ("data.test", d.test, "file") if d.test else ("data.valid", d.valid, "file")],
-        "predict": [("model.init", m.init, "dir"), ("data.test", d.test, "file")],
-        "embed": [("model.init", m.init, "model_dir"), ("data.test", d.test, "file")],
-        "virt-plot": [("model.init", m.init, "model_dir"), ("data.test", d.test, "file")],
-        "export": [("export.model", cfg.export.model, "export_model")],
-        "serve": [("serve.model", cfg.serve.model, "dir"), ("serve.index", cfg.serve.index, "index"),
-                  ("serve.rerank", cfg.serve.rerank, "dir")],
-        "index": [("index.model", cfg.index.model, "dir"), ("index.corpus", cfg.index.corpus, "file")],
-        "search": [("search.index", cfg.search.index, "index"), ("search.queries", cfg.search.queries, "file"),
-                   ("search.rerank", cfg.search.rerank, "dir")],
-    }.get(t, [])
-
-
-def check_inputs(cfg):
-    """Raise the error the task would raise later for the first input path of `task_inputs` that is
-    missing: a wrong path costs no TensorFlow start-up and leaves no run directory behind. Only what
-    is cheap to tell is checked (existence, the marker file of a directory), not the contents."""
-    for key, value, check in task_inputs(cfg):
+def check_inputs(inputs):
+    """Raise the error the task would raise later for the first missing path of `inputs` (`[(key,
+    path, check)]`, a check named in `_CHECKS`: run_tasks.task_inputs): a wrong path costs no
+    TensorFlow start-up and leaves no run directory behind. Only what is cheap to tell is checked
+    (existence, the marker file of a directory), not the contents."""
+    for key, value, check in inputs:
         if value in _NOT_PATHS or (check == "checkpoint" and _hub_id(value) and not Path(value).exists()):
             continue
         test, message = _CHECKS[check]
@@ -230,11 +203,12 @@ def check_inputs(cfg):
             raise (DataError if check in ("file", "text") else RunError)(message.format(shown))
 
 
-def preflight(cfg):
+def preflight(cfg, inputs=()):
     """The cheap checks of a `run_tasks.py` run, before the task (and TensorFlow) is imported: the
-    output directory, then the input paths. They only read: nothing is written before they pass."""
+    output directory, then the input paths `inputs` (see check_inputs). They only read: nothing is
+    written before they pass."""
     check_out(cfg.task, cfg.out)
-    check_inputs(cfg)
+    check_inputs(inputs)
     if cfg.task in TRAINING_TASKS and cfg.out and chief_from_env(cfg.train):
         check_resume(cfg, cfg.out)
 
