@@ -138,7 +138,7 @@ class DistillConfig:
 @dataclass
 class VirtConfig:
     teacher: str | None = None  # cross-encoder teacher directory
-    interaction_weight: float = bounded(10.0, ge=0)  # weight of the interaction (attention) distillation loss L_virt (paper: 1; docs/defaults.md); was virt.alpha
+    interaction_weight: float | None = bounded(None, ge=0)  # weight of the interaction (attention) distillation loss L_virt (paper: 1); null = 10 where the teacher leads the baseline on valid by >= 1 point, else 1 (docs/defaults.md); was virt.alpha
     student_init: str = choice("teacher", "model", default="model")  # teacher = the student's encoder starts as the teacher's first model.num_layers layers | model = model.init's (the baseline always starts from model.init)
     kd_weight: float = bounded(0.0, ge=0)  # weight of the teacher's soft targets (logit distillation); 0 = the paper
     kd_temperature: float = bounded(2.0, gt=0)  # their temperature

@@ -34,7 +34,7 @@ def test_task_yaml_contents():
     s = load_config(CONFIG_DIR / "sbert.yaml").sbert
     assert (s.objective, s.pooling) == ("softmax", "mean")
     v = load_config(CONFIG_DIR / "virt.yaml")
-    assert (v.virt.interaction_weight, v.virt.layers, v.model.pooling) == (10.0, "all", "mean")
+    assert (v.virt.interaction_weight, v.virt.layers, v.model.pooling) == (None, "all", "mean")  # None: by the teacher's lead
     assert (v.model.num_layers, v.train.epochs, v.virt.baseline, v.virt.fusion) == (None, None, "auto", None)
     p = load_config(CONFIG_DIR / "pretrain.yaml").model
     assert p.init is None and (p.num_layers, p.hidden_size, p.num_heads) == (4, 256, 4)

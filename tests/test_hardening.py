@@ -34,7 +34,7 @@ from tests.tiny_runs import tiny_overrides, write_csv
     ("distill.label_weight=1.5", "distill.label_weight: must be >= 0 and <= 1, got 1.5"),
     ("distill.temperature=0", "distill.temperature: must be > 0, got 0.0"),
     ("distill.intermediate_weight=-1", "distill.intermediate_weight: must be >= 0, got -1.0"),
-    ("virt.interaction_weight=-0.5", "virt.interaction_weight: must be >= 0, got -0.5"),
+    ("virt.interaction_weight=-0.5", "virt.interaction_weight: must be >= 0 (or null), got -0.5"),
     ("export.opset=13", "export.opset: must be >= 15, got 13"),
     ("export.max_seq_len=4", "export.max_seq_len: must be >= 5 (or null), got 4"),
     ("export.parity_samples=0", "export.parity_samples: must be >= 1, got 0"),
@@ -114,7 +114,8 @@ def test_old_run_config_with_alpha_still_resumes_and_compares(deprecations, tmp_
     from config import save_config
     from training.rundir import RunError, check_resume, fingerprints
 
-    cfg = load_config(run_tasks.ROOT / "config" / "virt.yaml", ["distill.label_weight=0.3", f"out={tmp_path / 'run'}"])
+    cfg = load_config(run_tasks.ROOT / "config" / "virt.yaml", ["distill.label_weight=0.3", "virt.interaction_weight=10",
+                                                                 f"out={tmp_path / 'run'}"])
     run = tmp_path / "run"
     save_config(cfg, run / "config.yaml")
     text = (run / "config.yaml").read_text()

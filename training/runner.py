@@ -2,7 +2,8 @@
 trains with and reports, and `run(task)` drives it:
 
     splits -> effective configuration (decided, validated, then written) -> run directory
-    -> teacher -> baseline -> the task's own preparation -> train -> metrics.json -> summary
+    -> teacher -> baseline -> settings decided from their scores -> the task's own preparation
+    -> train -> metrics.json -> summary
 """
 
 from __future__ import annotations
@@ -49,6 +50,10 @@ class TrainingTask:
 
     def decide(self, splits):
         """Fill the task's settings that depend on the data and check them, before config.yaml is written."""
+
+    def decide_from_references(self, report, metric):
+        """Fill the task's settings that depend on its teacher's and baseline's scores (`report`: their
+        valid/test metrics), before anything is trained; config.yaml keeps the setting as given."""
 
     def selection_metric(self, label_names):
         """The validation metric that selects the best epoch: `train.metric`, except that `f1`/`auc`
@@ -105,14 +110,17 @@ def run(task):
     metric = task.selection_metric(splits.label_names)
     validate(cfg)
     run_dir = prepare_run_dir(cfg, given)
-    settings = task.settings()
-    report = {task.section: settings} if settings is not None else {}
+    report = {}
     teacher_metrics = task.load_teacher(run_dir)
     if task.teacher is not None:
         report["teacher"] = teacher_report(task.teacher, teacher_metrics, splits, cfg)
     baseline = baseline_scores(task, run_dir, splits)
     if baseline:
         report["baseline"] = baseline
+    task.decide_from_references(report, metric)
+    settings = task.settings()
+    if settings is not None:
+        report = {task.section: settings, **report}
     splits = task.prepare(run_dir, splits)
     metrics = train(task, run_dir, splits, metric, report)
     task.summary(run_dir, metrics)

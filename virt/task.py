@@ -6,6 +6,7 @@ import logging
 
 from crossenc.teacher import check_same_vocab, student_config, teacher_for
 from training.inputs import init_encoder
+from training.references import MIN_LEAD
 from training.runner import TrainingTask, run
 from virt.model import VirtModel, VirtTraining, default_fusion, uses_fusion
 
@@ -18,6 +19,24 @@ def check_teacher_positions(max_seq_len, max_position):
         raise ValueError(f"train.max_seq_len={max_seq_len}: the teacher reads x ++ y[1:], up to "
                          f"{2 * max_seq_len - 1} positions, but has {max_position} position embeddings; "
                          f"use train.max_seq_len <= {(max_position + 1) // 2}")
+
+
+# virt.interaction_weight=null (docs/defaults.md, "the weight follows the teacher's lead"): the
+# attention distillation pulls hard only towards a teacher that beats the student's own baseline.
+LEADING_WEIGHT, TRAILING_WEIGHT = 10.0, 1.0
+
+
+def auto_interaction_weight(report, metric):
+    """`(weight, reason)` for `virt.interaction_weight=null`: 10 when the teacher's valid `metric` leads the
+    siamese baseline's by at least one point, else the paper's 1; without a baseline to compare with, 10."""
+    try:
+        t, b = report["teacher"]["valid"][metric], report["baseline"]["valid"][metric]
+    except KeyError:
+        return LEADING_WEIGHT, "no baseline scores to compare the teacher with"
+    lead = f"the teacher's valid {metric} {t:.4f} against the baseline's {b:.4f}"
+    if t - b >= MIN_LEAD:
+        return LEADING_WEIGHT, f"{lead}: it leads by >= {MIN_LEAD * 100:g} point"
+    return TRAILING_WEIGHT, f"{lead}: it does not lead by {MIN_LEAD * 100:g} point"
 
 
 def is_siamese_baseline(v):
@@ -43,6 +62,7 @@ class Virt(TrainingTask):
 
     section = "virt"
     student_name = "the VIRT student"
+    weight_reason = None  # why virt.interaction_weight=null resolved as it did
 
     def decide(self, splits):
         v = self.cfg.virt
@@ -51,12 +71,19 @@ class Virt(TrainingTask):
         if v.distill and v.teacher is None and self.cfg.model.init is None:  # fail before fine-tuning the teacher
             check_teacher_positions(self.cfg.train.max_seq_len, self.cfg.model.max_position)
 
+    def decide_from_references(self, report, metric):
+        v = self.cfg.virt
+        if v.distill and v.interaction_weight is None:
+            v.interaction_weight, self.weight_reason = auto_interaction_weight(report, metric)
+            log.info("virt.interaction_weight=null -> %g (%s)", v.interaction_weight, self.weight_reason)
+
     def settings(self):
         v = self.cfg.virt
         return {"distill": v.distill, "adapted_interaction": v.adapted_interaction,
                 "fusion": uses_fusion(v.adapted_interaction, v.fusion),
                 "interaction_weight": v.interaction_weight, "layers": v.layers, "kd_weight": v.kd_weight,
-                "kd_temperature": v.kd_temperature, "student_init": v.student_init if v.distill else "model"}
+                "kd_temperature": v.kd_temperature, "student_init": v.student_init if v.distill else "model",
+                **({"interaction_weight_rule": self.weight_reason} if self.weight_reason else {})}
 
     def model_meta(self):
         return {"virt": self.settings()}
