@@ -52,7 +52,7 @@ def runs(out, large_layers, tiny_layers, scratch=None):
         ("cross-encoder tiny", "finetune", tiny, "ce_tiny"),
         ("distilled tiny", "distill", [f"distill.teacher={teacher}", f"distill.baseline={out}/ce_tiny/model"] + tiny,
          "distilled_tiny"),
-        ("VIRT w/o distillation", "virt", ["virt.distill=false"] + large, "virt_no_distill"),
+        ("VIRT w/o distillation", "virt", ["virt.distill=false", "virt.adapted_interaction=true"] + large, "virt_no_distill"),
         ("VIRT w/o adapted interaction", "virt", [f"virt.teacher={teacher}", "virt.adapted_interaction=false"] + large, "virt_no_adapted"),
         # the paper's own ablation keeps Eq. 6's fusion MLP on mean-pooled u, v (Sec. 4.5.1)
         ("VIRT w/o adapted interaction, Eq. 6 fusion", "virt",

@@ -144,7 +144,7 @@ class VirtConfig:
     kd_temperature: float = bounded(2.0, gt=0)  # their temperature
     layers: str = pattern(r"all|(first|last|skip)-\d+", "all|first-k|last-k|skip-k", default="all")  # layers to distil (e.g. "last-2")
     distill: bool = True  # false = ablation: no teacher, no attention distillation
-    adapted_interaction: bool = True  # use the adapted interaction features in the head
+    adapted_interaction: bool | None = None  # Eq. 5's adapted pooling (each text attends to the other); None = for more than 2 classes only (docs/defaults.md)
     fusion: bool | None = None  # Eq. 6 fusion MLP in the head; None = with adapted_interaction and > 2 classes (docs/defaults.md)
     layer_map: list[int] | None = None  # teacher layer for each student layer; None = uniform (same relative depth)
     plot_pair: list[str] | None = None  # virt-plot: ["text a", "text b"]; None = first row of data.test

@@ -35,7 +35,7 @@ def test_task_yaml_contents():
     assert (s.objective, s.pooling) == ("softmax", "mean")
     v = load_config(CONFIG_DIR / "virt.yaml")
     assert (v.virt.interaction_weight, v.virt.layers, v.model.pooling) == (None, "all", "mean")  # None: by the teacher's lead
-    assert (v.model.num_layers, v.train.epochs, v.virt.baseline, v.virt.fusion) == (None, None, "auto", None)
+    assert (v.model.num_layers, v.train.epochs, v.virt.baseline, v.virt.fusion, v.virt.adapted_interaction) == (None, None, "auto", None, None)
     p = load_config(CONFIG_DIR / "pretrain.yaml").model
     assert p.init is None and (p.num_layers, p.hidden_size, p.num_heads) == (4, 256, 4)
 

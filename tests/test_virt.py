@@ -668,5 +668,7 @@ def test_virt_run_config_yaml_is_what_ran(virt_run):
     run = virt_run["run"]
     saved = load_config(run / "config.yaml")
     assert saved.virt.fusion is False  # default_fusion: two classes
+    assert saved.virt.adapted_interaction is False  # default_adapted_interaction: two classes
+    assert json.loads((run / "model" / "model.json").read_text())["virt"]["adapted_interaction"] is False
     assert json.loads((run / "inputs.json").read_text())["config"]["virt"]["fusion"] is None
     assert load_config(run / "teacher" / "config.yaml").model.pooling == "mean"

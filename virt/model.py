@@ -80,6 +80,16 @@ def uses_fusion(adapted_interaction, fusion=None):
     return adapted_interaction if fusion is None else bool(fusion)
 
 
+def default_adapted_interaction(num_labels):
+    """`virt.adapted_interaction`'s default: Eq. 5's adapted pooling for more than two classes only.
+
+    Measured (docs/defaults.md): on the binary sets, distilled students with mean-pooled towers under
+    SBERT's head scored above the same students with Eq. 5's pooling (sample set +1.3 / +2.3 and
+    +2.7 / +4.7 where the teacher led, MRPC +0.6 at full depth; BQ -0.5); the 3-class outside check
+    had Eq. 5 with Eq. 6's fusion head at 81.8, its best."""
+    return num_labels > 2
+
+
 def default_fusion(adapted_interaction, num_labels):
     """`virt.fusion`'s default: Eq. 6's fusion MLP for more than two classes only.
 

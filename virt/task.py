@@ -8,7 +8,7 @@ from crossenc.teacher import check_same_vocab, student_config, teacher_for
 from training.inputs import init_encoder
 from training.references import MIN_LEAD
 from training.runner import TrainingTask, run
-from virt.model import VirtModel, VirtTraining, default_fusion, uses_fusion
+from virt.model import VirtModel, VirtTraining, default_adapted_interaction, default_fusion, uses_fusion
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def as_teacher(tcfg):
 
 class Virt(TrainingTask):
     """Teacher -> (siamese baseline) -> VIRT student: a siamese model that learns the teacher's
-    cross-attention during training and adds the adapted interaction head."""
+    cross-attention during training, with the adapted interaction head for more than two classes."""
 
     section = "virt"
     student_name = "the VIRT student"
@@ -66,6 +66,8 @@ class Virt(TrainingTask):
 
     def decide(self, splits):
         v = self.cfg.virt
+        if v.adapted_interaction is None:
+            v.adapted_interaction = default_adapted_interaction(len(splits.label_names))
         if v.fusion is None:
             v.fusion = default_fusion(v.adapted_interaction, len(splits.label_names))
         if v.distill and v.teacher is None and self.cfg.model.init is None:  # fail before fine-tuning the teacher
