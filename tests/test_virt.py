@@ -577,6 +577,26 @@ def test_gap_closed_and_weak_teacher_warning_by_hand():
     assert "gap_closed" not in m and "by 1 point" in m["warnings"][0]  # not a share of a 0.3-point gap (50%)
 
 
+def test_a_worker_without_the_baseline_runs_metrics_scores_its_model(monkeypatch, tmp_path):
+    """A multi-worker run's non-chief workers get `{}` from the baseline's sub-run: they score the chief's
+    baseline model directory, so every worker resolves virt.interaction_weight from the same scores."""
+    import training.references as refs
+    from config import load_config
+
+    scored = []
+    monkeypatch.setattr(refs, "run_or_reuse", lambda cfg, fn, what: {})
+    monkeypatch.setattr(refs, "score_model_dir", lambda path, splits, cfg: scored.append(path) or {"valid": {"accuracy": 0.5}})
+
+    class Task:
+        cfg = load_config(None, [f"out={tmp_path}"])
+        baseline_path = staticmethod(lambda: "auto")
+        as_baseline = staticmethod(lambda bcfg: None)
+
+    got = refs.baseline_scores(Task(), tmp_path, splits=None)
+    assert got == {"valid": {"accuracy": 0.5}, "model_dir": str(tmp_path / "baseline" / "model")}
+    assert scored == [tmp_path / "baseline" / "model"]
+
+
 def test_virt_plot_writes_a_readable_png(virt_run, tmp_path, capsys):
     import run_tasks
 

@@ -44,7 +44,11 @@ def baseline_scores(task, run_dir, splits):
     train_fn = task.as_baseline(bcfg)
     log.info("baseline=auto: training the student's baseline first in %s", bcfg.out)
     metrics = run_or_reuse(bcfg, train_fn, "baseline")
-    return {**{k: metrics[k] for k in ("valid", "test") if k in metrics}, "model_dir": str(Path(bcfg.out) / "model")}
+    model_dir = Path(bcfg.out) / "model"
+    # A multi-worker run's other workers get no metrics from the sub-run: they score the chief's model,
+    # as they do its teacher, so every worker decides from the same numbers (virt.interaction_weight).
+    scores = {k: metrics[k] for k in ("valid", "test") if k in metrics} or score_model_dir(model_dir, splits, task.cfg)
+    return {**scores, "model_dir": str(model_dir)}
 
 
 def teacher_report(teacher, teacher_metrics, splits, cfg):
