@@ -114,7 +114,7 @@ class TrainConfig:
     mixed_precision: str | None = choice("mixed_bfloat16", "mixed_float16", default=None)  # Keras dtype policy; None = float32
     jit_compile: bool = False  # XLA-compile the train step
     metric: str = choice("accuracy", "f1", "macro_f1", "auc", "loss", default="f1")  # model selection / early stopping
-    patience: int = bounded(2, ge=0)  # epochs without improvement before stopping (0 = never stop early)
+    patience: int | None = bounded(None, ge=0)  # epochs without improvement before stopping (0 = never); null = max(2, epochs / 5) (docs/defaults.md)
     steps_per_epoch: int | None = bounded(None, ge=1)  # cap on steps per epoch (quick runs)
     eval_batch_size: int = bounded(64, ge=1)  # batch size for evaluation and prediction
     verbose: int = bounded(1, ge=0, le=2)  # Keras verbosity: 0 silent, 1 progress bar, 2 one line per epoch

@@ -14,7 +14,8 @@ Paris vs Rome), plus some pairs from different topics. Both sentences of every p
 from the same frame distribution, so the label depends on the content words, not on
 length or overlap. Deterministic: same arguments -> byte-identical files.
 
-CLI: ``python -m data.sample --out DIR [--lang en|zh|mixed] [--n-train N] [--seed S]``
+CLI: ``python -m data.sample --out DIR [--lang en|zh|mixed] [--n-train N] [--seed S] [--columns a,b,label]``
+(``--columns question,candidate,is_same``: a file shaped like a user's own CSV, as in the README's quick start)
 """
 from __future__ import annotations
 
@@ -169,14 +170,14 @@ def _realize(rng, fam, m, zh):
     return frame.format(vp=vp, obj=obj)
 
 
-def _pair(rng, lang, label):
+def _pair(rng, lang, label, easy=_EASY_NEGATIVES):
     zh = lang == "zh" or (lang == "mixed" and rng.random() < 0.5)
     fams = _ZH if zh else _EN
     fam = rng.choice(fams)
     m = _meaning(rng, fam)
     fam2, m2 = fam, m
     if not label:
-        if rng.random() < _EASY_NEGATIVES:
+        if rng.random() < easy:
             fam2 = rng.choice([f for f in fams if f is not fam])
             m2 = _meaning(rng, fam2)
         else:
@@ -189,13 +190,13 @@ def _pair(rng, lang, label):
     return (a, b) if rng.random() < 0.5 else (b, a)
 
 
-def _split(n, lang, rng, seen):
+def _split(n, lang, rng, seen, easy=_EASY_NEGATIVES):
     labels = [1] * (n // 2) + [0] * (n - n // 2)
     rng.shuffle(labels)
     rows = []
     for label in labels:
         for _ in range(50):  # keep valid/test pairs out of train
-            a, b = _pair(rng, lang, label)
+            a, b = _pair(rng, lang, label, easy)
             if (a, b) not in seen and (b, a) not in seen:
                 break
         seen.add((a, b))
@@ -203,10 +204,17 @@ def _split(n, lang, rng, seen):
     return rows
 
 
-def make_sample(out_dir, n_train=2000, n_valid=300, n_test=300, lang="en", seed=0):
-    """Write train.csv, valid.csv, test.csv (header sentence1,sentence2,label; label 1 =
-    same meaning) into out_dir; returns {"train": path, "valid": path, "test": path}.
+COLUMNS = ("sentence1", "sentence2", "label")
+
+
+def make_sample(out_dir, n_train=2000, n_valid=300, n_test=300, lang="en", seed=0, columns=COLUMNS,
+                easy_negatives=_EASY_NEGATIVES):
+    """Write train.csv, valid.csv, test.csv (header `columns`, sentence1,sentence2,label by default;
+    label 1 = same meaning) into out_dir; returns {"train": path, "valid": path, "test": path}.
+    `easy_negatives`: the share of negatives from another topic (the rest change one word).
     SMOKE-TEST data only (see the module docstring)."""
+    if len(columns) != 3 or len(set(columns)) != 3:
+        raise ValueError(f"columns must be three distinct names (text a, text b, label), not {columns!r}")
     if lang not in LANGS:
         raise ValueError(f"lang must be one of {LANGS}, not {lang!r}")
     out = Path(out_dir)
@@ -216,11 +224,11 @@ def make_sample(out_dir, n_train=2000, n_valid=300, n_test=300, lang="en", seed=
         # One generator per split (string seeds hash with sha512: stable across runs), so
         # changing n_train does not change valid/test beyond the overlap filter.
         rng = random.Random(f"sample-{lang}-{seed}-{split}")
-        rows = _split(n, lang, rng, seen)
+        rows = _split(n, lang, rng, seen, easy_negatives)
         paths[split] = out / f"{split}.csv"
         with open(paths[split], "w", encoding="utf-8", newline="") as f:
             w = csv.writer(f, lineterminator="\n")
-            w.writerow(["sentence1", "sentence2", "label"])
+            w.writerow(list(columns))
             w.writerows(rows)
     return paths
 
@@ -234,8 +242,10 @@ def main(argv=None):
     p.add_argument("--n-valid", type=int, default=300)
     p.add_argument("--n-test", type=int, default=300)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--columns", default=",".join(COLUMNS), help="header: text a, text b and label column names")
     a = p.parse_args(argv)
-    for split, path in make_sample(a.out, a.n_train, a.n_valid, a.n_test, a.lang, a.seed).items():
+    columns = tuple(c.strip() for c in a.columns.split(","))
+    for split, path in make_sample(a.out, a.n_train, a.n_valid, a.n_test, a.lang, a.seed, columns).items():
         print(f"{split}: {path}")
 
 

@@ -15,12 +15,11 @@ from crossenc.task import build_cross_encoder, finetune
 from crossenc.teacher import check_same_vocab, student_config, student_model_config, teacher_for
 from data import swap_augment
 from distill.model import DistillTraining
+from training.inputs import cache_dir
 from training.runner import TrainingTask, run
 from training.trainer import predict_outputs
 
 log = logging.getLogger(__name__)
-
-CACHE = Path("runs") / ".cache" / "teacher_logits"
 
 
 def _logits_fn(model):
@@ -29,8 +28,8 @@ def _logits_fn(model):
     return tf.function(lambda x: model(x, training=False), reduce_retracing=True)
 
 
-def cached_teacher_logits(teacher, texts_a, texts_b, max_len, batch_size):
-    """Teacher logits over the training pairs, computed once and kept on disk.
+def cached_teacher_logits(teacher, texts_a, texts_b, max_len, batch_size, cache):
+    """Teacher logits over the training pairs, computed once and kept on disk in directory `cache`.
 
     The key hashes the teacher's weights file, the texts (in order) and the
     length, so a changed teacher or data set never reuses stale logits.
@@ -40,7 +39,7 @@ def cached_teacher_logits(teacher, texts_a, texts_b, max_len, batch_size):
     h.update(f"{max_len}\x00".encode())
     for a, b in zip(texts_a, texts_b):
         h.update(f"{a}\x1f{b}\x1e".encode())
-    path = CACHE / f"{h.hexdigest()[:24]}.npy"
+    path = Path(cache) / f"{h.hexdigest()[:24]}.npy"
     if path.exists():
         log.info("teacher logits from cache %s", path)
         return np.load(path)
@@ -96,7 +95,7 @@ class Distill(TrainingTask):
         if not (d.online or d.intermediate):
             self.extra["teacher_logits"] = cached_teacher_logits(
                 self.teacher, splits.train.text_a, splits.train.text_b, self.cfg.train.max_seq_len,
-                self.cfg.train.eval_batch_size)
+                self.cfg.train.eval_batch_size, cache_dir(run_dir, "teacher_logits"))
             self.teacher = None  # the student trains without the teacher in memory
             gc.collect()
         return splits

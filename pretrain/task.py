@@ -20,7 +20,7 @@ import tensorflow as tf
 from data import DataError, PairData, read_pairs
 from pretrain.model import MaskedLM, masked_lm_loss
 from training.pipeline import make_dataset
-from training.inputs import SAMPLE_DIR, Splits, init_encoder
+from training.inputs import Splits, init_encoder, sample_dir
 from training.runner import TrainingTask, run
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ def read_sentences(cfg):
     if not sources:
         from data import make_sample
 
-        sources = [str(make_sample(SAMPLE_DIR, seed=0)["train"])]
+        sources = [str(make_sample(sample_dir(cfg), seed=0)["train"])]
         log.info("no data.text given: pre-training on the generated sample sentences")
     seen = {}
     for src in sources:

@@ -150,9 +150,9 @@ def saved_teacher(tmp_path_factory):
 def test_cached_teacher_logits_writes_then_reads_and_key_follows_texts(saved_teacher, tmp_path, monkeypatch):
     import distill.task as task
 
-    monkeypatch.setattr(task, "CACHE", tmp_path / "cache")
+    cache = tmp_path / "cache"
     a, b = ["open an account", "close my card", "reset password"], ["open account", "close card", "book rome"]
-    first = task.cached_teacher_logits(saved_teacher, a, b, max_len=24, batch_size=2)
+    first = task.cached_teacher_logits(saved_teacher, a, b, max_len=24, batch_size=2, cache=cache)
     files = sorted((tmp_path / "cache").glob("*.npy"))
     assert len(files) == 1 and first.shape == (3, 2) and first.dtype == np.float32
     np.testing.assert_array_equal(np.load(files[0]), first)
@@ -168,15 +168,14 @@ def test_cached_teacher_logits_writes_then_reads_and_key_follows_texts(saved_tea
         raise AssertionError("teacher was run although its logits are cached")
 
     monkeypatch.setattr(task, "predict_outputs", boom)
-    again = task.cached_teacher_logits(saved_teacher, a, b, max_len=24, batch_size=2)
+    again = task.cached_teacher_logits(saved_teacher, a, b, max_len=24, batch_size=2, cache=cache)
     np.testing.assert_array_equal(again, first)
 
     # A changed text (or a changed length) is a new key: computed again, a second file.
     monkeypatch.undo()
-    monkeypatch.setattr(task, "CACHE", tmp_path / "cache")
-    task.cached_teacher_logits(saved_teacher, a[:2] + ["reset password!"], b, max_len=24, batch_size=2)
+    task.cached_teacher_logits(saved_teacher, a[:2] + ["reset password!"], b, max_len=24, batch_size=2, cache=cache)
     assert len(list((tmp_path / "cache").glob("*.npy"))) == 2
-    task.cached_teacher_logits(saved_teacher, a, b, max_len=16, batch_size=2)
+    task.cached_teacher_logits(saved_teacher, a, b, max_len=16, batch_size=2, cache=cache)
     assert len(list((tmp_path / "cache").glob("*.npy"))) == 3
 
 
@@ -229,13 +228,14 @@ def e2e(tmp_path_factory):
     data = [f"data.train={files['train']}", f"data.valid={files['valid']}", f"data.test={files['test']}",
             "train.steps_per_epoch=3"]
     with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)  # runs/.cache (tokens, teacher logits) under tmp
+        mp.chdir(root / "data")  # a run writes nothing outside its --out: checked below
         assert run_tasks.main(["--task", "finetune", "--out", str(root / "teacher"), "--set", *TINY, *data,
                                "model.num_layers=2", "model.dropout=0.0"]) == 0
         assert run_tasks.main(["--task", "distill", "--out", str(root / "student"), "--set", *TINY, *data,
                                "model.num_layers=1", f"distill.teacher={root / 'teacher' / 'model'}",
                                f"distill.baseline={root / 'teacher' / 'model'}"]) == 0
-        assert list((root / "runs" / ".cache" / "teacher_logits").glob("*.npy"))
+        assert list((root / "student" / ".cache" / "teacher_logits").glob("*.npy"))
+        assert sorted(p.name for p in (root / "data").iterdir()) == ["test.csv", "train.csv", "valid.csv"]
     return root
 
 

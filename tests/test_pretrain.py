@@ -354,7 +354,6 @@ def test_whole_word_features_are_not_taken_from_a_plain_runs_token_cache(tmp_pat
     from modeling.tokenization import PairTokenizer
     from training.inputs import tokenize
 
-    monkeypatch.chdir(tmp_path)  # the token cache lives in runs/.cache
     texts = ["a unbelievable story", "another story here"]
     tok = PairTokenizer(build_vocab(texts * 3, tmp_path / "vocab.txt", lang="zh", min_freq=1))
 
@@ -364,8 +363,9 @@ def test_whole_word_features_are_not_taken_from_a_plain_runs_token_cache(tmp_pat
         return MaskedLM(enc, whole_word=whole_word)
 
     pairs = PairData(texts, None, None, [1, 2])
-    assert "word_starts" not in tokenize(mlm(False), tok, pairs, [], 16, "train").features
-    assert "word_starts" in tokenize(mlm(True), tok, pairs, [], 16, "train").features
+    cache = tmp_path / "tokens"
+    assert "word_starts" not in tokenize(mlm(False), tok, pairs, [], 16, "train", cache).features
+    assert "word_starts" in tokenize(mlm(True), tok, pairs, [], 16, "train", cache).features
 
 
 # ----------------------------------------------------------------------------- pair inputs

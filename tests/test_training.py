@@ -698,6 +698,41 @@ def test_epochs_null_follows_the_data_size_rule():
     # ceil(1500 / steps per epoch), clipped to 3..10: worked by hand
     assert [epochs_for(auto, s) for s in (62, 102, 156, 200, 625, 3125)] == [10, 10, 10, 8, 3, 3]
     assert epochs_for(TrainConfig(epochs=2, auto_steps=1500), 62) == 2  # an explicit value wins
+    # Under 10 batches an epoch, more than 10 epochs so the schedule reaches 100 steps: ceil(100 / s)
+    assert [epochs_for(auto, s) for s in (10, 8, 3, 1)] == [10, 13, 34, 100]
+
+
+def test_patience_null_scales_with_the_schedule():
+    from config.schema import TrainConfig
+    from training.trainer import patience_for
+
+    # max(2, ceil(epochs / 5)): unchanged (2) up to 10 epochs, 7 of a 34-epoch schedule of 3-step epochs
+    assert [patience_for(TrainConfig(patience=None), e) for e in (2, 3, 10, 11, 13, 34)] == [2, 2, 2, 3, 3, 7]
+    assert patience_for(TrainConfig(patience=0), 34) == 0 and patience_for(TrainConfig(patience=5), 3) == 5
+
+
+def test_a_short_schedule_and_constant_predictions_are_reported():
+    from types import SimpleNamespace
+
+    from config.schema import TrainConfig
+    from training.metrics import classification_metrics, constant_prediction_warnings
+    from training.trainer import schedule_warnings
+
+    # 18 steps (2 epochs of 9: the quick start's old default) warns and names the rule; 100 does not
+    short = schedule_warnings(SimpleNamespace(planned_steps=18), TrainConfig(epochs=2))
+    assert len(short) == 1 and "18 optimizer steps" in short[0] and "train.epochs=null" in short[0]
+    assert schedule_warnings(SimpleNamespace(planned_steps=100), TrainConfig(epochs=2)) == []
+    y = np.array([0, 1] * 50)
+    # p_1 between 0.43 and 0.56 for every pair (what the user saw): spread 0.13 by construction
+    p1 = np.linspace(0.43, 0.56, 100)
+    flat = classification_metrics(y, np.stack([1 - p1, p1], 1), ["0", "1"])
+    assert flat["spread"] == pytest.approx(np.percentile(p1, 95) - np.percentile(p1, 5))
+    assert "nearly constant" in constant_prediction_warnings(flat)[0]
+    one_class = classification_metrics(y, np.tile([0.9, 0.1], (100, 1)) + np.linspace(0, .3, 100)[:, None] * [-1, 1],
+                                       ["0", "1"])
+    assert "every valid pair is predicted as '0'" in constant_prediction_warnings(one_class)[0]
+    good = classification_metrics(y, np.stack([1 - y * 0.9 - 0.05, y * 0.9 + 0.05], 1), ["0", "1"])
+    assert good["spread"] == pytest.approx(0.9) and constant_prediction_warnings(good) == []
 
 
 def test_token_cache_is_keyed_by_the_tokenisation_version(tmp_path, monkeypatch):
@@ -708,12 +743,11 @@ def test_token_cache_is_keyed_by_the_tokenisation_version(tmp_path, monkeypatch)
     from tests.tiny_runs import make_data, tiny_model
     from training import inputs
 
-    monkeypatch.setattr(inputs, "TOKEN_CACHE", tmp_path / "tokens")
     tok = PairTokenizer(make_data(tmp_path / "data", n_train=16, n_valid=4)["vocab"])
     model = tiny_model(tok.vocab_size)
-    inputs.cached_featurize(model, tok, ["open an account"], ["create an account"], 16)
+    inputs.cached_featurize(model, tok, ["open an account"], ["create an account"], 16, tmp_path / "tokens")
     monkeypatch.setattr(inputs, "IDS_VERSION", modeling.tokenization.IDS_VERSION + 1)
-    inputs.cached_featurize(model, tok, ["open an account"], ["create an account"], 16)
+    inputs.cached_featurize(model, tok, ["open an account"], ["create an account"], 16, tmp_path / "tokens")
     assert len(list((tmp_path / "tokens").glob("*.npz"))) == 2
 
 
@@ -726,13 +760,13 @@ def test_config_yaml_is_the_effective_config_and_a_resume_compares_the_given_one
     from training.inputs import load_splits
     from training.rundir import RunError, check_resume, start_run
 
-    monkeypatch.chdir(tmp_path)  # the sample data is written under runs/
     out = tmp_path / "run"
     given = _cfg(out=out)
     given.data.train = given.data.valid = None  # the generated sample data
     cfg = copy.deepcopy(given)
     load_splits(cfg)
     assert cfg.data.train is not None and cfg != given
+    assert Path(cfg.data.train).parent == out / "sample_data"  # written under the run's --out, nowhere else
     start_run(cfg, out, given)
     assert load(out / "config.yaml") == cfg
     (out / "backup").mkdir()

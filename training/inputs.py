@@ -21,8 +21,16 @@ from training.trainer import Split
 
 log = logging.getLogger(__name__)
 
-SAMPLE_DIR = Path("runs") / "sample_data"
-TOKEN_CACHE = Path("runs") / ".cache" / "tokens"
+def sample_dir(cfg):
+    """Where a run without data.train writes the generated sample set: under its own run directory
+    (a run writes nothing outside --out; library callers without one get runs/sample_data)."""
+    return (Path(cfg.out) if cfg.out else Path("runs")) / "sample_data"
+
+
+def cache_dir(run_dir, what):
+    """A run's disk cache of derived arrays (`what`: tokens, teacher_logits), inside the run directory:
+    a resumed run reuses it, another run never sees it."""
+    return Path(run_dir) / ".cache" / what
 
 
 @dataclass
@@ -59,9 +67,9 @@ def load_splits(cfg):
     whose paths are then set in `cfg.data` (part of the run's effective configuration)."""
     d = cfg.data
     if d.train is None:
-        files = make_sample(SAMPLE_DIR, seed=0)
+        files = make_sample(sample_dir(cfg), seed=0)
         log.info("no data.train given: using the generated sample data in %s (a smoke test, not a benchmark)",
-                 SAMPLE_DIR)
+                 sample_dir(cfg))
         d.train, d.valid = str(files["train"]), d.valid or str(files["valid"])
         d.test = d.test or str(files["test"])
     train = read_data(cfg, d.train, d.labels)
@@ -85,9 +93,11 @@ def load_splits(cfg):
     return Splits(train, valid, test, names)
 
 
-def cached_featurize(model, tokenizer, texts_a, texts_b, max_len, write=True):
-    """`model.featurize`, cached on disk under a key of the texts, vocab, casing, length and layout
-    (`write=False`: read the cache, never add to it)."""
+def cached_featurize(model, tokenizer, texts_a, texts_b, max_len, cache=None, write=True):
+    """`model.featurize`, cached in directory `cache` (None: not cached) under a key of the texts, vocab,
+    casing, length and layout (`write=False`: read the cache, never add to it)."""
+    if cache is None:
+        return model.featurize(tokenizer, texts_a, texts_b, max_len)
     h = hashlib.sha256()
     h.update(Path(tokenizer.vocab_file).read_bytes())
     layout = getattr(model, "deployable", model)
@@ -95,7 +105,7 @@ def cached_featurize(model, tokenizer, texts_a, texts_b, max_len, write=True):
              f"{getattr(layout, 'whole_word', False)}".encode())
     for a, b in zip(texts_a, texts_b if texts_b is not None else [None] * len(texts_a)):
         h.update(f"{a}\x1f{b}\x1e".encode())
-    path = TOKEN_CACHE / f"{h.hexdigest()[:24]}.npz"
+    path = Path(cache) / f"{h.hexdigest()[:24]}.npz"
     if path.exists():
         with np.load(path) as z:
             keys = {k[: -len(".flat")] for k in z.files if k.endswith(".flat")}
@@ -114,9 +124,9 @@ def cached_featurize(model, tokenizer, texts_a, texts_b, max_len, write=True):
     return feats
 
 
-def tokenize(model, tokenizer, pairs, label_names, max_len, name, cache=True):
-    """`pairs` as a `Split` of `model`'s features and label indices."""
-    feats = cached_featurize(model, tokenizer, pairs.text_a, pairs.text_b, max_len, write=cache)
+def tokenize(model, tokenizer, pairs, label_names, max_len, name, cache=None, write=True):
+    """`pairs` as a `Split` of `model`'s features and label indices (`cache`, `write`: cached_featurize)."""
+    feats = cached_featurize(model, tokenizer, pairs.text_a, pairs.text_b, max_len, cache, write)
     index = {n: i for i, n in enumerate(label_names)}
     labels = None if pairs.labels is None else np.array([index[y] for y in pairs.labels], np.int32)
     return Split(name, feats, labels, (pairs.text_a, pairs.text_b))

@@ -31,7 +31,34 @@ def classification_metrics(y_true, probs, label_names):
         out["macro_f1"] = float(f1_score(y_true, pred, labels=classes, average="macro", zero_division=0))
     out["confusion_matrix"] = {"labels": [str(n) for n in label_names],
                                "matrix": confusion_matrix(y_true, pred, labels=classes).tolist()}
+    out["spread"] = probability_spread(probs)
     return out
+
+
+def probability_spread(probs):
+    """How differently the model scores its pairs: the widest 5th-95th percentile range of any class's
+    probability (0: every pair gets the same scores; near 1: confident both ways)."""
+    lo, hi = np.percentile(probs, [5, 95], axis=0)
+    return float(np.max(hi - lo))
+
+
+MIN_SPREAD = 0.2  # below it a model barely tells its pairs apart (a quick-start model at 18 steps: 0.13)
+
+
+def constant_prediction_warnings(metrics, split="valid"):
+    """Warnings for predictions that hardly depend on the pair: one predicted class for a split with
+    several labels, or class probabilities within a band narrower than `MIN_SPREAD` for 90% of pairs."""
+    warnings = []
+    matrix = np.asarray(metrics.get("confusion_matrix", {}).get("matrix", []))
+    if matrix.size and (matrix.sum(axis=1) > 0).sum() > 1 and (matrix.sum(axis=0) > 0).sum() == 1:
+        name = metrics["confusion_matrix"]["labels"][int(matrix.sum(axis=0).argmax())]
+        warnings.append(f"every {split} pair is predicted as {name!r}: the model has not learned to tell the "
+                        f"classes apart")
+    elif metrics.get("spread", 1.0) < MIN_SPREAD:
+        warnings.append(f"the {split} predictions are nearly constant (every class probability varies by "
+                        f"{metrics['spread']:.2f} between the 5th and 95th percentile of pairs, under "
+                        f"{MIN_SPREAD}): the model barely tells its pairs apart")
+    return warnings
 
 
 def better(metric, new, old):

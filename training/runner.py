@@ -19,12 +19,13 @@ import keras
 
 from config import config_to_dict, load_config
 from modeling.model_dir import load_model_dir, save_model_dir
-from training.inputs import load_splits, tokenize
+from training.inputs import cache_dir, load_splits, tokenize
 from training.memory import peak_rss_mb
 from training.references import baseline_scores, compare_with_baseline, teacher_report
 from training.rundir import RunError, finished, start_run
 from training.strategy import chief_from_env, is_chief, make_strategy
-from training.trainer import Trainer, TrainingError, evaluator, finish_backup
+from training.metrics import constant_prediction_warnings
+from training.trainer import Trainer, TrainingError, evaluator, finish_backup, schedule_warnings
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,7 @@ def run(task):
     """Drive `task` from its data to its summary; returns the metrics written to metrics.json."""
     cfg = task.cfg
     given = copy.deepcopy(cfg)  # what a resumed run is compared with
+    cfg.out = str(run_dir_path(cfg))  # first: everything the run writes (sample data, caches) goes under it
     splits = task.read_splits()
     task.decide(splits)
     metric = task.selection_metric(splits.label_names)
@@ -132,19 +134,25 @@ def validate(cfg):
     load_config(None, base=config_to_dict(cfg))
 
 
-def prepare_run_dir(cfg, given=None):
-    """`--out DIR` or `runs/<task>/<stamp>`; refuse to overwrite a finished run, else record the run there.
-
-    A multi-worker run's other workers write nothing there: they only read the chief's backup."""
-    out = Path(cfg.out) if cfg.out else Path("runs") / cfg.task / datetime.now().strftime("%Y%m%d-%H%M%S")
+def run_dir_path(cfg):
+    """`--out DIR` or `runs/<task>/<stamp>`, refused when it holds a finished run (before any work)."""
     if not chief_from_env(cfg.train):
         if not cfg.out:
             raise RunError("train.strategy=multiworker: give every worker the same --out (the chief's run "
                            "directory, where the others find the resume checkpoints)")
-        return out
+        return Path(cfg.out)
+    out = Path(cfg.out) if cfg.out else Path("runs") / cfg.task / datetime.now().strftime("%Y%m%d-%H%M%S")
     if finished(out):
         raise RunError(f"{out} already holds a finished run (metrics.json); choose another --out")
-    start_run(cfg, out, given)  # a resume must be of a run with this config and data, and keeps its config.yaml
+    return out
+
+
+def prepare_run_dir(cfg, given=None):
+    """Record the run in `cfg.out` (see run_dir_path). A multi-worker run's other workers write nothing
+    there: they only read the chief's backup."""
+    out = Path(cfg.out)
+    if chief_from_env(cfg.train):
+        start_run(cfg, out, given)  # a resume must be of a run with this config and data, and keeps its config.yaml
     return out
 
 
@@ -167,9 +175,10 @@ def train(task, run_dir, splits, metric, report):
                                 f"embeddings of model.init={cfg.model.init}")
         t0 = time.time()
         chief = is_chief(strategy)  # the other workers of a multi-worker run write nothing, not even the cache
-        train_split = tokenize(model, tokenizer, splits.train, splits.label_names, max_len, "train", cache=chief)
+        tokens = cache_dir(run_dir, "tokens")
+        train_split = tokenize(model, tokenizer, splits.train, splits.label_names, max_len, "train", tokens, chief)
         train_split.features.update(task.train_features(train_split))
-        valid = tokenize(model, tokenizer, splits.valid, splits.label_names, max_len, "valid", cache=chief)
+        valid = tokenize(model, tokenizer, splits.valid, splits.label_names, max_len, "valid", tokens, chief)
         log.info("tokenised %d train / %d valid pairs in %.1fs", len(train_split), len(valid), time.time() - t0)
         evaluate = task.evaluator(splits)
         model_dir = Path(run_dir) / "model"
@@ -192,12 +201,18 @@ def train(task, run_dir, splits, metric, report):
             test = tokenize(best.model, best.tokenizer, splits.test, splits.label_names, max_len, "test")
             metrics["test"] = evaluate(best.model, test)
         metrics["training"] = {"best_epoch": result.best_epoch, "steps": result.steps,
+                               "planned_steps": result.planned_steps,
                                "seconds": round(result.seconds, 1), "replicas": strategy.num_replicas_in_sync,
                                "global_batch": trainer.global_batch, "selection_metric": metric,
                                "peak_rss_mb": peak_rss_mb(), "history": result.history}
         metrics.update(report)
         if task.student_name:
             compare_with_baseline(metrics, metric, task.student_name)
+        undertrained = schedule_warnings(result, cfg.train) + constant_prediction_warnings(metrics["valid"])
+        for w in undertrained:
+            log.warning(w)
+        if undertrained:
+            metrics.setdefault("warnings", []).extend(undertrained)
         write_json(Path(run_dir) / "metrics.json", metrics)
         finish_backup(run_dir)
         return metrics

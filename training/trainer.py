@@ -63,6 +63,7 @@ class FitResult:
     history: list = field(default_factory=list)
     steps: int = 0
     seconds: float = 0.0
+    planned_steps: int = 0  # steps per epoch x epochs of the schedule (early stopping may run fewer)
 
 
 class _StopFlag:
@@ -89,21 +90,42 @@ class _StopFlag:
 
 
 AUTO_EPOCHS = (3, 10)  # train.epochs=null: the fewest and most epochs the rule may pick
+MIN_STEPS = 100  # fewer optimizer steps than this left a quick-start model at constant outputs (docs/defaults.md)
 
 
 def epochs_for(cfg, steps_per_epoch):
     """`train.epochs`, or when null a data-size rule: enough epochs for about `train.auto_steps`
-    optimizer steps, between 3 and 10. Small sets then get the long schedules they need (the
+    optimizer steps, between 3 and 10, and more than 10 when that is needed for `MIN_STEPS` steps
+    (files of fewer than about 10 batches). Small sets then get the long schedules they need (the
     VIRT paper: 30 epochs on 2.5k-9k pairs, 5 on large sets) and large sets are not overtrained;
     model selection on valid and `train.patience` keep the best epoch either way. The measurements
     behind the numbers are in docs/defaults.md."""
     if cfg.epochs is not None:
         return cfg.epochs
     lo, hi = AUTO_EPOCHS
+    hi = max(hi, math.ceil(MIN_STEPS / steps_per_epoch))
     epochs = min(hi, max(lo, math.ceil(cfg.auto_steps / steps_per_epoch)))
     log.info("train.epochs=null: %d epochs of %d steps (train.auto_steps=%d, within %d..%d)",
              epochs, steps_per_epoch, cfg.auto_steps, lo, hi)
     return epochs
+
+
+def patience_for(cfg, epochs):
+    """`train.patience`, or when null the larger of 2 epochs and a fifth of the schedule: short epochs
+    of a small file (3 steps each) must not stop a run at chance before it has started to learn."""
+    if cfg.patience is not None:
+        return cfg.patience
+    return max(2, math.ceil(epochs / 5))
+
+
+def schedule_warnings(result, cfg):
+    """Why a finished schedule may have left the model undertrained (shown in the log and the summary)."""
+    if result.planned_steps >= MIN_STEPS:
+        return []
+    how = ("train.epochs=null (the data-size rule)" if cfg.epochs is not None
+           else "a smaller train.batch_size or more training pairs")
+    return [f"the schedule had {result.planned_steps} optimizer steps, fewer than {MIN_STEPS}: a model trained "
+            f"this briefly may score every pair alike; try {how}"]
 
 
 def predict_outputs(model, features, batch_size, fn=None, progress=False):
@@ -201,7 +223,7 @@ class Trainer:
         backup = _Backup(self, model, optimizer)
         state = backup.restore(steps_per_epoch)
         progress = _Progress(cfg, self.run_dir if self.chief else None, steps_per_epoch, epochs)
-        selection = _Selection(metric or cfg.metric, cfg.patience, state, save_best if self.chief else None)
+        selection = _Selection(metric or cfg.metric, patience_for(cfg, epochs), state, save_best if self.chief else None)
         save_every = max(1, min(steps_per_epoch, getattr(cfg, "save_every", 0) or 200))
         start = time.time()
         step = _value(optimizer.iterations)
@@ -236,7 +258,8 @@ class Trainer:
                     break
         progress.close()
         best = next((h for h in state["history"] if h["epoch"] == state["best_epoch"]), None)
-        return FitResult(state["best_epoch"], best, state["history"], step, time.time() - start)
+        return FitResult(state["best_epoch"], best, state["history"], step, time.time() - start,
+                         steps_per_epoch * epochs)
 
     def _budget(self, train):
         """`(steps per epoch, epochs)` for the training split: whole global batches, `train.steps_per_epoch`
