@@ -154,17 +154,23 @@ class _Builder:
                         tuple(c for c in self.columns if c is not None))
 
 
-def _read_text(path: Path, on_bad_row: str = "error") -> tuple[str, bool]:
-    """The file's text and whether it had bytes that are not UTF-8: an error naming the first one's
-    line, or with ``on_bad_row="skip"`` kept as lone surrogates that make their rows bad rows."""
+def _read_bytes(path: Path, limit: int = -1) -> bytes:
+    """The file's bytes (its first `limit` only, when given), or the DataError every reader gives."""
     try:
-        raw = path.read_bytes()
+        with open(path, "rb") as f:
+            return f.read(limit)
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except IsADirectoryError:
         raise DataError(f"{path}: is a directory, not a file") from None
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror})") from None
+
+
+def _read_text(path: Path, on_bad_row: str = "error") -> tuple[str, bool]:
+    """The file's text and whether it had bytes that are not UTF-8: an error naming the first one's
+    line, or with ``on_bad_row="skip"`` kept as lone surrogates that make their rows bad rows."""
+    raw = _read_bytes(path)
     try:
         return _without_bom(raw.decode("utf-8"), path), False
     except UnicodeDecodeError as e:
@@ -381,15 +387,7 @@ def read_header(path, format="auto"):
     (lcqmc has no header; a first line that is not a JSON object or is longer than HEADER_BYTES:
     ``read_pairs`` reports those). Cheap whatever the file's size: for checks before a task starts."""
     path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(HEADER_BYTES)
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise DataError(f"{path}: is a directory, not a file") from None
-    except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror})") from None
+    raw = _read_bytes(path, HEADER_BYTES)
     if len(raw) == HEADER_BYTES:  # keep whole lines only
         raw = raw[: raw.rfind(b"\n") + 1]
     text = raw.decode("utf-8", "replace")

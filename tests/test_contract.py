@@ -163,7 +163,11 @@ def test_a_missing_column_fails_before_tensorflow_and_writes_nothing(tmp_path):
     ("export", ["export.model={model}", "data.test={test}"],
      "{test}:1: column 'candidate' (data.text_b, from {model}/model.json) not found; the header has columns "
      "['question', 'answer', 'label']"),
-    # a training run's valid file (no model): the defaults
+    # index's corpus, a pair file: its texts are the model's text_b column
+    ("index", ["index.model={model}", "index.corpus={test}"],
+     "{test}:1: column 'candidate' (data.text_b, from {model}/model.json) not found; the header has columns "
+     "['question', 'answer', 'label']"),
+    # a training run's train file (no model): the defaults
     ("finetune", ["data.train={test}", "data.text_b=answer"],
      "{test}:1: column 'sentence1' (data.text_a, the default) not found; the header has columns "
      "['question', 'answer', 'label']"),
