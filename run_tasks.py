@@ -95,6 +95,30 @@ def task_inputs(cfg):
     }.get(t, [])
 
 
+def contract_model(cfg):
+    """The model directory whose data contract (model.json's "data" block) `cfg.task` reuses, or None."""
+    return {"evaluate": cfg.model.init, "predict": cfg.model.init, "export": cfg.export.model,
+            "index": cfg.index.model}.get(cfg.task)
+
+
+def pair_files(cfg):
+    """`[(key, path, labelled)]`: the pair files `cfg.task` reads with the data.* keys, and whether it needs
+    their label column (checked by training.contract.check_pair_columns before the task is imported)."""
+    from config.schema import TRAINING_TASKS
+    from data.readers import is_pair_file
+
+    d, t = cfg.data, cfg.task
+    if t in TRAINING_TASKS and t != "pretrain":
+        return [("data.train", d.train, True), ("data.valid", d.valid, True), ("data.test", d.test, True)]
+    corpus = cfg.index.corpus
+    return {
+        "evaluate": [("data.test", d.test, True) if d.test else ("data.valid", d.valid, True)],
+        "predict": [("data.test", d.test, False)],
+        "export": [("data.test", d.test, False)],  # labelled or not: the int8 gate judges either way
+        "index": [("index.corpus", corpus, False)] if corpus and is_pair_file(corpus, d.format) else [],
+    }.get(t, [])
+
+
 def build_parser():
     tasks = "\n".join(f"  {name:<10} {spec[3]}" for name, spec in TASKS.items())
     p = argparse.ArgumentParser(
@@ -182,7 +206,8 @@ def main(argv=None):
     logging.getLogger("absl").setLevel(logging.WARNING)
     module, func, default_cfg, _ = TASKS[args.task]
     try:
-        from config import load_config, parse_overrides
+        from config import given_keys, load_config, parse_overrides
+        from training.contract import apply_contract, check_pair_columns, recorded_command
         from training.rundir import preflight
 
         path = args.config or ROOT / "config" / f"{default_cfg}.yaml"
@@ -190,8 +215,13 @@ def main(argv=None):
         if args.out:
             overrides.append(f"out={args.out}")
         cfg = load_config(path, overrides)
-        preflight(cfg, task_inputs(cfg))  # output directory and input paths, before the task imports TensorFlow
-        getattr(importlib.import_module(module), func)(cfg)
+        # Before the task imports TensorFlow: the data.* keys the model remembers and the user did not give,
+        # the output directory, the input paths, then the pair files' columns.
+        origins = apply_contract(cfg, contract_model(cfg), given_keys(args.config, parse_overrides(args.set)))
+        preflight(cfg, task_inputs(cfg))
+        check_pair_columns(cfg, pair_files(cfg), origins)
+        with recorded_command(sys.argv[1:] if argv is None else argv):
+            getattr(importlib.import_module(module), func)(cfg)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

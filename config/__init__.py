@@ -19,6 +19,7 @@ from .schema import (
     TrainConfig,
     VirtConfig,
     config_to_dict,
+    given_keys,
     load_config,
     parse_overrides,
     save_config,
@@ -28,5 +29,5 @@ from .schema import (
 __all__ = [
     "RENAMED", "ConfigError", "DataConfig", "DistillConfig", "ExportConfig", "IndexConfig",
     "ModelConfig", "PretrainConfig", "RunConfig", "SbertConfig", "SearchConfig", "ServeConfig", "TrainConfig", "VirtConfig",
-    "config_to_dict", "load_config", "parse_overrides", "save_config", "schema_fields",
+    "config_to_dict", "given_keys", "load_config", "parse_overrides", "save_config", "schema_fields",
 ]

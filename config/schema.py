@@ -298,6 +298,22 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),
     return _check_run(_build(RunConfig, raw, ""))
 
 
+def given_keys(path: str | Path | None = None, overrides: Sequence[str] = ()) -> set[str]:
+    """The ``section.key`` names that the config file ``path`` and ``overrides`` set (renamed keys under
+    their new names): what a user gave, as opposed to the defaults. Call after ``load_config`` has
+    accepted the same sources (their errors are reported there)."""
+    sources = [_renamed(yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_Loader) or {}, Path(path))
+               ] if path else []
+    for key, value in map(_parse_override, overrides):
+        section, _, name = key.rpartition(".")
+        sources.append(_renamed({section: {name: value}} if section else {name: value}))
+    given = set()
+    for src in sources:
+        for section, values in src.items():
+            given.update((f"{section}.{k}" for k in values) if isinstance(values, dict) else [section])
+    return given
+
+
 def parse_overrides(items: Iterable[str | Sequence[str]] | None) -> list[str]:
     """Flatten ``--set`` values: ``[["a.b=1", "c.d=2"], ["e.f=3"]]`` -> ``["a.b=1", "c.d=2", "e.f=3"]``."""
     return [s for item in items or () for s in ([item] if isinstance(item, str) else item)]

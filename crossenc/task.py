@@ -58,7 +58,7 @@ def evaluate(cfg):
     path = cfg.data.test or cfg.data.valid
     if path is None:
         raise DataError("set data.test (or data.valid) to the labelled file to evaluate on")
-    pairs = read_data(cfg, path, loaded.labels)
+    pairs = read_data(cfg, path, loaded.labels, labels_name=f"the model's labels ({loaded.path / 'model.json'})")
     split = tokenize(loaded.model, loaded.tokenizer, pairs, loaded.labels, loaded.max_seq_len, "eval")
     probs = predict_outputs(loaded.model, split.features, cfg.train.eval_batch_size, progress=True)
     metrics = classification_metrics(split.labels, probs, loaded.labels)

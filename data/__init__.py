@@ -1,10 +1,10 @@
 """Data loading for sentence-pair matching: readers, a smoke-test sample set, vocabularies."""
-from .readers import (FORMATS, DataError, PairData, check_label_set, clean_text, label_map, read_pairs,
-                      read_texts, swap_augment)
+from .readers import (FORMATS, DataError, PairData, check_columns, check_label_set, clean_text, format_columns,
+                      label_map, read_header, read_pairs, read_texts, swap_augment)
 from .vocab import SPECIAL_TOKENS, build_vocab
 
-__all__ = ["FORMATS", "DataError", "PairData", "check_label_set", "clean_text", "label_map", "read_pairs",
-           "read_texts", "swap_augment", "make_sample", "build_vocab", "SPECIAL_TOKENS"]
+__all__ = ["FORMATS", "DataError", "PairData", "check_columns", "check_label_set", "clean_text", "format_columns",
+           "label_map", "read_header", "read_pairs", "read_texts", "swap_augment", "make_sample", "build_vocab", "SPECIAL_TOKENS"]
 
 
 def __getattr__(name):

@@ -35,8 +35,8 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["DataError", "PairData", "read_pairs", "swap_augment", "label_map", "check_label_set", "clean_text",
-           "FORMATS"]
+__all__ = ["DataError", "PairData", "read_pairs", "read_header", "check_columns", "format_columns", "is_pair_file",
+           "swap_augment", "label_map", "check_label_set", "clean_text", "FORMATS"]
 
 FORMATS = ("auto", "csv", "tsv", "jsonl", "bq", "lcqmc", "afqmc", "mrpc")
 _EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}
@@ -84,8 +84,10 @@ def clean_text(text: str) -> str:
 class _Builder:
     """Validates rows and collects them, or raises / counts bad ones."""
 
-    def __init__(self, name, columns, has_label, labels, on_bad_row, max_text_chars, bad_bytes=False):
+    def __init__(self, name, columns, has_label, labels, on_bad_row, max_text_chars, bad_bytes=False,
+                 labels_name="labels"):
         self.name, self.columns, self.has_label = name, columns, has_label
+        self.labels_name = labels_name  # what `labels` are, for the message of a value outside them
         self.bad_bytes = bad_bytes  # the file has bytes that are not UTF-8 (skip mode): look for them per row
         self.labels = None if labels is None else set(labels)
         self.labels_shown = labels
@@ -135,7 +137,7 @@ class _Builder:
                                 f"missing label in column {self.columns[2]!r}")
             if self.labels is not None and y not in self.labels:
                 return self.bad(line, "label not in labels",
-                                f"label {y!r} is not one of labels {self.labels_shown}")
+                                f"label {y!r} is not one of {self.labels_name} {self.labels_shown}")
             self.y.append(y)
         self.a.append(texts[0])
         self.b.append(texts[1])
@@ -152,17 +154,23 @@ class _Builder:
                         tuple(c for c in self.columns if c is not None))
 
 
-def _read_text(path: Path, on_bad_row: str = "error") -> tuple[str, bool]:
-    """The file's text and whether it had bytes that are not UTF-8: an error naming the first one's
-    line, or with ``on_bad_row="skip"`` kept as lone surrogates that make their rows bad rows."""
+def _read_bytes(path: Path, limit: int = -1) -> bytes:
+    """The file's bytes (its first `limit` only, when given), or the DataError every reader gives."""
     try:
-        raw = path.read_bytes()
+        with open(path, "rb") as f:
+            return f.read(limit)
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except IsADirectoryError:
         raise DataError(f"{path}: is a directory, not a file") from None
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror})") from None
+
+
+def _read_text(path: Path, on_bad_row: str = "error") -> tuple[str, bool]:
+    """The file's text and whether it had bytes that are not UTF-8: an error naming the first one's
+    line, or with ``on_bad_row="skip"`` kept as lone surrogates that make their rows bad rows."""
+    raw = _read_bytes(path)
     try:
         return _without_bom(raw.decode("utf-8"), path), False
     except UnicodeDecodeError as e:
@@ -214,14 +222,16 @@ def _csv_rows(text, name):
         csv.field_size_limit(limit)
 
 
-def _find_column(name, header, line, column):
+def _find_column(name, header, line, column, why=""):
+    """The index of `column` in `header`, else an error naming the file, the column (`why`: where its
+    name came from) and the columns found."""
     if column in header:
         return header.index(column)
     if len(header) == 1:
         hint = f"the header has one column {header[0]!r} — is the delimiter right?"
     else:
         hint = f"the header has columns {header}"
-    raise DataError(f"{name}:{line}: column {column!r} not found; {hint}")
+    raise DataError(f"{name}:{line}: column {column!r}{why} not found; {hint}")
 
 
 def _read_delimited(text, name, kind, columns, has_header, labels, bld_args):
@@ -309,13 +319,14 @@ def _read_jsonl(text, name, columns, labels, bld_args):
 
 
 def read_pairs(path, format="auto", text_a="sentence1", text_b="sentence2", label="label",
-               labels=None, on_bad_row="error", max_text_chars=10000) -> PairData:
+               labels=None, on_bad_row="error", max_text_chars=10000, labels_name="labels") -> PairData:
     """Read sentence pairs (see the module docstring for the formats).
 
     text_a, text_b, label: column (csv/tsv) or key (jsonl) names; presets fix their own.
         ``label=None`` reads no labels. A missing label column gives ``labels=None``
         (a file to predict on), unless ``labels`` is given.
-    labels: the allowed label values (compared as strings); others are bad rows.
+    labels: the allowed label values (compared as strings); others are bad rows, whose message
+        calls them `labels_name` (e.g. "the model's labels").
     on_bad_row: "error" raises DataError("file:line: reason") at the first bad row;
         "skip" drops bad rows and counts them per reason in ``skip_reasons``.
     max_text_chars: a longer text is a bad row (None: no limit).
@@ -330,29 +341,93 @@ def read_pairs(path, format="auto", text_a="sentence1", text_b="sentence2", labe
     text, bad_bytes = _read_text(path, on_bad_row)
     if labels is not None:
         labels = [str(v) for v in labels]  # a YAML config may give [0, 1]
-    if format == "auto":
-        header = text[:200].split("\n", 1)[0].rstrip("\r").split("\t")
-        if header[:3] == ["Quality", "#1 ID", "#2 ID"]:
-            format = "mrpc"
-        elif path.suffix.lower() in _EXTENSIONS:
-            format = _EXTENSIONS[path.suffix.lower()]
-        else:
-            raise DataError(f"{name}: cannot tell the format from the extension "
-                            f"{path.suffix!r}; pass format= one of {FORMATS[1:]}")
-    columns = (text_a, text_b, label)
-    bld_args = (on_bad_row, max_text_chars, bad_bytes)
-    if format in ("bq", "afqmc"):
-        columns = ("sentence1", "sentence2", "label")
-    elif format == "lcqmc":
-        columns = ("a", "b", "label")
-    elif format == "mrpc":
-        columns = _MRPC_COLUMNS
+    format = _resolve_format(path, format, text)
+    columns = format_columns(format, text_a, text_b, label)
+    bld_args = (on_bad_row, max_text_chars, bad_bytes, labels_name)
     if format in ("jsonl", "afqmc"):
         bld = _read_jsonl(text, name, columns, labels, bld_args)
     else:
         kind = "csv" if format in ("csv", "bq") else format
         bld = _read_delimited(text, name, kind, columns, format != "lcqmc", labels, bld_args)
     return bld.result(path)
+
+
+def _resolve_format(path, format, text):
+    """`format`, with "auto" resolved from the MRPC header or the extension of `path`."""
+    if format != "auto":
+        return format
+    header = text[:200].split("\n", 1)[0].rstrip("\r").split("\t")
+    if header[:3] == ["Quality", "#1 ID", "#2 ID"]:
+        return "mrpc"
+    if path.suffix.lower() in _EXTENSIONS:
+        return _EXTENSIONS[path.suffix.lower()]
+    raise DataError(f"{path}: cannot tell the format from the extension "
+                    f"{path.suffix!r}; pass format= one of {FORMATS[1:]}")
+
+
+def is_pair_file(path, format="auto"):
+    """Whether `path` is read as a pair file (a format given, or a pair file's extension) rather than
+    as one text per line."""
+    return format != "auto" or Path(path).suffix.lower() in _EXTENSIONS
+
+
+def format_columns(format, text_a="sentence1", text_b="sentence2", label="label"):
+    """The (text_a, text_b, label) columns a file of `format` is read with: the presets fix their own."""
+    return {"bq": ("sentence1", "sentence2", "label"), "afqmc": ("sentence1", "sentence2", "label"),
+            "lcqmc": ("a", "b", "label"), "mrpc": _MRPC_COLUMNS}.get(format, (text_a, text_b, label))
+
+
+HEADER_BYTES = 1 << 16  # read_header reads at most this much of a file
+
+
+def read_header(path, format="auto"):
+    """`(format, line, columns)` of a pair file from its first line(s) only, as ``read_pairs`` would read
+    it: "auto" resolved, and the header row's column names (csv, tsv, bq, mrpc) or the first JSON
+    object's keys (jsonl, afqmc), on file line `line`; `columns` is None where there is nothing to check
+    (lcqmc has no header; a first line that is not a JSON object or is longer than HEADER_BYTES:
+    ``read_pairs`` reports those). Cheap whatever the file's size: for checks before a task starts."""
+    path = Path(path)
+    raw = _read_bytes(path, HEADER_BYTES)
+    if len(raw) == HEADER_BYTES:  # keep whole lines only
+        raw = raw[: raw.rfind(b"\n") + 1]
+    text = raw.decode("utf-8", "replace")
+    text = text[1:] if text.startswith("\ufeff") else text
+    format = _resolve_format(path, format, text)
+    if format == "lcqmc" or not text.strip():
+        return format, 0, None
+    if format in ("jsonl", "afqmc"):
+        line, first = next((n, s) for n, s in _lines(text) if s.strip())
+        try:
+            obj = json.loads(first)
+        except json.JSONDecodeError:
+            return format, line, None
+        return format, line, (list(obj) if isinstance(obj, dict) else None)
+    try:
+        first = next(_csv_rows(text, str(path)) if format in ("csv", "bq") else _tsv_rows(text), None)
+    except DataError:
+        return format, 0, None
+    return format, (first or (0,))[0], (None if first is None else [h.strip() for h in first[1]])
+
+
+def check_columns(path, format="auto", text_a="sentence1", text_b="sentence2", label=None, why=None):
+    """Raise the DataError ``read_pairs`` would raise for a column (jsonl: a key) that `path` lacks,
+    from its header alone (``read_header``). `label=None`: the file need not be labelled. `why` maps
+    "text_a" / "text_b" / "label" to where the expected name came from, shown after it."""
+    format, line, found = read_header(path, format)
+    if found is None:
+        return
+    why = why or {}
+    names = format_columns(format, text_a, text_b, label)
+    for key, column in zip(("text_a", "text_b", "label"), names):
+        if column is None or (key == "label" and label is None):
+            continue
+        shown = f" ({why[key]})" if why.get(key) else ""
+        if format in ("jsonl", "afqmc"):
+            if column not in found:
+                raise DataError(f"{path}:{line}: key {column!r}{shown} not found in the first object; "
+                                f"its keys: {found}")
+        else:
+            _find_column(str(path), found, line, column, shown)
 
 
 def swap_augment(pairs: PairData) -> PairData:

@@ -69,7 +69,8 @@ def parity_pairs(cfg, loaded, n):
     d = cfg.data
     if d.test:
         pairs = read_pairs(d.test, format=d.format, text_a=d.text_a, text_b=d.text_b, label=d.label,
-                           labels=loaded.labels, on_bad_row=d.on_bad_row)
+                           labels=loaded.labels, on_bad_row=d.on_bad_row,
+                           labels_name=f"the model's labels ({Path(loaded.path) / 'model.json'})")
         a, b, labels = pairs.text_a, pairs.text_b, pairs.labels
         if d.max_rows:
             a, b = a[:d.max_rows], b[:d.max_rows]

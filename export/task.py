@@ -3,6 +3,7 @@
 Writes (docs/export.md; what is published when a check fails: its "What is published")::
 
     <out>/vocab.txt, <out>/model.json            copies: the export directory is self-contained
+    <out>/README.md                              the model card (training/card.py), with the export's status
     <out>/saved_model/<name>/<version>/          SavedModel for TF Serving (export/saved_model.py)
     <out>/saved_model/models.config              model_config_list for --model_config_file
     <out>/frozen/model.pb, <out>/frozen/io.json  frozen ids signature (export/frozen.py)
@@ -40,6 +41,7 @@ from runtime.onnx import FUSED_NAMES, ONNX_FILES
 from runtime.progress import Steps
 from export.saved_model import publish_version, stage_saved_model, write_models_config
 from runtime.backends import NAME_RE, default_name, servable_kinds
+from training.card import write_card
 
 log = logging.getLogger(__name__)
 
@@ -226,6 +228,7 @@ def export_loaded(loaded, cfg):
         for file in ("vocab.txt", "model.json"):
             shutil.copyfile(Path(loaded.path) / file, out / file)
         write_report(out / "parity.json", report)
+        write_card(out, loaded.path, export=report)
         shutil.rmtree(out / "failed", ignore_errors=True)
     finally:
         steps.close()

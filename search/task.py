@@ -22,15 +22,13 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-PAIR_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
-
 
 def read_corpus(path, data_cfg):
     """(ids, texts) of a text file or of a pair file's text_b column."""
-    from data import read_pairs, read_texts
+    from data.readers import is_pair_file, read_pairs, read_texts
 
     p = Path(path)
-    if data_cfg.format != "auto" or p.suffix.lower() in PAIR_SUFFIXES:
+    if is_pair_file(p, data_cfg.format):
         pairs = read_pairs(p, format=data_cfg.format, text_a=data_cfg.text_a, text_b=data_cfg.text_b,
                            label=None, on_bad_row=data_cfg.on_bad_row)
         return [str(i) for i in range(1, len(pairs.text_b) + 1)], list(pairs.text_b)

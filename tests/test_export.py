@@ -242,6 +242,10 @@ def test_every_artifact_is_written_and_parity_checked(exports, kind):
                           "virt": {"model.onnx", "model.int8.onnx", "encode.onnx", "score.onnx"}}[kind]
     assert {p.name for p in (out / "onnx").iterdir()} == onnx_files
     assert not list(out.glob(".staging-*")) and not list((out / "saved_model" / kind).glob(".tmp-*"))
+    card = (out / "README.md").read_text(encoding="utf-8")  # the model card, with the export's status
+    assert card.startswith(f"# {kind} export `{kind}` (version 1)") and "| onnx.predict_ids | published |" in card
+    assert "No metrics.json found" in card and "Not recorded" in card  # a bare model directory: no run, no data block
+    assert f"--task serve --set serve.model={out}" in card
 
     on_disk = json.loads((out / "parity.json").read_text(encoding="utf-8"))
     assert on_disk["ok"] and on_disk == json.loads(json.dumps(report, default=float))

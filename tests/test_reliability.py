@@ -267,7 +267,8 @@ def test_cli_bad_data_is_one_line_and_keeps_previous_outputs(work, capsys, tmp_p
     assert rc == 1
     line = _one_error_line(err)
     expected = {"gbk": f"{path}:4: not valid UTF-8", "long": f"{path}:4: text in column 'sentence1' has 100000",
-                "label7": f"{path}:4: label '7' is not one of labels ['0', '1']"}[bad]
+                "label7": f"{path}:4: label '7' is not one of the model's labels "
+                          f"({Path(work['model']) / 'model.json'}) ['0', '1']"}[bad]
     assert line.startswith(f"error: {expected}"), line
     assert previous.read_text() == "previous run\n"
     assert [p.name for p in previous.parent.iterdir()] == [previous.name]  # no temp file left

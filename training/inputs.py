@@ -41,11 +41,12 @@ class Splits:
     label_names: list
 
 
-def read_data(cfg, path, labels=None, labelled=True):
-    """A pair file as the `data.*` keys say; skipped bad rows are reported, `data.max_rows` applies."""
+def read_data(cfg, path, labels=None, labelled=True, labels_name="labels"):
+    """A pair file as the `data.*` keys say; skipped bad rows are reported, `data.max_rows` applies.
+    A label outside `labels` is a bad row, reported as not one of `labels_name`."""
     d = cfg.data
     pairs = read_pairs(path, format=d.format, text_a=d.text_a, text_b=d.text_b, label=d.label if labelled else None,
-                       labels=labels, on_bad_row=d.on_bad_row)
+                       labels=labels, on_bad_row=d.on_bad_row, labels_name=labels_name)
     if pairs.skipped:
         log.warning("%s: skipped %d bad rows (%s)", path, pairs.skipped, dict(pairs.skip_reasons))
     if d.max_rows:

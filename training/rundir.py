@@ -88,9 +88,14 @@ def fingerprints(cfg):
         except OSError:
             out[key] = None
             continue
-        out[key] = {"path": str(path), "bytes": st.st_size, "sha256": _sha256(str(Path(path).resolve()),
-                                                                              st.st_size, st.st_mtime_ns)}
+        out[key] = {"path": str(path), "bytes": st.st_size, "sha256": file_sha256(path)}
     return out
+
+
+def file_sha256(path):
+    """The sha256 of the file `path` (hex), hashed once while its size and mtime stay the same."""
+    st = os.stat(path)
+    return _sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
 
 
 @functools.lru_cache(maxsize=64)  # preflight and prepare_run_dir both check: hash each file once

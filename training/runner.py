@@ -19,6 +19,8 @@ import keras
 
 from config import config_to_dict, load_config
 from modeling.model_dir import load_model_dir, save_model_dir
+from training.card import write_card
+from training.contract import command, data_block
 from training.inputs import cache_dir, load_splits, tokenize
 from training.memory import peak_rss_mb
 from training.references import baseline_scores, compare_with_baseline, teacher_report
@@ -108,6 +110,7 @@ def run(task):
     given = copy.deepcopy(cfg)  # what a resumed run is compared with
     cfg.out = str(run_dir_path(cfg))  # first: everything the run writes (sample data, caches) goes under it
     splits = task.read_splits()
+    data = data_block(cfg, splits)  # the files as read, before a task's own preparation (swapped pairs)
     task.decide(splits)
     metric = task.selection_metric(splits.label_names)
     validate(cfg)
@@ -124,7 +127,7 @@ def run(task):
     if settings is not None:
         report = {task.section: settings, **report}
     splits = task.prepare(run_dir, splits)
-    metrics = train(task, run_dir, splits, metric, report)
+    metrics = train(task, run_dir, splits, metric, report, data)
     task.summary(run_dir, metrics)
     return metrics
 
@@ -156,9 +159,10 @@ def prepare_run_dir(cfg, given=None):
     return out
 
 
-def train(task, run_dir, splits, metric, report):
-    """Fit the task's model under the strategy, keep the best epoch's model directory and write
-    metrics.json (the re-loaded best model's scores, the training facts and `report`)."""
+def train(task, run_dir, splits, metric, report, data=None):
+    """Fit the task's model under the strategy, keep the best epoch's model directory (its model.json
+    with the `data` contract, the starting checkpoint and the command) and write metrics.json (the
+    re-loaded best model's scores, the training facts and `report`), then the model card."""
     cfg = task.cfg
     strategy = make_strategy(cfg.train)
     keras.utils.set_random_seed(cfg.train.seed)
@@ -186,7 +190,8 @@ def train(task, run_dir, splits, metric, report):
         def save_best(m, metrics):
             # Training wrappers (teacher + student) save only the part that is deployed.
             save_model_dir(getattr(m, "deployable", m), model_dir, tokenizer, labels=splits.label_names,
-                           max_seq_len=max_len, extra={"task": cfg.task, **task.model_meta()})
+                           max_seq_len=max_len, extra={"task": cfg.task, "init": cfg.model.init, "data": data,
+                                                       "command": command(), **task.model_meta()})
 
         trainer = Trainer(cfg.train, strategy, run_dir)
         result = trainer.fit(model, train_split, valid, evaluate, save_best, metric=metric)
@@ -215,6 +220,7 @@ def train(task, run_dir, splits, metric, report):
             metrics.setdefault("warnings", []).extend(undertrained)
         write_json(Path(run_dir) / "metrics.json", metrics)
         finish_backup(run_dir)
+        write_card(model_dir, run_dir=run_dir)
         return metrics
     finally:
         keras.mixed_precision.set_global_policy("float32")
