@@ -303,3 +303,22 @@ def test_the_module_docstring_examples_run(minilm, monkeypatch):
     monkeypatch.setattr(textmatch, "load", lambda path, *a, **k: minilm if path == "minilm" else pytest.fail(path))
     result = doctest.testmod(textmatch, optionflags=doctest.ELLIPSIS, raise_on_error=False)
     assert result.attempted >= 4 and result.failed == 0
+
+
+# ----------------------------------------------------------------------------- the import path
+def test_a_module_named_like_a_project_package_is_named_at_import(tmp_path):
+    """A `config.py` beside the user's script comes before the repository on the import path (Python puts
+    the script's directory first): `import textmatch` says which module hides which package, instead of
+    failing later in the project's code. (No TensorFlow: the check runs before any project import.)"""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "config.py").write_text("SETTING = 1\n", encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(textmatch.ROOT)}
+    r = subprocess.run([sys.executable, "-c", "import textmatch"], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines()[-1] == (
+        f"ImportError: textmatch needs its package 'config' ({textmatch.ROOT / 'config'}), but "
+        f"{tmp_path / 'config.py'} comes first on the import path: rename that module or run from another directory")
