@@ -8,21 +8,15 @@ training tasks use generated sample data and all-MiniLM-L6-v2 (the embedded defa
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
-import importlib.abc
-import importlib.machinery
 import logging
-import os
-import re
 import sys
-import tempfile
 from pathlib import Path
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ INFO and WARNING lines out of the way
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
+
+from runtime.logs import quiet_start_up  # noqa: E402  (TensorFlow's, transformers' and faiss's start-up lines)
 
 # task -> (module, function, default config, one-line help)
 TASKS = {
@@ -132,70 +126,6 @@ def build_parser():
     p.add_argument("--out", help="run directory (default runs/<task>/<timestamp>) or output file")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
-
-
-# ----------------------------------------------------------------------------- start-up noise
-# Lines every command printed on a machine without a GPU: TensorFlow's C++ libraries write them to fd 2
-# while they load, before absl's logging is set up (so TF_CPP_MIN_LOG_LEVEL cannot hide them), and the
-# CUDA probe of the first device listing. Anything else printed then is shown as it was.
-START_UP_NOISE = re.compile(r"All log messages before absl::InitializeLog\(\) is called"
-                            r"|cudart_stub\.cc.*Could not find cuda drivers|oneDNN custom operations are on")
-NO_DRIVER_CUINIT = re.compile(r"failed call to cuInit")  # noise only where cudart_stub found no CUDA driver
-
-
-@contextlib.contextmanager
-def filtered_stderr():
-    """Capture what is written to file descriptor 2 inside the block; then write it to stderr less the
-    START_UP_NOISE lines (and the cuInit failure, when the same start-up said there is no CUDA driver)."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            captured.seek(0)
-            lines = captured.read().decode("utf-8", errors="replace").splitlines(keepends=True)
-            no_driver = any("Could not find cuda drivers" in line for line in lines)
-            sys.stderr.write("".join(line for line in lines if not START_UP_NOISE.search(line)
-                                     and not (no_driver and NO_DRIVER_CUINIT.search(line))))
-            sys.stderr.flush()
-
-
-class _QuietTensorFlow(importlib.abc.MetaPathFinder):
-    """The first `import tensorflow`, wherever a task does it, runs inside `filtered_stderr`, together
-    with the device listing that probes CUDA (once, before any device is set up)."""
-
-    def find_spec(self, name, path=None, target=None):
-        if name != "tensorflow":
-            return None
-        sys.meta_path.remove(self)
-        spec = importlib.machinery.PathFinder.find_spec(name, path)
-        if spec is not None and spec.loader is not None:
-            exec_module = spec.loader.exec_module
-
-            def quiet_exec_module(module):
-                with filtered_stderr():
-                    exec_module(module)
-                    module.config.list_physical_devices("GPU")
-
-            spec.loader.exec_module = quiet_exec_module
-        return spec
-
-
-def _not_the_torch_notice(record):
-    # transformers' import says so on every command; this toolkit uses its tokenizers only
-    return "PyTorch was not found" not in record.getMessage()
-
-
-def quiet_start_up():
-    """Silence the start-up lines of TensorFlow and transformers (before either is imported)."""
-    logging.getLogger("transformers").addFilter(_not_the_torch_notice)
-    if "tensorflow" not in sys.modules and not any(isinstance(f, _QuietTensorFlow) for f in sys.meta_path):
-        sys.meta_path.insert(0, _QuietTensorFlow())
 
 
 def main(argv=None):

@@ -59,13 +59,9 @@ class LoadedModel:
         return self.meta.get("max_seq_len", 128)
 
 
-def save_model_dir(model, path, tokenizer, labels=None, max_seq_len=128, extra=None):
-    """Write `model` (a task model with `kind` and `dummy_inputs()`) as a model directory."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    meta = {
+def model_meta(model, tokenizer, labels=None, max_seq_len=128, extra=None):
+    """model.json's content for `model`: what a `LoadedModel` of it carries, saved or not."""
+    return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "kind": model.kind,
@@ -75,6 +71,15 @@ def save_model_dir(model, path, tokenizer, labels=None, max_seq_len=128, extra=N
         "max_seq_len": int(max_seq_len),
         **(extra or {}),
     }
+
+
+def save_model_dir(model, path, tokenizer, labels=None, max_seq_len=128, extra=None):
+    """Write `model` (a task model with `kind` and `dummy_inputs()`) as a model directory."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    meta = model_meta(model, tokenizer, labels, max_seq_len, extra)
     (tmp / "model.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
     shutil.copyfile(tokenizer.vocab_file, tmp / "vocab.txt")
     model.save_weights(str(tmp / "model.weights.h5"))

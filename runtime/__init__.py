@@ -5,5 +5,5 @@ Used by export's parity checks, search, serve and bench; imports nothing above m
 Modules: `backends` (onnxruntime / SavedModel / Keras behind one `Backend` interface,
 `open_model`, `predict_pairs`), `batching` (rows, micro-batcher, plans), `rows` (texts ->
 request rows as in training), `onnx` (an export's ONNX file names, onnxruntime sessions),
-`logs` (rate-limited logging).
+`logs` (rate-limited logging, the quiet start-up).
 """

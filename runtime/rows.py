@@ -6,7 +6,20 @@ batcher (runtime.batching) pads rows into batches. Serve, search and bench build
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
+
+# JSON's "\ud800" escapes and Python strings can hold lone surrogates, which are not text: the tokenizer
+# refuses them with a type error about its input union. Callers check first and say where the bad text is.
+SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def invalid_text(text):
+    """Why the string `text` cannot be tokenised, or None: the server's and the Python API's words."""
+    if (bad := SURROGATE.search(text)) is not None:
+        return f"not valid Unicode text: a lone surrogate \\u{ord(bad.group()):04x} at character {bad.start()}"
+    return None
 
 
 def text_rows(backend, texts):

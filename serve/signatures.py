@@ -28,17 +28,14 @@ import base64
 import binascii
 import json
 import math
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from runtime.batching import Call
-from runtime.rows import pair_rows, text_rows
+from runtime.rows import invalid_text, pair_rows, text_rows
 
 DT = {"string": "DT_STRING", "int32": "DT_INT32", "float": "DT_FLOAT"}
-# JSON's "\ud800" escapes decode to lone surrogates, which are not text: the tokenizer refuses them.
-SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class ApiError(Exception):
@@ -79,9 +76,8 @@ def check_text(value, where, limits):
             raise ApiError(400, f"{where}: invalid base64 UTF-8 string ({e})") from None
     if not isinstance(value, str):
         raise ApiError(400, f"{where}: expected a string, got {_type(value)}")
-    if (bad := SURROGATE.search(value)) is not None:
-        raise ApiError(400, f"{where}: not valid Unicode text: a lone surrogate \\u{ord(bad.group()):04x} "
-                            f"at character {bad.start()}")
+    if (problem := invalid_text(value)) is not None:  # JSON's "\ud800" escapes decode to lone surrogates
+        raise ApiError(400, f"{where}: {problem}")
     if len(value) > limits.max_chars:
         raise ApiError(400, f"{where}: text of {len(value)} characters is over the limit of "
                             f"{limits.max_chars} (serve.max_chars)")

@@ -14,6 +14,7 @@ import pytest
 
 import run_tasks
 from config import load_config
+from runtime.logs import filtered_stderr
 from tests.tiny_runs import PYTHON, RUN_TASKS, make_data, popen_cli, tiny_overrides
 
 FINETUNE_YAML = run_tasks.ROOT / "config" / "finetune.yaml"
@@ -277,7 +278,7 @@ NOISE = ("cuInit", "cudart_stub", "Could not find cuda drivers", "absl::Initiali
 def test_filtered_stderr_drops_the_start_up_lines_only(capfd):
     import os
 
-    with run_tasks.filtered_stderr():
+    with filtered_stderr():
         os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
                     b"I0000 00:00:1.0 1 cudart_stub.cc:31] Could not find cuda drivers on your machine, GPU will not "
                     b"be used.\n"
@@ -286,7 +287,7 @@ def test_filtered_stderr_drops_the_start_up_lines_only(capfd):
         print("a Python warning", file=sys.stderr)
     lines = capfd.readouterr().err.splitlines()  # (capfd takes sys.stderr apart from fd 2: order not kept)
     assert sorted(lines) == ["W0000 00:00:1.0 1 some_op.cc:1] a real warning", "a Python warning"]
-    with run_tasks.filtered_stderr():  # a cuInit failure where a driver was found is a real error
+    with filtered_stderr():  # a cuInit failure where a driver was found is a real error
         os.write(2, b"E0000 00:00:1.0 1 cuda_platform.cc:52] failed call to cuInit: CUDA_ERROR_NO_DEVICE\n")
     assert "cuInit" in capfd.readouterr().err
 

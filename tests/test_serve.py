@@ -630,3 +630,43 @@ def test_python_api_loads_an_export_directory_and_scores_as_keras(virt_export, m
     np.testing.assert_allclose(onnx.predict(pairs), keras_.predict(pairs), atol=1e-4)
     np.testing.assert_allclose(onnx.encode(PAIRS[0]), keras_.encode(PAIRS[0]), atol=1e-4)
     assert [i for i, _, _ in onnx.rank(PAIRS[0][0], PAIRS[1])] == [i for i, _, _ in keras_.rank(PAIRS[0][0], PAIRS[1])]
+
+
+# A user's script, as `python script.py` runs it from any directory (README "Python API"). Here rather than in
+# test_api.py: this module builds the export directory anyway.
+API_SCRIPT = """
+import json, logging, sys
+import textmatch
+keras_, onnx = textmatch.load(sys.argv[1]), textmatch.load(sys.argv[2])
+logging.basicConfig(level=logging.INFO)  # a user's logging set-up: faiss's loader logs at INFO when imported
+import faiss  # noqa: F401  (search's recall)
+pair = (sys.argv[3], sys.argv[4])
+print(json.dumps({"file": textmatch.__file__, "keras": keras_.predict(pair).tolist(),
+                  "onnx": onnx.predict(pair).tolist()}))
+"""
+
+
+def test_python_api_from_any_directory_without_start_up_noise(virt_export, model_dirs, tmp_path):  # noqa: F811
+    """`make install` puts the repository on the venv's import path (a .pth file), so a fresh process in a
+    directory outside the repository, started as a user's shell would (no PYTHONPATH, no TF_CPP_MIN_LOG_LEVEL),
+    imports textmatch, loads a model directory (Keras) and an export (ONNX Runtime) and predicts the
+    reference's numbers, with an empty stderr: no TensorFlow start-up line (cuInit, cudart, oneDNN), no
+    transformers PyTorch notice, no faiss loader line."""
+    import os
+    import subprocess
+
+    from tests.tiny_runs import PYTHON, ROOT
+
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TF_CPP_MIN_LOG_LEVEL", "CUDA_VISIBLE_DEVICES")
+           and not k.startswith("TRANSFORMERS_")}
+    a, b = PAIRS[0][0], PAIRS[1][0]
+    r = subprocess.run([str(PYTHON), "-c", API_SCRIPT, str(model_dirs["virt"]), str(virt_export["out"]), a, b],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, f"(`make install` writes the .pth that finds textmatch)\n{r.stderr[-3000:]}"
+    assert r.stderr == ""
+    out = json.loads(r.stdout)
+    assert out["file"] == str(ROOT / "textmatch.py")  # this checkout's, not another clone's
+    want = parity_mod.keras_outputs(virt_export["loaded"], parity_mod.python_features(virt_export["loaded"], [a], [b],
+                                                                                      MAX_LEN)[0])["probs"][0]
+    np.testing.assert_allclose(out["keras"], want, atol=1e-5)
+    np.testing.assert_allclose(out["onnx"], want, atol=1e-4)
