@@ -7,7 +7,7 @@ training path). Checks (max |diff| of the outputs, over all pairs):
     saved_model.predict_ids       same ids as Keras                    <= 1e-5
     saved_model.encode / .score   (sbert, virt)                        <= 1e-5
     frozen.predict_ids                                                 <= 1e-5
-    hf                the hf/ folder read back by modeling's loader    <= 1e-5
+    hf                the hf/ folder read back by modeling's loader    <= 1e-5  (export/hf.py)
     onnx.predict_ids (+ onnx.encode_ids, onnx.score, onnx.opt-<level>) <= 1e-4
     onnx.fused, onnx.fused.encode_ids (onnxruntime-fused graphs)      <= 1e-4
     onnx.int8, onnx.fused.int8
@@ -161,7 +161,7 @@ def _labels_of(out, kind_outputs, threshold):
 
 def run_checks(loaded, data, artifacts, ids_outputs, int8_rule=None, cosine_threshold=None):
     """Compare every artifact with Keras. `artifacts`: dict with optional keys
-    `saved_model` (version or staging dir), `frozen` (dir), `hf` (dir), `onnx` (dict name -> path:
+    `saved_model` (version or staging dir), `frozen` (dir), `onnx` (dict name -> path:
     `predict_ids`, `encode_ids`, `score`, `int8`, `opt-<level>`, `fused`, `fused.encode_ids`,
     `fused.int8`). `int8_rule`: keyword
     arguments of `int8_verdict`. Returns the report dict."""
@@ -217,9 +217,6 @@ def run_checks(loaded, data, artifacts, ids_outputs, int8_rule=None, cosine_thre
         checks["frozen.predict_ids"] = _check(over_batches(
             lambda bt: {k: v.numpy() for k, v in fn(**bt["feats"]).items()}), TOLERANCES["frozen"])
 
-    if artifacts.get("hf"):
-        from export import hf
-        checks["hf"] = hf.check(artifacts["hf"], loaded, data, TOLERANCES["hf"])
     onnx_files = artifacts.get("onnx") or {}
     if onnx_files:
         from runtime.onnx import session

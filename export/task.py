@@ -109,7 +109,7 @@ def export_loaded(loaded, cfg):
     from export import hf as hf_export
     from export import onnx as onnx_export
     from export.frozen import freeze
-    from export.parity import Batches, parity_pairs, run_checks, write_report
+    from export.parity import TOLERANCES, Batches, parity_pairs, run_checks, write_report
 
     e = cfg.export
     check_options(e)
@@ -182,6 +182,10 @@ def export_loaded(loaded, cfg):
                 "max_accuracy_drop": e.int8_max_accuracy_drop}
         outputs = loaded.model.predict_outputs(loaded.model.get_config())
         result = run_checks(loaded, data, artifacts, outputs, int8_rule=rule, cosine_threshold=cosine_threshold(loaded))
+        if "hf" in artifacts:  # checked by export/hf.py (which uses parity's helpers), an fp32 check like the others
+            hf_check = result["checks"]["hf"] = hf_export.check(artifacts["hf"], loaded, data, TOLERANCES["hf"])
+            if not hf_check["ok"]:
+                result["ok"], result["failed"] = False, [*result["failed"], "hf"]
         steps.close()
         log.info("parity checks on %d pairs (%.1fs)", len(a), time.time() - t0)
         report = {"ok": result["ok"], "failed": result["failed"], "model": str(loaded.path), "kind": kind,

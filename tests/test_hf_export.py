@@ -179,3 +179,23 @@ def test_models_without_a_hugging_face_form_are_refused(written, tmp_path):
             hf.write(other, tmp_path / "never", MAX_LEN)
         assert "runs/x/model" in str(err.value)
         assert not (tmp_path / "never").exists()
+
+
+# --------------------------------------------------------------------------- model.init on an hf folder
+
+@pytest.mark.parametrize("labels,loaded_head", [(["contradiction", "entailment", "neutral"], True),
+                                                (["entailment", "contradiction", "neutral"], False)])
+def test_finetune_from_the_folder_starts_with_its_classifier_when_the_labels_match(written, tmp_path, labels,
+                                                                                   loaded_head):
+    from types import SimpleNamespace
+
+    from config import load_config
+    from crossenc.task import build_cross_encoder
+
+    loaded, folder = written["cross_encoder"]
+    cfg = load_config(None, [f"model.init={folder}", "model.pooling=cls"])
+    splits = SimpleNamespace(label_names=labels, train=SimpleNamespace(text_a=A, text_b=B))
+    model, _ = build_cross_encoder(cfg, cfg.model, splits, tmp_path)
+    feats = keras_inputs("cross_encoder", loaded)
+    same = np.allclose(model(feats).numpy(), loaded.model(feats).numpy(), atol=1e-6)
+    assert same is loaded_head
