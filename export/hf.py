@@ -51,7 +51,7 @@ def write(loaded, dest, max_len):
     config = bert_config(encoder)
     if "classifier" in head:
         kernel, bias = head["classifier"]
-        labels = [str(x) for x in (loaded.labels or [f"LABEL_{i}" for i in range(len(bias))])]
+        labels = _labels(loaded, len(bias))
         tensors = {**hf_tensors(encoder, "bert."), "classifier.weight": np.ascontiguousarray(kernel.T, np.float32),
                    "classifier.bias": np.asarray(bias, np.float32)}
         config = {"architectures": [head["architecture"]], **config,
@@ -80,6 +80,11 @@ def write(loaded, dest, max_len):
     save_file(tensors, str(dest / "model.safetensors"), metadata={"format": "pt"})  # transformers wants a format
     _tokenizer_files(loaded.tokenizer, dest, max_len)
     return head
+
+
+def _labels(loaded, n):
+    """id2label's names: model.json's labels (transformers' LABEL_i when it has none)."""
+    return [str(x) for x in (loaded.labels or [f"LABEL_{i}" for i in range(n)])]
 
 
 def _tokenizer_files(tok, dest, max_len):
@@ -117,7 +122,7 @@ def check(folder, loaded, data, tolerance):
     reread = replace(loaded, tokenizer=tokenizer)
     head = read_hf_classifier(folder)
     st = None if head else sentence_transformers_modules(folder)
-    if head and head[0] != [str(x) for x in loaded.labels or []]:
+    if head and head[0] != _labels(loaded, len(head[2])):
         return _failed(f"labels {head[0]} != model.json's {loaded.labels}", tolerance)
     worst = 0.0
     for bt in data.batches:
