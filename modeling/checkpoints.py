@@ -232,13 +232,13 @@ def read_hf_classifier(d):
     from safetensors import safe_open
 
     d = Path(d)
+    if not (d / "model.safetensors").is_file():  # a TF1 checkpoint, a model directory, ...
+        return None
     try:
         with safe_open(str(d / "model.safetensors"), "numpy") as f:
             if "classifier.weight" not in f.keys():
                 return None
             weight, bias = f.get_tensor("classifier.weight"), f.get_tensor("classifier.bias")
-    except FileNotFoundError:
-        return None
     except Exception as e:  # safetensors raises its own error types
         raise CheckpointError(f"{d / 'model.safetensors'}: cannot read safetensors ({e})") from None
     id2label = read_json(d / "config.json").get("id2label") or {}
