@@ -49,7 +49,7 @@ TASKS = {
 }
 
 MAIN_KEYS = """main keys (--set section.key=value; all keys: docs/configuration.md):
-  model.init        checkpoint: minilm | HF dir | Google TF1 dir | model directory | null (random)
+  model.init        checkpoint: minilm | HF dir (sentence-transformers, export hf/) | Google TF1 dir | model directory | null (random)
   model.num_layers  keep the first k layers ("tiny" models)
   data.train / data.valid / data.test   pair files; data.format auto|csv|tsv|jsonl|bq|lcqmc|afqmc|mrpc
   data.text_a / data.text_b / data.label  column names

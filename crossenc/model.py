@@ -74,6 +74,18 @@ class CrossEncoder(PairModel):
                                            "attention_mask": attention_mask})
         return {"predict_ids": predict_ids}
 
+    def hf_head(self):
+        """BertForSequenceClassification is tanh(dense([CLS])) -> linear: our head with `cls`
+        pooling over the encoder's pooler, and only that."""
+        if self.pooling != "cls" or self.encoder.pooler is None:
+            what = (f"model.pooling={self.pooling}" if self.pooling != "cls"
+                    else "model.pooling=cls on an encoder without a pooler (its raw [CLS] state)")
+            raise ValueError(f"{what} has no BertForSequenceClassification equivalent (its head is BERT's tanh "
+                             "pooler on [CLS], then a linear layer): export it without hf, or train it with "
+                             "model.pooling=cls from a checkpoint with a pooler")
+        return {"architecture": "BertForSequenceClassification",
+                "classifier": (self.classifier.kernel.numpy(), self.classifier.bias.numpy())}
+
     def get_config(self):
         return {**super().get_config(), "encoder": self.encoder.architecture(),
                 "num_labels": self.num_labels, "pooling": self.pooling, "dropout": self.dropout_rate}

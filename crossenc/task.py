@@ -29,7 +29,31 @@ def build_cross_encoder(cfg, model_cfg, splits, run_dir):
     encoder, tokenizer = init_encoder(model_cfg, splits.train.text_a + splits.train.text_b, run_dir)
     model = CrossEncoder(encoder, num_labels=len(splits.label_names), pooling=cfg.model.pooling,
                          dropout=cfg.model.dropout, name="cross_encoder")
+    if model_cfg.init is not None and model.pooling == "cls" and encoder.pooler is not None:
+        load_hf_head(model, model_cfg.init, splits.label_names)
     return model, tokenizer
+
+
+def load_hf_head(model, init, labels):
+    """Start `model`'s classifier from a BertForSequenceClassification checkpoint's (model.init, e.g. an
+    hf export) when that head has the data's labels in the same order; else it starts random (logged).
+    Our cls head is that model's head (CrossEncoder.hf_head), so the weights mean the same here."""
+    from modeling.checkpoints import read_hf_classifier
+    from modeling.pretrained import resolve
+
+    head = read_hf_classifier(resolve(init))
+    if head is None:
+        return False
+    names, kernel, bias = head
+    if names != [str(n) for n in labels] or kernel.shape[0] != model.encoder.hidden_size:
+        log.info("model.init's classifier not loaded: its labels %s are not the data's %s (the head starts random)",
+                 names, list(labels))
+        return False
+    model(model.dummy_inputs())
+    model.classifier.kernel.assign(kernel)
+    model.classifier.bias.assign(bias)
+    log.info("classifier loaded from model.init (labels %s)", names)
+    return True
 
 
 class Finetune(TrainingTask):

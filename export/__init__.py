@@ -4,7 +4,7 @@
     python -m export.onnx <saved_model version dir> <out.onnx> [--signature predict_ids]
 
 Modules: `task` (the run), `saved_model` (serving module and versions), `text`
-(in-graph tokeniser), `frozen`, `onnx`, `parity` (checks against Keras).
+(in-graph tokeniser), `frozen`, `onnx`, `hf` (the Hugging Face folder), `parity` (checks against Keras).
 """
 
 

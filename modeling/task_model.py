@@ -71,6 +71,14 @@ class PairModel(keras.Model):
         """encode_ids' output `{encode_output: ...}` on padded ids of single texts."""
         raise NotImplementedError(f"a {self.kind} model encodes no single text")
 
+    def hf_head(self):
+        """What the Hugging Face export (export/hf.py) writes besides the encoder, which is the model
+        there: `{"architecture": "BertForSequenceClassification", "classifier": (kernel [H, C],
+        bias [C])}` or `{"sentence_transformers": {"pooling": mode, "normalize": bool}}`, with `not_written` naming
+        what of the model the folder leaves out. Raises
+        ValueError saying why and what to do instead when the model has no such form."""
+        raise ValueError(f"a {self.kind} model has no Hugging Face form")
+
     def featurize(self, tokenizer, texts_a, texts_b, max_len):
         raise NotImplementedError
 

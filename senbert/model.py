@@ -116,6 +116,14 @@ class SentenceBert(PairModel):
             return self.reference_outputs({"x_ids": x_ids, "x_mask": x_mask, "y_ids": y_ids, "y_mask": y_mask})
         return {"predict_ids": predict_ids, "encode_ids": encode_ids}
 
+    def hf_head(self):
+        """A sentence-transformers pipeline: Transformer -> Pooling (-> Normalize). The softmax
+        objective's classifier on (u, v, |u-v|) is training-only there and is not written."""
+        head = {"sentence_transformers": {"pooling": self.pooling, "normalize": self.normalize}}
+        if self.objective == "softmax":
+            head["not_written"] = "the softmax objective's classifier on (u, v, |u-v|) (training-only)"
+        return head
+
     def get_config(self):
         return {**super().get_config(), "encoder": self.encoder.architecture(), "num_labels": self.num_labels,
                 "objective": self.objective, "pooling": self.pooling, "normalize": self.normalize,

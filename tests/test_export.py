@@ -60,6 +60,7 @@ EXTRA = ["cat", "dog", "##s", "##ed", "##ing", "cafe", "naive", "resume", "e", "
 PARITY_SAMPLES = 8
 MAX_LEN = 32
 KINDS = ("cross_encoder", "sbert", "virt")
+HF_KINDS = ("cross_encoder", "sbert")  # virt has no Hugging Face form (export/hf.py)
 
 # Tokenisation samples: English and Chinese, punctuation, mixed case, accents, unknown
 # characters, empty-ish text, control characters, full-width forms, literal special tokens.
@@ -183,6 +184,8 @@ def exports(model_dirs, workdir, tf2onnx_fast):
         loaded = load_for_export(model_dirs[kind])
         out = workdir / f"out_{kind}"
         extra = ["export.ort_optimization=basic"] if kind == "cross_encoder" else []
+        if kind in HF_KINDS:
+            extra.append("export.formats=[saved_model,frozen,onnx,hf]")
         res["reports"][kind] = export_loaded(loaded, _cfg(out, *extra))
         res["loaded"][kind], res["out"][kind] = loaded, out
         if kind == "cross_encoder":
@@ -255,6 +258,10 @@ def test_every_artifact_is_written_and_parity_checked(exports, kind):
                  "sbert": {"saved_model.encode", "onnx.encode_ids", "onnx.fused.encode_ids"},
                  "virt": {"saved_model.encode", "saved_model.score", "onnx.encode_ids", "onnx.score",
                           "onnx.fused.encode_ids"}}[kind]
+    expected |= {"hf"} if kind in HF_KINDS else set()
+    assert (on_disk["status"].get("hf") == "published") is (kind in HF_KINDS)
+    assert ((out / "hf" / "model.safetensors").is_file() and on_disk["artifacts"].get("hf") == str(out / "hf")) is (
+        kind in HF_KINDS)
     checks = on_disk["checks"]
     assert set(checks) == expected
     for key, c in checks.items():
@@ -268,6 +275,22 @@ def test_every_artifact_is_written_and_parity_checked(exports, kind):
     loaded = exports["loaded"][kind]
     feats, ref = _batch(loaded, *PAIRS)
     assert np.ptp(ref["probs"][:, 1]) > 0.05
+
+
+@pytest.mark.parametrize("kind", HF_KINDS)
+def test_model_init_on_the_export_directory_reads_its_hf_folder(exports, kind):
+    """The loader finds <out>/hf (a sentence-transformers folder: its Transformer via modules.json)."""
+    from modeling.pretrained import load_pretrained
+
+    out, loaded = exports["out"][kind], exports["loaded"][kind]
+    encoder, tokenizer = load_pretrained(out)
+    feats, _ = _batch(loaded, *PAIRS)
+    ids = {k: tf.constant(v) for k, v in (feats if kind == "cross_encoder" else
+                                          {"input_ids": feats["x_ids"], "attention_mask": feats["x_mask"]}).items()}
+    got, want = encoder(ids), loaded.model.encoder(ids)
+    for key in ("last_hidden_state", "pooler_output"):
+        np.testing.assert_allclose(got[key].numpy(), want[key].numpy(), atol=1e-6, err_msg=key)
+    assert tokenizer.vocab_size == loaded.tokenizer.vocab_size and tokenizer.lowercase == loaded.tokenizer.lowercase
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -488,6 +511,28 @@ def test_a_failed_fp32_check_raises_and_publishes_nothing(exports, workdir, monk
     assert not (out / "parity.json").exists() and not (out / "saved_model" / "models.config").exists()
 
 
+def test_a_failed_hf_check_publishes_nothing(exports, workdir, monkeypatch):
+    """The hf folder is an fp32 artifact: a folder the loader reads differently blocks the export."""
+    import export.hf as hf_mod
+    import export.task as task_mod
+
+    out, loaded = workdir / "fails_hf", exports["loaded"]["cross_encoder"]
+
+    def stage(loaded, model_base, max_len, tokenizer="fast", version=None):
+        staging = model_base / ".tmp-1-0"
+        staging.mkdir(parents=True)
+        return staging, 1
+
+    monkeypatch.setattr(task_mod, "stage_saved_model", stage)
+    monkeypatch.setattr(parity_mod, "run_checks", lambda *a, **k: {"ok": True, "failed": [], "tokenization": None,
+                                                                   "checks": {}})
+    monkeypatch.setattr(hf_mod, "check", lambda *a: {"max_abs_diff": 0.01, "tolerance": 1e-5, "ok": False})
+    with pytest.raises(ExportError, match=r"nothing published: hf max\|diff\| 0.01 > 1e-05"):
+        export_loaded(loaded, _cfg(out, "export.formats=[saved_model,hf]"))
+    assert (out / "failed" / "hf" / "model.safetensors").is_file() and not (out / "hf").exists()
+    assert json.loads((out / "failed" / "parity.json").read_text())["status"]["hf"] == "withheld"
+
+
 def test_bad_input_one_clear_error_each(model_dirs, workdir, exports):
     with pytest.raises(CheckpointError, match=r"not a model directory \(no model.json\)"):
         load_for_export(workdir / "sample")
@@ -515,7 +560,9 @@ def test_bad_input_one_clear_error_each(model_dirs, workdir, exports):
                           (["export.formats=[onnx]"], "includes saved_model")):
         with pytest.raises(ExportError, match=pattern):
             export_loaded(exports["loaded"]["cross_encoder"], _cfg(workdir / "never", *sets))
-    assert not (workdir / "never" / "saved_model").exists()
+    with pytest.raises(ExportError, match=r"formats includes hf, but .*virt.*: a virt model has no Hugging Face form"):
+        export_loaded(exports["loaded"]["virt"], _cfg(workdir / "never", "export.formats=[saved_model,hf]"))
+    assert not (workdir / "never").exists()  # refused before anything is written
 
     # tf2onnx cannot convert tf-text ops (the string signatures' tokeniser): the error names them
     # instead of writing a file onnxruntime would reject (README shows the serving_default case)

@@ -50,6 +50,7 @@ INDIRECT = {
 UNLISTED = {
     "torch": "PyTorch peers of bench/ (skipped without it) and tools/make_minilm_fixture.py: a separate venv "
              "(docs/inference.md)",
+    "sentence-transformers": "tools/make_hf_export_fixture.py only, run in a separate venv with torch (its docstring)",
 }
 
 # Installed by `make install` apart from the files (`pip install --no-deps NAME==VERSION`): pinned there.

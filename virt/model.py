@@ -194,6 +194,13 @@ class VirtModel(PairModel):
             return self.reference_outputs({"x_ids": x_ids, "x_mask": x_mask, "y_ids": y_ids, "y_mask": y_mask})
         return {"score": score, "predict_ids": predict_ids, "encode_ids": encode_ids}
 
+    def hf_head(self):
+        raise ValueError("a virt model has no Hugging Face form: it scores a pair with its interaction head over "
+                         "both texts' token states, which neither transformers nor sentence-transformers "
+                         "models; a sentence-transformers folder of its encoder would give embeddings nobody "
+                         "trained to be compared by cosine. Export it without hf (ONNX / SavedModel keep the "
+                         "encode / score split), or train an sbert model (e.g. from model.init=<this model>)")
+
     def get_config(self):
         return {**super().get_config(), "encoder": self.encoder.architecture(), "num_labels": self.num_labels,
                 "adapted_interaction": self.adapted_interaction, "fusion": self.fusion,
