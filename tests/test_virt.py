@@ -559,7 +559,7 @@ def _report(teacher, baseline, metric="accuracy"):
 
 @pytest.mark.parametrize("n, teacher_only, baseline_only, weight", [
     # `make demo`: teacher 97.33 against baseline 87.67 valid on 300 pairs (8 and 37 pairs wrong);
-    # at the least favourable overlap (the teacher's 8 errors all right for the baseline) p = 3e-5
+    # at the least favourable overlap (the teacher's 8 errors all right for the baseline) p = 8e-6
     (300, 37, 8, 10.0),
     (300, 1, 0, 1.0),        # 0.3 points (one pair): the sample set at full schedule
     (1000, 20, 10, 10.0),    # p = P(X >= 20 | Bin(30, 1/2)) = 0.049
