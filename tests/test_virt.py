@@ -647,6 +647,36 @@ def test_gap_closed_and_weak_teacher_warning_by_hand():
                                        "by a paired test (exact McNemar, one-sided p=0.5; 200 pairs, 2 right")
 
 
+def test_the_summary_prints_intervals_n_and_the_tests(tmp_path, capsys):
+    """print_summary: every metric with its interval and the pairs it was measured on, gap closed with
+    its interval, and each "leads" with the test behind it; save_predictions leaves no array behind."""
+    from training.metrics import PER_PAIR, with_uncertainty
+    from training.references import compare_with_baseline, save_predictions
+    from training.runner import print_summary
+
+    def block(out):
+        return with_uncertainty({"n": len(out.labels), "accuracy": float(out.correct.mean())}, out.labels, out.probs,
+                                out.label_names)
+
+    t, b = _pair_outputs(200, 40, 0, both_wrong=20)
+    s = _pair_outputs(200, 30, 0, both_wrong=30)[0]
+    m = {"teacher": {"valid": block(t)}, "baseline": {"valid": block(b)}, "valid": block(s)}
+    compare_with_baseline(m, "accuracy", "the student")
+    save_predictions(tmp_path, m)
+    assert PER_PAIR not in m["valid"] and PER_PAIR not in m["teacher"]["valid"]
+    json.dumps(m)  # nothing left that metrics.json could not hold
+    print_summary(tmp_path, m)
+    out = capsys.readouterr().out.splitlines()
+    lo, hi = m["valid"]["ci95"]["accuracy"]
+    assert out[2] == f"valid (n=200): accuracy 0.8500 [{lo:.4f}, {hi:.4f}]"
+    assert out[0].startswith("teacher (valid, n=200): accuracy 0.9000 [")
+    g_lo, g_hi = m["gap_closed_ci95"]["valid"]
+    assert out[3] == f"gap closed (valid): 75% [{g_lo:.0%}, {g_hi:.0%}] of the way from the baseline to the teacher"
+    assert out[4].startswith("the teacher leads the baseline on valid accuracy (exact McNemar, one-sided p=9.09e-13; "
+                             "200 pairs, 40 right for the teacher only, 0 for the baseline only)")
+    assert out[5].startswith("the student leads the baseline on valid accuracy (exact McNemar")
+
+
 def test_a_worker_without_the_baseline_runs_metrics_scores_its_model(monkeypatch, tmp_path):
     """A multi-worker run's non-chief workers get `{}` from the baseline's sub-run: they score the chief's
     baseline model directory, so every worker resolves virt.interaction_weight from the same scores."""
