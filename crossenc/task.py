@@ -16,9 +16,9 @@ from crossenc.model import CrossEncoder
 from data import DataError, PairData
 from modeling.model_dir import load_model_dir
 from training.inputs import init_encoder, read_data, tokenize
-from training.metrics import classification_metrics
+from training.metrics import PER_PAIR, classification_metrics, with_uncertainty
 from training.rundir import check_out
-from training.runner import TrainingTask, run, write_json
+from training.runner import TrainingTask, format_scores, run, write_json
 from training.trainer import predict_outputs
 
 log = logging.getLogger(__name__)
@@ -85,9 +85,11 @@ def evaluate(cfg):
     pairs = read_data(cfg, path, loaded.labels, labels_name=f"the model's labels ({loaded.path / 'model.json'})")
     split = tokenize(loaded.model, loaded.tokenizer, pairs, loaded.labels, loaded.max_seq_len, "eval")
     probs = predict_outputs(loaded.model, split.features, cfg.train.eval_batch_size, progress=True)
-    metrics = classification_metrics(split.labels, probs, loaded.labels)
+    metrics = with_uncertainty(classification_metrics(split.labels, probs, loaded.labels), split.labels, probs,
+                               loaded.labels)
+    metrics.pop(PER_PAIR)
     cm = metrics["confusion_matrix"]
-    print(f"{path}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
+    print(f"{path} (n={metrics['n']}): {format_scores(metrics)}")
     print("confusion matrix (rows = true, columns = predicted):")
     width = max(len(n) for n in cm["labels"]) + 2
     print(" " * width + "".join(n.rjust(width) for n in cm["labels"]))

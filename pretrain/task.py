@@ -92,7 +92,7 @@ def read_text_pairs(cfg):
 
 def mlm_evaluator(batch_size, seed=1234):
     """Masked-token loss, accuracy and perplexity with a fixed mask (comparable across epochs)."""
-    def evaluate(model, split):
+    def evaluate(model, split, final=False):  # final: no interval for the MLM scores
         fn = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
         total, correct, loss_sum = 0.0, 0.0, 0.0
         for x, y in make_dataset(split.features, batch_size=batch_size, seed=seed, bucket=False,

@@ -14,7 +14,7 @@ from data import DataError, read_texts
 from modeling.model_dir import load_model_dir
 from runtime.progress import progress_bar
 from senbert.model import SentenceBert
-from training.metrics import classification_metrics, positive_index
+from training.metrics import classification_metrics, positive_index, with_uncertainty
 from training.inputs import init_encoder
 from training.runner import TrainingTask, run
 from training.trainer import predict_outputs
@@ -60,11 +60,14 @@ def sbert_evaluator(label_names, batch_size, graded):
     targets = np.asarray(class_targets(label_names)[0])
     state = {"threshold": None}
 
-    def evaluate(model, split):
+    def evaluate(model, split, final=False):
         out = predict_outputs(model, split.features, batch_size)
         cos = out["cosine"]
-        metrics = classification_metrics(split.labels, out["probs"], label_names) if "probs" in out \
-            else {"n": int(len(cos))}
+        metrics = {"n": int(len(cos))}
+        if "probs" in out:
+            metrics = classification_metrics(split.labels, out["probs"], label_names)
+            if final:  # the classifier's metrics get intervals; the cosine rule's do not (yet)
+                metrics = with_uncertainty(metrics, split.labels, out["probs"], label_names)
         # "Same meaning": the positive class, or the upper half of a graded scale.
         positive = targets[split.labels] >= 0.5 if graded else split.labels == pos
         if split.name == "valid" or state["threshold"] is None:

@@ -117,7 +117,7 @@ def test_evaluate_prints_accuracy_and_confusion_matrix(trained, tmp_path, capsys
     assert run_tasks.main(["--task", "evaluate", "--out", str(tmp_path / "eval"), "--set",
                            f"model.init={run / 'model'}", f"data.test={data['valid']}"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith(f"{data['valid']}: ") and "accuracy=" in out[0] and "f1=" in out[0]
+    assert out[0].startswith(f"{data['valid']} (n=16): ") and " f1 " in out[0]
     assert out[1] == "confusion matrix (rows = true, columns = predicted):"
     assert out[2].split() == ["0", "1"]
     rows = [line.split() for line in out[3:5]]
@@ -128,7 +128,8 @@ def test_evaluate_prints_accuracy_and_confusion_matrix(trained, tmp_path, capsys
     assert saved["eval"]["confusion_matrix"]["matrix"] == matrix
     accuracy = (matrix[0][0] + matrix[1][1]) / 16
     assert saved["eval"]["accuracy"] == pytest.approx(accuracy)
-    assert f"accuracy={accuracy:.4f}" in out[0]
+    lo, hi = saved["eval"]["ci95"]["accuracy"]  # the bootstrap interval, printed next to the value
+    assert lo <= accuracy <= hi and f"accuracy {accuracy:.4f} [{lo:.4f}, {hi:.4f}]" in out[0]
 
 
 def _check_csv(text, n, texts=None):

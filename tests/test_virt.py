@@ -490,6 +490,10 @@ def test_virt_task_end_to_end(virt_run):
 
 
 def test_virt_task_trains_and_compares_a_same_depth_siamese_baseline(virt_run):
+    """The run compares the student with its baseline and its teacher by paired tests on the same pairs,
+    from the per-pair outputs each run saved; gap_closed only where the teacher leads by the test."""
+    from training.metrics import PairOutputs, paired_test
+
     run = virt_run["run"]
     metrics = json.loads((run / "metrics.json").read_text())
     base = json.loads((run / "baseline" / "metrics.json").read_text())
@@ -501,38 +505,92 @@ def test_virt_task_trains_and_compares_a_same_depth_siamese_baseline(virt_run):
     metric = metrics["training"]["selection_metric"]
     for split in ("valid", "test"):
         assert metrics["baseline"][split][metric] == pytest.approx(base[split][metric])
-        t, b, s = (metrics["teacher"][split][metric], base[split][metric], metrics[split][metric])
-        if t - b >= 0.01:
-            assert metrics["gap_closed"][split] == pytest.approx((s - b) / (t - b))
+        # the saved outputs are the reported numbers' pairs: recomputing the tests from them gives the records
+        t, b, s = (PairOutputs.load(d / "predictions" / f"{split}.npz") for d in (run / "teacher", run / "baseline", run))
+        assert len(s.labels) == metrics[split]["n"] == 32
+        for key, (x, y) in (("teacher_vs_baseline", (t, b)), ("student_vs_baseline", (s, b))):
+            want = paired_test(metric, x, y)
+            assert metrics[key][split] == {k: pytest.approx(v) if isinstance(v, float) else v for k, v in want.items()}
+        tb, bb, sb = metrics["teacher"][split], base[split], metrics[split]
+        if metrics["teacher_vs_baseline"][split]["leads"]:
+            assert metrics["gap_closed"][split] == pytest.approx((sb[metric] - bb[metric]) / (tb[metric] - bb[metric]))
+            lo, hi = metrics["gap_closed_ci95"][split]
+            assert lo <= hi
         else:
-            assert split not in metrics.get("gap_closed", {})
-    t, b = metrics["teacher"]["valid"][metric], base["valid"][metric]
-    assert any("does not lead the baseline" in w for w in metrics.get("warnings", [])) == (t - b < 0.01)
+            assert split not in metrics.get("gap_closed", {}) and split not in metrics.get("gap_closed_ci95", {})
+        for block in (tb, sb):  # every reported score has its interval
+            assert set(block["ci95"]) == {"accuracy", "f1", "auc"} - ({"auc"} if math.isnan(block["auc"]) else set())
+            assert block["ci95"]["accuracy"][0] <= block["accuracy"] <= block["ci95"]["accuracy"][1]
+    leads = metrics["teacher_vs_baseline"]["valid"]["leads"]
+    assert any("does not lead the baseline" in w for w in metrics.get("warnings", [])) == (not leads)
 
 
 def test_interaction_weight_null_follows_the_teachers_lead_over_the_baseline(virt_run):
-    """virt.interaction_weight=null (virt.yaml): the run resolved it from the teacher's and the baseline's
-    valid scores it reports, and says why in metrics.json."""
+    """virt.interaction_weight=null (virt.yaml): the run resolved it by the teacher-leads test on the
+    valid pairs it reports, and says why (the test, its numbers) in metrics.json."""
     metrics = json.loads((virt_run["run"] / "metrics.json").read_text())
     metric = metrics["training"]["selection_metric"]
-    lead = metrics["teacher"]["valid"][metric] - metrics["baseline"]["valid"][metric]
-    assert metrics["virt"]["interaction_weight"] == (10.0 if lead >= 0.01 else 1.0)
-    assert metric in metrics["virt"]["interaction_weight_rule"]
+    test = metrics["teacher_vs_baseline"]["valid"]
+    assert metrics["virt"]["interaction_weight"] == (10.0 if test["leads"] else 1.0)
+    reason = metrics["virt"]["interaction_weight_rule"]
+    assert metric in reason and f"{test['pairs']} pairs" in reason and test["test"].split(",")[0] in reason
 
 
-@pytest.mark.parametrize("teacher, baseline, weight, why", [
-    (0.80, 0.79, 10.0, "leads by >= 1 point"),   # exactly one point
-    (0.80, 0.7901, 1.0, "does not lead"),
-    (0.75, 0.77, 1.0, "does not lead"),          # the teacher trails (MRPC and the sample set at full schedule)
-    (0.97, 0.88, 10.0, "leads"),
+def _pair_outputs(n, right_a_only, right_b_only, both_wrong=0):
+    """Two binary models' outputs on n pairs (label 1): right for A only on the first `right_a_only`
+    pairs, for B only on the next `right_b_only`, both wrong on `both_wrong` more, both right elsewhere."""
+    from training.metrics import PairOutputs
+
+    a, b = np.ones(n, bool), np.ones(n, bool)
+    b[:right_a_only] = False
+    a[right_a_only:right_a_only + right_b_only] = False
+    start = right_a_only + right_b_only
+    a[start:start + both_wrong] = b[start:start + both_wrong] = False
+    y = np.ones(n, int)
+    return [PairOutputs(y, np.eye(2)[r.astype(int)] * 0.9 + 0.05, ("0", "1")) for r in (a, b)]
+
+
+def _report(teacher, baseline, metric="accuracy"):
+    from training.metrics import PER_PAIR, point_metric
+
+    return {"teacher": {"valid": {metric: point_metric(metric, teacher), PER_PAIR: teacher}},
+            "baseline": {"valid": {metric: point_metric(metric, baseline), PER_PAIR: baseline}}}
+
+
+@pytest.mark.parametrize("n, teacher_only, baseline_only, weight", [
+    # `make demo`: teacher 97.33 against baseline 87.67 valid on 300 pairs (8 and 37 pairs wrong);
+    # at the least favourable overlap (the teacher's 8 errors all right for the baseline) p = 8e-6
+    (300, 37, 8, 10.0),
+    (300, 1, 0, 1.0),        # 0.3 points (one pair): the sample set at full schedule
+    (1000, 20, 10, 10.0),    # p = P(X >= 20 | Bin(30, 1/2)) = 0.049
+    (1000, 19, 10, 1.0),     # p = 0.068
+    (300, 2, 5, 1.0),        # the teacher trails
 ])
-def test_auto_interaction_weight_rule(teacher, baseline, weight, why):
+def test_auto_interaction_weight_is_the_teacher_leads_test(n, teacher_only, baseline_only, weight):
     from virt.task import auto_interaction_weight
 
-    report = {"teacher": {"valid": {"accuracy": teacher}}, "baseline": {"valid": {"accuracy": baseline}}}
-    got, reason = auto_interaction_weight(report, "accuracy")
-    assert got == weight and why in reason and f"{teacher:.4f}" in reason
-    assert auto_interaction_weight({"teacher": report["teacher"]}, "accuracy")[0] == 10.0  # virt.baseline=null
+    teacher, baseline = _pair_outputs(n, teacher_only, baseline_only)
+    got, reason = auto_interaction_weight(_report(teacher, baseline), "accuracy")
+    d = teacher_only + baseline_only
+    p = sum(math.comb(d, k) for k in range(teacher_only, d + 1)) / 2 ** d  # one-sided exact McNemar, by hand
+    assert got == weight == (10.0 if p < 0.05 else 1.0)
+    assert f"p={p:.3g}" in reason and f"{n} pairs, {teacher_only} right for the teacher only" in reason
+    assert ("it leads" if weight == 10 else "it does not lead") in reason
+    assert auto_interaction_weight({"teacher": _report(teacher, baseline)["teacher"]}, "accuracy")[0] == 10.0
+
+
+def test_auto_interaction_weight_on_f1_uses_the_paired_bootstrap():
+    """`make demo` selects on F1: the same teacher lead holds by the paired bootstrap."""
+    from training.metrics import PairOutputs
+    from virt.task import auto_interaction_weight
+
+    teacher, baseline = _pair_outputs(300, 37, 8)
+    y = np.tile([0, 1], 150)  # both classes: flip the label and both models' probabilities on half the pairs
+    teacher, baseline = (PairOutputs(y, np.where(y[:, None] == 1, m.probs, m.probs[:, ::-1]), ("0", "1"))
+                         for m in (teacher, baseline))
+    assert (teacher.correct.sum(), baseline.correct.sum()) == (292, 263)
+    got, reason = auto_interaction_weight(_report(teacher, baseline, "f1"), "f1")
+    assert got == 10.0 and "paired bootstrap" in reason
 
 
 def test_student_init_teacher_starts_the_siamese_student_from_the_teachers_layers(virt_run, monkeypatch):
@@ -559,22 +617,64 @@ def test_student_init_teacher_starts_the_siamese_student_from_the_teachers_layer
 
 
 def test_gap_closed_and_weak_teacher_warning_by_hand():
+    """gap_closed where the teacher leads by the paired test (valid: 40 pairs right for the teacher only,
+    none for the baseline), with its joint-bootstrap interval; no share and a warning where it does
+    not (test: 2 vs 1); the student's own test against the baseline."""
+    from training.metrics import PER_PAIR, point_metric
     from training.references import compare_with_baseline
 
-    m = {"teacher": {"valid": {"accuracy": 0.90}, "test": {"accuracy": 0.80}},
-         "baseline": {"valid": {"accuracy": 0.70}, "test": {"accuracy": 0.85}},
-         "valid": {"accuracy": 0.85}, "test": {"accuracy": 0.86}}
+    def block(out):
+        return {"accuracy": point_metric("accuracy", out), PER_PAIR: out}
+
+    t, b = _pair_outputs(200, 40, 0, both_wrong=20)  # teacher 0.90, baseline 0.70
+    s = _pair_outputs(200, 30, 0, both_wrong=30)[0]  # right where the teacher is on 30 of its 40: 0.85
+    t2, b2 = _pair_outputs(200, 2, 1)
+    m = {"teacher": {"valid": block(t), "test": block(t2)}, "baseline": {"valid": block(b), "test": block(b2)},
+         "valid": block(s), "test": block(_pair_outputs(200, 2, 0)[0])}
     compare_with_baseline(m, "accuracy", "the student")
-    assert m["gap_closed"] == {"valid": pytest.approx(0.75)}  # (0.85 - 0.70) / (0.90 - 0.70); test: no gap
-    assert "warnings" not in m  # only a teacher below the baseline on *valid* warns
-    m["teacher"]["valid"]["accuracy"] = 0.70
-    del m["gap_closed"]
+    assert m["gap_closed"] == {"valid": pytest.approx(0.75)}  # (0.85 - 0.70) / (0.90 - 0.70); test: no lead
+    lo, hi = m["gap_closed_ci95"]["valid"]
+    assert 0.5 < lo < 0.75 < hi <= 1.0  # the student is right on a subset of the teacher's pairs: never above 1
+    assert m["gap_closed_bootstrap"]["valid"] == {"resamples": 1000, "seed": 0, "dropped": 0}
+    assert m["teacher_vs_baseline"]["valid"]["leads"] and not m["teacher_vs_baseline"]["test"]["leads"]
+    assert m["student_vs_baseline"]["valid"]["right_only"] == [30, 0]
+    assert "warnings" not in m  # only a teacher that does not lead on *valid* warns
+
+    m = {"teacher": {"valid": block(t2)}, "baseline": {"valid": block(b2)}, "valid": block(s)}
+    compare_with_baseline(m, "accuracy", "the student")  # 0.5 points on 200 pairs: p = 4/8
+    assert "gap_closed" not in m and len(m["warnings"]) == 1
+    assert m["warnings"][0].startswith("the teacher's valid accuracy (0.9950) does not lead the baseline's (0.9900) "
+                                       "by a paired test (exact McNemar, one-sided p=0.5; 200 pairs, 2 right")
+
+
+def test_the_summary_prints_intervals_n_and_the_tests(tmp_path, capsys):
+    """print_summary: every metric with its interval and the pairs it was measured on, gap closed with
+    its interval, and each "leads" with the test behind it; save_predictions leaves no array behind."""
+    from training.metrics import PER_PAIR, with_uncertainty
+    from training.references import compare_with_baseline, save_predictions
+    from training.runner import print_summary
+
+    def block(out):
+        return with_uncertainty({"n": len(out.labels), "accuracy": float(out.correct.mean())}, out.labels, out.probs,
+                                out.label_names)
+
+    t, b = _pair_outputs(200, 40, 0, both_wrong=20)
+    s = _pair_outputs(200, 30, 0, both_wrong=30)[0]
+    m = {"teacher": {"valid": block(t)}, "baseline": {"valid": block(b)}, "valid": block(s)}
     compare_with_baseline(m, "accuracy", "the student")
-    assert "gap_closed" not in m and len(m["warnings"]) == 1 and "0.7000" in m["warnings"][0]
-    m["teacher"]["valid"]["accuracy"], m["teacher"]["test"]["accuracy"] = 0.703, 0.855  # leads by 0.3 / 0.5 points
-    del m["warnings"]
-    compare_with_baseline(m, "accuracy", "the student")
-    assert "gap_closed" not in m and "by 1 point" in m["warnings"][0]  # not a share of a 0.3-point gap (50%)
+    save_predictions(tmp_path, m)
+    assert PER_PAIR not in m["valid"] and PER_PAIR not in m["teacher"]["valid"]
+    json.dumps(m)  # nothing left that metrics.json could not hold
+    print_summary(tmp_path, m)
+    out = capsys.readouterr().out.splitlines()
+    lo, hi = m["valid"]["ci95"]["accuracy"]
+    assert out[2] == f"valid (n=200): accuracy 0.8500 [{lo:.4f}, {hi:.4f}]"
+    assert out[0].startswith("teacher (valid, n=200): accuracy 0.9000 [")
+    g_lo, g_hi = m["gap_closed_ci95"]["valid"]
+    assert out[3] == f"gap closed (valid): 75% [{g_lo:.0%}, {g_hi:.0%}] of the way from the baseline to the teacher"
+    assert out[4].startswith("the teacher leads the baseline on valid accuracy (exact McNemar, one-sided p=9.09e-13; "
+                             "200 pairs, 40 right for the teacher only, 0 for the baseline only)")
+    assert out[5].startswith("the student leads the baseline on valid accuracy (exact McNemar")
 
 
 def test_a_worker_without_the_baseline_runs_metrics_scores_its_model(monkeypatch, tmp_path):

@@ -23,10 +23,10 @@ from training.card import write_card
 from training.contract import command, data_block
 from training.inputs import cache_dir, load_splits, tokenize
 from training.memory import peak_rss_mb
-from training.references import baseline_scores, compare_with_baseline, teacher_report
+from training.metrics import constant_prediction_warnings, describe_test
+from training.references import baseline_scores, compare_with_baseline, save_predictions, teacher_report
 from training.rundir import RunError, finished, start_run
 from training.strategy import chief_from_env, is_chief, make_strategy
-from training.metrics import constant_prediction_warnings
 from training.trainer import Trainer, TrainingError, evaluator, finish_backup, schedule_warnings
 
 log = logging.getLogger(__name__)
@@ -201,10 +201,10 @@ def train(task, run_dir, splits, metric, report, data=None):
             raise TrainingError("no epoch was completed")
         # Re-load the kept model so the reported numbers are those of the saved files.
         best = load_model_dir(model_dir)
-        metrics = {"valid": evaluate(best.model, valid)}
+        metrics = {"valid": evaluate(best.model, valid, final=True)}
         if splits.test is not None:
             test = tokenize(best.model, best.tokenizer, splits.test, splits.label_names, max_len, "test")
-            metrics["test"] = evaluate(best.model, test)
+            metrics["test"] = evaluate(best.model, test, final=True)
         metrics["training"] = {"best_epoch": result.best_epoch, "steps": result.steps,
                                "planned_steps": result.planned_steps,
                                "seconds": round(result.seconds, 1), "replicas": strategy.num_replicas_in_sync,
@@ -218,6 +218,7 @@ def train(task, run_dir, splits, metric, report, data=None):
             log.warning(w)
         if undertrained:
             metrics.setdefault("warnings", []).extend(undertrained)
+        save_predictions(run_dir, metrics)
         write_json(Path(run_dir) / "metrics.json", metrics)
         finish_backup(run_dir)
         write_card(model_dir, run_dir=run_dir)
@@ -227,21 +228,36 @@ def train(task, run_dir, splits, metric, report, data=None):
 
 
 def print_summary(run_dir, metrics):
-    """The run's scores, with its teacher's and baseline's (valid split) when it has them."""
+    """The run's scores with their 95% intervals and numbers of pairs, its teacher's and baseline's
+    (valid split) when it has them, and the paired tests behind every "leads" it states."""
     if not metrics:  # a multi-worker run's non-chief worker
         print(f"not the chief worker: the chief writes {run_dir}")
         return
-    for split in ("teacher", "baseline", "valid", "test"):
-        block = metrics.get(split, {})
-        block = block.get("valid", block) if split in ("teacher", "baseline") else block
-        shown = {k: round(v, 4) for k, v in block.items() if isinstance(v, float)}
-        if shown:
-            print(f"{split}: {shown}")
+    for name in ("teacher", "baseline", "valid", "test"):
+        block = metrics.get(name, {})
+        block = block.get("valid", {}) if name in ("teacher", "baseline") else block
+        line = format_scores(block)
+        if line:
+            print(f"{name} ({'valid, ' if name in ('teacher', 'baseline') else ''}n={block.get('n', '?')}): {line}")
     for split, share in metrics.get("gap_closed", {}).items():
-        print(f"gap closed ({split}): {share:.0%} of the way from the baseline to the teacher")
+        ci = metrics.get("gap_closed_ci95", {}).get(split)
+        interval = f" [{ci[0]:.0%}, {ci[1]:.0%}]" if ci else ""
+        print(f"gap closed ({split}): {share:.0%}{interval} of the way from the baseline to the teacher")
+    for key, who in (("teacher_vs_baseline", "the teacher"), ("student_vs_baseline", "the student")):
+        for split, test in metrics.get(key, {}).items():
+            verdict = "leads" if test["leads"] else "does not lead"
+            print(f"{who} {verdict} the baseline on {split} {test['metric']} "
+                  f"({describe_test(test, who, 'the baseline')})")
     for warning in metrics.get("warnings", []):
         print(f"warning: {warning}")
     print(f"model directory: {Path(run_dir) / 'model'}")
+
+
+def format_scores(block):
+    """`accuracy 0.9400 [0.9133, 0.9633], f1 ...`: a split's float metrics, with their intervals."""
+    ci = block.get("ci95", {})
+    return ", ".join(f"{k} {v:.4f}" + (f" [{ci[k][0]:.4f}, {ci[k][1]:.4f}]" if k in ci else "")
+                     for k, v in block.items() if isinstance(v, float))
 
 
 def write_json(path, obj):

@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from runtime.progress import progress_bar
-from training.metrics import better, classification_metrics
+from training.metrics import better, classification_metrics, with_uncertainty
 from training.optim import build_optimizer
 from training.pipeline import example_lengths, make_dataset, num_batches
 from training.strategy import is_chief
@@ -149,9 +149,12 @@ def predict_outputs(model, features, batch_size, fn=None, progress=False):
 
 
 def evaluator(label_names, batch_size):
-    """Classification metrics of a model's probabilities on a split."""
-    def evaluate(model, split):
-        return classification_metrics(split.labels, predict_outputs(model, split.features, batch_size), label_names)
+    """Classification metrics of a model's probabilities on a split; `final` (the run's report, not the
+    per-epoch selection) adds their intervals and the per-pair outputs (`training.metrics.with_uncertainty`)."""
+    def evaluate(model, split, final=False):
+        probs = predict_outputs(model, split.features, batch_size)
+        metrics = classification_metrics(split.labels, probs, label_names)
+        return with_uncertainty(metrics, split.labels, probs, label_names) if final else metrics
     return evaluate
 
 

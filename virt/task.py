@@ -6,7 +6,8 @@ import logging
 
 from crossenc.teacher import check_same_vocab, student_config, teacher_for
 from training.inputs import init_encoder
-from training.references import MIN_LEAD
+from training.metrics import describe_test
+from training.references import teacher_leads
 from training.runner import TrainingTask, run
 from virt.model import VirtModel, VirtTraining, default_adapted_interaction, default_fusion, uses_fusion
 
@@ -27,16 +28,18 @@ LEADING_WEIGHT, TRAILING_WEIGHT = 10.0, 1.0
 
 
 def auto_interaction_weight(report, metric):
-    """`(weight, reason)` for `virt.interaction_weight=null`: 10 when the teacher's valid `metric` leads the
-    siamese baseline's by at least one point, else the paper's 1; without a baseline to compare with, 10."""
-    try:
-        t, b = report["teacher"]["valid"][metric], report["baseline"]["valid"][metric]
-    except KeyError:
+    """`(weight, reason)` for `virt.interaction_weight=null`: 10 when the teacher leads the siamese
+    baseline on valid by the teacher-leads rule (`training.references.teacher_leads`: a one-sided paired
+    test on the same pairs), else the paper's 1; without a baseline to compare with, 10."""
+    test = teacher_leads(report, "valid", metric)
+    if test is None:
         return LEADING_WEIGHT, "no baseline scores to compare the teacher with"
+    t, b = report["teacher"]["valid"][metric], report["baseline"]["valid"][metric]
+    how = describe_test(test, "the teacher", "the baseline")
     lead = f"the teacher's valid {metric} {t:.4f} against the baseline's {b:.4f}"
-    if t - b >= MIN_LEAD:
-        return LEADING_WEIGHT, f"{lead}: it leads by >= {MIN_LEAD * 100:g} point"
-    return TRAILING_WEIGHT, f"{lead}: it does not lead by {MIN_LEAD * 100:g} point"
+    if test["leads"]:
+        return LEADING_WEIGHT, f"{lead}: it leads ({how})"
+    return TRAILING_WEIGHT, f"{lead}: it does not lead ({how})"
 
 
 def is_siamese_baseline(v):
