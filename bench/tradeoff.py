@@ -159,10 +159,8 @@ def main(argv=None):
     entries = models(dirs, args.teacher)
     import yaml
 
-    from training.inputs import SAMPLE_DIR
-
-    run_data = yaml.safe_load((dirs["virt"] / "config.yaml").read_text())["data"]
-    sample = run_data.get("test") or run_data.get("valid") or run_data.get("train") or SAMPLE_DIR / "test.csv"
+    run_data = yaml.safe_load((dirs["virt"] / "config.yaml").read_text())["data"]  # the sample set's paths too
+    sample = run_data.get("test") or run_data.get("valid") or run_data["train"]
     data_keys = [f"data.{k}={run_data[k]}" for k in ("format", "text_a", "text_b", "label") if run_data.get(k)]
     query_len, cand_len = median_lengths(entries[0][1], sample, data_keys)
     report(args.out, entries, args.K, query_len, cand_len, args.backend, args.seconds, args.note)

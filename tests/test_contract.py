@@ -97,7 +97,7 @@ def test_given_keys_win_over_the_model(trained, tmp_path, capsys):
     test = _renamed_csv(sample["test"], tmp_path / "other.csv", header=("q", "candidate", "is_same"))
     assert run_tasks.main(["--task", "evaluate", "--set", f"model.init={run / 'model'}", f"data.test={test}",
                            "data.text_a=q"]) == 0
-    assert "accuracy=" in capsys.readouterr().out
+    assert "(n=12): accuracy " in capsys.readouterr().out
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text("data:\n  text_a: q\n", encoding="utf-8")  # --config counts as given too
     cfg = load_config(cfg_file, [f"model.init={run / 'model'}", "task=evaluate"])
@@ -217,8 +217,12 @@ def test_the_card_of_a_run_holds_its_data_labels_metrics_and_commands(trained):
     assert "| base checkpoint (model.init) | `null (random weights)` |" in card
     assert "| layers | `1` |" in card and "| hidden size | `32` |" in card
     assert "`data.text_a=question`, `data.text_b=candidate`, `data.label=is_same`" in card
-    for name in ("accuracy", "f1", "auc"):
-        assert f"| {name} | {metrics['valid'][name]:.4f} | {metrics['test'][name]:.4f} |" in card
+    def shown(block, name):  # the value and its recorded 95% interval
+        lo, hi = block["ci95"][name]
+        return f"{block[name]:.4f} [{lo:.4f}, {hi:.4f}]"
+
+    for name in ("accuracy", "f1"):
+        assert f"| {name} | {shown(metrics['valid'], name)} | {shown(metrics['test'], name)} |" in card
     assert "| n (pairs) | 16 | 12 |" in card
     assert (run / "config.yaml").read_text(encoding="utf-8") in card  # the effective configuration
     assert f"Trained with: `{json.loads((run / 'model' / 'model.json').read_text())['command']}`" in card

@@ -203,7 +203,8 @@ def test_workers_end_with_identical_weights_and_only_the_chief_writes(runs, refe
     assert _maxdiff(w0, ref_weights) < 1e-5  # = one process with the global batch (lr 1e-3: weights move ~1e-2)
 
     chief, other = runs.clean.cwd(0) / "run", runs.clean.cwd(1)
-    assert sorted(p.name for p in chief.iterdir()) == ["config.yaml", "inputs.json", "metrics.json", "model", "tensorboard"]
+    assert sorted(p.name for p in chief.iterdir()) == [".cache", "config.yaml", "inputs.json", "metrics.json", "model",
+                                                      "predictions", "tensorboard"]
     assert sorted(p.name for p in (chief / "model").iterdir()) == ["model.json", "model.weights.h5", "vocab.txt"]
     assert list(other.iterdir()) == []  # no run directory, no token cache, nothing
     assert "not the chief worker" in out["clean"][1][1]

@@ -101,8 +101,10 @@ def _metrics(metrics, run_dir):
     rows.append(("n (pairs)", *(str(_n(b)) for b in blocks.values())))
     text = ("## Metrics\n\nFrom `" + str(Path(run_dir) / "metrics.json") + "`; 95% intervals in brackets where "
             "recorded.\n\n" + _table(("metric", *blocks), rows))
+    intervals = metrics.get("gap_closed_ci95") or {}
     for split, share in (metrics.get("gap_closed") or {}).items():
-        text += f"\nGap to the teacher closed ({split}): {share:.0%}.\n"
+        lo_hi = f" (95% interval {intervals[split][0]:.0%} to {intervals[split][1]:.0%})" if split in intervals else ""
+        text += f"\nGap to the teacher closed ({split}): {share:.0%}{lo_hi}.\n"
     return text
 
 
