@@ -9,12 +9,16 @@ model directory of test_reliability.py's `work` fixture, no training.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 from types import SimpleNamespace
 
 import pytest
 
+import run_tasks
 from tests.test_cli import _one_error_line
+from training.rundir import RunError, run_lock
 from tests.test_reliability import _edit_meta, _main, work  # noqa: F401  (work: sample data, a tiny model directory)
 
 
@@ -81,3 +85,135 @@ def test_too_few_examples_for_the_global_batch_names_the_cpu_replicas():
         trainer._budget(range(64))
     assert str(e.value) == ("train has 64 examples, fewer than one global batch (16000 = train.batch_size=16 x 1000 "
                             "replicas (train.cpu_replicas=1000)); lower train.batch_size or train.cpu_replicas")
+
+
+# ============================================================================ where an output may go
+def _run_dir(work):
+    """A finished training run around a copy of the tiny model directory (no TensorFlow needed to judge it)."""
+    from config import load_config, save_config
+
+    run = work["root"] / "rundirs" / "run"
+    if not run.exists():
+        shutil.copytree(work["model"], run / "model")
+        save_config(load_config(None, ["task=finetune"]), run / "config.yaml")
+        (run / "metrics.json").write_text('{"valid": {"accuracy": 0.9}}')
+    return run
+
+
+@pytest.mark.parametrize("case", ["predict over a run's metrics.json", "predict into the model directory",
+                                  "predict over its data.test", "evaluate inside the model directory",
+                                  "export into a directory holding export.model"])
+def test_no_output_lands_on_a_run_a_model_directory_or_the_tasks_own_inputs(work, capsys, tmp_path, case):
+    run = _run_dir(work)
+    test = tmp_path / "test.csv"
+    shutil.copyfile(work["data"]["valid"], test)
+    model = run / "model"
+    task, out, sets, message = {
+        "predict over a run's metrics.json": (
+            "predict", run / "metrics.json", [f"model.init={model}", f"data.test={test}"],
+            f"{run / 'metrics.json'} belongs to a training run ({run / 'config.yaml'}): --task predict would "
+            "overwrite it; choose another --out"),
+        "predict into the model directory": (
+            "predict", model / "model.json", [f"model.init={model}", f"data.test={test}"],
+            f"--out {model / 'model.json'} is inside model.init ({model}), an input of --task predict: "
+            "writing there would destroy it; choose another --out"),
+        "predict over its data.test": (
+            "predict", test, [f"model.init={model}", f"data.test={test}"],
+            f"--out {test} is data.test ({test}), an input of --task predict: writing there would destroy it; "
+            "choose another --out"),
+        "evaluate inside the model directory": (
+            "evaluate", model / "eval", [f"model.init={work['model']}", f"data.test={test}"],
+            f"{model / 'eval'} is inside a model directory ({model}, model.json), which is written and replaced "
+            "as a whole: choose an --out outside it"),
+        "export into a directory holding export.model": (
+            "export", work["root"] / "rundirs", [f"export.model={model}"],
+            f"--out {work['root'] / 'rundirs'} holds export.model ({model}), an input of --task export: writing "
+            "there would destroy it; choose another --out"),
+    }[case]
+    kept = {p: p.read_bytes() for p in [*run.rglob("*"), test] if p.is_file()}
+    rc, _, err = _main(capsys, "--task", task, "--out", out, "--set", *sets)
+    assert rc == 1 and _one_error_line(err) == f"error: {message}"
+    assert {p: p.read_bytes() for p in [*run.rglob("*"), test] if p.is_file()} == kept
+    assert not (model / "eval").exists()
+
+
+# ============================================================================ one run per directory
+def _cfg(task="finetune", out=None, *sets):
+    from config import load_config
+
+    return load_config(None, [f"task={task}", f"out={out}", *sets])
+
+
+def _lock(out, **held):
+    import socket
+
+    out.mkdir(parents=True, exist_ok=True)
+    record = {"pid": os.getppid(), "host": socket.gethostname(), "started": "2027-01-01T10:00:00",
+              "command": "python run_tasks.py --task finetune --set train.learning_rate=1e-3", **held}
+    (out / "run.lock").write_text(json.dumps(record))
+    return record
+
+
+def test_a_second_run_in_a_directory_in_use_is_refused_naming_the_first(work, capsys, tmp_path):
+    out = tmp_path / "run"
+    held = _lock(out)  # the first run: a live process (pytest's parent) on this host
+    (out / "config.yaml").write_text("train: {learning_rate: 0.001}\n")
+    sets = [f"data.train={work['data']['train']}", f"data.valid={work['data']['valid']}"]
+    rc, _, err = _main(capsys, "--task", "finetune", "--out", out, "--set", *sets)
+    assert rc == 1
+    assert _one_error_line(err) == (
+        f"error: {out} is in use by another run (pid {held['pid']} on {held['host']}, started 2027-01-01T10:00:00: "
+        f"{held['command']}); wait for it to end or choose another --out (lock file {out / 'run.lock'})")
+    assert json.loads((out / "run.lock").read_text()) == held and sorted(p.name for p in out.iterdir()) == [
+        "config.yaml", "run.lock"]
+
+    other = _lock(out, host="gpu7", pid=1234)
+    with pytest.raises(RunError) as e, run_lock(_cfg("finetune", out), "second"):
+        pass
+    assert str(e.value) == (f"{out} is in use by a run on another host (pid 1234 on gpu7, started 2027-01-01T10:00:00: "
+                            f"{other['command']}); if that run has ended, delete {out / 'run.lock'} and start again")
+
+
+def test_the_lock_is_released_however_the_run_ends_and_a_dead_runs_lock_is_taken_over(tmp_path, caplog):
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    out = tmp_path / "run"
+    _lock(out, pid=dead.pid)
+    with run_lock(_cfg("finetune", out), "python run_tasks.py --task finetune"):
+        held = json.loads((out / "run.lock").read_text())
+        assert (held["pid"], held["command"]) == (os.getpid(), "python run_tasks.py --task finetune")
+        with run_lock(_cfg("finetune", out), "nested"):  # re-entrant in one process: kept until the outer ends
+            pass
+        assert (out / "run.lock").exists()
+    assert "taking over the lock of a run that is no longer running" in caplog.text
+    assert not (out / "run.lock").exists() and out.is_dir()  # the directory existed: kept
+
+    fresh = tmp_path / "a" / "b"
+    for stop in (KeyboardInterrupt, ValueError):
+        with pytest.raises(stop), run_lock(_cfg("finetune", fresh), "x"):
+            assert (fresh / "run.lock").exists()
+            raise stop()
+        assert not (tmp_path / "a").exists()  # created for the lock alone: removed again
+    with pytest.raises(SystemExit) as e, run_lock(_cfg("finetune", fresh), "x"), run_tasks.terminate_as_exit():
+        os.kill(os.getpid(), signal.SIGTERM)
+    assert e.value.code == 143 and not (tmp_path / "a").exists()
+
+
+def test_only_the_chief_of_a_multi_worker_run_takes_the_lock(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    held = _lock(out)
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1", "b:1"]},
+                                                "task": {"type": "worker", "index": 1}}))
+    with run_lock(_cfg("finetune", out, "train.strategy=multiworker"), "worker 1"):
+        pass  # not refused by the chief's lock, and takes none
+    assert json.loads((out / "run.lock").read_text()) == held
+
+
+def test_a_refused_run_leaves_no_directory_behind(work, capsys, tmp_path):
+    out = tmp_path / "new" / "run"
+    rc, _, err = _main(capsys, "--task", "finetune", "--out", out, "--set", f"data.train={tmp_path / 'nope.csv'}")
+    assert rc == 1 and _one_error_line(err) == f"error: {tmp_path / 'nope.csv'}: file not found"
+    assert list(tmp_path.iterdir()) == []
