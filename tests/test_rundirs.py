@@ -115,8 +115,8 @@ def test_no_output_lands_on_a_run_a_model_directory_or_the_tasks_own_inputs(work
             "overwrite it; choose another --out"),
         "predict into the model directory": (
             "predict", model / "model.json", [f"model.init={model}", f"data.test={test}"],
-            f"--out {model / 'model.json'} is inside model.init ({model}), an input of --task predict: "
-            "writing there would destroy it; choose another --out"),
+            f"{model / 'model.json'} is inside a model directory ({model}, model.json), which is written and "
+            "replaced as a whole: choose an --out outside it"),
         "predict over its data.test": (
             "predict", test, [f"model.init={model}", f"data.test={test}"],
             f"--out {test} is data.test ({test}), an input of --task predict: writing there would destroy it; "

@@ -87,15 +87,14 @@ def _check_not_inside_a_whole(out):
 
 
 def _check_not_an_input(task, out, inputs):
-    """`out` is none of the paths `task` reads, not inside one, and (index, export: they replace what is in
-    their directory) holds none."""
+    """`out` is none of the paths `task` reads and (index, export: they replace what is in their directory)
+    holds none. Inside an input directory is fine unless it is written whole (_check_not_inside_a_whole)."""
     target = out.resolve()
     for key, value, _ in inputs:
         if value in _NOT_PATHS or not Path(value).expanduser().exists():
             continue
         path = Path(value).expanduser().resolve()
-        where = ("is" if path == target else "is inside" if path in target.parents else
-                 "holds" if task in ("index", "export") and target in path.parents else None)
+        where = "is" if path == target else "holds" if task in ("index", "export") and target in path.parents else None
         if where:
             raise RunError(f"--out {out} {where} {key} ({value}), an input of --task {task}: writing there would "
                            f"destroy it; choose another --out")
