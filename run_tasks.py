@@ -8,9 +8,12 @@ training tasks use generated sample data and all-MiniLM-L6-v2 (the embedded defa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
@@ -128,6 +131,24 @@ def build_parser():
     return p
 
 
+@contextlib.contextmanager
+def terminate_as_exit():
+    """SIGTERM outside training (which saves a checkpoint on it, training.trainer) ends the process through
+    `finally` blocks, as Ctrl-C does: the run lock is released. Main thread only (signals)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise SystemExit(143)
+
+    old = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     quiet_start_up()
@@ -137,8 +158,8 @@ def main(argv=None):
     module, func, default_cfg, _ = TASKS[args.task]
     try:
         from config import given_keys, load_config, parse_overrides
-        from training.contract import apply_contract, check_pair_columns, recorded_command
-        from training.rundir import preflight
+        from training.contract import apply_contract, check_pair_columns, command, recorded_command
+        from training.rundir import check_out, preflight, run_lock
 
         path = args.config or ROOT / "config" / f"{default_cfg}.yaml"
         overrides = parse_overrides(args.set) + [f"task={args.task}"]
@@ -146,11 +167,15 @@ def main(argv=None):
             overrides.append(f"out={args.out}")
         cfg = load_config(path, overrides)
         # Before the task imports TensorFlow: the data.* keys the model remembers and the user did not give,
-        # the output directory, the input paths, then the pair files' columns.
+        # the output path, the lock on an output directory (before its contents are judged: a run in
+        # progress is named as such), the input paths, then the pair files' columns.
         origins = apply_contract(cfg, contract_model(cfg), given_keys(args.config, parse_overrides(args.set)))
-        preflight(cfg, task_inputs(cfg))
-        check_pair_columns(cfg, pair_files(cfg), origins)
-        with recorded_command(sys.argv[1:] if argv is None else argv):
+        inputs = task_inputs(cfg)
+        check_out(cfg.task, cfg.out, inputs)
+        with recorded_command(sys.argv[1:] if argv is None else argv), run_lock(cfg, command()), \
+                terminate_as_exit():
+            preflight(cfg, inputs)
+            check_pair_columns(cfg, pair_files(cfg), origins)
             getattr(importlib.import_module(module), func)(cfg)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -277,23 +277,15 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),
     ['0', '1']
     """
     raw: dict = {}
-    _merge(raw, _renamed(base or {}))
+    _merge(raw, _renamed(_sections(base or {}, "the recorded configuration")))
     if path is not None:
         path = Path(path)
-        try:
-            loaded = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
-        except OSError as e:
-            raise ConfigError(f"{path}: cannot read config file ({e.strerror or e})") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: invalid YAML: {e}") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping of sections, got {type(loaded).__name__}")
-        _merge(raw, _renamed(loaded or {}, path))
+        _merge(raw, _renamed(_read_yaml(path), path))
     given: dict = {}  # the overrides as one source: an old and a new name among them must agree
     for item in overrides:
         key, value = _parse_override(item)
         section, _, name = key.rpartition(".")
-        _merge(given, {section: {name: value}} if section else {name: value})
+        _merge(given, _sections({section: {name: value}} if section else {name: value}, f"--set {item}"))
     _merge(raw, _renamed(given))
     return _check_run(_build(RunConfig, raw, ""))
 
@@ -302,8 +294,7 @@ def given_keys(path: str | Path | None = None, overrides: Sequence[str] = ()) ->
     """The ``section.key`` names that the config file ``path`` and ``overrides`` set (renamed keys under
     their new names): what a user gave, as opposed to the defaults. Call after ``load_config`` has
     accepted the same sources (their errors are reported there)."""
-    sources = [_renamed(yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_Loader) or {}, Path(path))
-               ] if path else []
+    sources = [_renamed(_read_yaml(Path(path)), Path(path))] if path else []
     for key, value in map(_parse_override, overrides):
         section, _, name = key.rpartition(".")
         sources.append(_renamed({section: {name: value}} if section else {name: value}))
@@ -368,6 +359,36 @@ def _renamed(src: dict, path: Path | None = None) -> dict:
             _WARNED.add(line)
             log.warning("%s", line)
     return out
+
+
+def _read_yaml(path: Path) -> dict:
+    """The config file ``path`` as a mapping of sections, each a mapping (or empty); errors name the file."""
+    try:
+        loaded = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config file ({e.strerror or e})") from None
+    except UnicodeDecodeError as e:  # a binary file, or another encoding: the codec's message names no file
+        raise ConfigError(f"{path}: not a UTF-8 text file (byte {e.object[e.start]:#04x} at offset {e.start}); "
+                          f"--config takes a YAML file") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(loaded).__name__}")
+    return _sections(loaded or {}, str(path))
+
+
+_SECTIONS = {f.name for f in dataclasses.fields(RunConfig) if dataclasses.is_dataclass(f.default_factory)}
+
+
+def _sections(src: dict, where: str) -> dict:
+    """``src`` (one source of keys, named ``where``) once each of its sections is a mapping or empty:
+    checked per source, since a mapping merged later (``--set train.epochs=3``) would replace a
+    malformed section (``train: epochs=7``) without a word."""
+    for name, value in src.items():
+        if name in _SECTIONS and value is not None and not isinstance(value, dict):
+            raise ConfigError(f"{where}: section '{name}' must be a mapping of keys ('key: value' lines indented "
+                              f"under '{name}:' in a file, {name}.key=value with --set), got {value!r}")
+    return src
 
 
 def _merge(dst: dict, src: dict) -> None:

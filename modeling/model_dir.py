@@ -106,7 +106,21 @@ def read_meta(path):
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{meta_file}: not a {FORMAT} model directory")
     kind_class(meta, meta_file)
+    check_labels(meta, meta_file)
     return meta
+
+
+def check_labels(meta, where):
+    """`labels` must name the classifier's classes (model config `num_labels`) in order; a model without
+    a classifier (masked LM) may have none. Checked here: every task indexes it far from model.json."""
+    labels = meta.get("labels")
+    config = meta["model"].get("config") if isinstance(meta.get("model"), dict) else None
+    n = config.get("num_labels") if isinstance(config, dict) else None
+    names_ok = isinstance(labels, list) and all(isinstance(x, str) for x in labels)
+    if (n is None and (labels is None or names_ok)) or (names_ok and len(labels) == n):
+        return
+    want = f"a list of its {n} class names (strings), in order" if n is not None else "a list of strings or null"
+    raise CheckpointError(f"{where}: \"labels\" must be {want}, got {json.dumps(labels)}")
 
 
 def kind_class(meta, where="model.json"):
@@ -154,6 +168,8 @@ def load_model_dir(path, expect_kind=None):
     if expect_kind is not None and meta["kind"] not in (
             (expect_kind,) if isinstance(expect_kind, str) else tuple(expect_kind)):
         raise CheckpointError(f"{path}: a {meta['kind']} model, expected {expect_kind}")
+    if not (path / "model.weights.h5").is_file() and (path / "parity.json").is_file():
+        raise CheckpointError(_export_dir_message(path))
     for name in ("vocab.txt", "model.weights.h5"):
         if not (path / name).is_file():
             raise CheckpointError(f"{path}: {name} is missing (half-written model directory?)")
@@ -172,6 +188,18 @@ def load_model_dir(path, expect_kind=None):
                 if "could not be loaded" in str(e) else "")
         raise CheckpointError(f"{path / 'model.weights.h5'}: cannot load weights ({hint}{_one_line(e)})") from None
     return LoadedModel(model=model, tokenizer=tokenizer, meta=meta, path=path)
+
+
+def _export_dir_message(path):
+    """An export directory keeps a copy of model.json (and vocab.txt) but no weights: say so, and name
+    the model directory it came from (parity.json's "model")."""
+    try:
+        source = json.loads((path / "parity.json").read_text(encoding="utf-8")).get("model")
+    except (OSError, ValueError, AttributeError):
+        source = None
+    named = f" ({path / 'parity.json'} names it: {source})" if isinstance(source, str) else ""
+    return (f"{path} is an export directory (parity.json, saved_model/), not a model directory: give the model "
+            f"directory it was exported from{named}")
 
 
 def check_sizes(path, meta, encoder, tokenizer):

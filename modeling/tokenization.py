@@ -87,7 +87,11 @@ class PairTokenizer:
         path = Path(vocab_file)
         if not path.is_file():
             raise TokenizerError(f"{vocab_file}: vocabulary file not found")
-        vocab = path.read_text(encoding="utf-8").splitlines()
+        try:
+            vocab = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as e:  # the codec's message names no file
+            raise TokenizerError(f"{vocab_file}: not a UTF-8 vocabulary file (byte {e.object[e.start]:#04x} at "
+                                 f"offset {e.start}); vocab.txt holds one token per line") from None
         missing = [t for t in SPECIAL_TOKENS[:4] if t not in vocab]
         if missing:
             raise TokenizerError(f"{vocab_file}: vocabulary lacks special tokens {missing}")

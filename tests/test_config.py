@@ -271,3 +271,25 @@ def test_parse_overrides_with_argparse():
     args = p.parse_args(["--set", "train.epochs=1", "model.pooling=max", "--set", "train.epochs=4"])
     cfg = load_config(None, parse_overrides(args.set))
     assert (cfg.train.epochs, cfg.model.pooling) == (4, "max")
+
+
+@pytest.mark.parametrize("text", ["train: epochs=7\n", "train: [3]\n", "train: 3\n"])
+def test_a_malformed_section_is_refused_even_when_set_overrides_its_keys(tmp_path, text):
+    """A mapping merged later (--set train.*) used to replace the malformed section without a word:
+    each source's sections are checked on their own, naming the file (or --set item) and the section."""
+    f = tmp_path / "c.yaml"
+    f.write_text(text)
+    for overrides in ([], ["train.epochs=3"], ["train.learning_rate=1e-4"]):
+        with pytest.raises(ConfigError) as e:
+            load_config(f, overrides)
+        assert str(e.value).startswith(f"{f}: section 'train' must be a mapping of keys"), e.value
+    with pytest.raises(ConfigError, match=r"^--set train=5: section 'train' must be a mapping"):
+        load_config(None, ["train=5", "train.epochs=3"])
+
+
+def test_a_binary_config_file_is_refused_naming_it(tmp_path):
+    f = tmp_path / "model.weights.h5"
+    f.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(range(256)))
+    with pytest.raises(ConfigError) as e:
+        load_config(f)
+    assert str(e.value) == f"{f}: not a UTF-8 text file (byte 0x89 at offset 0); --config takes a YAML file"

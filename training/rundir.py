@@ -6,11 +6,14 @@ Standard library and yaml only: run_tasks.py runs `preflight` before it imports 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import logging
 import os
+import socket
+from datetime import datetime
 from pathlib import Path
 
 from config import ConfigError, config_to_dict, load_config, save_config
@@ -39,28 +42,62 @@ def holds(path):
     return next(((kind, m) for kind, m in _MARKERS if (Path(path) / m).exists()), None)
 
 
-def check_out(task, out):
-    """Refuse an `--out` where `task` would overwrite another kind of run's results (evaluate over a
-    training run's metrics.json, export over a model directory's model.json); `index` replaces its whole
-    directory, so it refuses any directory that is not empty and not an index."""
+# Written and replaced as a whole (a model directory is renamed into place, an index rebuilt, an export
+# read file by file): nothing another task writes may go inside one.
+_WHOLE = ("model directory", "export", "index")
+
+
+def check_out(task, out, inputs=()):
+    """Refuse an `--out` where `task` would destroy something: the task's own `inputs` (`[(key, path,
+    check)]`, run_tasks.task_inputs), anything inside a model, export or index directory, a file another
+    task wrote (predict's --out R/metrics.json), another kind of run's results (evaluate over a training
+    run's metrics.json, export over a model directory's model.json). `index` replaces its whole directory,
+    so it refuses any directory that is not empty and not an index."""
     if out is None:
         return
     out = Path(out)
     if task not in _WRITES:  # predict, search: a file
         if out.is_dir():
             raise RunError(f"{out} is a directory; --task {task} writes a file: give a file name as --out")
+        _check_not_an_input(task, out, inputs)
+        _check_not_inside_a_whole(out)
+        if out.exists() and (found := holds(out.parent)):
+            raise RunError(f"{out} belongs to {_a(found[0])} ({out.parent / found[1]}): --task {task} would "
+                           f"overwrite it; choose another --out")
         return
-    if not out.is_dir():
-        if out.exists():
-            raise RunError(f"{out} is a file; --task {task} writes a directory: choose another --out")
-        return
-    found = holds(out)
-    if found and found[0] != _WRITES[task]:
-        raise RunError(f"{out} holds {_a(found[0])} ({found[1]}) that --task {task} would overwrite or mix with "
-                       f"its own outputs; choose another --out, e.g. {out / task}")
-    if task == "index" and not found and any(out.iterdir()):
-        raise RunError(f"{out} is not empty and not an index; --task index replaces the whole directory: "
-                       f"choose another --out")
+    if out.is_dir():
+        found = holds(out)
+        if found and found[0] != _WRITES[task]:
+            raise RunError(f"{out} holds {_a(found[0])} ({found[1]}) that --task {task} would overwrite or mix "
+                           f"with its own outputs; choose another --out, e.g. {out / task}")
+        if task == "index" and not found and any(p.name != LOCK for p in out.iterdir()):
+            raise RunError(f"{out} is not empty and not an index; --task index replaces the whole directory: "
+                           f"choose another --out")
+    elif out.exists():
+        raise RunError(f"{out} is a file; --task {task} writes a directory: choose another --out")
+    _check_not_an_input(task, out, inputs)
+    _check_not_inside_a_whole(out)
+
+
+def _check_not_inside_a_whole(out):
+    inside = next(((a, found) for a in out.resolve().parents if (found := holds(a)) and found[0] in _WHOLE), None)
+    if inside:
+        raise RunError(f"{out} is inside {_a(inside[1][0])} ({inside[0]}, {inside[1][1]}), which is written and "
+                       f"replaced as a whole: choose an --out outside it")
+
+
+def _check_not_an_input(task, out, inputs):
+    """`out` is none of the paths `task` reads and (index, export: they replace what is in their directory)
+    holds none. Inside an input directory is fine unless it is written whole (_check_not_inside_a_whole)."""
+    target = out.resolve()
+    for key, value, _ in inputs:
+        if value in _NOT_PATHS or not Path(value).expanduser().exists():
+            continue
+        path = Path(value).expanduser().resolve()
+        where = "is" if path == target else "holds" if task in ("index", "export") and target in path.parents else None
+        if where:
+            raise RunError(f"--out {out} {where} {key} ({value}), an input of --task {task}: writing there would "
+                           f"destroy it; choose another --out")
 
 
 def _a(kind):
@@ -212,7 +249,7 @@ def preflight(cfg, inputs=()):
     """The cheap checks of a `run_tasks.py` run, before the task (and TensorFlow) is imported: the
     output directory, then the input paths `inputs` (see check_inputs). They only read: nothing is
     written before they pass."""
-    check_out(cfg.task, cfg.out)
+    check_out(cfg.task, cfg.out, inputs)
     check_inputs(inputs)
     if cfg.task in TRAINING_TASKS and cfg.out and chief_from_env(cfg.train):
         check_resume(cfg, cfg.out)
@@ -227,6 +264,92 @@ def _flat(d, prefix=""):
 
 def _show(value):
     return "null" if value is None else repr(value) if isinstance(value, str) else str(value)
+
+
+# ----------------------------------------------------------------------------- the run lock
+LOCK = "run.lock"  # in the output directory while a run writes it: {"pid", "host", "started", "command"}
+
+
+@contextlib.contextmanager
+def run_lock(cfg, command):
+    """One run at a time in a directory `--out`: two runs writing one directory mix their files. The lock
+    file is created atomically (O_CREAT | O_EXCL) and removed when the block ends, however it ends; a
+    directory created for it alone is removed again. Only the chief of a multi-worker run takes it (the
+    other workers write nothing there); the teacher/baseline sub-runs run inside the parent's block."""
+    if cfg.task not in _WRITES or not cfg.out or not chief_from_env(cfg.train):
+        yield
+        return
+    out = Path(cfg.out)
+    created = [d for d in (out, *out.parents) if not d.exists()]  # innermost first
+    out.mkdir(parents=True, exist_ok=True)
+    lock = out / LOCK
+    mine = False
+    try:
+        mine = _take(lock, command)
+        yield
+    finally:
+        if mine and _holder(lock) == _me():
+            lock.unlink(missing_ok=True)
+        for d in created:  # a refused or failed run leaves no empty directory behind
+            try:
+                d.rmdir()
+            except OSError:  # not empty (or gone): stop at the first kept one
+                break
+
+
+def _me():
+    return os.getpid(), socket.gethostname()
+
+
+def _holder(lock):
+    """`(pid, host)` of the lock file `lock`, or None when it is gone or unreadable."""
+    try:
+        held = json.loads(lock.read_text(encoding="utf-8"))
+        return held["pid"], held["host"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError, TypeError):
+        return True  # another user's process, or a pid this host cannot check: assume it runs
+    return True
+
+
+def _take(lock, command):
+    """Create `lock` for this process: True; False when this process holds it already (re-entrant).
+    A lock of a dead process on this host is taken over; any other is refused naming its holder."""
+    pid, host = _me()
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                held = json.loads(lock.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                held = {}  # being written this instant, or damaged
+            who = (f"pid {held.get('pid')} on {held.get('host')}, started {held.get('started')}: "
+                   f"{held.get('command')}")
+            if held.get("host") == host and held.get("pid") == pid:
+                return False
+            if held.get("host") == host and isinstance(held.get("pid"), int) and not _alive(held["pid"]):
+                log.warning("%s: taking over the lock of a run that is no longer running (%s)", lock, who)
+                lock.unlink(missing_ok=True)
+                continue
+            if held.get("host") not in (None, host):
+                raise RunError(f"{lock.parent} is in use by a run on another host ({who}); if that run has ended, "
+                               f"delete {lock} and start again") from None
+            raise RunError(f"{lock.parent} is in use by another run ({who}); wait for it to end or choose "
+                           f"another --out (lock file {lock})") from None
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump({"pid": pid, "host": host, "started": datetime.now().isoformat(timespec="seconds"),
+                       "command": command}, f)
+        return True
+    raise RunError(f"{lock.parent}: could not take its lock {lock}")
 
 
 # ----------------------------------------------------------------------------- multi-worker

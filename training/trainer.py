@@ -268,8 +268,11 @@ class Trainer:
         """`(steps per epoch, epochs)` for the training split: whole global batches, `train.steps_per_epoch`
         at the most, and `epochs_for`'s number of epochs."""
         if len(train) < self.global_batch:
+            cpus = self.cfg.cpu_replicas  # name the key that multiplied the batch (issue 27: 1000 CPU replicas)
+            per = f" x {self.replicas} replicas" + (f" (train.cpu_replicas={cpus})" if cpus else "") if self.replicas > 1 else ""
             raise TrainingError(f"train has {len(train)} examples, fewer than one global batch "
-                                f"({self.global_batch}); lower train.batch_size")
+                                f"({self.global_batch} = train.batch_size={self.cfg.batch_size}{per}); "
+                                f"lower train.batch_size" + (" or train.cpu_replicas" if cpus else ""))
         steps_per_epoch = num_batches(len(train), self.global_batch, drop_remainder=True)
         if self.cfg.steps_per_epoch:
             steps_per_epoch = min(steps_per_epoch, self.cfg.steps_per_epoch)
