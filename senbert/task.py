@@ -24,6 +24,10 @@ class Sbert(TrainingTask):
 
     section = "sbert"
 
+    @property
+    def min_classes(self):
+        return 1 if self.cfg.sbert.objective == "mnrl" else 2  # MNRL learns from positive pairs alone
+
     def decide(self, splits):
         self.targets = class_targets(splits.label_names)[0]
 

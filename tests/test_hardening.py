@@ -314,6 +314,40 @@ def test_a_handful_of_rows_against_thousands_is_a_typo(tmp_path):
     assert _splits(path, "data.labels=[0, 1, l]").label_names == ["0", "1", "l"]
 
 
+def test_one_class_is_refused_unless_the_objective_learns_from_positives_alone(tmp_path):
+    path = _label_file(tmp_path, ["1"] * 30)
+    with pytest.raises(Exception) as e:
+        _splits(path)
+    assert str(e.value) == (f"{path}: every row has label '1' (30 rows): a classifier needs at least 2 classes "
+                            "(is data.label the right column?)")
+    with pytest.raises(Exception, match="every row has label '1'"):  # declared classes do not make examples
+        _splits(path, "data.labels=[0, 1]")
+    from training.inputs import load_splits
+
+    cfg = load_config(None, ["task=sbert", "sbert.objective=mnrl", "model.init=null", f"data.train={path}"])
+    assert load_splits(cfg, min_classes=1).label_names == ["1"]  # MNRL: in-batch negatives
+
+
+def test_a_label_column_of_ids_is_refused(tmp_path):
+    path = _label_file(tmp_path, [f"q{i}" for i in range(120)])
+    with pytest.raises(Exception) as e:
+        _splits(path)
+    assert str(e.value).startswith(f"{path}: 120 distinct labels in 120 rows (e.g. 'q0', 'q1', 'q2'): is data.label "
+                                   "('label') an id column? A classifier needs several rows per class; fix the data")
+    assert len(_splits(path, f"data.labels=[{', '.join(f'q{i}' for i in range(120))}]").label_names) == 120
+
+
+def test_a_json_label_that_is_not_a_single_value_names_file_and_line(tmp_path):
+    path = tmp_path / "train.jsonl"
+    rows = [{"sentence1": f"a {i}", "sentence2": f"b {i}", "label": i % 2} for i in range(6)]
+    rows[3]["label"] = [1]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(Exception) as e:
+        _splits(path)
+    assert str(e.value) == f"{path}:4: label in column 'label' is not a single value: [1]"
+    assert _splits(path, "data.on_bad_row=skip").label_names == ["0", "1"]  # skipped and counted
+
+
 def test_plausible_label_sets_pass(tmp_path):
     from data import check_label_set, read_pairs
 
