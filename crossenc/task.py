@@ -125,6 +125,8 @@ def read_unlabelled(cfg, path):
     for n, raw in enumerate(getattr(sys.stdin, "buffer", sys.stdin), 1):
         try:
             line = (raw if isinstance(raw, bytes) else raw.encode("utf-8")).decode("utf-8").rstrip("\r\n")
+            if n == 1:  # a BOM (Windows tools write one) is no part of text_a, as in files
+                line = line.removeprefix("\ufeff")
         except UnicodeError:
             bad(n, "not valid UTF-8", "not valid UTF-8")
             continue

@@ -513,7 +513,8 @@ def label_map(label_values, labels=None) -> list[str]:
 def read_texts(path):
     """One text per line (a file, or stdin for '-'); ids are line numbers unless `id<TAB>text`."""
     ids, texts = [], []
-    with (open(0, encoding="utf-8", closefd=False) if path == "-" else open(path, encoding="utf-8")) as f:
+    # utf-8-sig: a BOM is no part of the first text
+    with (open(0, encoding="utf-8-sig", closefd=False) if path == "-" else open(path, encoding="utf-8-sig")) as f:
         for n, line in enumerate(f, 1):
             line = line.rstrip("\n")
             if not line.strip():

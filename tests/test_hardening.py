@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import sys
 
 import pytest
@@ -250,6 +251,36 @@ def test_predict_bad_stdin_line_fails_naming_it_or_is_skipped_and_counted(work, 
     assert [r.split(",")[:2] for r in out.splitlines()[1:]] == [["a b", "c d"]]
     reason = "wrong number of fields" if case == "three fields" else "not valid UTF-8"
     assert f"<stdin>: skipped 1 bad rows ({{'{reason}': 1}})" in caplog.text
+
+
+def test_predict_stdin_and_read_texts_drop_a_bom_as_the_file_readers_do(work, capsys, monkeypatch, tmp_path):
+    from data import read_texts
+
+    stdin = io.TextIOWrapper(io.BytesIO("\ufeffa b\tc d\n".encode("utf-8")), encoding="utf-8")
+    rc, out, err = _predict_stdin(capsys, monkeypatch, work, stdin)
+    assert rc == 0, err
+    assert out.splitlines()[1].split(",")[:2] == ["a b", "c d"]
+    (tmp_path / "texts.txt").write_bytes("\ufeffhow old are you\n".encode("utf-8"))
+    assert read_texts(tmp_path / "texts.txt") == (["1"], ["how old are you"])
+
+
+@pytest.mark.parametrize("case", ["missing directory", "a directory", "no permission"])
+def test_predict_out_that_cannot_be_written_fails_before_the_model_is_loaded(work, capsys, monkeypatch, tmp_path,
+                                                                             case):
+    import crossenc.task
+
+    out = {"missing directory": tmp_path / "nowhere" / "scores.csv", "a directory": tmp_path,
+           "no permission": tmp_path / "locked" / "scores.csv"}[case]
+    if case == "no permission":
+        if os.geteuid() == 0:
+            pytest.skip("root writes anywhere")
+        out.parent.mkdir(mode=0o500)
+    monkeypatch.setattr(crossenc.task, "load_model_dir", lambda *a, **k: pytest.fail("the model was loaded"))
+    rc, _, err = _main(capsys, "--task", "predict", "--out", out, "--set", f"model.init={work['model']}",
+                       f"data.test={work['data']['valid']}")
+    assert rc == 1
+    assert str(out) in _one_error_line(err) and {"missing directory": "does not exist", "a directory": "is a directory",
+                                                   "no permission": "cannot write"}[case] in err
 
 
 FORMATS = ["csv", "bq", "tsv", "lcqmc", "jsonl", "afqmc", "mrpc"]
