@@ -94,19 +94,11 @@ REFUSED = {
 def _run(task, kinds, name, capsys, tmp_path):
     """Run `task` with `name`'s model directory; returns (rc, stdout, stderr) or raises what it raises."""
     d, data = kinds["dirs"][name], kinds["data"]
-    if task == "evaluate":
-        return _main(capsys, "--task", "evaluate", "--out", tmp_path / "eval", "--set", f"model.init={d}",
-                     f"data.test={data['test']}")
-    if task == "predict":
-        return _main(capsys, "--task", "predict", "--out", tmp_path / "scores.csv", "--set", f"model.init={d}",
-                     f"data.test={data['test']}")
-    if task == "embed":
-        return _main(capsys, "--task", "embed", "--out", tmp_path / "emb", "--set", f"model.init={d}",
-                     f"data.test={kinds['texts']}")
-    if task == "index":
-        return _main(capsys, "--task", "index", "--out", tmp_path / "index", "--set", f"index.model={d}",
-                     f"index.corpus={kinds['texts']}")
-    raise AssertionError(task)
+    out, *sets = {"evaluate": ("eval", f"model.init={d}", f"data.test={data['test']}"),
+                  "predict": ("scores.csv", f"model.init={d}", f"data.test={data['test']}"),
+                  "embed": ("emb", f"model.init={d}", f"data.test={kinds['texts']}"),
+                  "index": ("index", f"index.model={d}", f"index.corpus={kinds['texts']}")}[task]
+    return _main(capsys, "--task", task, "--out", tmp_path / out, "--set", *sets)
 
 
 def _in_process(task, kinds, name):
