@@ -16,10 +16,10 @@ from crossenc.model import CrossEncoder
 from data import DataError, PairData
 from modeling.model_dir import load_model_dir
 from training.inputs import init_encoder, read_data, tokenize
-from training.metrics import PER_PAIR, classification_metrics, with_uncertainty
+from training.metrics import PER_PAIR, cosine_classes, positive_index
 from training.rundir import check_out
 from training.runner import TrainingTask, format_scores, run, write_json
-from training.trainer import predict_outputs
+from training.trainer import evaluator, predict_outputs
 
 log = logging.getLogger(__name__)
 
@@ -84,17 +84,21 @@ def evaluate(cfg):
         raise DataError("set data.test (or data.valid) to the labelled file to evaluate on")
     pairs = read_data(cfg, path, loaded.labels, labels_name=f"the model's labels ({loaded.path / 'model.json'})")
     split = tokenize(loaded.model, loaded.tokenizer, pairs, loaded.labels, loaded.max_seq_len, "eval")
-    probs = predict_outputs(loaded.model, split.features, cfg.train.eval_batch_size, progress=True)
-    metrics = with_uncertainty(classification_metrics(split.labels, probs, loaded.labels), split.labels, probs,
-                               loaded.labels)
-    metrics.pop(PER_PAIR)
-    cm = metrics["confusion_matrix"]
+    threshold = loaded.threshold
+    if threshold is None and not loaded.has_classifier:
+        log.warning("%s: no cosine threshold recorded (its run's metrics.json): the best on %s itself is "
+                    "used, an optimistic one", loaded.path, path)
+    metrics = evaluator(loaded.labels, cfg.train.eval_batch_size, threshold)(loaded.model, split, final=True)
+    metrics.pop(PER_PAIR, None)
     print(f"{path} (n={metrics['n']}): {format_scores(metrics)}")
-    print("confusion matrix (rows = true, columns = predicted):")
-    width = max(len(n) for n in cm["labels"]) + 2
-    print(" " * width + "".join(n.rjust(width) for n in cm["labels"]))
-    for name, row in zip(cm["labels"], cm["matrix"]):
-        print(name.rjust(width) + "".join(str(c).rjust(width) for c in row))
+    cm = metrics.get("confusion_matrix")  # none for a graded scale scored by cosine
+    if cm:
+        rule = "" if loaded.has_classifier else f", by cosine > {metrics['cosine_threshold']:.4f}"
+        print(f"confusion matrix (rows = true, columns = predicted{rule}):")
+        width = max(len(n) for n in cm["labels"]) + 2
+        print(" " * width + "".join(n.rjust(width) for n in cm["labels"]))
+        for name, row in zip(cm["labels"], cm["matrix"]):
+            print(name.rjust(width) + "".join(str(c).rjust(width) for c in row))
     if cfg.out:
         Path(cfg.out).mkdir(parents=True, exist_ok=True)
         write_json(Path(cfg.out) / "metrics.json", {"eval": metrics, "model": str(_model_path(cfg)), "data": path,
@@ -121,6 +125,8 @@ def read_unlabelled(cfg, path):
     for n, raw in enumerate(getattr(sys.stdin, "buffer", sys.stdin), 1):
         try:
             line = (raw if isinstance(raw, bytes) else raw.encode("utf-8")).decode("utf-8").rstrip("\r\n")
+            if n == 1:  # a BOM (Windows tools write one) is no part of text_a, as in files
+                line = line.removeprefix("\ufeff")
         except UnicodeError:
             bad(n, "not valid UTF-8", "not valid UTF-8")
             continue
@@ -143,41 +149,59 @@ def read_unlabelled(cfg, path):
 
 def predict(cfg):
     """Score pairs with a model directory: CSV, or JSON lines when --out ends with .jsonl (default stdout).
+    Columns: the class probabilities (`p_<label>`) of a model with a classifier, the `cosine` of a
+    bi-encoder; a model without a classifier labels a pair by cosine against its run's threshold.
 
     model.init may also be an export directory: then the export's graphs run (serve.backend,
     serve.int8, serve.fused, serve.threads choose them, as for the server: the fused ONNX
     graph when the export has one)."""
     from runtime.backends import is_export_dir, open_model, predict_pairs
 
+    check_out("predict", cfg.out)
     path = _model_path(cfg)
-    pairs = read_unlabelled(cfg, cfg.data.test or "-")
-    if is_export_dir(path):
-        s = cfg.serve
-        backend = open_model(path, s.backend, s.int8, s.threads, fused=s.fused)
-        log.info("predict with %s", backend.describe())
-        probs, labels = predict_pairs(backend, pairs.text_a, pairs.text_b, cfg.train.eval_batch_size,
-                                      progress="scoring"), backend.labels
-    else:
-        loaded = load_model_dir(path)
-        feats = loaded.model.featurize(loaded.tokenizer, pairs.text_a, pairs.text_b, loaded.max_seq_len)
-        probs = predict_outputs(loaded.model, feats, cfg.train.eval_batch_size, progress=True)
-        labels = loaded.labels
     # Written under a temporary name and renamed when complete: a failed run keeps the previous file.
+    # Opened first, so that an --out that cannot be written fails before the model is loaded.
     tmp = Path(f"{cfg.out}.{os.getpid()}.tmp") if cfg.out else None
-    out = open(tmp, "w", encoding="utf-8", newline="") if tmp else sys.stdout
+    out = _open_out(cfg.out, tmp) if tmp else sys.stdout
     try:
+        pairs = read_unlabelled(cfg, cfg.data.test or "-")
+        if is_export_dir(path):
+            s = cfg.serve
+            backend = open_model(path, s.backend, s.int8, s.threads, fused=s.fused)
+            log.info("predict with %s", backend.describe())
+            outputs = {"probs": predict_pairs(backend, pairs.text_a, pairs.text_b, cfg.train.eval_batch_size,
+                                              progress="scoring")}
+            labels = backend.labels
+        else:
+            loaded = load_model_dir(path)
+            if not loaded.has_classifier and loaded.threshold is None:
+                raise DataError(f"{loaded.path}: this {loaded.kind} model has no classifier; it labels a pair by "
+                                f"cosine against the threshold its run chose on valid ({loaded.path.resolve().parent}"
+                                f"/metrics.json, valid.{loaded.kind_class.threshold_metric}), and there is none: "
+                                f"give the model directory inside its run")
+            feats = loaded.model.featurize(loaded.tokenizer, pairs.text_a, pairs.text_b, loaded.max_seq_len)
+            outputs = predict_outputs(loaded.model, feats, cfg.train.eval_batch_size, progress=True)
+            labels = loaded.labels
+        probs, cosine = outputs.get("probs"), outputs.get("cosine")
+        classes = probs.argmax(axis=1) if probs is not None else cosine_classes(cosine, labels, loaded.threshold)
+        names = [labels[c] if c >= 0 else f"not {labels[positive_index(labels)]}" for c in classes]
         jsonl = bool(cfg.out) and str(cfg.out).endswith(".jsonl")
         writer = None if jsonl else csv.writer(out)
         if writer:
-            writer.writerow(["text_a", "text_b", "label"] + [f"p_{n}" for n in labels])
-        for a, b, p in zip(pairs.text_a, pairs.text_b, probs):
-            label = labels[int(np.argmax(p))]
+            writer.writerow(["text_a", "text_b", "label"] + [f"p_{n}" for n in labels] * (probs is not None)
+                            + ["cosine"] * (cosine is not None))
+        for i, (a, b, label) in enumerate(zip(pairs.text_a, pairs.text_b, names)):
+            p = () if probs is None else probs[i]
+            c = () if cosine is None else (float(cosine[i]),)
             if jsonl:
-                out.write(json.dumps({"text_a": a, "text_b": b, "label": label,
-                                      "probs": {n: round(float(x), 6) for n, x in zip(labels, p)}},
-                                     ensure_ascii=False) + "\n")
+                row = {"text_a": a, "text_b": b, "label": label}
+                if probs is not None:
+                    row["probs"] = {n: round(float(x), 6) for n, x in zip(labels, p)}
+                if c:
+                    row["cosine"] = round(c[0], 6)
+                out.write(json.dumps(row, ensure_ascii=False) + "\n")
             else:
-                writer.writerow([a, b, label] + [f"{x:.6f}" for x in p])
+                writer.writerow([a, b, label] + [f"{x:.6f}" for x in (*p, *c)])
     except BaseException:
         if tmp:
             out.close()
@@ -186,4 +210,14 @@ def predict(cfg):
     if tmp:
         out.close()
         tmp.replace(cfg.out)
-    return probs
+    return outputs
+
+
+def _open_out(out, tmp):
+    """`tmp` open for writing, or an error naming --out and why it cannot be written."""
+    try:
+        return open(tmp, "w", encoding="utf-8", newline="")
+    except FileNotFoundError:
+        raise DataError(f"--out {out}: the directory {Path(out).parent} does not exist") from None
+    except OSError as e:
+        raise DataError(f"--out {out}: cannot write in {Path(out).parent} ({e.strerror})") from None

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from crossenc.task import finetune
 from modeling.checkpoints import CheckpointError
-from modeling.model_dir import load_model_dir
+from modeling.model_dir import load_model_dir, read_meta
 from training.references import run_or_reuse
 
 log = logging.getLogger(__name__)
@@ -32,8 +32,11 @@ def teacher_for(cfg, run_dir, section, adjust=None):
         log.info("no %s.teacher given: fine-tuning a cross-encoder teacher first in %s", section, tcfg.out)
         metrics = run_or_reuse(tcfg, finetune, "teacher")
         path = Path(tcfg.out) / "model"
-    teacher = load_model_dir(path, expect_kind="cross_encoder")
-    return teacher, metrics
+    kind = read_meta(path)["kind"]
+    if kind != "cross_encoder":  # the student learns the attention or logits of a joint reading of the pair
+        raise CheckpointError(f"{section}.teacher={path}: a {kind} model; a teacher must be a cross_encoder "
+                              f"model directory (finetune writes one)")
+    return load_model_dir(path), metrics
 
 
 def student_model_config(cfg, teacher):

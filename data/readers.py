@@ -131,6 +131,9 @@ class _Builder:
         if self.has_label:
             if isinstance(y, float) and math.isnan(y):
                 y = None
+            if isinstance(y, (dict, list)):  # JSON: str() would make "[1]" a class of its own
+                return self.bad(line, "label is not a single value",
+                                f"label in column {self.columns[2]!r} is not a single value: {json.dumps(y):.60}")
             y = None if y is None else str(y).strip()
             if y is None or y in _MISSING_LABELS:
                 return self.bad(line, "missing label",
@@ -449,18 +452,25 @@ def _is_number(value: str) -> bool:
 
 
 RARE_ROWS, RARE_RATIO = 5, 200  # "a handful of rows against thousands": at most 5, and 200 times fewer
+ID_CLASSES = 20  # more classes than this, each of about two rows or fewer: an id column, not labels
 
 
 def check_label_set(pairs: PairData) -> None:
     """Refuse a label set inferred from ``pairs`` that looks like a mistake, naming the file and line:
     a value equal to a column name (a repeated header row), two spellings of one number ("1", "1.0"),
-    a class of a handful of rows against thousands (a typo). Each would silently add a class; a user
-    who means them declares the classes (``data.labels``), which skips this check."""
+    a class of a handful of rows against thousands (a typo), more than ID_CLASSES labels that are
+    distinct in more than half the rows (an id column named as the label). Each would silently add
+    classes; a user who means them declares the classes (``data.labels``), which skips this check."""
     counts = collections.Counter(pairs.labels)
     first = {}
     for y, line in zip(pairs.labels, pairs.lines):
         first.setdefault(y, line)
     fix = "; fix the data, or declare the classes with data.labels=[...] if they are right"
+    column = f" ({pairs.columns[2]!r})" if len(pairs.columns) > 2 else ""
+    if len(counts) > ID_CLASSES and 2 * len(counts) > len(pairs.labels):
+        raise DataError(f"{pairs.path}: {len(counts)} distinct labels in {len(pairs.labels)} rows (e.g. "
+                        f"{', '.join(repr(y) for y in list(first)[:3])}): is data.label{column} an id column? "
+                        f"A classifier needs several rows per class{fix}")
     for y in first:
         if y in pairs.columns:
             raise DataError(f"{pairs.path}:{first[y]}: label {y!r} is a column name (a repeated header row?){fix}")
@@ -503,7 +513,8 @@ def label_map(label_values, labels=None) -> list[str]:
 def read_texts(path):
     """One text per line (a file, or stdin for '-'); ids are line numbers unless `id<TAB>text`."""
     ids, texts = [], []
-    with (open(0, encoding="utf-8", closefd=False) if path == "-" else open(path, encoding="utf-8")) as f:
+    # utf-8-sig: a BOM is no part of the first text
+    with (open(0, encoding="utf-8-sig", closefd=False) if path == "-" else open(path, encoding="utf-8-sig")) as f:
         for n, line in enumerate(f, 1):
             line = line.rstrip("\n")
             if not line.strip():

@@ -28,7 +28,6 @@ then succeeds with a `warning:` line, and parity.json's `status` says what was w
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -65,19 +64,6 @@ def load_for_export(model_dir):
     if not vocab.is_file():
         raise ExportError(f"{path}: {vocab.name} is missing; the export needs the model's vocabulary")
     return load_model_dir(path)
-
-
-def cosine_threshold(loaded):
-    """The run's decision threshold on `cosine` (valid split) from `<run>/metrics.json`, for a
-    kind that chooses one (`threshold_metric`: sbert), if any."""
-    key = loaded.kind_class.threshold_metric
-    if key is None:
-        return None
-    metrics = Path(loaded.path).resolve().parent / "metrics.json"
-    try:
-        return float(json.loads(metrics.read_text(encoding="utf-8"))["valid"][key])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
 
 
 def _replace_dir(src, dst):
@@ -183,7 +169,7 @@ def export_loaded(loaded, cfg):
         rule = {"min_agreement": e.int8_min_agreement, "min_margin": e.int8_min_margin,
                 "max_accuracy_drop": e.int8_max_accuracy_drop}
         outputs = loaded.model.predict_outputs(loaded.model.get_config())
-        result = run_checks(loaded, data, artifacts, outputs, int8_rule=rule, cosine_threshold=cosine_threshold(loaded))
+        result = run_checks(loaded, data, artifacts, outputs, int8_rule=rule, cosine_threshold=loaded.threshold)
         if "hf" in artifacts:  # checked by export/hf.py (which uses parity's helpers), an fp32 check like the others
             hf_check = result["checks"]["hf"] = hf_export.check(artifacts["hf"], loaded, data, TOLERANCES["hf"])
             if not hf_check["ok"]:

@@ -58,6 +58,25 @@ class LoadedModel:
     def max_seq_len(self):
         return self.meta.get("max_seq_len", 128)
 
+    @property
+    def has_classifier(self):
+        """Whether the model gives class probabilities (`probs`); without, it labels a pair by its
+        `cosine` against `threshold` (an sbert model trained with objective cosine or mnrl)."""
+        return "probs" in self.kind_class.predict_outputs(self.meta["model"]["config"])
+
+    @property
+    def threshold(self):
+        """The decision threshold on `cosine` its run chose on the valid split (`<run>/metrics.json`, the
+        kind's `threshold_metric`), or None: no such kind, or a directory away from its run."""
+        key = self.kind_class.threshold_metric
+        if key is None or self.path is None:
+            return None
+        try:
+            metrics = json.loads((Path(self.path).resolve().parent / "metrics.json").read_text(encoding="utf-8"))
+            return float(metrics["valid"][key])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
 
 def model_meta(model, tokenizer, labels=None, max_seq_len=128, extra=None):
     """model.json's content for `model`: what a `LoadedModel` of it carries, saved or not."""

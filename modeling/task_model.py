@@ -89,12 +89,13 @@ class PairModel(keras.Model):
     def dummy_inputs(self):
         raise NotImplementedError
 
-    def predict_proba_fn(self):
-        """A `tf.function` from a padded batch to class probabilities (built once per model)."""
-        fn = self.__dict__.get("_proba_fn")
+    def outputs_fn(self):
+        """A `tf.function` from a padded batch to `reference_outputs` (the named outputs of the kind's
+        `predict_outputs`), built once per model: what evaluation and predict read, whatever the kind."""
+        fn = self.__dict__.get("_outputs_fn")
         if fn is None:
-            fn = tf.function(lambda x: tf.nn.softmax(self(x, training=False), axis=-1), reduce_retracing=True)
-            object.__setattr__(self, "_proba_fn", fn)  # bypass Keras attribute tracking
+            fn = tf.function(self.reference_outputs, reduce_retracing=True)
+            object.__setattr__(self, "_outputs_fn", fn)  # bypass Keras attribute tracking
         return fn
 
 

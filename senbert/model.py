@@ -78,16 +78,6 @@ class SentenceBert(PairModel):
         positive = tf.cast(tf.gather(tf.constant(self.targets, tf.float32), y) >= 0.5, tf.float32)
         return {"mnrl": mnrl_loss(y_pred["u"], y_pred["v"], self.scale, positive)}
 
-    def predict_proba_fn(self):
-        """Outputs for evaluation: the cosine, and class probabilities when a classifier exists."""
-        def fn(x):
-            out = self(x, training=False)
-            res = {"cosine": out["cosine"]}
-            if "logits" in out:
-                res["probs"] = tf.nn.softmax(out["logits"], axis=-1)
-            return res
-        return tf.function(fn, reduce_retracing=True)
-
     def dummy_inputs(self):
         return siamese_dummy_inputs()
 

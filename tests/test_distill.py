@@ -301,5 +301,5 @@ def test_distilled_student_loads_and_predicts(e2e):
     assert loaded.model.encoder.num_layers == 1 and loaded.labels == ["0", "1"]
     x = loaded.model.featurize(loaded.tokenizer, ["open an account"], ["create an account"], 24)
     from training.trainer import predict_outputs
-    p = predict_outputs(loaded.model, x, 8)
+    p = predict_outputs(loaded.model, x, 8)["probs"]
     assert p.shape == (1, 2) and p.sum() == pytest.approx(1.0, abs=1e-5)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import sys
 
 import pytest
@@ -252,6 +253,36 @@ def test_predict_bad_stdin_line_fails_naming_it_or_is_skipped_and_counted(work, 
     assert f"<stdin>: skipped 1 bad rows ({{'{reason}': 1}})" in caplog.text
 
 
+def test_predict_stdin_and_read_texts_drop_a_bom_as_the_file_readers_do(work, capsys, monkeypatch, tmp_path):
+    from data import read_texts
+
+    stdin = io.TextIOWrapper(io.BytesIO("\ufeffa b\tc d\n".encode("utf-8")), encoding="utf-8")
+    rc, out, err = _predict_stdin(capsys, monkeypatch, work, stdin)
+    assert rc == 0, err
+    assert out.splitlines()[1].split(",")[:2] == ["a b", "c d"]
+    (tmp_path / "texts.txt").write_bytes("\ufeffhow old are you\n".encode("utf-8"))
+    assert read_texts(tmp_path / "texts.txt") == (["1"], ["how old are you"])
+
+
+@pytest.mark.parametrize("case", ["missing directory", "a directory", "no permission"])
+def test_predict_out_that_cannot_be_written_fails_before_the_model_is_loaded(work, capsys, monkeypatch, tmp_path,
+                                                                             case):
+    import crossenc.task
+
+    out = {"missing directory": tmp_path / "nowhere" / "scores.csv", "a directory": tmp_path,
+           "no permission": tmp_path / "locked" / "scores.csv"}[case]
+    if case == "no permission":
+        if os.geteuid() == 0:
+            pytest.skip("root writes anywhere")
+        out.parent.mkdir(mode=0o500)
+    monkeypatch.setattr(crossenc.task, "load_model_dir", lambda *a, **k: pytest.fail("the model was loaded"))
+    rc, _, err = _main(capsys, "--task", "predict", "--out", out, "--set", f"model.init={work['model']}",
+                       f"data.test={work['data']['valid']}")
+    assert rc == 1
+    assert str(out) in _one_error_line(err) and {"missing directory": "does not exist", "a directory": "is a directory",
+                                                   "no permission": "cannot write"}[case] in err
+
+
 FORMATS = ["csv", "bq", "tsv", "lcqmc", "jsonl", "afqmc", "mrpc"]
 
 
@@ -312,6 +343,40 @@ def test_a_handful_of_rows_against_thousands_is_a_typo(tmp_path):
         _splits(path)
     assert str(e.value).startswith(f"{path}:702: label 'l' has only 2 rows against 1000 of '0' (a typo?); fix the ")
     assert _splits(path, "data.labels=[0, 1, l]").label_names == ["0", "1", "l"]
+
+
+def test_one_class_is_refused_unless_the_objective_learns_from_positives_alone(tmp_path):
+    path = _label_file(tmp_path, ["1"] * 30)
+    with pytest.raises(Exception) as e:
+        _splits(path)
+    assert str(e.value) == (f"{path}: every row has label '1' (30 rows): a classifier needs at least 2 classes "
+                            "(is data.label the right column?)")
+    with pytest.raises(Exception, match="every row has label '1'"):  # declared classes do not make examples
+        _splits(path, "data.labels=[0, 1]")
+    from training.inputs import load_splits
+
+    cfg = load_config(None, ["task=sbert", "sbert.objective=mnrl", "model.init=null", f"data.train={path}"])
+    assert load_splits(cfg, min_classes=1).label_names == ["1"]  # MNRL: in-batch negatives
+
+
+def test_a_label_column_of_ids_is_refused(tmp_path):
+    path = _label_file(tmp_path, [f"q{i}" for i in range(120)])
+    with pytest.raises(Exception) as e:
+        _splits(path)
+    assert str(e.value).startswith(f"{path}: 120 distinct labels in 120 rows (e.g. 'q0', 'q1', 'q2'): is data.label "
+                                   "('label') an id column? A classifier needs several rows per class; fix the data")
+    assert len(_splits(path, f"data.labels=[{', '.join(f'q{i}' for i in range(120))}]").label_names) == 120
+
+
+def test_a_json_label_that_is_not_a_single_value_names_file_and_line(tmp_path):
+    path = tmp_path / "train.jsonl"
+    rows = [{"sentence1": f"a {i}", "sentence2": f"b {i}", "label": i % 2} for i in range(6)]
+    rows[3]["label"] = [1]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(Exception) as e:
+        _splits(path)
+    assert str(e.value) == f"{path}:4: label in column 'label' is not a single value: [1]"
+    assert _splits(path, "data.on_bad_row=skip").label_names == ["0", "1"]  # skipped and counted
 
 
 def test_plausible_label_sets_pass(tmp_path):

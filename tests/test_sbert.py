@@ -12,7 +12,8 @@ import tensorflow as tf
 import run_tasks
 from data import read_texts
 from senbert.losses import cosine, cosine_loss, mnrl_loss, softmax_loss
-from senbert.task import best_threshold, class_targets, sbert_evaluator
+from training.metrics import best_threshold, class_targets
+from training.trainer import evaluator
 from training.trainer import Split
 
 # max_seq_len 8: every sample sentence is longer, so all batches have one width and each
@@ -86,14 +87,14 @@ def test_class_targets_binary_and_graded():
 
 
 def _fake_predictions(monkeypatch):
-    import senbert.task as task
+    import training.trainer as trainer
 
-    monkeypatch.setattr(task, "predict_outputs", lambda model, feats, bs: {"cosine": np.asarray(feats["cos"])})
+    monkeypatch.setattr(trainer, "predict_outputs", lambda model, feats, bs: {"cosine": np.asarray(feats["cos"])})
 
 
 def test_evaluator_test_split_reuses_the_valid_threshold(monkeypatch):
     _fake_predictions(monkeypatch)
-    evaluate = sbert_evaluator(["0", "1"], 8, graded=False)
+    evaluate = evaluator(["0", "1"], 8)
     valid = Split("valid", {"cos": [0.1, 0.4, 0.6, 0.9]}, np.array([0, 0, 1, 1]))
     test = Split("test", {"cos": [0.1, 0.2, 0.3, 0.45]}, np.array([0, 0, 1, 1]))  # own best: 0.25
     mv = evaluate(None, valid)
@@ -108,7 +109,7 @@ def test_evaluator_test_split_reuses_the_valid_threshold(monkeypatch):
 def test_evaluator_reports_spearman_for_graded_labels(monkeypatch):
     _fake_predictions(monkeypatch)
     names = [str(i) for i in range(6)]
-    evaluate = sbert_evaluator(names, 8, graded=True)
+    evaluate = evaluator(names, 8)
     labels = np.array([0, 1, 2, 3, 4, 5, 5, 0])
     m = evaluate(None, Split("valid", {"cos": [0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 0.9, 0.0]}, labels))
     assert m["spearman"] == pytest.approx(1.0)  # cosine ranks pairs as their grades (ties included)
@@ -119,7 +120,7 @@ def test_evaluator_reports_spearman_for_graded_labels(monkeypatch):
 def test_graded_cosine_metrics_treat_high_grades_as_positive(monkeypatch):
     _fake_predictions(monkeypatch)
     names = [str(i) for i in range(6)]
-    evaluate = sbert_evaluator(names, 8, graded=True)
+    evaluate = evaluator(names, 8)
     labels = np.array([0, 1, 2, 3, 4, 5])
     m = evaluate(None, Split("valid", {"cos": [0.0, 0.1, 0.3, 0.5, 0.7, 0.95]}, labels))
     # A cosine that ranks every pair by its grade separates low from high grades perfectly.

@@ -3,6 +3,7 @@ tokenisation (cached on disk) and its encoder (a checkpoint or random weights)."
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import logging
 import os
@@ -63,9 +64,10 @@ def subset(pairs, idx):
                     skipped=pairs.skipped, skip_reasons=pairs.skip_reasons, columns=pairs.columns)
 
 
-def load_splits(cfg):
+def load_splits(cfg, min_classes=2):
     """Read train/valid/test; without data.train, the generated sample set (the embedded default),
-    whose paths are then set in `cfg.data` (part of the run's effective configuration)."""
+    whose paths are then set in `cfg.data` (part of the run's effective configuration). Train must hold
+    `min_classes` distinct labels (a classifier learns nothing from one)."""
     d = cfg.data
     if d.train is None:
         files = make_sample(sample_dir(cfg), seed=0)
@@ -79,6 +81,10 @@ def load_splits(cfg):
     if d.labels is None:
         check_label_set(train)
     names = label_map(train.labels, d.labels)
+    counts = collections.Counter(train.labels)
+    if len(counts) < min_classes:
+        raise DataError(f"{d.train}: every row has label {train.labels[0]!r} ({len(train)} rows): a classifier "
+                        f"needs at least {min_classes} classes (is data.label the right column?)")
     if d.valid:
         valid = read_data(cfg, d.valid, names)
     else:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import beta, binomtest, rankdata
+from scipy.stats import beta, binomtest, rankdata, spearmanr
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, roc_auc_score
 
 
@@ -36,6 +36,86 @@ def classification_metrics(y_true, probs, label_names):
     out["confusion_matrix"] = {"labels": [str(n) for n in label_names],
                                "matrix": confusion_matrix(y_true, pred, labels=classes).tolist()}
     out["spread"] = probability_spread(probs)
+    return out
+
+
+# ------------------------------------------------------------------ a score against a threshold
+# A model without a classifier (an sbert bi-encoder trained with sbert.objective cosine or mnrl) labels
+# a pair by its cosine against a threshold chosen on the valid split: "same meaning" (the positive class,
+# or the upper half of a graded scale) above it.
+
+
+def _is_number(s):
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return False
+
+
+def class_targets(label_names):
+    """Cosine targets per class: scaled values for graded numeric labels, else 1 for the positive class.
+    Returns `(targets, graded)`."""
+    if len(label_names) > 2 and all(_is_number(n) for n in label_names):
+        vals = np.array([float(n) for n in label_names])
+        return list((vals - vals.min()) / max(vals.max() - vals.min(), 1e-9)), True
+    pos = positive_index(label_names)
+    return [1.0 if i == pos else 0.0 for i in range(len(label_names))], False
+
+
+def best_threshold(cos, positive):
+    """The cosine threshold maximising accuracy (ties: the higher F1), searched over midpoints."""
+    order = np.sort(np.unique(cos))
+    cands = np.concatenate([[order[0] - 1e-6], (order[1:] + order[:-1]) / 2, [order[-1] + 1e-6]])
+    best = None
+    for t in cands:
+        pred = cos > t
+        acc = float(np.mean(pred == positive))
+        tp = float(np.sum(pred & positive))
+        f1 = 2 * tp / max(np.sum(pred) + np.sum(positive), 1)
+        if best is None or (acc, f1) > best[:2]:
+            best = (acc, f1, float(t))
+    return best
+
+
+def same_meaning(y_true, label_names):
+    """Which pairs mean the same: the positive class, or the upper half of a graded scale."""
+    targets, graded = class_targets(label_names)
+    y_true = np.asarray(y_true)
+    return np.asarray(targets)[y_true] >= 0.5 if graded else y_true == positive_index(label_names)
+
+
+def cosine_classes(cos, label_names, threshold):
+    """The class a model without a classifier gives each pair: two classes, the positive one above the
+    threshold, else the other; a graded scale, the class whose cosine target is nearest (what the
+    cosine objective regresses to); other sets, the positive class or -1 (one of the others)."""
+    cos = np.asarray(cos)
+    targets, graded = class_targets(label_names)
+    if graded:
+        return np.abs(cos[:, None] - np.asarray(targets)[None, :]).argmin(axis=1)
+    pos = positive_index(label_names)
+    other = 1 - pos if len(label_names) == 2 else -1
+    return np.where(cos > threshold, pos, other)
+
+
+def cosine_metrics(y_true, cos, label_names, threshold):
+    """cosine_threshold, cosine_accuracy, cosine_f1, cosine_auc of "same meaning" by cosine > threshold;
+    spearman on a graded scale; for two classes, the confusion matrix of that rule."""
+    cos, y_true = np.asarray(cos), np.asarray(y_true)
+    positive = same_meaning(y_true, label_names)
+    pred = cos > threshold
+    tp = float(np.sum(pred & positive))
+    out = {"n": int(len(cos)), "cosine_threshold": float(threshold), "cosine_accuracy": float(np.mean(pred == positive)),
+           "cosine_f1": 2 * tp / max(float(np.sum(pred) + np.sum(positive)), 1.0)}
+    if 0 < positive.sum() < len(positive):
+        out["cosine_auc"] = float(roc_auc_score(positive, cos))
+    targets, graded = class_targets(label_names)
+    if graded:
+        out["spearman"] = float(spearmanr(cos, np.asarray(targets)[y_true]).statistic)
+    elif len(label_names) == 2:
+        out["confusion_matrix"] = {"labels": [str(n) for n in label_names],
+                                   "matrix": confusion_matrix(y_true, cosine_classes(cos, label_names, threshold),
+                                                              labels=[0, 1]).tolist()}
     return out
 
 

@@ -40,7 +40,7 @@ def baseline_scores(task, run_dir, splits):
     if path is None:
         return None
     if path != "auto":
-        return {**score_model_dir(path, splits, task.cfg), "model_dir": str(path)}
+        return {**score_model_dir(path, splits, task.cfg, f"{task.section}.baseline"), "model_dir": str(path)}
     bcfg = copy.deepcopy(task.cfg)
     bcfg.out = str(Path(run_dir) / "baseline")
     train_fn = task.as_baseline(bcfg)
@@ -69,11 +69,22 @@ def reference_scores(model_dir, run_metrics, splits, cfg):
     return score_model_dir(model_dir, splits, cfg)  # also a sub-run written before predictions were saved
 
 
-def score_model_dir(path, splits, cfg):
+def score_model_dir(path, splits, cfg, key="the reference model"):
     """valid/test metrics (with intervals and per-pair outputs) of another model directory (teacher,
-    baseline) on this run's splits."""
+    baseline; `key` names the setting that gave it) on this run's splits. It is compared with the
+    student pair by pair on class probabilities, in the data's class order: a model without a classifier
+    or with other labels is refused."""
     loaded = load_model_dir(path)
-    evaluate = evaluator(splits.label_names, cfg.train.eval_batch_size)
+    if not loaded.has_classifier:
+        raise RunError(f"{key}={path}: a {loaded.kind} model without a classifier (its outputs: "
+                       f"{', '.join(loaded.kind_class.predict_outputs(loaded.meta['model']['config']))}); it is "
+                       f"compared with the student on class probabilities: give a model directory with a "
+                       f"classifier (a cross_encoder, a virt model, or an sbert model trained with "
+                       f"sbert.objective=softmax)")
+    if [str(n) for n in loaded.labels or []] != [str(n) for n in splits.label_names]:
+        raise RunError(f"{key}={path}: its labels {loaded.labels} are not the data's {list(splits.label_names)} "
+                       f"(in this order): its class probabilities would be read as other classes")
+    evaluate = evaluator(splits.label_names, cfg.train.eval_batch_size, loaded.threshold)
     out = {}
     for name in ("valid", "test"):
         pairs = getattr(splits, name)

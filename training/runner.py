@@ -47,9 +47,11 @@ class TrainingTask:
         self.teacher = None
 
     # ----------------------------------------------------------------- what it reads and decides
+    min_classes = 2  # distinct labels train must hold
+
     def read_splits(self):
         """The run's train/valid/test pairs (may fill `cfg.data`: the generated sample data)."""
-        return load_splits(self.cfg)
+        return load_splits(self.cfg, self.min_classes)
 
     def decide(self, splits):
         """Fill the task's settings that depend on the data and check them, before config.yaml is written."""

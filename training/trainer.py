@@ -27,7 +27,8 @@ import numpy as np
 import tensorflow as tf
 
 from runtime.progress import progress_bar
-from training.metrics import better, classification_metrics, with_uncertainty
+from training.metrics import (better, best_threshold, classification_metrics, cosine_metrics, same_meaning,
+                              with_uncertainty)
 from training.optim import build_optimizer
 from training.pipeline import example_lengths, make_dataset, num_batches
 from training.strategy import is_chief
@@ -129,9 +130,10 @@ def schedule_warnings(result, cfg):
 
 
 def predict_outputs(model, features, batch_size, fn=None, progress=False):
-    """Run `fn` (default: class probabilities) over features in length-sorted batches, in input order
+    """Run `fn` (default: the model's named outputs, `{name: array}` as its kind's `predict_outputs`
+    names them: `probs` and/or `cosine`) over features in length-sorted batches, in input order
     (`progress`: a progress bar on stderr once it takes more than a few seconds)."""
-    fn = fn or model.predict_proba_fn()
+    fn = fn or model.outputs_fn()
     order = np.argsort(example_lengths(features), kind="stable")
     sorted_feats = {k: ([v[i] for i in order] if isinstance(v, list) else np.asarray(v)[order])
                     for k, v in features.items()}
@@ -148,13 +150,28 @@ def predict_outputs(model, features, batch_size, fn=None, progress=False):
 
 
 
-def evaluator(label_names, batch_size):
-    """Classification metrics of a model's probabilities on a split; `final` (the run's report, not the
-    per-epoch selection) adds their intervals and the per-pair outputs (`training.metrics.with_uncertainty`)."""
+def evaluator(label_names, batch_size, threshold=None):
+    """Metrics of a model of any kind on a split, from its named outputs: classification metrics of
+    `probs` (a classifier), and of `cosine` against a threshold (a bi-encoder's rule; its only one
+    without a classifier). The threshold is `threshold` (a run's recorded one) when given, else chosen
+    on the `valid` split (on the first split seen when none is valid) and reused for the others.
+    `final` (the run's report, not the per-epoch selection) adds the classifier's intervals and
+    per-pair outputs (`training.metrics.with_uncertainty`)."""
+    state = {"threshold": threshold}
+
     def evaluate(model, split, final=False):
-        probs = predict_outputs(model, split.features, batch_size)
-        metrics = classification_metrics(split.labels, probs, label_names)
-        return with_uncertainty(metrics, split.labels, probs, label_names) if final else metrics
+        out = predict_outputs(model, split.features, batch_size)
+        metrics = {}
+        if "probs" in out:
+            metrics = classification_metrics(split.labels, out["probs"], label_names)
+            if final:
+                metrics = with_uncertainty(metrics, split.labels, out["probs"], label_names)
+        if "cosine" in out:
+            if threshold is None and (split.name == "valid" or state["threshold"] is None):
+                state["threshold"] = best_threshold(out["cosine"], same_meaning(split.labels, label_names))[2]
+            cosine = cosine_metrics(split.labels, out["cosine"], label_names, state["threshold"])
+            metrics.update({k: v for k, v in cosine.items() if k not in metrics})  # a classifier's n, matrix
+        return metrics
     return evaluate
 
 
