@@ -41,6 +41,8 @@ log = logging.getLogger("serve")
 
 MODEL_PATH = re.compile(r"^(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+))?"
                         r"(?P<tail>/metadata|:(?P<method>[A-Za-z]+))?$")
+VERSION = re.compile(r"[0-9]{1,19}")  # TF Serving's int64, in ASCII digits
+MAX_ECHO = 100  # characters of a path segment quoted in an error
 
 
 class ClientGone(Exception):
@@ -154,15 +156,10 @@ def create_app(state):
         return resp
 
     def resolve(rest):
-        m = MODEL_PATH.match(rest)
-        if not m:
-            raise ApiError(404, f"Malformed request: /v1/models/{rest}")
-        name, version = m.group("name"), m.group("version")
-        if version is not None and not version.isdigit():
-            raise ApiError(400, f"Failed to convert version: {version}")
-        if name != be.name or (version is not None and int(version) != be.version):
+        name, version, m = parse_model_path(rest)
+        if name != be.name or (version is not None and version != be.version):
             spec = f"Specific({name}, {version})" if version is not None else f"Latest({name})"
-            raise ApiError(404, f"Servable not found for request: {spec}")
+            raise ApiError(404, f"Servable not found for request: {short(spec, MAX_ECHO)}")
         return m
 
     @app.get("/v1/models/{rest:path}")
@@ -217,6 +214,22 @@ def create_app(state):
         return _json({"error": msg}, exc.status_code)
 
     return app
+
+
+def parse_model_path(rest):
+    """`<name>[/versions/<v>][/metadata | :<method>]` -> (name, version as an int or None, the match): the one
+    place the path's parameters are read (the query string is ignored, as TF Serving does). A version is an
+    int64 in ASCII digits: `str.isdigit` takes '²', which int() refuses, and int() refuses over 4,300 digits,
+    so both are checked first; an error quotes at most MAX_ECHO characters of what was sent."""
+    m = MODEL_PATH.match(rest)
+    if not m:
+        raise ApiError(404, f"Malformed request: /v1/models/{short(rest, MAX_ECHO)}")
+    version = m.group("version")
+    if version is not None:
+        if not VERSION.fullmatch(version) or int(version) > 2 ** 63 - 1:
+            raise ApiError(400, f"Failed to convert version: {short(version, MAX_ECHO)}")
+        version = int(version)
+    return m.group("name"), version, m
 
 
 def _predict_plan(body, state):

@@ -254,6 +254,23 @@ def test_bad_requests_get_a_clean_4xx_and_the_server_keeps_serving(server, caplo
     assert len(server["client"].predict_pairs(["", "ok"], ["", "fine"])) == 2
 
 
+@pytest.mark.parametrize("path, code, message", [
+    ("/versions/" + "9" * 5000, 400, "Failed to convert version: " + "9" * 100 + "... (5000 characters)"),
+    ("/versions/" + "9" * 19, 400, "Failed to convert version: " + "9" * 19),  # past int64
+    ("/versions/%C2%B2", 400, "Failed to convert version: \u00b2"),  # '²'.isdigit(), but not an integer
+    ("/versions/0001", 200, None),
+    ("/versions/" + "1" * 18, 404, "Servable not found for request: Specific(virt, " + "1" * 18 + ")"),
+    ("x" * 5000, 404, "Servable not found for request: Latest(virt" + "x" * 89 + "... (5012 characters)"),
+])
+def test_path_parameters_are_parsed_in_one_place_with_bounded_sizes(server, path, code, message):
+    """A version is TF Serving's int64 in ASCII digits (5,000 nines were a 500: int() refuses over 4,300
+    digits); what an error quotes of the path is cut."""
+    for suffix in ("", "/metadata"):
+        resp = httpx.get(server["url"] + "/v1/models/virt" + path + suffix)
+        assert resp.status_code == code, (path[:50], resp.text[:300])
+        assert message is None or resp.json() == {"error": message}
+
+
 def test_the_load_tests_bad_requests_get_their_4xx(server):
     """bench/load_test.py --mix sends these under load and counts any other answer as an error."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
