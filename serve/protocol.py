@@ -36,7 +36,17 @@ LINGER_S = 2.0  # longest a refused client may go on sending before the connecti
 
 def protocol_class(state):
     """The uvicorn `http` protocol class for a `ServerState` (its request_timeout_s and metrics)."""
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _Said) for f in uvicorn_log.filters):
+        uvicorn_log.addFilter(_Said())
     return type("ServeProtocol", (LimitedH11Protocol,), {"serving": state})
+
+
+class _Said(logging.Filter):
+    """Drops uvicorn's own line for a bad head, one per request: send_400_response logs it, rate-limited."""
+
+    def filter(self, record):
+        return record.getMessage() != "Invalid HTTP request received."
 
 
 class LimitedH11Protocol(H11Protocol):

@@ -6,6 +6,7 @@
     serve.index     an index directory (--task index) behind POST /v1/search; serve.rerank for its reranker
     serve.warmup    sequence lengths run once per function before the server listens (default [32, 128];
                     [] = none): the first call of a shape is slow (docs/serving.md, "Warm-up")
+    serve.request_timeout_s  a request's head, then its body, must arrive within this (default 30), else 408
 
 `start_server(state)` runs the same server on a background thread (tests, benchmarks).
 """
