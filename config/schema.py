@@ -189,6 +189,7 @@ class ServeConfig:
     max_wait_ms: float = bounded(5.0, ge=0)  # longest wait to fill a batch
     max_texts: int = bounded(256, ge=1)  # most texts / pairs / rows per request
     max_chars: int = bounded(2000, ge=1)  # longest accepted text
+    request_timeout_s: float = bounded(30.0, gt=0)  # a request's head, then its body, must arrive within this, else 408
     backend: str = choice("onnx", "tf", default="onnx")  # export directories: onnx (onnxruntime) | tf (the SavedModel)
     int8: bool = False  # onnx backend: serve onnx/model.int8.onnx for serving_default / predict_ids
     fused: bool = True  # onnx backend: prefer the export's fused graphs (model.fused[.int8].onnx, encode.fused.onnx) when present

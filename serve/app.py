@@ -11,7 +11,9 @@ path, 405 wrong HTTP method, 500 a failed model call (the worker carries on). Ba
 is always a 4xx, logged as one line; a 500 is a server fault, logged with its traceback; both
 kinds of line are rate-limited per endpoint and code (runtime/logs.py). A client that
 disconnects while its request waits or runs is logged, its queued rows are dropped and the
-request is counted with code 499 (nginx's "client closed request"); nothing is sent back.
+request is counted with code 499 (nginx's "client closed request"); nothing is sent back. A request's
+head and then its body must each arrive within `request_timeout_s` (serve.request_timeout_s; the head
+in serve/protocol.py), else 408 and the connection is closed: a stalled client holds no request for longer.
 
 Parsing, tokenising and writing the response run on a thread pool, not on the event loop, so
 that one client's large request does not stall the others' (the tokenizer and the models
@@ -30,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from runtime.batching import MicroBatcher, drive_async
 from runtime.logs import LIMITED, short
@@ -41,6 +44,8 @@ log = logging.getLogger("serve")
 
 MODEL_PATH = re.compile(r"^(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+))?"
                         r"(?P<tail>/metadata|:(?P<method>[A-Za-z]+))?$")
+VERSION = re.compile(r"[0-9]{1,19}")  # TF Serving's int64, in ASCII digits
+MAX_ECHO = 100  # characters of a path segment quoted in an error
 
 
 class ClientGone(Exception):
@@ -52,8 +57,8 @@ class ServerState:
     backend (the served model, the search index's model, the reranker), metrics, limits."""
 
     def __init__(self, backend, max_batch=32, max_wait_ms=5.0, limits=None, searcher=None, max_k=100,
-                 max_batch_tokens=256):
-        self.backend, self.limits = backend, limits or Limits()
+                 max_batch_tokens=256, request_timeout_s=30.0):
+        self.backend, self.limits, self.request_timeout_s = backend, limits or Limits(), request_timeout_s
         self.metrics = Metrics()
         self.signatures = SignatureSet(backend, self.limits)
         self.max_batch, self.max_wait_ms, self.max_batch_tokens = max_batch, max_wait_ms, max_batch_tokens
@@ -127,8 +132,34 @@ async def run_plan(state, plan, request, what):
         return task.result()
     task.cancel()  # cancels the awaited batcher future: its queued rows are dropped
     task.add_done_callback(lambda t: t.cancelled() or t.exception())
-    LIMITED.log(log, logging.WARNING, ("disconnect", what), "client disconnected: %s request cancelled", what)
+    _gone(what, "cancelled")
+
+
+def _gone(what, when):
+    """A disconnect is the client's doing: one rate-limited line, no traceback, then 499."""
+    LIMITED.log(log, logging.WARNING, ("disconnect", what), "client disconnected: %s request %s", what, when)
     raise ClientGone
+
+
+async def read_body(request, timeout, what):
+    """The request body, within `timeout` s of its head: a client that stops sending gets 408 rather
+    than holding its request and partial body; one that leaves while sending is a ClientGone (starlette
+    raises ClientDisconnect, which was a 500 with a traceback)."""
+    chunks = []
+
+    async def read():
+        async for chunk in request.stream():
+            chunks.append(chunk)
+
+    try:
+        await asyncio.wait_for(read(), timeout)
+    except ClientDisconnect:
+        _gone(what, f"dropped after {sum(map(len, chunks))} bytes of its body")
+    except asyncio.TimeoutError:
+        expected = request.headers.get("content-length")
+        raise ApiError(408, f"request body not complete within {timeout:g} s (serve.request_timeout_s): got "
+                            f"{sum(map(len, chunks))} of {short(expected, 20) if expected else 'unknown'} bytes")
+    return b"".join(chunks)
 
 
 def create_app(state):
@@ -144,6 +175,8 @@ def create_app(state):
         except ApiError as e:
             LIMITED.log(log, logging.INFO, (endpoint, e.status), "%s %d: %s", endpoint, e.status, short(e.message))
             resp = _json({"error": e.message}, e.status)
+            if e.status == 408:  # the rest of the body may still come: this connection cannot carry another request
+                resp.headers["connection"] = "close"
         except ClientGone:
             resp = Response(status_code=499)
         except Exception as e:  # noqa: BLE001  a server fault (a failed model call): report it, keep serving
@@ -154,15 +187,10 @@ def create_app(state):
         return resp
 
     def resolve(rest):
-        m = MODEL_PATH.match(rest)
-        if not m:
-            raise ApiError(404, f"Malformed request: /v1/models/{rest}")
-        name, version = m.group("name"), m.group("version")
-        if version is not None and not version.isdigit():
-            raise ApiError(400, f"Failed to convert version: {version}")
-        if name != be.name or (version is not None and int(version) != be.version):
+        name, version, m = parse_model_path(rest)
+        if name != be.name or (version is not None and version != be.version):
             spec = f"Specific({name}, {version})" if version is not None else f"Latest({name})"
-            raise ApiError(404, f"Servable not found for request: {spec}")
+            raise ApiError(404, f"Servable not found for request: {short(spec, MAX_ECHO)}")
         return m
 
     @app.get("/v1/models/{rest:path}")
@@ -184,7 +212,7 @@ def create_app(state):
             if method != "predict":
                 raise ApiError(400, f"method :{method} is not supported by this server (only :predict; "
                                     "TF Serving's :classify and :regress need tf.Example signatures)")
-            body = await request.body()
+            body = await read_body(request, state.request_timeout_s, "predict")
             sig, row_format, plan = await state.off_loop(_predict_plan, body, state)
             outputs = await run_plan(state, plan, request, f"{sig.name} predict")
             return format_response(outputs, sig, row_format)
@@ -195,7 +223,7 @@ def create_app(state):
         async def go():
             if state.searcher is None:
                 raise ApiError(404, "no search index on this server (start it with serve.index=<index dir>)")
-            body = await request.body()
+            body = await read_body(request, state.request_timeout_s, "search")
             queries, single, k, rerank = await state.off_loop(parse_search, body, state.limits, state.max_k)
             results = await run_plan(state, state.searcher.plan(queries, k, rerank), request, "search")
             return {"results": results[0] if single else results}
@@ -217,6 +245,22 @@ def create_app(state):
         return _json({"error": msg}, exc.status_code)
 
     return app
+
+
+def parse_model_path(rest):
+    """`<name>[/versions/<v>][/metadata | :<method>]` -> (name, version as an int or None, the match): the one
+    place the path's parameters are read (the query string is ignored, as TF Serving does). A version is an
+    int64 in ASCII digits: `str.isdigit` takes '²', which int() refuses, and int() refuses over 4,300 digits,
+    so both are checked first; an error quotes at most MAX_ECHO characters of what was sent."""
+    m = MODEL_PATH.match(rest)
+    if not m:
+        raise ApiError(404, f"Malformed request: /v1/models/{short(rest, MAX_ECHO)}")
+    version = m.group("version")
+    if version is not None:
+        if not VERSION.fullmatch(version) or int(version) > 2 ** 63 - 1:
+            raise ApiError(400, f"Failed to convert version: {short(version, MAX_ECHO)}")
+        version = int(version)
+    return m.group("name"), version, m
 
 
 def _predict_plan(body, state):

@@ -6,6 +6,7 @@
     serve.index     an index directory (--task index) behind POST /v1/search; serve.rerank for its reranker
     serve.warmup    sequence lengths run once per function before the server listens (default [32, 128];
                     [] = none): the first call of a shape is slow (docs/serving.md, "Warm-up")
+    serve.request_timeout_s  a request's head, then its body, must arrive within this (default 30), else 408
 
 `start_server(state)` runs the same server on a background thread (tests, benchmarks).
 """
@@ -39,7 +40,7 @@ def build_state(cfg):
     elif s.rerank:
         raise BackendError("serve.rerank is for /v1/search: set serve.index too")
     state = ServerState(backend, s.max_batch, s.max_wait_ms, Limits(s.max_texts, s.max_chars), searcher, s.max_k,
-                        s.max_batch_tokens)
+                        s.max_batch_tokens, s.request_timeout_s)
     state.warmup_seconds = 0.0
     if s.warmup:
         t0 = time.perf_counter()
@@ -50,21 +51,55 @@ def build_state(cfg):
     return state
 
 
-def serve_task(cfg):
+class BindError(Exception):
+    """serve.host / serve.port cannot be resolved or bound."""
+
+
+def bind(host, port):
+    """A socket bound to (host, port), before the model is loaded: a host that does not resolve or an
+    address in use is one line (uvicorn's was its own log line and exit 3, after the model had loaded),
+    and the socket checked is the one served."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as e:  # socket.gaierror included
+        raise BindError(f"serve.host={host}: cannot resolve ({e.strerror or e})") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: restart over TIME_WAIT
+        sock.bind(address)
+    except OSError as e:
+        sock.close()
+        raise BindError(f"serve.host={host}, serve.port={port}: cannot bind ({e.strerror or e})") from None
+    return sock
+
+
+def uvicorn_server(state):
+    """uvicorn over `create_app(state)`, with the request limits of serve/protocol.py."""
     import uvicorn
 
     from serve.app import create_app
+    from serve.protocol import MAX_HEAD, protocol_class
 
+    return uvicorn.Server(uvicorn.Config(create_app(state), http=protocol_class(state), log_level="warning",
+                                         access_log=False, h11_max_incomplete_event_size=MAX_HEAD,
+                                         timeout_graceful_shutdown=5))
+
+
+def serve_task(cfg):
     s = cfg.serve
-    state = build_state(cfg)
-    log.info("serving %s on http://%s:%d (max_batch %d, max_batch_tokens %d, max_wait_ms %g%s)",
-             state.backend.describe(), s.host, s.port, s.max_batch, s.max_batch_tokens, s.max_wait_ms,
-             f", search over {s.index}" if s.index else "")
+    sock = bind(s.host, s.port)
     try:
-        uvicorn.run(create_app(state), host=s.host, port=s.port, log_level="warning", access_log=False,
-                    timeout_graceful_shutdown=5)
+        state = build_state(cfg)
+        log.info("serving %s on http://%s:%d (max_batch %d, max_batch_tokens %d, max_wait_ms %g%s)",
+                 state.backend.describe(), s.host, s.port, s.max_batch, s.max_batch_tokens, s.max_wait_ms,
+                 f", search over {s.index}" if s.index else "")
+        try:
+            uvicorn_server(state).run(sockets=[sock])
+        finally:
+            state.close()
     finally:
-        state.close()
+        sock.close()
 
 
 def free_port(host="127.0.0.1"):
@@ -77,15 +112,10 @@ class BackgroundServer:
     """uvicorn on a thread, on a free loopback port: `with BackgroundServer(state) as url: ...`."""
 
     def __init__(self, state, host="127.0.0.1"):
-        import uvicorn
-
-        from serve.app import create_app
-
         self.state, self.host = state, host
-        self.sock = socket.socket()
-        self.sock.bind((host, 0))
+        self.sock = bind(host, 0)
         self.url = f"http://{host}:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(create_app(state), log_level="warning", access_log=False))
+        self.server = uvicorn_server(state)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
     def __enter__(self):

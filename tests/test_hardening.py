@@ -10,6 +10,7 @@ import io
 import json
 import logging
 import os
+import re
 import sys
 
 import pytest
@@ -570,6 +571,24 @@ def test_serve_int8_never_written_says_export_int8(work, capsys):
     assert rc == 1
     assert _one_error_line(err) == (f"error: {d / 'onnx' / 'model.int8.onnx'}: missing; export with export.formats "
                                     "including onnx and export.int8=true (or use the tf backend)")
+
+
+def test_serve_host_that_does_not_resolve_or_bind_is_one_line_before_the_model_loads(work, capsys):
+    """uvicorn said it in its own log line, exit 3, after the model had loaded; the export here has an empty
+    model.onnx, so loading it first would fail on that instead."""
+    import socket
+
+    d = _export_dir(work, "bind")
+    rc, _, err = _main(capsys, "--task", "serve", "--set", f"serve.model={d}", "serve.host=no-such-host.invalid")
+    assert rc == 1
+    assert re.fullmatch(r"error: serve.host=no-such-host.invalid: cannot resolve \(.+\)", _one_error_line(err)), err
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        rc, _, err = _main(capsys, "--task", "serve", "--set", f"serve.model={d}", f"serve.port={port}")
+    assert rc == 1
+    assert _one_error_line(err) == f"error: serve.host=127.0.0.1, serve.port={port}: cannot bind (Address already in use)"
 
 
 def test_export_directory_with_a_vocab_shorter_than_the_embedding_table_is_refused(work, capsys):

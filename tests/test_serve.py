@@ -254,6 +254,23 @@ def test_bad_requests_get_a_clean_4xx_and_the_server_keeps_serving(server, caplo
     assert len(server["client"].predict_pairs(["", "ok"], ["", "fine"])) == 2
 
 
+@pytest.mark.parametrize("path, code, message", [
+    ("/versions/" + "9" * 5000, 400, "Failed to convert version: " + "9" * 100 + "... (5000 characters)"),
+    ("/versions/" + "9" * 19, 400, "Failed to convert version: " + "9" * 19),  # past int64
+    ("/versions/%C2%B2", 400, "Failed to convert version: \u00b2"),  # '²'.isdigit(), but not an integer
+    ("/versions/0001", 200, None),
+    ("/versions/" + "1" * 18, 404, "Servable not found for request: Specific(virt, " + "1" * 18 + ")"),
+    ("x" * 5000, 404, "Servable not found for request: Latest(virt" + "x" * 89 + "... (5012 characters)"),
+])
+def test_path_parameters_are_parsed_in_one_place_with_bounded_sizes(server, path, code, message):
+    """A version is TF Serving's int64 in ASCII digits (5,000 nines were a 500: int() refuses over 4,300
+    digits); what an error quotes of the path is cut."""
+    for suffix in ("", "/metadata"):
+        resp = httpx.get(server["url"] + "/v1/models/virt" + path + suffix)
+        assert resp.status_code == code, (path[:50], resp.text[:300])
+        assert message is None or resp.json() == {"error": message}
+
+
 def test_the_load_tests_bad_requests_get_their_4xx(server):
     """bench/load_test.py --mix sends these under load and counts any other answer as an error."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
@@ -539,6 +556,93 @@ def test_client_disconnect_is_logged_and_dropped(server, monkeypatch, caplog):
     while 'textmatch_cancelled_total{function="predict_ids"}' not in metrics.render() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert 'textmatch_cancelled_total{function="predict_ids"} 1' in metrics.render()
+
+
+def _connect(server):
+    host, port = server["url"].removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    return sock
+
+
+def _read_answer(sock):
+    """Everything the server sends until it closes the connection -> (status, JSON body)."""
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body), head.lower()
+
+
+def _count(state, endpoint, code):
+    prefix = f'textmatch_requests_total{{endpoint="{endpoint}",code="{code}"}} '
+    return next((int(line[len(prefix):]) for line in state.metrics.render().splitlines() if line.startswith(prefix)), 0)
+
+
+HALF = (b"POST /v1/models/virt:predict HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 100\r\n\r\n" + b'{"instances": [{"text_a": "half')
+
+
+def test_clients_that_leave_while_sending_their_body_are_499s_not_500s(server, caplog):
+    """50 clients send a head and half a body, then close: each is a disconnect (499, one WARNING line
+    without a traceback, rate-limited), not a fault (starlette's ClientDisconnect was a 500 with a traceback)."""
+    state = server["state"]
+    before, faults = _count(state, "predict", 499), _count(state, "predict", 500)
+    caplog.set_level(logging.INFO)
+    for _ in range(50):
+        with _connect(server) as sock:
+            sock.sendall(HALF)
+            time.sleep(0.01)
+    deadline = time.monotonic() + 10
+    while _count(state, "predict", 499) < before + 50 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (_count(state, "predict", 499), _count(state, "predict", 500)) == (before + 50, faults), state.metrics.render()
+    assert not any(r.exc_info or r.levelno >= logging.ERROR for r in caplog.records), caplog.text[-3000:]
+    lines = [r.getMessage() for r in caplog.records if "disconnected" in r.getMessage()]
+    assert 1 <= len(lines) <= 6 and lines[0].startswith("client disconnected: predict request dropped after"), lines
+    assert len(server["client"].predict_pairs(["still"], ["here"])) == 1
+
+
+def test_stalled_requests_time_out_with_408_and_are_closed(server, monkeypatch):
+    """serve.request_timeout_s bounds how long a client may take to send its head, then its body: one that
+    stops half-way gets 408 and its connection is closed (it held a request and its bytes forever); one that
+    sends nothing is closed."""
+    state = server["state"]
+    monkeypatch.setattr(state, "request_timeout_s", 0.5)
+    before = _count(state, "predict", 408), _count(state, "http", 408)
+    t0 = time.monotonic()
+    with _connect(server) as body, _connect(server) as head, _connect(server) as idle:
+        body.sendall(HALF)
+        head.sendall(HALF[:40])
+        got = {name: _read_answer(sock) if name != "idle" else sock.recv(1)
+               for name, sock in (("body", body), ("head", head), ("idle", idle))}
+    assert time.monotonic() - t0 < 5
+    code, answer, headers = got["body"]
+    assert (code, answer) == (408, {"error": "request body not complete within 0.5 s (serve.request_timeout_s): "
+                                             "got 31 of 100 bytes"}) and b"connection: close" in headers
+    code, answer, _ = got["head"]
+    assert (code, answer) == (408, {"error": "request head not complete within 0.5 s (serve.request_timeout_s): "
+                                             "got 40 bytes"})
+    assert got["idle"] == b""  # closed without an answer
+    assert (_count(state, "predict", 408), _count(state, "http", 408)) == (before[0] + 1, before[1] + 1)
+    assert len(server["client"].predict_pairs(["still"], ["here"])) == 1
+
+
+def test_a_head_over_16_kib_gets_431_however_it_arrives(server):
+    """2,000 headers: h11 measures its buffer only when it needs more data, so in one read they were taken
+    (200) and in small ones refused with uvicorn's plain 400 and a reset that hid it. Now 431 both ways, and the
+    connection is closed after the client has sent its head (a lingering close), so the client reads it."""
+    headers = {f"x-header-{i}": "v" * 20 for i in range(2000)}
+    resp = httpx.get(server["url"] + "/healthz", headers=headers)
+    assert resp.status_code == 431 and resp.json() == {"error": "request line and headers over 16384 bytes"}
+    head = b"GET /healthz HTTP/1.1\r\nHost: test\r\n" + b"".join(f"{k}: {v}\r\n".encode() for k, v in headers.items())
+    with _connect(server) as sock:
+        for i in range(0, len(head), 1000):  # in pieces, as a slow client sends it
+            sock.sendall(head[i:i + 1000])
+        sock.sendall(b"\r\n")
+        code, answer, _ = _read_answer(sock)
+    assert (code, answer["error"]) == (431, "request line and headers over 16384 bytes")
+    assert httpx.get(server["url"] + "/healthz", headers=dict(list(headers.items())[:100])).status_code == 200
+    assert _count(server["state"], "http", 431) == 2
 
 
 # ----------------------------------------------------------------------------- other backends
