@@ -113,7 +113,7 @@ class TrainConfig:
     cpu_replicas: int = bounded(0, ge=0)  # split the CPU into this many logical devices (0 = off)
     mixed_precision: str | None = choice("mixed_bfloat16", "mixed_float16", default=None)  # Keras dtype policy; None = float32
     jit_compile: bool = False  # XLA-compile the train step
-    metric: str = choice("accuracy", "f1", "macro_f1", "auc", "loss", default="f1")  # model selection / early stopping
+    metric: str = choice("accuracy", "f1", "macro_f1", "auc", "loss", default="accuracy")  # model selection / early stopping (f1 favours predicting the majority class early: docs/defaults.md)
     patience: int | None = bounded(None, ge=0)  # epochs without improvement before stopping (0 = never); null = max(2, epochs / 5) (docs/defaults.md)
     steps_per_epoch: int | None = bounded(None, ge=1)  # cap on steps per epoch (quick runs)
     eval_batch_size: int = bounded(64, ge=1)  # batch size for evaluation and prediction

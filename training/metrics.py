@@ -140,7 +140,7 @@ def constant_prediction_warnings(metrics, split="valid"):
                         f"classes apart")
     elif metrics.get("spread", 1.0) < MIN_SPREAD:
         warnings.append(f"the {split} predictions are nearly constant (every class probability varies by "
-                        f"{metrics['spread']:.2f} between the 5th and 95th percentile of pairs, under "
+                        f"{metrics['spread']:.3f} between the 5th and 95th percentile of pairs, under "
                         f"{MIN_SPREAD}): the model barely tells its pairs apart")
     return warnings
 
