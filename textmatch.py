@@ -25,7 +25,7 @@ Example (runs as is after `make install`; doctested by tests/test_api.py)::
 
 With a fine-tuned model (here the quick start's; any model or export directory works)::
 
-    >>> ce = textmatch.load("runs/quick/model")                       # doctest: +SKIP
+    >>> ce = textmatch.load("runs/mine/model")                        # doctest: +SKIP
     >>> ce.predict(("how old are you", "what is your age"))            # doctest: +SKIP
     array([0.03, 0.97], dtype=float32)
     >>> ce.predict([("how old are you", "what is your age")]).shape    # doctest: +SKIP
