@@ -95,7 +95,7 @@ def evaluate(cfg):
     if cm:
         rule = "" if loaded.has_classifier else f", by cosine > {metrics['cosine_threshold']:.4f}"
         print(f"confusion matrix (rows = true, columns = predicted{rule}):")
-        width = max(len(n) for n in cm["labels"]) + 2
+        width = max(len(str(x)) for x in [*cm["labels"], *(c for row in cm["matrix"] for c in row)]) + 2
         print(" " * width + "".join(n.rjust(width) for n in cm["labels"]))
         for name, row in zip(cm["labels"], cm["matrix"]):
             print(name.rjust(width) + "".join(str(c).rjust(width) for c in row))
