@@ -32,3 +32,67 @@ def test_list_values_that_cannot_mean_anything_are_refused_when_the_config_is_re
     with pytest.raises(ConfigError) as e:
         load_config(None, [override, "task=evaluate"])
     assert str(e.value) == message
+
+
+# ============================================================================ data files
+def _columns_error(path, **kw):
+    from data import DataError
+    from data.readers import check_columns
+    with pytest.raises(DataError) as e:
+        check_columns(path, label="label", **kw)
+    return str(e.value)
+
+
+@pytest.mark.parametrize("name,data,message", [
+    ("u16.csv", "sentence1,sentence2,label\na,b,1\n".encode("utf-16"),
+     "u16.csv: UTF-16 text (it starts with the byte-order mark 0xfffe); re-save the file as UTF-8"),
+    ("gz.csv", __import__("gzip").compress(b"sentence1,sentence2,label\na,b,1\n"),
+     "gz.csv: a gzip-compressed file; decompress it first"),
+    ("bin.csv", bytes(range(128, 256)) * 4, "bin.csv:1: not valid UTF-8 (byte 0x80 at byte 1 of the line): not a text file"),
+    ("nul.csv", bytes(range(256)) * 4, "nul.csv:1: a NUL byte in the header (byte 1 of the line): not a text file"),
+    ("lat.csv", "sentence1,sentence2,label\xe9\na,b,1\n".encode("latin-1"), "lat.csv:1: not valid UTF-8 (byte 0xe9"),
+])
+def test_a_pair_file_that_is_not_utf8_text_says_what_it_is_not_column_not_found(tmp_path, name, data, message):
+    # before: "column 'sentence1' not found; the header has columns ['\xff\xfes\x00e\x00n...']"
+    (tmp_path / name).write_bytes(data)
+    assert message in _columns_error(tmp_path / name)
+
+
+def test_a_headerless_file_with_a_bad_first_row_is_left_to_the_row_reader(tmp_path):
+    # lcqmc has no header: its first row's bad byte is a bad row (skipped with data.on_bad_row=skip)
+    from data.readers import check_columns
+    (tmp_path / "l.tsv").write_bytes("caf\xe9\tb\t1\na\tb\t0\n".encode("latin-1"))
+    check_columns(tmp_path / "l.tsv", format="lcqmc", label="label")
+
+
+def test_a_huge_header_is_quoted_cut_in_the_error(tmp_path):
+    # a file of one 10 MB line printed that whole line as the "column" (a 10 MB error line)
+    from data import DataError, read_pairs
+    (tmp_path / "one.csv").write_text("a" * 200_000 + "\n" + "b\n")
+    with pytest.raises(DataError) as e:  # a first line too long for the check from the header: read_pairs
+        read_pairs(tmp_path / "one.csv")
+    message = str(e.value)
+    assert len(message) < 400 and "(200000 characters)" in message and "is the delimiter right?" in message
+    (tmp_path / "wide.csv").write_text(",".join(f"c{i}" for i in range(5000)) + "\n" + "x\n")
+    message = _columns_error(tmp_path / "wide.csv")
+    assert len(message) < 600 and "... (5000 columns)" in message
+
+
+@pytest.mark.parametrize("labels,bad", [(["0", "1"] * 7 + ["yes"], "yes"), (["1", "0"] * 8 + ["unsure"], "unsure")])
+def test_a_word_among_numeric_labels_is_refused_naming_file_and_line(tmp_path, labels, bad):
+    # 0/1 plus one 'yes' (or pandas' 'nan') trained a three-class model without a word
+    from data import DataError, read_pairs
+    from data.readers import check_label_set
+    from tests.tiny_runs import write_csv
+    write_csv(tmp_path / "t.csv", [(f"a{i}", f"b{i}", y) for i, y in enumerate(labels)])
+    with pytest.raises(DataError, match=rf"t.csv:{labels.index(bad) + 2}: label '{bad}' is a word among numeric "
+                                        rf"labels \['0', '1'\] .*declare the classes with data.labels"):
+        check_label_set(read_pairs(tmp_path / "t.csv"))
+    check_label_set(_pairs(tmp_path, ["no", "yes"] * 8))  # words alone, numbers alone: fine
+
+
+def _pairs(tmp_path, labels):
+    from data import read_pairs
+    from tests.tiny_runs import write_csv
+    write_csv(tmp_path / "w.csv", [(f"a{i}", f"b{i}", y) for i, y in enumerate(labels)])
+    return read_pairs(tmp_path / "w.csv")
