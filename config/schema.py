@@ -481,6 +481,11 @@ def _check_run(cfg: RunConfig) -> RunConfig:
     twice = next((y for i, y in enumerate(labels or ()) if y in labels[:i]), None)
     if twice is not None:
         raise ConfigError(f"data.labels: {twice!r} is given twice in {labels}")
+    d = cfg.data
+    for (k1, v1), (k2, v2) in [(("text_a", d.text_a), ("text_b", d.text_b)), (("text_a", d.text_a), ("label", d.label)),
+                               (("text_b", d.text_b), ("label", d.label))]:
+        if v1 == v2:  # a model of (a, a) pairs trained without a word
+            raise ConfigError(f"data.{k1} and data.{k2} are both {v1!r}: each names its own column")
     short = next((n for n in cfg.serve.warmup if n < 1), None)  # runtime.batching.warm_up clamped it to 1
     if short is not None:
         raise ConfigError(f"serve.warmup: sequence lengths must be >= 1, got {short} in {cfg.serve.warmup}")

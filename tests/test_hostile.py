@@ -25,6 +25,8 @@ def test_a_duplicate_key_in_a_config_file_is_refused_naming_file_and_line(tmp_pa
     ("data.labels=[a, b, a]", "data.labels: 'a' is given twice in ['a', 'b', 'a']"),
     ("data.labels=[0, '0']", "data.labels: '0' is given twice in ['0', '0']"),
     ("serve.warmup=[32, -1]", "serve.warmup: sequence lengths must be >= 1, got -1 in [32, -1]"),
+    ("data.text_b=sentence1", "data.text_a and data.text_b are both 'sentence1': each names its own column"),
+    ("data.label=sentence2", "data.text_b and data.label are both 'sentence2': each names its own column"),
     ("serve.warmup=[0]", "serve.warmup: sequence lengths must be >= 1, got 0 in [0]"),
 ])
 def test_list_values_that_cannot_mean_anything_are_refused_when_the_config_is_resolved(override, message):
