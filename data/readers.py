@@ -30,7 +30,9 @@ import csv
 import io
 import json
 import math
+import os
 import re
+import stat
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -161,6 +163,10 @@ def _read_bytes(path: Path, limit: int = -1) -> bytes:
     """The file's bytes (its first `limit` only, when given), or the DataError every reader gives."""
     try:
         with open(path, "rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):  # /dev/zero: read whole, it filled the memory
+                kind = "character" if stat.S_ISCHR(mode) else "block"
+                raise DataError(f"{path}: a {kind} device, not a file")
             return f.read(limit)
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None

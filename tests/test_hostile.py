@@ -98,3 +98,22 @@ def _pairs(tmp_path, labels):
     from tests.tiny_runs import write_csv
     write_csv(tmp_path / "w.csv", [(f"a{i}", f"b{i}", y) for i, y in enumerate(labels)])
     return read_pairs(tmp_path / "w.csv")
+
+
+def test_a_device_as_a_pair_file_is_refused_not_read_forever(tmp_path):
+    # data.test=/dev/zero passed the check from the header (64 KiB of NULs, no line), then read_pairs read it
+    # whole after TensorFlow's start-up (memory without end; the campaign's call timed out). Now refused first.
+    from data import DataError
+    from data.readers import check_columns
+    with pytest.raises(DataError, match="^/dev/zero: a character device, not a file$"):
+        check_columns("/dev/zero")
+
+
+def test_a_symlink_loop_is_not_called_missing(tmp_path):
+    from data import DataError
+    from training.rundir import check_inputs
+    from data.readers import check_columns
+    (tmp_path / "loop.csv").symlink_to(tmp_path / "loop.csv")
+    check_inputs([("data.test", str(tmp_path / "loop.csv"), "file")])  # before: "file not found"
+    with pytest.raises(DataError, match=r"loop.csv: cannot read \(Too many levels of symbolic links\)"):
+        check_columns(tmp_path / "loop.csv")

@@ -213,7 +213,7 @@ def start_run(cfg, out, given=None):
 # ----------------------------------------------------------------------------- inputs
 # How a path a task reads is checked -> (the test, the message of the reader or loader that fails later).
 _CHECKS = {
-    "file": (Path.exists, "{}: file not found"),  # data.readers
+    "file": (lambda p: p.exists() or p.is_symlink(), "{}: file not found"),  # data.readers (a symlink loop: its own error)
     "text": (Path.is_file, "{}: not found"),  # pretrain.task (data.text)
     "vocab": (Path.is_file, "{}: vocabulary file not found"),  # modeling.tokenization
     "checkpoint": (Path.exists, "{}: checkpoint directory not found"),  # modeling.pretrained.resolve
