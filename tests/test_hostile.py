@@ -117,3 +117,16 @@ def test_a_symlink_loop_is_not_called_missing(tmp_path):
     check_inputs([("data.test", str(tmp_path / "loop.csv"), "file")])  # before: "file not found"
     with pytest.raises(DataError, match=r"loop.csv: cannot read \(Too many levels of symbolic links\)"):
         check_columns(tmp_path / "loop.csv")
+
+
+# ============================================================================ run directories
+@pytest.mark.parametrize("task", ["evaluate", "predict"])
+def test_an_out_under_a_file_or_on_a_dangling_symlink_says_so(tmp_path, task):
+    # before: "[Errno 20] Not a directory: '.../afile/sub'" and "[Errno 17] File exists: '.../dangling'"
+    from training.rundir import RunError, check_out
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere" / "x")
+    with pytest.raises(RunError, match=r"^--out \S+/afile/sub/x: \S+/afile is a file, not a directory"):
+        check_out(task, tmp_path / "afile" / "sub" / "x")
+    with pytest.raises(RunError, match=r"^--out \S+/dangling is a symlink to \S+/nowhere/x, which does not exist"):
+        check_out(task, tmp_path / "dangling")

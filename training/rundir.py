@@ -56,6 +56,11 @@ def check_out(task, out, inputs=()):
     if out is None:
         return
     out = Path(out)
+    if out.is_symlink() and not out.exists():  # mkdir said "[Errno 17] File exists"
+        raise RunError(f"--out {out} is a symlink to {os.readlink(out)}, which does not exist: choose another --out")
+    above = next((a for a in out.parents if a.exists() or a.is_symlink()), None)
+    if above is not None and not above.is_dir():  # mkdir said "[Errno 20] Not a directory: '<out>'"
+        raise RunError(f"--out {out}: {above} is a file, not a directory: choose another --out")
     if task not in _WRITES:  # predict, search: a file
         if out.is_dir():
             raise RunError(f"{out} is a directory; --task {task} writes a file: give a file name as --out")
