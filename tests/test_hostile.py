@@ -130,3 +130,10 @@ def test_an_out_under_a_file_or_on_a_dangling_symlink_says_so(tmp_path, task):
         check_out(task, tmp_path / "afile" / "sub" / "x")
     with pytest.raises(RunError, match=r"^--out \S+/dangling is a symlink to \S+/nowhere/x, which does not exist"):
         check_out(task, tmp_path / "dangling")
+
+
+def test_an_empty_out_is_refused_not_taken_as_no_out(capsys):
+    import run_tasks
+    assert run_tasks.main(["--task", "evaluate", "--out", "", "--set", "model.init=/nonexistent"]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: --out is empty (an unset shell variable?): give a directory, or leave --out out")
