@@ -137,3 +137,40 @@ def test_an_empty_out_is_refused_not_taken_as_no_out(capsys):
     assert run_tasks.main(["--task", "evaluate", "--out", "", "--set", "model.init=/nonexistent"]) == 1
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "error: --out is empty (an unset shell variable?): give a directory, or leave --out out")
+
+
+def test_predict_out_on_a_device_is_refused_not_replaced_by_a_file(tmp_path):
+    # predict writes <out>.<pid>.tmp and renames it over --out: as root, /dev/full became a regular file
+    from training.rundir import RunError, check_out
+    with pytest.raises(RunError, match=r"^--out /dev/full is a character device, not a file: --task predict writes"):
+        check_out("predict", "/dev/full")
+    os_fifo = tmp_path / "fifo"
+    __import__("os").mkfifo(os_fifo)
+    with pytest.raises(RunError, match=r"fifo is a named pipe, not a file"):
+        check_out("predict", os_fifo)
+
+
+@pytest.mark.parametrize("content", [b"", b"\xff\xfe\x00garbage", b"[1, 2]", b'{"pid": 5}', None])
+def test_a_damaged_run_lock_says_so_instead_of_a_run_of_pid_none(tmp_path, content):
+    # before: "is in use by another run (pid None on None, started None: None)"
+    from config import load_config
+    from training.rundir import RunError, run_lock
+    out = tmp_path / "out"
+    out.mkdir()
+    if content is None:
+        (out / "run.lock").mkdir()
+    else:
+        (out / "run.lock").write_bytes(content)
+    cfg = load_config(None, ["task=evaluate", f"out={out}"])
+    with pytest.raises(RunError, match=r"its lock file \S+run.lock is not a run's lock .*delete it and start again"):
+        with run_lock(cfg, "cmd"):
+            pass
+
+
+def test_an_out_that_cannot_be_created_names_out_and_the_reason(tmp_path):
+    from config import load_config
+    from training.rundir import RunError, run_lock
+    cfg = load_config(None, ["task=evaluate", "out=/proc/x"])
+    with pytest.raises(RunError, match=r"^--out /proc/x: cannot create the directory \(No such file or directory\)$"):
+        with run_lock(cfg, "cmd"):
+            pass
