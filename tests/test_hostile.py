@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from config import ConfigError, load_config
+from tests.test_reliability import work  # noqa: F401  (sample data, a tiny model directory)
 
 
 def test_a_duplicate_key_in_a_config_file_is_refused_naming_file_and_line(tmp_path):
@@ -174,3 +175,59 @@ def test_an_out_that_cannot_be_created_names_out_and_the_reason(tmp_path):
     with pytest.raises(RunError, match=r"^--out /proc/x: cannot create the directory \(No such file or directory\)$"):
         with run_lock(cfg, "cmd"):
             pass
+
+
+# ============================================================================ model directories
+def test_weights_damaged_inside_their_data_are_refused_not_scored(work, tmp_path):
+    # flipped bytes inside model.weights.h5 (the campaign: 4 KiB in the middle) loaded without an error, evaluate reported
+    # the garbage model's metrics; the directory now records the file's size and sha256
+    import json
+    import shutil
+
+    from modeling.model_dir import CheckpointError, load_model_dir
+    d = tmp_path / "m"
+    shutil.copytree(work["model"], d)
+    assert json.loads((d / "model.json").read_text())["weights"]["bytes"] == (d / "model.weights.h5").stat().st_size
+    load_model_dir(d)
+    import h5py
+    with h5py.File(d / "model.weights.h5", "r") as f:  # the largest tensor's bytes (not HDF5's own structures)
+        found = []
+        f.visititems(lambda name, obj: found.append(obj) if isinstance(obj, h5py.Dataset) else None)
+        biggest = max(found, key=lambda ds: ds.size)
+        start, length = biggest.id.get_offset(), biggest.id.get_storage_size()
+    data = bytearray((d / "model.weights.h5").read_bytes())
+    data[start:start + length] = bytes(b ^ 0xFF for b in data[start:start + length])
+    (d / "model.weights.h5").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"m/model.weights.h5: not the weights this model directory was written "
+                                              r"with \(sha256 \w{12}\.\.\., model.json records \w{12}\.\.\.\): damaged"):
+        load_model_dir(d)
+    meta = json.loads((d / "model.json").read_text())  # a directory written before the record: not checked
+    del meta["weights"]
+    (d / "model.json").write_text(json.dumps(meta))
+    load_model_dir(d)
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda meta: [], "model.json: not a textmatch-model model directory"),
+    (lambda meta: {**meta, "format_version": 99}, "model.json: format_version 99: this textmatch reads model directories "
+                                                  "of format_version <= 1 (written by a newer version?)"),
+    (lambda meta: {**meta, "max_seq_len": -3}, 'model.json: "max_seq_len" must be a whole number of tokens >= 5, got -3'),
+    (lambda meta: {**meta, "max_seq_len": "16"}, 'model.json: "max_seq_len" must be a whole number of tokens >= 5, got "16"'),
+    (lambda meta: {**meta, "tokenizer": None}, 'model.json: "tokenizer" must be an object with "lowercase" true or false'),
+    (lambda meta: {**meta, "model": "x"}, 'model.json: "model" must be the model\'s Keras config (an object), got "x"'),
+])
+def test_a_model_json_with_values_no_reader_can_trust_names_the_file(work, tmp_path, edit, message):
+    # before: "[]" -> "'list' object has no attribute 'get'"; format_version 99 read as 1 without a word;
+    # max_seq_len -3 -> a TensorFlow graph error
+    import json
+    import shutil
+
+    from modeling.model_dir import CheckpointError, read_meta
+    from runtime.backends import read_kind
+    d = tmp_path / "m"
+    shutil.copytree(work["model"], d)
+    (d / "model.json").write_text(json.dumps(edit(json.loads((d / "model.json").read_text()))))
+    for read in (read_meta, read_kind):
+        with pytest.raises(CheckpointError) as e:
+            read(d)
+        assert str(e.value) == f"{d / 'model.json'}: {message.split('model.json: ', 1)[1]}" or message in str(e.value)
