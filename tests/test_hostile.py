@@ -245,3 +245,17 @@ def test_load_checks_int8_and_an_empty_path_before_looking_for_files(kwargs, err
     with pytest.raises(error) as e:
         textmatch.load(**kwargs)
     assert str(e.value) == message
+
+
+# ============================================================================ predict's stdin
+@pytest.mark.parametrize("stdin,message", [("a\t\n", "error: <stdin>:1: empty text_b (expected 'text_a<TAB>text_b', "
+                                                      "a text on each side of the tab)"),
+                                           ("x\ty\n  \tb\n", "error: <stdin>:2: empty text_a (expected "
+                                                             "'text_a<TAB>text_b', a text on each side of the tab)")])
+def test_predict_stdin_names_the_empty_side(work, capsys, monkeypatch, stdin, message):
+    # "a<TAB>" (a line with its tab, one side empty) said only "expected 'text_a<TAB>text_b'"
+    import io
+    from tests.test_cli import _one_error_line
+    from tests.test_hardening import _predict_stdin
+    rc, out, err = _predict_stdin(capsys, monkeypatch, work, io.StringIO(stdin))
+    assert rc == 1 and _one_error_line(err) == message
