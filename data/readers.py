@@ -512,23 +512,21 @@ def check_label_set(pairs: PairData) -> None:
     for y in first:
         if y in pairs.columns:
             raise DataError(f"{pairs.path}:{first[y]}: label {y!r} is a column name (a repeated header row?){fix}")
-    words = [y for y in first if not _is_number(y)]
-    if words and len(words) < len(first):  # sorted as words, '10' < '2'; and 'yes' beside 0/1 is a third class
-        y = min(words, key=lambda w: counts[w])
-        raise DataError(f"{pairs.path}:{first[y]}: label {y!r} is a word among numeric labels "
-                        f"{sorted(set(first) - set(words), key=float)[:5]} (a typo, or a note in the label column?){fix}")
     numbers = {}
     for y in first:
         if _is_number(y) and (twin := numbers.setdefault(float(y), y)) != y:
             raise DataError(f"{pairs.path}:{first[y]}: label {y!r} is the number {twin!r} (line {first[twin]}) "
                             f"written another way, and would be a second class{fix}")
-    if len(numbers) > 10:  # a graded score scale (STS-B): rare values are normal
-        return
     top, most = counts.most_common(1)[0]
-    for y in first:
-        if counts[y] <= RARE_ROWS and counts[y] * RARE_RATIO <= most:
+    for y in first:  # not on a graded score scale (STS-B), where rare values are normal
+        if len(numbers) <= 10 and counts[y] <= RARE_ROWS and counts[y] * RARE_RATIO <= most:
             raise DataError(f"{pairs.path}:{first[y]}: label {y!r} has only {counts[y]} rows against {most} of "
                             f"{top!r} (a typo?){fix}")
+    words = [y for y in first if not _is_number(y)]
+    if words and len(words) < len(first):  # sorted as words, '10' < '2'; and 'yes' beside 0/1 is a third class
+        y = min(words, key=lambda w: counts[w])
+        raise DataError(f"{pairs.path}:{first[y]}: label {y!r} is a word among numeric labels "
+                        f"{sorted(set(first) - set(words), key=float)[:5]} (a typo, or a note in the label column?){fix}")
 
 
 def label_map(label_values, labels=None) -> list[str]:
