@@ -161,6 +161,8 @@ def main(argv=None):
         from training.contract import apply_contract, check_pair_columns, command, recorded_command
         from training.rundir import check_out, preflight, run_lock
 
+        if args.out is not None and not args.out.strip():  # `--out "$OUT"` with OUT unset: was taken as no --out
+            raise ValueError("--out is empty (an unset shell variable?): give a directory, or leave --out out")
         path = args.config or ROOT / "config" / f"{default_cfg}.yaml"
         overrides = parse_overrides(args.set) + [f"task={args.task}"]
         if args.out:

@@ -107,6 +107,10 @@ def load(path, backend="onnx", int8=False, threads=None):
         raise TypeError(f"path: expected a directory or a checkpoint name (a str or a path), got {_shown(path)}")
     if backend not in ("onnx", "tf"):
         raise ValueError(f"backend: expected 'onnx' or 'tf', got {_shown(backend)}")
+    if not isinstance(int8, bool):  # int8="no" was true: "model.int8.onnx: missing"
+        raise TypeError(f"int8: expected True or False, got {_shown(int8)}")
+    if isinstance(path, str) and not path.strip():  # '' was read as '.': ".: not a checkpoint directory"
+        raise ValueError("path: an empty string; give a model or export directory or a checkpoint name")
     threads = _count(threads, "threads", none_ok=True)
     source = _checkpoint_dir(path)
     if source is None:

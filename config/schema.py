@@ -362,10 +362,33 @@ def _renamed(src: dict, path: Path | None = None) -> dict:
     return out
 
 
+def _duplicate_keys(node, path: Path, section: str | None = None) -> None:
+    """Raise ConfigError at the first key given twice in one mapping of the composed YAML ``node``: YAML
+    keeps the last value, so ``epochs: 3`` above an ``epochs: 4`` (or a whole section above its repeat) was
+    dropped without a word."""
+    if isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _duplicate_keys(item, path, section)
+    if not isinstance(node, yaml.MappingNode):
+        return
+    seen: dict = {}
+    for key, value in node.value:
+        name = key.value if isinstance(key, yaml.ScalarNode) else None
+        if name is not None and name in seen:
+            where = f" in section '{section}'" if section else ""
+            raise ConfigError(f"{path}:{key.start_mark.line + 1}: duplicate key '{name}'{where} "
+                              f"(first at line {seen[name] + 1}); YAML would keep only the last one")
+        if name is not None:
+            seen[name] = key.start_mark.line
+        _duplicate_keys(value, path, name if section is None else f"{section}.{name}")
+
+
 def _read_yaml(path: Path) -> dict:
     """The config file ``path`` as a mapping of sections, each a mapping (or empty); errors name the file."""
     try:
-        loaded = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
+        text = path.read_text(encoding="utf-8")
+        _duplicate_keys(yaml.compose(text, Loader=_Loader), path)
+        loaded = yaml.load(text, Loader=_Loader)
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config file ({e.strerror or e})") from None
     except UnicodeDecodeError as e:  # a binary file, or another encoding: the codec's message names no file
@@ -450,8 +473,22 @@ TRAINING_TASKS = ("finetune", "distill", "sbert", "virt", "pretrain")
 
 
 def _check_run(cfg: RunConfig) -> RunConfig:
-    """Checks across keys; those needing a checkpoint's sizes run when it is loaded."""
+    """Checks across keys and of list items; those needing a checkpoint's sizes run when it is loaded."""
     m, t = cfg.model, cfg.train
+    labels = cfg.data.labels  # evaluate, predict and serve take the model's labels: a bad list went unnoticed there
+    if labels is not None and not labels:
+        raise ConfigError("data.labels: an empty list; give the class names in order, or null")
+    twice = next((y for i, y in enumerate(labels or ()) if y in labels[:i]), None)
+    if twice is not None:
+        raise ConfigError(f"data.labels: {twice!r} is given twice in {labels}")
+    d = cfg.data
+    for (k1, v1), (k2, v2) in [(("text_a", d.text_a), ("text_b", d.text_b)), (("text_a", d.text_a), ("label", d.label)),
+                               (("text_b", d.text_b), ("label", d.label))]:
+        if v1 == v2:  # a model of (a, a) pairs trained without a word
+            raise ConfigError(f"data.{k1} and data.{k2} are both {v1!r}: each names its own column")
+    short = next((n for n in cfg.serve.warmup if n < 1), None)  # runtime.batching.warm_up clamped it to 1
+    if short is not None:
+        raise ConfigError(f"serve.warmup: sequence lengths must be >= 1, got {short} in {cfg.serve.warmup}")
     if cfg.task in TRAINING_TASKS and m.init is None:  # the random-init architecture is all in the config
         if t.max_seq_len > m.max_position:  # would train, then fail in evaluate on longer texts
             raise ConfigError(f"train.max_seq_len={t.max_seq_len}: longer than model.max_position={m.max_position} "

@@ -137,7 +137,8 @@ def read_unlabelled(cfg, path):
             more = f", found {len(parts)} tab-separated fields" if len(parts) > 2 else ""
             bad(n, "wrong number of fields", f"expected 'text_a<TAB>text_b'{more}")
         elif not parts[0].strip() or not parts[1].strip():
-            bad(n, "empty text", "expected 'text_a<TAB>text_b'")
+            side = "text_a" if not parts[0].strip() else "text_b"  # was only "expected 'text_a<TAB>text_b'"
+            bad(n, "empty text", f"empty {side} (expected 'text_a<TAB>text_b', a text on each side of the tab)")
         else:
             a.append(parts[0]), b.append(parts[1]), lines.append(n)
     if skipped:

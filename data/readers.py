@@ -30,7 +30,9 @@ import csv
 import io
 import json
 import math
+import os
 import re
+import stat
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -161,6 +163,10 @@ def _read_bytes(path: Path, limit: int = -1) -> bytes:
     """The file's bytes (its first `limit` only, when given), or the DataError every reader gives."""
     try:
         with open(path, "rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):  # /dev/zero: read whole, it filled the memory
+                kind = "character" if stat.S_ISCHR(mode) else "block"
+                raise DataError(f"{path}: a {kind} device, not a file")
             return f.read(limit)
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
@@ -225,15 +231,22 @@ def _csv_rows(text, name):
         csv.field_size_limit(limit)
 
 
+def _shown_name(name, limit=60):
+    """A column name as an error quotes it: repr, at most `limit` characters (a file of one 10 MB line
+    has a 10 MB "column")."""
+    return repr(name) if len(name) <= limit else f"{name[:limit]!r}... ({len(name)} characters)"
+
+
 def _find_column(name, header, line, column, why=""):
     """The index of `column` in `header`, else an error naming the file, the column (`why`: where its
     name came from) and the columns found."""
     if column in header:
         return header.index(column)
     if len(header) == 1:
-        hint = f"the header has one column {header[0]!r} — is the delimiter right?"
+        hint = f"the header has one column {_shown_name(header[0])} — is the delimiter right?"
     else:
-        hint = f"the header has columns {header}"
+        shown = ", ".join(map(_shown_name, header[:20])) + (f", ... ({len(header)} columns)" if len(header) > 20 else "")
+        hint = f"the header has columns [{shown}]"
     raise DataError(f"{name}:{line}: column {column!r}{why} not found; {hint}")
 
 
@@ -396,6 +409,7 @@ def read_header(path, format="auto"):
     text = raw.decode("utf-8", "replace")
     text = text[1:] if text.startswith("\ufeff") else text
     format = _resolve_format(path, format, text)
+    _check_text_file(path, raw.split(b"\n", 1)[0], header=format not in ("lcqmc", "jsonl", "afqmc"))
     if format == "lcqmc" or not text.strip():
         return format, 0, None
     if format in ("jsonl", "afqmc"):
@@ -410,6 +424,30 @@ def read_header(path, format="auto"):
     except DataError:
         return format, 0, None
     return format, (first or (0,))[0], (None if first is None else [h.strip() for h in first[1]])
+
+
+def _check_text_file(path, first_line: bytes, header: bool) -> None:
+    """Raise a DataError naming what `path` is when it is gzip-compressed or UTF-16, or when its header
+    line (`header`) is not UTF-8: no column can be found in it, and "column not found; the header has
+    one column '\\x00s\\x00e...'" named the wrong cause. A bad byte in a row is that row's error
+    (skipped with data.on_bad_row=skip)."""
+    if first_line.startswith(b"\x1f\x8b"):
+        raise DataError(f"{path}: a gzip-compressed file; decompress it first (pair files are UTF-8 text)")
+    for bom, name in ((b"\xff\xfe", "UTF-16"), (b"\xfe\xff", "UTF-16")):
+        if first_line.startswith(bom):
+            raise DataError(f"{path}: {name} text (it starts with the byte-order mark 0x{bom.hex()}); "
+                            f"re-save the file as UTF-8")
+    if not header:
+        return
+    if b"\x00" in first_line:
+        raise DataError(f"{path}:1: a NUL byte in the header (byte {first_line.index(0) + 1} of the line): "
+                        f"not a text file")
+    try:
+        first_line.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}:1: not valid UTF-8 (byte 0x{first_line[e.start]:02x} at byte {e.start + 1} of "
+                            f"the line): not a text file, or not UTF-8 (GBK / Latin-1 files are not read); "
+                            f"re-save the file as UTF-8") from None
 
 
 def check_columns(path, format="auto", text_a="sentence1", text_b="sentence2", label=None, why=None):
@@ -479,13 +517,16 @@ def check_label_set(pairs: PairData) -> None:
         if _is_number(y) and (twin := numbers.setdefault(float(y), y)) != y:
             raise DataError(f"{pairs.path}:{first[y]}: label {y!r} is the number {twin!r} (line {first[twin]}) "
                             f"written another way, and would be a second class{fix}")
-    if len(numbers) > 10:  # a graded score scale (STS-B): rare values are normal
-        return
     top, most = counts.most_common(1)[0]
-    for y in first:
-        if counts[y] <= RARE_ROWS and counts[y] * RARE_RATIO <= most:
+    for y in first:  # not on a graded score scale (STS-B), where rare values are normal
+        if len(numbers) <= 10 and counts[y] <= RARE_ROWS and counts[y] * RARE_RATIO <= most:
             raise DataError(f"{pairs.path}:{first[y]}: label {y!r} has only {counts[y]} rows against {most} of "
                             f"{top!r} (a typo?){fix}")
+    words = [y for y in first if not _is_number(y)]
+    if words and len(words) < len(first):  # sorted as words, '10' < '2'; and 'yes' beside 0/1 is a third class
+        y = min(words, key=lambda w: counts[w])
+        raise DataError(f"{pairs.path}:{first[y]}: label {y!r} is a word among numeric labels "
+                        f"{sorted(set(first) - set(words), key=float)[:5]} (a typo, or a note in the label column?){fix}")
 
 
 def label_map(label_values, labels=None) -> list[str]:

@@ -13,6 +13,7 @@ crash never leaves a half-written model where a good one was.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import shutil
@@ -99,9 +100,10 @@ def save_model_dir(model, path, tokenizer, labels=None, max_seq_len=128, extra=N
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     meta = model_meta(model, tokenizer, labels, max_seq_len, extra)
-    (tmp / "model.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
     shutil.copyfile(tokenizer.vocab_file, tmp / "vocab.txt")
     model.save_weights(str(tmp / "model.weights.h5"))
+    meta["weights"] = _weights_record(tmp / "model.weights.h5")  # checked by load_model_dir
+    (tmp / "model.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
     if path.exists():
         old = path.with_name(path.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
@@ -122,11 +124,32 @@ def read_meta(path):
         meta = json.loads(meta_file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{meta_file}: not valid JSON ({e})") from None
-    if meta.get("format") != FORMAT:
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:  # "[]" said "'list' object has no attribute 'get'"
         raise CheckpointError(f"{meta_file}: not a {FORMAT} model directory")
+    check_meta_values(meta, meta_file)
     kind_class(meta, meta_file)
     check_labels(meta, meta_file)
     return meta
+
+
+def check_meta_values(meta, where):
+    """The values every reader of a model.json trusts (model and export directories): a newer format is
+    refused (it was read as this one), and a max_seq_len that is not a length (-3 failed inside a TensorFlow
+    graph, "16" as a string elsewhere) names the file."""
+    version = meta.get("format_version", FORMAT_VERSION)
+    if type(version) is not int or version > FORMAT_VERSION:
+        raise CheckpointError(f"{where}: format_version {json.dumps(version)}: this textmatch reads model directories "
+                              f"of format_version <= {FORMAT_VERSION} (written by a newer version?)")
+    length = meta.get("max_seq_len")
+    if type(length) is not int or length < 5:
+        raise CheckpointError(f"{where}: \"max_seq_len\" must be a whole number of tokens >= 5, got {json.dumps(length)}")
+    tokenizer = meta.get("tokenizer")
+    if not isinstance(tokenizer, dict) or type(tokenizer.get("lowercase")) is not bool:
+        raise CheckpointError(f"{where}: \"tokenizer\" must be an object with \"lowercase\" true or false, "
+                              f"got {json.dumps(tokenizer)[:100]}")
+    if not isinstance(meta.get("model"), dict):
+        raise CheckpointError(f"{where}: \"model\" must be the model's Keras config (an object), "
+                              f"got {json.dumps(meta.get('model'))[:100]}")
 
 
 def check_labels(meta, where):
@@ -206,7 +229,35 @@ def load_model_dir(path, expect_kind=None):
         hint = ("the weights do not fit the architecture in model.json: "
                 if "could not be loaded" in str(e) else "")
         raise CheckpointError(f"{path / 'model.weights.h5'}: cannot load weights ({hint}{_one_line(e)})") from None
+    _check_weights(path, meta)  # after Keras's own errors, which say more about a file it cannot read
     return LoadedModel(model=model, tokenizer=tokenizer, meta=meta, path=path)
+
+
+def _weights_record(file):
+    h = hashlib.sha256()
+    with open(file, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return {"file": file.name, "bytes": file.stat().st_size, "sha256": h.hexdigest()}
+
+
+def _check_weights(path, meta):
+    """A model.weights.h5 damaged inside its tensors' data (bytes flipped by a disk, a copy, an edit) loads
+    without an error and scores garbage: compared against the size and sha256 model.json records (model
+    directories written before the record have none, and are not checked)."""
+    want = meta.get("weights")
+    if not isinstance(want, dict) or "sha256" not in want:
+        return
+    file = path / "model.weights.h5"
+    size = file.stat().st_size
+    if size != want.get("bytes"):
+        what = f"{size} bytes, model.json records {want.get('bytes')}"
+    elif (digest := _weights_record(file)["sha256"]) != want["sha256"]:
+        what = f"sha256 {digest[:12]}..., model.json records {want['sha256'][:12]}..."
+    else:
+        return
+    raise CheckpointError(f"{file}: not the weights this model directory was written with ({what}): "
+                          f"damaged or replaced since; copy the model directory again")
 
 
 def _export_dir_message(path):

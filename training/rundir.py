@@ -13,6 +13,8 @@ import json
 import logging
 import os
 import socket
+import stat
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -56,7 +58,15 @@ def check_out(task, out, inputs=()):
     if out is None:
         return
     out = Path(out)
+    if out.is_symlink() and not out.exists():  # mkdir said "[Errno 17] File exists"
+        raise RunError(f"--out {out} is a symlink to {os.readlink(out)}, which does not exist: choose another --out")
+    above = next((a for a in out.parents if a.exists() or a.is_symlink()), None)
+    if above is not None and not above.is_dir():  # mkdir said "[Errno 20] Not a directory: '<out>'"
+        raise RunError(f"--out {out}: {above} is a file, not a directory: choose another --out")
     if task not in _WRITES:  # predict, search: a file
+        if out.exists() and not out.is_dir() and not out.is_file():  # /dev/full was replaced by a file
+            raise RunError(f"--out {out} is a {_kind(out)}, not a file: --task {task} writes a new file there "
+                           f"(to write to stdout, leave --out out)")
         if out.is_dir():
             raise RunError(f"{out} is a directory; --task {task} writes a file: give a file name as --out")
         _check_not_an_input(task, out, inputs)
@@ -77,6 +87,12 @@ def check_out(task, out, inputs=()):
         raise RunError(f"{out} is a file; --task {task} writes a directory: choose another --out")
     _check_not_an_input(task, out, inputs)
     _check_not_inside_a_whole(out)
+
+
+def _kind(path):
+    mode = path.stat().st_mode
+    return ("character device" if stat.S_ISCHR(mode) else "block device" if stat.S_ISBLK(mode)
+            else "named pipe" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode) else "special file")
 
 
 def _check_not_inside_a_whole(out):
@@ -213,7 +229,7 @@ def start_run(cfg, out, given=None):
 # ----------------------------------------------------------------------------- inputs
 # How a path a task reads is checked -> (the test, the message of the reader or loader that fails later).
 _CHECKS = {
-    "file": (Path.exists, "{}: file not found"),  # data.readers
+    "file": (lambda p: p.exists() or p.is_symlink(), "{}: file not found"),  # data.readers (a symlink loop: its own error)
     "text": (Path.is_file, "{}: not found"),  # pretrain.task (data.text)
     "vocab": (Path.is_file, "{}: vocabulary file not found"),  # modeling.tokenization
     "checkpoint": (Path.exists, "{}: checkpoint directory not found"),  # modeling.pretrained.resolve
@@ -281,7 +297,10 @@ def run_lock(cfg, command):
         return
     out = Path(cfg.out)
     created = [d for d in (out, *out.parents) if not d.exists()]  # innermost first
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # was the bare "[Errno 2] No such file or directory: '/proc/x'"
+        raise RunError(f"--out {out}: cannot create the directory ({e.strerror})") from None
     lock = out / LOCK
     mine = False
     try:
@@ -320,6 +339,15 @@ def _alive(pid):
     return True
 
 
+def _read_lock(lock):
+    """The lock file's record (a dict with pid and host), or None when it is unreadable or not one."""
+    try:
+        held = json.loads(lock.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return held if isinstance(held, dict) and "pid" in held and "host" in held else None
+
+
 def _take(lock, command):
     """Create `lock` for this process: True; False when this process holds it already (re-entrant).
     A lock of a dead process on this host is taken over; any other is refused naming its holder."""
@@ -328,10 +356,13 @@ def _take(lock, command):
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
-            try:
-                held = json.loads(lock.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                held = {}  # being written this instant, or damaged
+            held = _read_lock(lock)
+            if held is None:  # being written this instant, or damaged
+                time.sleep(0.2)
+                held = _read_lock(lock)
+            if held is None:  # "in use by another run (pid None on None, started None: None)" said nothing
+                raise RunError(f"{lock.parent}: its lock file {lock} is not a run's lock (not a JSON object with "
+                               f"pid and host); if no run is writing there, delete it and start again") from None
             who = (f"pid {held.get('pid')} on {held.get('host')}, started {held.get('started')}: "
                    f"{held.get('command')}")
             if held.get("host") == host and held.get("pid") == pid:
