@@ -109,7 +109,8 @@ def predict(cfg):
             labels = loaded.labels
         probs, cosine = outputs.get("probs"), outputs.get("cosine")
         if probs is None:
-            from training.metrics import cosine_classes, positive_index
+            from data.readers import positive_index
+            from training.metrics import cosine_classes
 
             classes = cosine_classes(cosine, labels, loaded.threshold)
             names = [labels[c] if c >= 0 else f"not {labels[positive_index(labels)]}" for c in classes]

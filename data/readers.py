@@ -548,3 +548,12 @@ def subset(pairs, idx):
                     labels=None if pairs.labels is None else [pairs.labels[i] for i in idx],
                     lines=[pairs.lines[i] for i in idx], path=pairs.path,
                     skipped=pairs.skipped, skip_reasons=pairs.skip_reasons, columns=pairs.columns)
+
+
+def positive_index(label_names):
+    """The class scored by binary F1/AUC: "1" (or "true"/"yes"/"entailment") if present, else the last."""
+    lowered = [str(n).lower() for n in label_names]
+    for name in ("1", "true", "yes", "positive", "paraphrase", "entailment", "similar"):
+        if name in lowered:
+            return lowered.index(name)
+    return len(label_names) - 1

@@ -63,7 +63,7 @@ def _rerankers():
 
 
 def positive_class(backend):
-    from training.metrics import positive_index
+    from data.readers import positive_index
 
     return positive_index(backend.labels) if backend.labels else 1
 

@@ -792,7 +792,8 @@ export, pairs_file, out_csv, config = sys.argv[2:6]
 a, b = json.loads(sys.argv[6])
 import textmatch
 m = textmatch.load(export)
-res = {"predict": m.predict(list(zip(a, b))).tolist(), "encode": m.encode(a).tolist()}
+res = {"predict": m.predict(list(zip(a, b))).tolist(), "encode": m.encode(a).tolist(),
+       "rank": [[i, score] for i, _, score in m.rank(a[0], b)]}
 from config import load_config
 from crossenc.predict import predict
 predict(load_config(config, [f"model.init={export}", f"data.test={pairs_file}", f"out={out_csv}"]))
@@ -846,5 +847,6 @@ def test_an_export_is_served_predicted_and_loaded_without_tensorflow_or_keras(vi
     np.testing.assert_allclose(got["predict"], want, atol=1e-4)
     np.testing.assert_allclose(got["serve"], want, atol=1e-4)
     np.testing.assert_allclose(got["encode"], keras_.encode(a), atol=1e-4)
+    assert [i for i, _ in got["rank"]] == [i for i, _, _ in keras_.rank(a[0], b)]
     rows = list(csv.DictReader(out_csv.open(encoding="utf-8")))
     np.testing.assert_allclose([[float(r["p_0"]), float(r["p_1"])] for r in rows], want, atol=1e-4)
