@@ -850,3 +850,24 @@ def test_an_export_is_served_predicted_and_loaded_without_tensorflow_or_keras(vi
     assert [i for i, _ in got["rank"]] == [i for i, _, _ in keras_.rank(a[0], b)]
     rows = list(csv.DictReader(out_csv.open(encoding="utf-8")))
     np.testing.assert_allclose([[float(r["p_0"]), float(r["p_1"])] for r in rows], want, atol=1e-4)
+
+
+def test_serving_json_is_the_model_classes_spec_and_an_export_without_it_still_loads(virt_export, tmp_path):
+    """The export's serving.json says what the kind's class says; an export made before the file existed is
+    read through the class (Keras), and a damaged file is refused naming it."""
+    import shutil
+
+    from modeling.model_dir import kind_class
+    from modeling.serving_spec import SPEC_FILE, read_spec, spec_of
+
+    out = virt_export["out"]
+    meta = json.loads((out / "model.json").read_text(encoding="utf-8"))
+    spec = read_spec(out)
+    assert spec == spec_of(kind_class(meta), meta["model"]["config"]) and not spec.joint_pair()
+    old = tmp_path / "old_export"
+    shutil.copytree(out, old, ignore=shutil.ignore_patterns("saved_model", "withheld"))
+    (old / SPEC_FILE).unlink()
+    assert open_model(old).spec == spec
+    (old / SPEC_FILE).write_text('{"format": "textmatch-serving-spec", "kind": "virt"}', encoding="utf-8")
+    with pytest.raises(BackendError, match=f"{old / SPEC_FILE}: not a serving spec written by the export"):
+        open_model(old)
