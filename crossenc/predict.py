@@ -1,7 +1,7 @@
 """`--task predict`: score pairs with a model directory (Keras) or an export directory.
 
 Apart from crossenc.task (which imports the training stack) so that predicting with an export
-imports neither TensorFlow nor Keras (requirements-serve.txt is enough; tests/test_serving_set.py).
+imports neither TensorFlow nor Keras (requirements-serve.txt is enough; tests/test_serve.py runs it so).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from training.rundir import check_out
 log = logging.getLogger(__name__)
 
 
-def _model_path(cfg):
+def model_path(cfg):
     path = cfg.model.init
     if path is None or path == "minilm":
         raise DataError("set model.init to a trained model directory, e.g. --set model.init=runs/finetune/<stamp>/model")
@@ -80,7 +80,7 @@ def predict(cfg):
     from runtime.backends import is_export_dir, open_model, predict_pairs
 
     check_out("predict", cfg.out)
-    path = _model_path(cfg)
+    path = model_path(cfg)
     # Written under a temporary name and renamed when complete: a failed run keeps the previous file.
     # Opened first, so that an --out that cannot be written fails before the model is loaded.
     tmp = Path(f"{cfg.out}.{os.getpid()}.tmp") if cfg.out else None

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 from crossenc.model import CrossEncoder
-from crossenc.predict import _model_path, predict, read_unlabelled  # noqa: F401  (predict moved: TF-free)
+from crossenc.predict import model_path, predict, read_unlabelled  # noqa: F401  (predict moved: TF-free)
 from data import DataError
 from modeling.model_dir import load_model_dir
 from training.inputs import init_encoder, read_data, tokenize
@@ -65,7 +65,7 @@ def finetune(cfg):
 def evaluate(cfg):
     """A model directory on a labelled file -> metrics and a confusion matrix (printed, and JSON with --out)."""
     check_out("evaluate", cfg.out)  # never over a training run's metrics.json
-    loaded = load_model_dir(_model_path(cfg))
+    loaded = load_model_dir(model_path(cfg))
     path = cfg.data.test or cfg.data.valid
     if path is None:
         raise DataError("set data.test (or data.valid) to the labelled file to evaluate on")
@@ -88,6 +88,6 @@ def evaluate(cfg):
             print(name.rjust(width) + "".join(str(c).rjust(width) for c in row))
     if cfg.out:
         Path(cfg.out).mkdir(parents=True, exist_ok=True)
-        write_json(Path(cfg.out) / "metrics.json", {"eval": metrics, "model": str(_model_path(cfg)), "data": path,
+        write_json(Path(cfg.out) / "metrics.json", {"eval": metrics, "model": str(model_path(cfg)), "data": path,
                                                     "skipped_rows": dict(pairs.skip_reasons)})
     return metrics

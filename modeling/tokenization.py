@@ -63,6 +63,7 @@ def longest_first(na, nb, budget, a_longer):
 # cached token ids (runs/.cache/tokens) are keyed by it, so a stale cache is never read.
 IDS_VERSION = 2
 
+
 def bert_wordpiece(vocab_file, lowercase):
     """A BERT WordPiece `tokenizers.Tokenizer` built as transformers 5's BertTokenizerFast builds it
     (models/bert/tokenization_bert.py): no truncation or padding, the special tokens matched in raw text."""
@@ -118,7 +119,8 @@ class PairTokenizer:
         self.raw = bert_wordpiece(self.vocab_file, self.lowercase)
         self.vocab_size = len(vocab)
         if self.raw.get_vocab_size(with_added_tokens=True) < self.vocab_size - len(vocab) + len(set(vocab)):
-            raise TokenizerError(f"{vocab_file}: tokenizer read {self.raw.get_vocab_size()} of {self.vocab_size} tokens")
+            raise TokenizerError(f"{vocab_file}: tokenizer read {self.raw.get_vocab_size(with_added_tokens=True)} of "
+                                 f"{self.vocab_size} tokens")
         self.pad_id = self.raw.token_to_id("[PAD]")
         self.cls_id = self.raw.token_to_id("[CLS]")
         self.sep_id = self.raw.token_to_id("[SEP]")

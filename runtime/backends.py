@@ -24,7 +24,7 @@ to get the ONNX speed.
 
 An export directory is opened without importing TensorFlow or Keras (onnx backend): its
 model.json is read as JSON, its kind's serving facts from the `serving.json` the export wrote,
-its tokenizer is `tokenizers`' (requirements-serve.txt is all it needs; tests/test_serving_set.py).
+its tokenizer is `tokenizers`' (requirements-serve.txt is all it needs: tests/test_serve.py runs it so).
 """
 
 from __future__ import annotations
@@ -236,7 +236,7 @@ def model_spec(path):
     file existed, and a model directory, get theirs from the kind's model class (imports Keras)."""
     from modeling.checkpoints import CheckpointError
     from modeling.meta import read_meta_json
-    from modeling.serving_spec import SpecError, read_spec, spec_of
+    from modeling.serving_spec import SpecError, read_spec
 
     try:
         meta = read_meta_json(path)

@@ -4,7 +4,7 @@
 - the serving code (SERVING: what serves, predicts with and searches an export directory, and
   `textmatch.load` of one) imports at module level only what requirements-serve.txt lists, and every
   entry there is imported by the serving code (its lazy imports may come from requirements.txt: the
-  Keras and SavedModel paths; tests/test_serving_set.py proves an export's path imports none of them);
+  Keras and SavedModel paths; tests/test_serve.py proves an export's path imports none of them);
 - every third-party top-level import of the runtime code (all but tests/, bench/, tools/) is listed in
   requirements-serve.txt or requirements.txt; those of tests/, bench/ and tools/ in any of the three
   (UNLISTED: what only code run in a separate venv imports; the Makefile's `pip install --no-deps`
