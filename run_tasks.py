@@ -27,7 +27,7 @@ TASKS = {
                  "fine-tune a cross-encoder ([CLS] a [SEP] b [SEP] -> classifier)"),
     "evaluate": ("crossenc.task", "evaluate", "finetune",
                  "metrics + confusion matrix of a model directory (model.init) on data.test"),
-    "predict": ("crossenc.task", "predict", "finetune",
+    "predict": ("crossenc.predict", "predict", "finetune",
                 "score pairs of data.test (or a<TAB>b lines on stdin) with model.init; --out FILE"),
     "distill": ("distill.task", "train_distill", "distill",
                 "distill a cross-encoder teacher (distill.teacher, or fine-tuned first) into a tiny student"),

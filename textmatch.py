@@ -125,11 +125,14 @@ def _checkpoint_dir(path):
     """The local directory of `path` when it is a bare checkpoint (a `model.init` value that is not a model
     or export directory), else None (open_model takes it, or says why not)."""
     from modeling.checkpoints import CheckpointError
-    from modeling.model_dir import kind_class, read_meta
-    from modeling.pretrained import MINILM, hub_id, resolve
     from runtime.backends import is_export_dir
 
     p = Path(path).expanduser()
+    if p.is_dir() and is_export_dir(p):
+        return None  # before the imports below, which import Keras: an export runs without it
+    from modeling.model_dir import kind_class, read_meta
+    from modeling.pretrained import MINILM, hub_id, resolve
+
     try:
         if str(path) == MINILM or (hub_id(path) and not p.exists()):
             return resolve(path)
@@ -137,7 +140,7 @@ def _checkpoint_dir(path):
             return None  # open_model: no such directory
         if (p / "model.json").is_file():
             # a model directory the runtime cannot serve (pretrain's masked LM) is a checkpoint to the tasks
-            return p if not is_export_dir(p) and not kind_class(read_meta(p)).servable else None
+            return p if not kind_class(read_meta(p)).servable else None
     except CheckpointError as e:
         raise BackendError(str(e)) from None
     return p  # a HuggingFace or TF1 directory, or one that load_pretrained says is neither
@@ -270,7 +273,7 @@ class Matcher:
         """L2-normalised vectors of single texts: [dim] for one text, [N, dim] for an iterable of texts
         (bi-encoders: sbert's sentence embedding, VIRT's mean last-layer token state, as the `index` task
         stores them; a bare checkpoint: its mean-pooled last layer)."""
-        cls = self.backend.model_class
+        cls = self.backend.spec
         if cls.encode_output is None:
             raise BackendError(f"{self.path}: a {self.kind} model reads the two texts together and has no "
                                f"vector per text; encode needs an sbert or virt model")

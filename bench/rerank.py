@@ -189,7 +189,7 @@ class Candidates:
 
         self.texts = texts_of_length(backend.tokenizer, n, cand_len, seed)
         self.index = None
-        if backend.model_class.encode_output:  # a bi-encoder: the candidates' side is cached
+        if backend.spec.encode_output:  # a bi-encoder: the candidates' side is cached
             out = Path(work) / f"index-{backend.kind}-{backend.runtime}-{cand_len}-{n}-{os.getpid()}-{id(self)}"
             build_index(backend, [str(i) for i in range(n)], self.texts, out, batch_size=32)
             self.index = Index(out)  # as search / serve hold it: float32 states in one array
@@ -209,7 +209,7 @@ def ranker(backend, cands, queries, K, path="block", batch_size=CE_BATCH):
     from runtime.rows import pair_rows, text_rows
 
     n = len(cands.texts)
-    cls = backend.model_class
+    cls = backend.spec
     broadcast = cls.late_interaction and broadcasts_query(backend)
     plans = []
     for g, group in enumerate(queries):

@@ -96,7 +96,7 @@ def main(argv=None):
         t_index = time.time() - t0
         index = Index(index_dir)
         for rerank in [None] + args.rerank:
-            if rerank == "virt" and not backend.model_class.late_interaction:  # VIRT reranks with its own states
+            if rerank == "virt" and not backend.spec.late_interaction:  # VIRT reranks with its own states
                 continue
             if rerank not in (None, "virt") and rerank not in rerankers:
                 rerankers[rerank] = open_model(rerank, args.backend, kinds=("cross_encoder",))

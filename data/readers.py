@@ -29,6 +29,7 @@ import collections
 import csv
 import io
 import json
+import logging
 import math
 import os
 import re
@@ -566,3 +567,34 @@ def read_texts(path):
     if not texts:
         raise DataError(f"{'<stdin>' if path == '-' else path}: no texts")
     return ids, texts
+
+
+def read_data(cfg, path, labels=None, labelled=True, labels_name="labels"):
+    """A pair file as the `data.*` keys say; skipped bad rows are reported, `data.max_rows` applies.
+    A label outside `labels` is a bad row, reported as not one of `labels_name`."""
+    d = cfg.data
+    pairs = read_pairs(path, format=d.format, text_a=d.text_a, text_b=d.text_b, label=d.label if labelled else None,
+                       labels=labels, on_bad_row=d.on_bad_row, labels_name=labels_name)
+    if pairs.skipped:
+        logging.getLogger(__name__).warning("%s: skipped %d bad rows (%s)", path, pairs.skipped, dict(pairs.skip_reasons))
+    if d.max_rows:
+        pairs = subset(pairs, range(min(d.max_rows, len(pairs))))
+    if len(pairs) == 0:
+        raise DataError(f"{path}: no usable rows")
+    return pairs
+
+
+def subset(pairs, idx):
+    return PairData(text_a=[pairs.text_a[i] for i in idx], text_b=[pairs.text_b[i] for i in idx],
+                    labels=None if pairs.labels is None else [pairs.labels[i] for i in idx],
+                    lines=[pairs.lines[i] for i in idx], path=pairs.path,
+                    skipped=pairs.skipped, skip_reasons=pairs.skip_reasons, columns=pairs.columns)
+
+
+def positive_index(label_names):
+    """The class scored by binary F1/AUC: "1" (or "true"/"yes"/"entailment") if present, else the last."""
+    lowered = [str(n).lower() for n in label_names]
+    for name in ("1", "true", "yes", "positive", "paraphrase", "entailment", "similar"):
+        if name in lowered:
+            return lowered.index(name)
+    return len(label_names) - 1

@@ -3,6 +3,8 @@
 Writes (docs/export.md; what is published when a check fails: its "What is published")::
 
     <out>/vocab.txt, <out>/model.json            copies: the export directory is self-contained
+    <out>/serving.json                           the kind's serving facts as plain data (modeling/serving_spec.py):
+                                                 a server of the ONNX files imports neither TensorFlow nor Keras
     <out>/README.md                              the model card (training/card.py), with the export's status
     <out>/saved_model/<name>/<version>/          SavedModel for TF Serving (export/saved_model.py)
     <out>/saved_model/models.config              model_config_list for --model_config_file
@@ -40,6 +42,7 @@ from export import ExportError
 from runtime.onnx import FUSED_NAMES, ONNX_FILES
 from runtime.progress import Steps
 from export.saved_model import publish_version, stage_saved_model, write_models_config
+from modeling.serving_spec import spec_of, write_spec
 from runtime.backends import NAME_RE, default_name, servable_kinds
 from training.card import write_card
 
@@ -229,6 +232,7 @@ def export_loaded(loaded, cfg):
             report["artifacts"]["onnx"] = {k: str(out / "onnx" / Path(v).name) for k, v in onnx_files.items()}
         for file in ("vocab.txt", "model.json"):
             shutil.copyfile(Path(loaded.path) / file, out / file)
+        write_spec(spec_of(loaded.kind_class, loaded.meta["model"]["config"]), out)  # read by a TF-free server
         write_report(out / "parity.json", report)
         write_card(out, loaded.path, export=report)
         shutil.rmtree(out / "failed", ignore_errors=True)

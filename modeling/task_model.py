@@ -11,7 +11,8 @@ A task model is a `keras.Model` that
 A model class with a `kind` registers itself (`KINDS`), and its class attributes say what
 export, the inference runtime, the server and search need of the kind (its functions, their
 input and output names), so none of them branches on the kind's name. The attributes are
-readable from model.json without building the model (`model_dir.kind_class`).
+readable from model.json without building the model (`model_dir.kind_class`); an export writes them
+into its directory as plain data (`modeling.serving_spec`), which is all a server of it reads.
 """
 
 from __future__ import annotations
@@ -19,10 +20,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-
-# predict_ids' inputs (and the ONNX input names): a jointly tokenised pair, or two texts tokenised alone.
-PAIR_IDS = ("input_ids", "token_type_ids", "attention_mask")
-SIAMESE_IDS = ("x_ids", "x_mask", "y_ids", "y_mask")
+from modeling.serving_spec import PAIR_IDS, SIAMESE_IDS  # noqa: F401  (the kinds' model modules import them here)
 
 KINDS = {}  # kind -> model class; filled by PairModel.__init_subclass__
 

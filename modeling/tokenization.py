@@ -1,6 +1,7 @@
 """WordPiece tokenisation of text pairs, for cross-encoders, siamese models and VIRT.
 
-A thin layer over `transformers.BertTokenizerFast` built from a `vocab.txt`, so
+A thin layer over a `tokenizers` WordPiece pipeline built from a `vocab.txt` as transformers'
+BertTokenizerFast builds it (no transformers or TensorFlow import: the server needs neither), so
 the same file drives Python training and the in-graph tokeniser of exports.
 Outputs are ragged (lists of ids); batches are padded later, per batch.
 
@@ -62,6 +63,26 @@ def longest_first(na, nb, budget, a_longer):
 # cached token ids (runs/.cache/tokens) are keyed by it, so a stale cache is never read.
 IDS_VERSION = 2
 
+
+def bert_wordpiece(vocab_file, lowercase):
+    """A BERT WordPiece `tokenizers.Tokenizer` built as transformers 5's BertTokenizerFast builds it
+    (models/bert/tokenization_bert.py): no truncation or padding, the special tokens matched in raw text."""
+    from tokenizers import AddedToken, Tokenizer, decoders, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordPiece
+
+    tok = Tokenizer(WordPiece.from_file(str(vocab_file), unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=None,
+                                                lowercase=bool(lowercase))
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece(prefix="##")
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS]:0 $A:0 [SEP]:0", pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+    return tok
+
+
 class TokenizerError(ValueError):
     """The vocabulary cannot be used or a text cannot be encoded."""
 
@@ -80,8 +101,6 @@ class PairTokenizer:
     """
 
     def __init__(self, vocab_file, lowercase=True):
-        from transformers import BertTokenizerFast
-
         self.vocab_file = str(vocab_file)
         self.lowercase = bool(lowercase)
         path = Path(vocab_file)
@@ -95,27 +114,33 @@ class PairTokenizer:
         missing = [t for t in SPECIAL_TOKENS[:4] if t not in vocab]
         if missing:
             raise TokenizerError(f"{vocab_file}: vocabulary lacks special tokens {missing}")
-        # transformers 5 takes `vocab=`; its old `vocab_file=` is silently ignored.
-        self.hf = BertTokenizerFast(vocab=self.vocab_file, do_lower_case=self.lowercase,
-                                    tokenize_chinese_chars=True, strip_accents=None)
+        # Built with `tokenizers` alone, so a server needs neither transformers nor TensorFlow;
+        # the same pipeline as transformers' BertTokenizerFast (tests/test_tokenization.py compares them).
+        self.raw = bert_wordpiece(self.vocab_file, self.lowercase)
         self.vocab_size = len(vocab)
-        if len(self.hf) < self.vocab_size - len(vocab) + len(set(vocab)):
-            raise TokenizerError(f"{vocab_file}: tokenizer read {len(self.hf)} of {self.vocab_size} tokens")
-        self.pad_id = self.hf.convert_tokens_to_ids("[PAD]")
-        self.cls_id = self.hf.convert_tokens_to_ids("[CLS]")
-        self.sep_id = self.hf.convert_tokens_to_ids("[SEP]")
-        self.unk_id = self.hf.convert_tokens_to_ids("[UNK]")
-        self.mask_id = self.hf.convert_tokens_to_ids("[MASK]") if "[MASK]" in vocab else self.unk_id
-        # The same pipeline without truncation, padding or special tokens: what `pieces` runs
-        # (the fast tokenizer's own truncation setting is shared state that every call resets).
-        from tokenizers import Tokenizer
+        if self.raw.get_vocab_size(with_added_tokens=True) < self.vocab_size - len(vocab) + len(set(vocab)):
+            raise TokenizerError(f"{vocab_file}: tokenizer read {self.raw.get_vocab_size(with_added_tokens=True)} of "
+                                 f"{self.vocab_size} tokens")
+        self.pad_id = self.raw.token_to_id("[PAD]")
+        self.cls_id = self.raw.token_to_id("[CLS]")
+        self.sep_id = self.raw.token_to_id("[SEP]")
+        self.unk_id = self.raw.token_to_id("[UNK]")
+        self.mask_id = self.raw.token_to_id("[MASK]") if "[MASK]" in vocab else self.unk_id
+        self._hf = None
 
-        self.raw = Tokenizer.from_str(self.hf.backend_tokenizer.to_str())
-        self.raw.no_truncation()
-        self.raw.no_padding()
+    @property
+    def hf(self):
+        """transformers' BertTokenizerFast on the same vocabulary (tests compare with it; never the server)."""
+        if self._hf is None:
+            from transformers import BertTokenizerFast
+
+            # transformers 5 takes `vocab=`; its old `vocab_file=` is silently ignored.
+            self._hf = BertTokenizerFast(vocab=self.vocab_file, do_lower_case=self.lowercase,
+                                         tokenize_chinese_chars=True, strip_accents=None)
+        return self._hf
 
     def tokenize(self, text):
-        return self.hf.tokenize(text)
+        return self.raw.encode(text, add_special_tokens=False).tokens
 
     def pieces(self, texts, need):
         """Texts -> (ids, complete) each: the word-piece ids (no special tokens) of the whole
@@ -193,5 +218,8 @@ class PairTokenizer:
         ids = list(x_ids) + list(y_ids[1:])
         return ids, [0] * len(x_ids) + [1] * (len(y_ids) - 1)
 
+    def convert_ids_to_tokens(self, ids):
+        return [self.raw.id_to_token(int(i)) for i in ids]
+
     def decode_tokens(self, ids):
-        return self.hf.convert_ids_to_tokens([i for i in ids if i != self.pad_id])
+        return self.convert_ids_to_tokens([i for i in ids if i != self.pad_id])

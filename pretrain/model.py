@@ -80,7 +80,7 @@ class MaskedLM(PairModel):
         ids = feats if texts_b is None else feats["input_ids"]
         out = {"input_ids": ids} if texts_b is None else dict(feats)
         if self.whole_word:
-            vocab = tokenizer.hf.convert_ids_to_tokens
+            vocab = tokenizer.convert_ids_to_tokens
             out["word_starts"] = [[0 if t.startswith("##") else 1 for t in vocab(row)] for row in ids]
         return out
 

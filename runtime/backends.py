@@ -6,7 +6,8 @@
     backend.run("predict_ids", {"input_ids": ids, "token_type_ids": types, "attention_mask": mask})
 
 Functions (`backend.functions`, the ones export/saved_model.py exports; which a kind has, and
-their names, are its model class's attributes, modeling/task_model.py):
+their names, are its model class's attributes, modeling/task_model.py, read as plain data:
+`backend.spec`, modeling/serving_spec.py):
 
 | function      | kinds         | inputs                                              | outputs |
 |---------------|---------------|-----------------------------------------------------|---------|
@@ -20,6 +21,10 @@ converts) rather than exported on the fly: an export costs a SavedModel, tf2onnx
 conversions and parity checks (about a minute for MiniLM-L6) before the first
 request, for a model someone is still iterating on; `--task export` is the way
 to get the ONNX speed.
+
+An export directory is opened without importing TensorFlow or Keras (onnx backend): its
+model.json is read as JSON, its kind's serving facts from the `serving.json` the export wrote,
+its tokenizer is `tokenizers`' (requirements-serve.txt is all it needs: tests/test_serve.py runs it so).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from modeling.serving_spec import spec_of
 from runtime.onnx import FUSED_NAMES, ONNX_FILES  # file names only: onnxruntime loads lazily
 
 log = logging.getLogger(__name__)
@@ -56,14 +62,13 @@ class Function:
     encoder: bool = True
 
 
-def functions_of(model_class, outputs):
-    """`Function`s of a model kind (its registered class's attributes, modeling.task_model);
-    `outputs` = predict_ids' output names."""
-    fns = {"predict_ids": Function(model_class.ids_inputs, tuple(outputs))}
-    if model_class.encode_output:
-        seq = (model_class.encode_output,) if model_class.late_interaction else ()
-        fns["encode_ids"] = Function(("input_ids", "attention_mask"), (model_class.encode_output,), seq)
-    if model_class.late_interaction:
+def functions_of(spec):
+    """`Function`s of a model (its kind's `ServingSpec`, modeling.serving_spec)."""
+    fns = {"predict_ids": Function(tuple(spec.ids_inputs), tuple(spec.outputs))}
+    if spec.encode_output:
+        seq = (spec.encode_output,) if spec.late_interaction else ()
+        fns["encode_ids"] = Function(("input_ids", "attention_mask"), (spec.encode_output,), seq)
+    if spec.late_interaction:
         fns["score"] = Function(SCORE_INPUTS, ("probs",), encoder=False)
     return fns
 
@@ -71,7 +76,7 @@ def functions_of(model_class, outputs):
 class Backend:
     """A model's ids-level functions, its tokenizer and what the server reports about it.
 
-    Attributes: kind, model_class (the kind's registered class: what its functions are), name,
+    Attributes: kind, spec (the kind's `ServingSpec`: what its functions are), name,
     version (int), labels, tokenizer (PairTokenizer), max_len (longest token row the server
     produces), architecture (the encoder's config dict), functions (name -> Function), source
     (path), runtime ("onnx", "tf" or "keras").
@@ -79,16 +84,13 @@ class Backend:
 
     runtime = "?"
 
-    def __init__(self, path, meta, tokenizer, name, version, max_len):
-        from modeling.model_dir import kind_class
-
-        self.path, self.meta, self.tokenizer = Path(path), meta, tokenizer
+    def __init__(self, path, meta, spec, tokenizer, name, version, max_len):
+        self.path, self.meta, self.spec, self.tokenizer = Path(path), meta, spec, tokenizer
         self.kind = meta["kind"]
-        self.model_class = kind_class(meta)
         self.labels = list(meta.get("labels") or [])
         self.architecture = dict(meta["model"]["config"]["encoder"])
         self.name, self.version, self.max_len = name, int(version), int(max_len)
-        self.functions = functions_of(self.model_class, self.model_class.predict_outputs(meta["model"]["config"]))
+        self.functions = functions_of(spec)
 
     @property
     def hidden_size(self):
@@ -105,8 +107,8 @@ class Backend:
 class OnnxBackend(Backend):
     runtime = "onnx"
 
-    def __init__(self, path, meta, tokenizer, name, version, max_len, int8=False, threads=None, fused=True):
-        super().__init__(path, meta, tokenizer, name, version, max_len)
+    def __init__(self, path, meta, spec, tokenizer, name, version, max_len, int8=False, threads=None, fused=True):
+        super().__init__(path, meta, spec, tokenizer, name, version, max_len)
         from runtime.onnx import session
 
         self.files = {fn: onnx_file(self.path / "onnx", fn, int8 and fn == "predict_ids", fused)
@@ -175,8 +177,8 @@ class _TFBackend(Backend):
 class SavedModelBackend(_TFBackend):
     runtime = "tf"
 
-    def __init__(self, path, meta, tokenizer, export_name, version, max_len, threads=None, name=None):
-        super().__init__(path, meta, tokenizer, name or export_name, version, max_len)
+    def __init__(self, path, meta, spec, tokenizer, export_name, version, max_len, threads=None, name=None):
+        super().__init__(path, meta, spec, tokenizer, name or export_name, version, max_len)
         _tf_threads(threads)
         import tensorflow as tf
         import tensorflow_text  # noqa: F401  registers the tf-text ops of the string signatures
@@ -196,7 +198,8 @@ class KerasBackend(_TFBackend):
     runtime = "keras"
 
     def __init__(self, loaded, name, max_len, threads=None):
-        super().__init__(loaded.path, loaded.meta, loaded.tokenizer, name, 1, max_len)
+        super().__init__(loaded.path, loaded.meta, spec_of(loaded.kind_class, loaded.meta["model"]["config"]),
+                         loaded.tokenizer, name, 1, max_len)
         _tf_threads(threads)
         self.loaded = loaded
         self.callables = loaded.model.serving_functions()
@@ -226,32 +229,54 @@ def export_info(path):
         raise BackendError(f"{report_file}: not a finished export's report ({e})") from None
 
 
-def open_model(path, backend="onnx", int8=False, threads=None, name=None, kinds=None, fused=True):
+def model_spec(path):
+    """(model.json's content, `ServingSpec`) of a model or export directory.
+
+    An export directory's spec is its `serving.json` (no Keras import); one exported before that
+    file existed, and a model directory, get theirs from the kind's model class (imports Keras)."""
+    from modeling.checkpoints import CheckpointError
+    from modeling.meta import read_meta_json
+    from modeling.serving_spec import SpecError, read_spec
+
+    try:
+        meta = read_meta_json(path)
+        spec = read_spec(path) if is_export_dir(path) else None
+    except (CheckpointError, SpecError) as e:
+        raise BackendError(f"{e} (expected an export directory or a model directory)") from None
+    if spec is None:
+        from modeling.model_dir import kind_class
+
+        try:
+            spec = spec_of(kind_class(meta, Path(path) / "model.json"), meta["model"]["config"])
+        except CheckpointError as e:
+            raise BackendError(f"{e} (expected an export directory or a model directory)") from None
+    elif spec.kind != meta["kind"]:
+        raise BackendError(f"{Path(path) / 'serving.json'}: a {spec.kind} spec beside a {meta['kind']} model.json; "
+                           "export the model again")
+    return meta, spec
+
+
+def open_model(path, backend="onnx", int8=False, threads=None, name=None, kinds=None, fused=True, encoders=False):
     """A `Backend` for an export directory (`backend` onnx|tf) or a model directory (Keras).
 
     `fused`: the onnx backend prefers the export's fused graphs (`onnx_file`); `backend.files`
     says which file each function runs.
 
-    `kinds`: accepted model kinds (e.g. ("sbert", "virt") for an index), checked before loading.
+    `kinds`: accepted model kinds; `encoders`: only kinds with encode_ids (an index's model). Both are
+    checked before loading, from the spec (no model class is imported for an export).
     """
-    from modeling.checkpoints import CheckpointError
-    from modeling.model_dir import kind_class, read_meta
-
     if path is None:
         raise BackendError("no model given: set it to an export directory (--task export) or a model directory")
     path = Path(path)
     if not path.is_dir():
         raise BackendError(f"{path}: no such directory")
-    try:
-        meta = read_meta(path)
-    except CheckpointError as e:
-        raise BackendError(f"{e} (expected an export directory or a model directory)") from None
-    if kinds and meta["kind"] not in kinds:
-        raise BackendError(f"{path}: a {meta['kind']} model, expected {' or '.join(kinds)}")
-    if not kind_class(meta).servable:
+    meta, spec = model_spec(path)
+    if (kinds and meta["kind"] not in kinds) or (encoders and not spec.encode_output):
+        raise BackendError(f"{path}: a {meta['kind']} model, expected {' or '.join(kinds or servable_kinds(True))}")
+    if not spec.servable:
         raise BackendError(f"{path}: a {meta['kind']} model cannot be served ({', '.join(servable_kinds())})")
     if is_export_dir(path):
-        from modeling.model_dir import check_sizes
+        from modeling.meta import check_sizes
         from modeling.tokenization import PairTokenizer
 
         export_name, version, max_len = export_info(path)
@@ -259,10 +284,10 @@ def open_model(path, backend="onnx", int8=False, threads=None, name=None, kinds=
         sizes = meta["model"]["config"]["encoder"]  # the encoder's config, as model_dir.load_model_dir checks it
         check_sizes(path, meta, SimpleNamespace(vocab_size=sizes["vocab_size"], max_position=sizes["max_position"]), tok)
         if backend == "tf":
-            return SavedModelBackend(path, meta, tok, export_name, version, max_len, threads, name)
+            return SavedModelBackend(path, meta, spec, tok, export_name, version, max_len, threads, name)
         if backend != "onnx":
             raise BackendError(f"backend {backend!r}: expected onnx or tf")
-        return OnnxBackend(path, meta, tok, name or export_name, version, max_len, int8, threads, fused)
+        return OnnxBackend(path, meta, spec, tok, name or export_name, version, max_len, int8, threads, fused)
     if (path / "onnx").is_dir() or (path / "saved_model").is_dir():
         raise BackendError(f"{path}: an export directory without parity.json (a failed or unfinished export?)")
     if int8:
@@ -273,11 +298,12 @@ def open_model(path, backend="onnx", int8=False, threads=None, name=None, kinds=
     return KerasBackend(loaded, name or _dir_name(path), loaded.max_seq_len, threads)
 
 
-def servable_kinds():
-    """Every kind the runtime can serve and the export can export, sorted."""
+def servable_kinds(encoders=False):
+    """Every kind the runtime can serve and the export can export (`encoders`: those with encode_ids,
+    which can build an index), sorted. Imports every model class: for messages and listings."""
     from modeling.model_dir import discover_kinds
 
-    return sorted(k for k, cls in discover_kinds().items() if cls.servable)
+    return sorted(k for k, cls in discover_kinds().items() if cls.servable and (cls.encode_output or not encoders))
 
 
 def _dir_name(path):

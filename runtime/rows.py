@@ -32,7 +32,7 @@ def pair_rows(backend, a, b):
     """predict_ids rows for text pairs, tokenised as in training: one joint row per pair
     (`input_ids`, `token_type_ids`, `attention_mask`) when the model's kind reads the pair as
     one input, else each text alone (`x_ids`, `x_mask`, `y_ids`, `y_mask`)."""
-    if backend.model_class.joint_pair():
+    if backend.spec.joint_pair():
         enc = backend.tokenizer.encode_pairs(a, b, backend.max_len)
         return [{"input_ids": np.asarray(ids, np.int32), "token_type_ids": np.asarray(t, np.int32),
                  "attention_mask": np.ones(len(ids), np.int32)}

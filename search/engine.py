@@ -63,7 +63,7 @@ def _rerankers():
 
 
 def positive_class(backend):
-    from training.metrics import positive_index
+    from data.readers import positive_index
 
     return positive_index(backend.labels) if backend.labels else 1
 
@@ -76,7 +76,7 @@ class Searcher:
             raise SearchError(f"{index.path}: a {index.kind} index, but the query model is {query_backend.kind}")
         if reranker == "virt" and not index.has_states:
             raise SearchError(f"{index.path}: rerank=virt needs a virt index (this one is {index.kind})")
-        if reranker not in (None, "virt") and not reranker.model_class.reranks:
+        if reranker not in (None, "virt") and not reranker.spec.reranks:
             raise SearchError(f"{reranker.path}: a {reranker.kind} model cannot rerank ({_rerankers()})")
         self.index, self.query_backend, self.reranker = index, query_backend, reranker
         self.recall = Recall(index.vectors, recall)
@@ -88,7 +88,7 @@ class Searcher:
         qb = self.query_backend
         rows = text_rows(qb, queries)
         encoded = yield Call(qb, "encode_ids", rows)
-        scores, idx = self.recall.search(recall_vectors(qb.model_class, encoded), k)
+        scores, idx = self.recall.search(recall_vectors(qb.spec, encoded), k)
         results = [[{"index": int(j), "id": self.index.ids[j], "text": self.index.texts[j], "cosine": float(s)}
                     for s, j in zip(srow, irow)] for srow, irow in zip(scores, idx)]
         if rerank and self.reranker is not None:
@@ -117,15 +117,14 @@ class Searcher:
 def open_searcher(index_dir, rerank=None, recall="auto", backend="onnx", query_backend=None, threads=None):
     """A Searcher for an index directory: opens the index's model (or reuses `query_backend`
     when it is that model) and the reranker (a model / export dir, or "virt")."""
-    from modeling.model_dir import kind_class, read_meta
-    from runtime.backends import open_model
+    from runtime.backends import model_spec, open_model
     from search.index import Index
 
     index = Index(index_dir)
     if rerank == "virt" and not index.has_states:  # cheap checks before any model is loaded
         raise SearchError(f"{index.path}: rerank=virt needs a virt index (this one is {index.kind})")
-    if rerank not in (None, "virt") and not kind_class(meta := read_meta(rerank)).reranks:
-        raise SearchError(f"{rerank}: a {meta['kind']} model cannot rerank ({_rerankers()})")
+    if rerank not in (None, "virt") and not (spec := model_spec(rerank)[1]).reranks:
+        raise SearchError(f"{rerank}: a {spec.kind} model cannot rerank ({_rerankers()})")
     model = index.meta["model"]
     if query_backend is None or Path(query_backend.path).resolve() != Path(model).resolve():
         if not Path(model).is_dir():

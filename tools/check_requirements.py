@@ -1,11 +1,16 @@
 #!/usr/bin/env python
 """Check the requirement files against the code's imports: `python tools/check_requirements.py`.
 
+- the serving code (SERVING: what serves, predicts with and searches an export directory, and
+  `textmatch.load` of one) imports at module level only what requirements-serve.txt lists, and every
+  entry there is imported by the serving code (its lazy imports may come from requirements.txt: the
+  Keras and SavedModel paths; tests/test_serve.py proves an export's path imports none of them);
 - every third-party top-level import of the runtime code (all but tests/, bench/, tools/) is listed in
-  requirements.txt; those of tests/, bench/ and tools/ in requirements.txt or requirements-dev.txt
+  requirements-serve.txt or requirements.txt; those of tests/, bench/ and tools/ in any of the three
   (UNLISTED: what only code run in a separate venv imports; the Makefile's `pip install --no-deps`
   packages count as listed);
-- requirements-dev.txt includes requirements.txt (`-r`), and no entry is listed twice;
+- requirements.txt includes requirements-serve.txt and requirements-dev.txt includes requirements.txt
+  (`-r`), and no entry is listed twice;
 - every entry is pinned (`name==version`);
 - every entry is imported by the code its file serves (runtime code for requirements.txt), or is in
   INDIRECT with the reason it is needed anyway.
@@ -23,7 +28,12 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-RUNTIME, DEV = "requirements.txt", "requirements-dev.txt"
+SERVE, RUNTIME, DEV = "requirements-serve.txt", "requirements.txt", "requirements-dev.txt"
+INCLUDES = {SERVE: [], RUNTIME: [SERVE], DEV: [RUNTIME]}  # each set adds to the one it includes
+# The serving code: files, or directories ending in "/". Their module-level imports must be in the serving set.
+SERVING = ("runtime/", "serve/", "search/", "config/", "data/", "textmatch.py", "run_tasks.py", "crossenc/predict.py",
+           "modeling/__init__.py", "modeling/checkpoints.py", "modeling/meta.py", "modeling/serving_spec.py",
+           "modeling/tokenization.py", "training/contract.py", "training/rundir.py")
 DEV_DIRS = ("tests", "bench", "tools")  # code whose imports may come from requirements-dev.txt
 
 # Import name -> distribution name, where they differ beyond case and `_`/`-` (longest dotted prefix wins).
@@ -81,14 +91,24 @@ def python_files(root=ROOT):
             yield path
 
 
-def imports(path):
-    """Absolute dotted names imported anywhere in `path`."""
+def imports(path, module_level=False):
+    """Absolute dotted names imported anywhere in `path` (`module_level`: outside functions only, i.e.
+    what importing the module runs)."""
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-    for node in ast.walk(tree):
+    todo = [tree]
+    while todo:
+        node = todo.pop()
         if isinstance(node, ast.Import):
             yield from (a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             yield node.module
+        if not (module_level and isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))):
+            todo.extend(ast.iter_child_nodes(node))
+
+
+def serving_code(rel):
+    """Whether the file at relative path `rel` (a str with /) is serving code (SERVING)."""
+    return any(rel.startswith(s) if s.endswith("/") else rel == s for s in SERVING)
 
 
 def local_modules(root=ROOT):
@@ -110,15 +130,18 @@ def third_party(module, local):
 
 
 def third_party_imports(root=ROOT):
-    """`{"runtime" | "dev": {distribution: [relative files importing it]}}`."""
-    found = {"runtime": {}, "dev": {}}
+    """`{"runtime" | "dev" | "serving" | "serving-lazy": {distribution: [relative files importing it]}}`:
+    "serving" holds the serving code's module-level imports, "serving-lazy" all of its imports."""
+    found = {"runtime": {}, "dev": {}, "serving": {}, "serving-lazy": {}}
     local = local_modules(root)
     for path in python_files(root):
         rel = path.relative_to(root)
         scope = "dev" if rel.parts[0] in DEV_DIRS else "runtime"
-        for module in imports(path):
-            if third_party(module, local):
-                found[scope].setdefault(distribution(module), set()).add(str(rel))
+        scopes = [(scope, False)] + ([("serving", True), ("serving-lazy", False)] if serving_code(rel.as_posix()) else [])
+        for scope, module_level in scopes:
+            for module in imports(path, module_level):
+                if third_party(module, local):
+                    found[scope].setdefault(distribution(module), set()).add(str(rel))
     return {scope: {d: sorted(files) for d, files in dists.items()} for scope, dists in found.items()}
 
 
@@ -150,8 +173,8 @@ def problems(root=ROOT):
     """The mismatches between the requirement files and the imports, one sentence each."""
     out = []
     found = third_party_imports(root)
-    listed = {RUNTIME: {}, DEV: {}}  # file -> {name: line}
-    for fname in (RUNTIME, DEV):
+    listed = {SERVE: {}, RUNTIME: {}, DEV: {}}  # file -> {name: line}
+    for fname in listed:
         path = root / fname
         if not path.is_file():
             out.append(f"{fname} is missing")
@@ -163,27 +186,31 @@ def problems(root=ROOT):
                 continue
             if not pinned:
                 out.append(f"{fname}:{n}: `{entry}` is not pinned (name==version)")
-            if name in listed[RUNTIME] or name in listed[fname]:
+            if any(name in names for names in listed.values()):
                 out.append(f"{fname}:{n}: {name} is listed twice")
             listed[fname][name] = n
-        want = [RUNTIME] if fname == DEV else []
-        if includes != want:
-            out.append(f"{fname} includes {includes}, expected {want} (the dev set adds to the runtime set)")
+        if includes != INCLUDES[fname]:
+            out.append(f"{fname} includes {includes}, expected {INCLUDES[fname]} (each set adds to the one it includes)")
     separate = makefile_pins(root)
-    runtime_ok = set(listed[RUNTIME]) | set(separate)
+    serve_ok = set(listed[SERVE])
+    runtime_ok = serve_ok | set(listed[RUNTIME]) | set(separate)
     dev_ok = runtime_ok | set(listed[DEV]) | set(UNLISTED)
-    for scope, allowed, fname in (("runtime", runtime_ok, RUNTIME), ("dev", dev_ok, DEV)):
+    for scope, allowed, fname in (("serving", serve_ok, SERVE), ("runtime", runtime_ok, RUNTIME), ("dev", dev_ok, DEV)):
         for dist, files in sorted(found[scope].items()):
             if dist not in allowed:
                 where = f" ({UNLISTED[dist]})" if dist in UNLISTED else ""
-                out.append(f"{dist} is imported by {', '.join(files)} but not listed in {fname}{where}")
-    used_runtime = set(found["runtime"])
+                how = " at module level (serving code: import it inside the function that needs it)" \
+                    if scope == "serving" and dist in runtime_ok else ""
+                out.append(f"{dist} is imported by {', '.join(files)}{how} but not listed in {fname}{where}")
+    used_serving, used_runtime = set(found["serving-lazy"]), set(found["runtime"])
     used_any = used_runtime | set(found["dev"])
-    for fname, used in ((RUNTIME, used_runtime), (DEV, used_any)):
+    for fname, used in ((SERVE, used_serving), (RUNTIME, used_runtime), (DEV, used_any)):
         for name, n in listed[fname].items():
             if name not in used and name not in INDIRECT:
                 hint = (f" (only by {', '.join(found['dev'][name])}: move it to {DEV})"
-                        if fname == RUNTIME and name in found["dev"] else "")
+                        if fname == RUNTIME and name in found["dev"] else
+                        f" by the serving code (by {', '.join(found['runtime'][name])}: move it to {RUNTIME})"
+                        if fname == SERVE and name in found["runtime"] else "")
                 out.append(f"{fname}:{n}: {name} is never imported{hint}; drop it, or say in INDIRECT "
                            f"(tools/check_requirements.py) why it is needed")
     return out
@@ -194,7 +221,7 @@ def main():
     for p in found:
         print(p)
     if not found:
-        print(f"{RUNTIME} and {DEV}: every third-party import listed, every entry pinned and used")
+        print(f"{SERVE}, {RUNTIME} and {DEV}: every third-party import listed, every entry pinned and used")
     return 1 if found else 0
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from data import DataError, PairData, check_label_set, label_map, make_sample, read_pairs, swap_augment
+from data.readers import read_data, subset  # noqa: F401  (moved: the TF-free predict of an export reads with them)
 from modeling.encoder import BertEncoder
 from modeling.pretrained import load_pretrained, rebuild_encoder
 from modeling.tokenization import IDS_VERSION, PairTokenizer
@@ -40,28 +41,6 @@ class Splits:
     valid: PairData | None
     test: PairData | None
     label_names: list
-
-
-def read_data(cfg, path, labels=None, labelled=True, labels_name="labels"):
-    """A pair file as the `data.*` keys say; skipped bad rows are reported, `data.max_rows` applies.
-    A label outside `labels` is a bad row, reported as not one of `labels_name`."""
-    d = cfg.data
-    pairs = read_pairs(path, format=d.format, text_a=d.text_a, text_b=d.text_b, label=d.label if labelled else None,
-                       labels=labels, on_bad_row=d.on_bad_row, labels_name=labels_name)
-    if pairs.skipped:
-        log.warning("%s: skipped %d bad rows (%s)", path, pairs.skipped, dict(pairs.skip_reasons))
-    if d.max_rows:
-        pairs = subset(pairs, np.arange(min(d.max_rows, len(pairs))))
-    if len(pairs) == 0:
-        raise DataError(f"{path}: no usable rows")
-    return pairs
-
-
-def subset(pairs, idx):
-    return PairData(text_a=[pairs.text_a[i] for i in idx], text_b=[pairs.text_b[i] for i in idx],
-                    labels=None if pairs.labels is None else [pairs.labels[i] for i in idx],
-                    lines=[pairs.lines[i] for i in idx], path=pairs.path,
-                    skipped=pairs.skipped, skip_reasons=pairs.skip_reasons, columns=pairs.columns)
 
 
 def load_splits(cfg, min_classes=2):

@@ -9,14 +9,7 @@ import numpy as np
 from scipy.stats import beta, binomtest, rankdata, spearmanr
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, roc_auc_score
 
-
-def positive_index(label_names):
-    """The class scored by binary F1/AUC: "1" (or "true"/"yes"/"entailment") if present, else the last."""
-    lowered = [str(n).lower() for n in label_names]
-    for name in ("1", "true", "yes", "positive", "paraphrase", "entailment", "similar"):
-        if name in lowered:
-            return lowered.index(name)
-    return len(label_names) - 1
+from data.readers import positive_index  # noqa: F401  (moved: the TF-free search and predict use it)
 
 
 def classification_metrics(y_true, probs, label_names):
