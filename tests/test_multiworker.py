@@ -205,7 +205,8 @@ def test_workers_end_with_identical_weights_and_only_the_chief_writes(runs, refe
     chief, other = runs.clean.cwd(0) / "run", runs.clean.cwd(1)
     assert sorted(p.name for p in chief.iterdir()) == [".cache", "config.yaml", "inputs.json", "metrics.json", "model",
                                                       "predictions", "tensorboard"]
-    assert sorted(p.name for p in (chief / "model").iterdir()) == ["model.json", "model.weights.h5", "vocab.txt"]
+    assert sorted(p.name for p in (chief / "model").iterdir()) == ["README.md", "model.json", "model.weights.h5",
+                                                                   "vocab.txt"]
     assert list(other.iterdir()) == []  # no run directory, no token cache, nothing
     assert "not the chief worker" in out["clean"][1][1]
 
