@@ -269,7 +269,8 @@ def open_model(path, backend="onnx", int8=False, threads=None, name=None, kinds=
         raise BackendError("no model given: set it to an export directory (--task export) or a model directory")
     path = Path(path)
     if not path.is_dir():
-        raise BackendError(f"{path}: no such directory")
+        raise BackendError(f"{path}: a file, not a model or export directory (give the directory that holds "
+                           f"model.json)" if path.is_file() else f"{path}: no such directory")
     meta, spec = model_spec(path)
     if (kinds and meta["kind"] not in kinds) or (encoders and not spec.encode_output):
         raise BackendError(f"{path}: a {meta['kind']} model, expected {' or '.join(kinds or servable_kinds(True))}")

@@ -118,6 +118,9 @@ def test_clear_errors_for_bad_input(model_dirs, workdir):  # noqa: F811
     assert ce.predict([]).shape == (0, 2)
     with pytest.raises(textmatch.BackendError, match="no such directory"):
         textmatch.load(workdir / "nope")
+    (workdir / "model.json.txt").write_text("{}")
+    with pytest.raises(textmatch.BackendError, match="a file, not a model or export directory"):
+        textmatch.load(workdir / "model.json.txt")  # was "no such directory"
     with pytest.raises(textmatch.BackendError, match="not a checkpoint directory"):
         textmatch.load(workdir)  # neither model.json nor a HuggingFace or TF1 checkpoint
 
