@@ -145,6 +145,10 @@ async def read_body(request, timeout, what):
     """The request body, within `timeout` s of its head: a client that stops sending gets 408 rather
     than holding its request and partial body; one that leaves while sending is a ClientGone (starlette
     raises ClientDisconnect, which was a 500 with a traceback)."""
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding != "identity":  # a gzip body was parsed as JSON and failed on its first byte (0x1f)
+        raise ApiError(415, f"Content-Encoding {short(encoding, 40)!r} is not supported: send the JSON body "
+                            f"uncompressed")
     chunks = []
 
     async def read():

@@ -53,9 +53,19 @@ class LimitedH11Protocol(H11Protocol):
     serving = None  # the ServerState, set by protocol_class
 
     def connection_made(self, transport):
-        self._head_timer, self._lingering = None, False
+        self._head_timer, self._lingering, self._h11_error = None, False, None
         super().connection_made(transport)
         self._arm_head_timer()
+        next_event = self.conn.next_event
+
+        def next_event_noting_errors():  # uvicorn drops h11's reason ("Invalid HTTP request received." only)
+            try:
+                return next_event()
+            except h11.RemoteProtocolError as e:
+                self._h11_error = str(e)
+                raise
+
+        self.conn.next_event = next_event_noting_errors
 
     def connection_lost(self, exc):
         self._cancel_head_timer()
@@ -80,7 +90,7 @@ class LimitedH11Protocol(H11Protocol):
         if len(self.conn.trailing_data[0]) > MAX_HEAD:  # h11's "Receive buffer too long"
             self._answer(431, f"request line and headers over {MAX_HEAD} bytes")
         else:
-            self._answer(400, f"invalid HTTP request: {msg}")
+            self._answer(400, f"invalid HTTP request: {self._h11_error or msg}")
         self._linger()
 
     def shutdown(self):

@@ -10,6 +10,7 @@ tokenizer's ids (export.parity.python_features).
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import signal
@@ -643,6 +644,20 @@ def test_a_head_over_16_kib_gets_431_however_it_arrives(server):
     assert (code, answer["error"]) == (431, "request line and headers over 16384 bytes")
     assert httpx.get(server["url"] + "/healthz", headers=dict(list(headers.items())[:100])).status_code == 200
     assert _count(server["state"], "http", 431) == 2
+
+
+def test_a_bad_head_says_what_h11_found_and_a_compressed_body_is_415(server):
+    """Both were vague: uvicorn answers any head h11 refuses with "Invalid HTTP request received." (h11's
+    reason dropped), and a gzip body was parsed as JSON (an error on byte 0x1f)."""
+    for bad, why in ((b"Content-Length: abc", "Content-Length"), (b"Content-Length: -5", "Content-Length"),
+                     (b"Content-Length: 2\r\nContent-Length: 3", "Content-Length")):
+        with _connect(server) as sock:
+            sock.sendall(b"POST /v1/models/virt:predict HTTP/1.1\r\nHost: test\r\n" + bad + b"\r\n\r\n{}")
+            code, answer, _ = _read_answer(sock)
+        assert code == 400 and why in answer["error"] and "Invalid HTTP request received" not in answer["error"], answer
+    resp = httpx.post(server["url"] + "/v1/models/virt:predict", content=gzip.compress(b'{"instances": []}'),
+                      headers={"content-encoding": "gzip", "content-type": "application/json"})
+    assert resp.status_code == 415 and "Content-Encoding 'gzip' is not supported" in resp.json()["error"]
 
 
 # ----------------------------------------------------------------------------- other backends
