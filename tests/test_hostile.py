@@ -49,7 +49,8 @@ def _columns_error(path, **kw):
 @pytest.mark.parametrize("name,data,message", [
     ("u16.csv", "sentence1,sentence2,label\na,b,1\n".encode("utf-16"),
      "u16.csv: UTF-16 text (it starts with the byte-order mark 0xfffe); re-save the file as UTF-8"),
-    ("gz.csv", __import__("gzip").compress(b"sentence1,sentence2,label\na,b,1\n"),
+    # mtime=0: the parameter (its bytes name the test) must be the same in every pytest-xdist worker
+    ("gz.csv", __import__("gzip").compress(b"sentence1,sentence2,label\na,b,1\n", mtime=0),
      "gz.csv: a gzip-compressed file; decompress it first"),
     ("bin.csv", bytes(range(128, 256)) * 4, "bin.csv:1: not valid UTF-8 (byte 0x80 at byte 1 of the line): not a text file"),
     ("nul.csv", bytes(range(256)) * 4, "nul.csv:1: a NUL byte in the header (byte 1 of the line): not a text file"),
