@@ -96,7 +96,10 @@ class OnnxFilesBackend(Backend):
     def __init__(self, loaded, files, max_len, threads=None):
         from runtime.onnx import session
 
-        super().__init__(loaded.path, loaded.meta, loaded.tokenizer, "bench", 1, max_len)
+        from modeling.serving_spec import spec_of
+
+        spec = spec_of(loaded.kind_class, loaded.meta["model"]["config"])
+        super().__init__(loaded.path, loaded.meta, spec, loaded.tokenizer, "bench", 1, max_len)
         self.sessions = {fn: session(path, threads) for fn, path in files.items()}
         self.names = {fn: [o.name for o in s.get_outputs()] for fn, s in self.sessions.items()}
         self.functions = {fn: Function(self.functions[fn].inputs, tuple(self.names[fn]),

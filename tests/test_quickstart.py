@@ -5,7 +5,7 @@ supplies the columns). The model must separate its classes: under the old 2-epoc
 
 The embedded MiniLM-L6 (the quick start's model) on 64 generated pairs whose negatives change topic, the
 smallest file on which the default schedule is what decides (about 75 s of CPU); only the sizes the suite
-needs are set (`train.batch_size=16` so 64 rows make 4 batches, `train.max_seq_len=32`).
+needs are set (`train.batch_size=16` so 64 rows make 4 batches, `train.max_seq_len=24`).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def quick(tmp_path_factory):
     assert run_tasks.main(["--task", "finetune", "--out", str(root / "run"), "--set",
                            f"data.train={files['train']}", f"data.valid={files['valid']}",
                            f"data.test={files['test']}", "data.text_a=question", "data.text_b=candidate",
-                           "data.label=is_same", "train.batch_size=16", "train.max_seq_len=32",
+                           "data.label=is_same", "train.batch_size=16", "train.max_seq_len=24",
                            "train.verbose=0"]) == 0
     return root, files
 

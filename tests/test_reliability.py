@@ -290,7 +290,7 @@ def test_cli_skip_counts_bad_rows(work, capsys, caplog, tmp_path, task):
 
 
 def test_predict_failing_while_writing_keeps_the_previous_file(work, tmp_path, monkeypatch, capsys):
-    import crossenc.task as finetune
+    import crossenc.predict as predict
 
     out = tmp_path / "scores.jsonl"
     out.write_text("previous run\n")
@@ -302,7 +302,7 @@ def test_predict_failing_while_writing_keeps_the_previous_file(work, tmp_path, m
             raise OSError("No space left on device")
         return dumps(*a, **k)
 
-    monkeypatch.setattr(finetune.json, "dumps", fail_on_second)
+    monkeypatch.setattr(predict.json, "dumps", fail_on_second)
     rc, _, err = _main(capsys, "--task", "predict", "--out", out, "--set", f"model.init={work['model']}",
                        f"data.test={work['data']['valid']}")
     assert rc == 1 and _one_error_line(err) == "error: No space left on device"

@@ -286,7 +286,7 @@ def test_sbert_task_end_to_end(sbert_runs, objective, pooling, normalize):
         assert ("accuracy" in m[split] and "f1" in m[split]) == (objective == "softmax")
         assert "spearman" not in m[split]
     assert m["test"]["cosine_threshold"] == m["valid"]["cosine_threshold"]
-    assert m["training"]["selection_metric"] == ("f1" if objective == "softmax" else "cosine_f1")
+    assert m["training"]["selection_metric"] == ("accuracy" if objective == "softmax" else "cosine_accuracy")
     assert m["training"]["steps"] == 3
 
     meta = json.loads((run / "model" / "model.json").read_text())

@@ -499,7 +499,7 @@ def test_string_labels_order_metrics_and_predict(nli_run, capsys):
     assert meta["labels"] == sorted(NLI_LABELS) == ["CONTRADICTION", "ENTAILMENT", "NEUTRAL"]
     m = json.loads((run / "metrics.json").read_text())
     assert "macro_f1" in m["valid"] and "f1" not in m["valid"] and "auc" not in m["valid"]
-    assert m["training"]["selection_metric"] == "macro_f1"
+    assert m["training"]["selection_metric"] == "accuracy"  # the default train.metric (f1 would select macro_f1)
     assert m["valid"]["confusion_matrix"]["labels"] == meta["labels"]
 
     out = root / "pred.csv"
@@ -791,3 +791,18 @@ def test_predict_progress_goes_to_stderr_and_only_when_slow(capsys):
             slow.update(1)
     out, err = capsys.readouterr()
     assert out == "" and "scoring" in err and "4/4" in err
+
+
+def test_selection_metric_default_and_multiclass_mapping():
+    """accuracy by default (f1 kept near-constant early epochs on BQ and MRPC: docs/defaults.md); f1 and auc
+    exist for two classes only and select macro-F1 otherwise."""
+    from config import load_config
+    from training.runner import TrainingTask
+
+    def chosen(metric, labels):
+        sets = [] if metric is None else [f"train.metric={metric}"]
+        return TrainingTask(load_config(None, sets)).selection_metric(labels)
+
+    three = ["a", "b", "c"]
+    assert [chosen(None, ["0", "1"]), chosen(None, three)] == ["accuracy", "accuracy"]
+    assert [chosen("f1", ["0", "1"]), chosen("f1", three), chosen("auc", three)] == ["f1", "macro_f1", "macro_f1"]
