@@ -19,23 +19,15 @@ import pytest
 import run_tasks
 from tests.test_cli import _one_error_line
 from training.rundir import RunError, run_lock
-from tests.test_reliability import _edit_meta, _main, work  # noqa: F401  (work: sample data, a tiny model directory)
+from tests.test_reliability import _damaged, _edit_meta, _main, work  # noqa: F401  (work: sample data, a tiny model directory)
 
 
 # ============================================================================ files a loader cannot use
-def _copy(work, name, damage):
-    d = work["root"] / "rundirs" / name
-    if not d.exists():
-        shutil.copytree(work["model"], d)
-        damage(d)
-    return d
-
-
 @pytest.mark.parametrize("labels,got", [(None, "null"), (["0"], '["0"]'), ("01", '"01"'), ([0, 1], "[0, 1]")])
 def test_model_json_labels_that_do_not_name_the_classes_are_refused_naming_file_and_key(work, capsys, labels, got):
     from modeling.model_dir import CheckpointError, read_meta
 
-    d = _copy(work, f"labels-{got}", lambda d: _edit_meta(d, labels=labels))
+    d = _damaged(work, f"labels-{got}", lambda d: _edit_meta(d, labels=labels))
     message = f'{d / "model.json"}: "labels" must be a list of its 2 class names (strings), in order, got {got}'
     with pytest.raises(CheckpointError) as e:
         read_meta(d)
@@ -66,7 +58,7 @@ def _export_copy(d):
                                       ("virt", "virt.teacher")])
 def test_an_export_directory_given_as_a_model_directory_says_what_it_is_and_where_the_model_is(
         work, capsys, tmp_path, task, key):
-    d = _copy(work, "export", _export_copy)
+    d = _damaged(work, "export", _export_copy)
     sets = [f"{key}={d}", f"data.train={work['data']['train']}", f"data.valid={work['data']['valid']}",
             f"model.vocab={work['data']['vocab']}", "model.init=null", "train.max_seq_len=16"]
     rc, _, err = _main(capsys, "--task", task, "--out", tmp_path / "out", "--set", *sets)
