@@ -134,16 +134,19 @@ class OnnxBackend(Backend):
 
 def onnx_file(onnx_dir, fn, int8=False, fused=True):
     """The file serving `fn` in an export's onnx/ directory: the fused graph when the export
-    published one (and `fused`), else the portable one; `int8` for predict_ids' int8 copy.
+    published one (`fused`: preferred), else the portable one; `int8` for predict_ids' int8 copy.
 
     predict_ids: model.fused.int8.onnx > model.int8.onnx (int8), model.fused.onnx > model.onnx;
-    encode_ids: encode.fused.onnx > encode.onnx; score: score.onnx. A missing preferred file
-    is no error (an export without fusion, or whose fused check withheld it); the portable
+    encode_ids: encode.fused.onnx > encode.onnx; score: score.onnx. `fused=False` reverses the
+    preference: the portable graph is published beside the fused one only with
+    export.portable_onnx, so without it the fused graph is what there is. A missing preferred
+    file is no error (an export without fusion, or whose fused check withheld it); the portable
     name is returned when neither exists, for the caller's "missing" message."""
     plain = "model.int8.onnx" if int8 else ONNX_FILES[fn]
-    fused_name = FUSED_NAMES.get(plain) if fused else None
-    if fused_name and (Path(onnx_dir) / fused_name).is_file():
-        return Path(onnx_dir) / fused_name
+    names = [FUSED_NAMES[plain], plain] if plain in FUSED_NAMES else [plain]
+    for name in names if fused else names[::-1]:
+        if (Path(onnx_dir) / name).is_file():
+            return Path(onnx_dir) / name
     return Path(onnx_dir) / plain
 
 
