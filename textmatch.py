@@ -116,7 +116,7 @@ def load(path, backend="onnx", int8=False, threads=None):
     if source is None:
         return Matcher(open_model(path, backend=backend, int8=int8, threads=threads))
     if int8:
-        raise BackendError(f"{path}: int8 needs an export directory (--task export writes onnx/model.int8.onnx)")
+        raise BackendError(f"{path}: int8 needs an export directory (--task export writes an int8 copy in onnx/)")
     return _EncoderOnly(_encoder_backend(path, source, threads), str(path))
 
 

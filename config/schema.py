@@ -166,6 +166,7 @@ class ExportConfig:
     opset: int = bounded(17, ge=15)  # ONNX opset (>= 15: export.onnx.MIN_OPSET)
     int8: bool = True  # also write a dynamically quantised int8 model
     fuse: bool = True  # also write onnxruntime-fused graphs (model.fused.onnx, its int8, encode.fused.onnx); each checked, withheld alone on failure
+    portable_onnx: bool = False  # also publish the unfused model.onnx / encode.onnx (+ model.int8.onnx) beside the fused graphs (always published when there is no fused graph)
     ort_optimization: str | None = choice("basic", "extended", "all", default=None)  # onnxruntime graph optimisation level; None = off
     max_seq_len: int | None = bounded(None, ge=5)  # longest token row of the string signatures (as train.max_seq_len); None = the model's
     tokenizer: str = choice("fast", "bert", default="fast")  # in-graph tokeniser: fast (tf-text FastBertTokenizer) | bert (BertTokenizer)
@@ -175,7 +176,7 @@ class ExportConfig:
     int8_min_margin: float = bounded(0.1, ge=0, le=1)  # fp32 top-1 minus top-2 probability (no classifier: |cosine - threshold|) of the pairs counted
     int8_max_accuracy_drop: float = bounded(1.0, ge=0)  # int8, labelled data.test: largest accuracy drop in points (agreement only reported)
     int8_force: bool = False  # publish int8 even when its check failed (fp32 failures still block everything)
-    formats: list[str] = field(default_factory=lambda: ["saved_model", "frozen", "onnx"])  # artifacts to write (saved_model always)
+    formats: list[str] = field(default_factory=lambda: ["saved_model", "onnx", "triton", "ovms"])  # artifacts to write (saved_model always): frozen, hf on request; triton, ovms: hard links to onnx/
 
 
 @dataclass

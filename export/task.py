@@ -8,12 +8,19 @@ Writes (docs/export.md; what is published when a check fails: its "What is publi
     <out>/README.md                              the model card (training/card.py), with the export's status
     <out>/saved_model/<name>/<version>/          SavedModel for TF Serving (export/saved_model.py)
     <out>/saved_model/models.config              model_config_list for --model_config_file
-    <out>/frozen/model.pb, <out>/frozen/io.json  frozen ids signature (export/frozen.py)
-    <out>/onnx/model.onnx, model.int8.onnx       ids signature in ONNX, int8 copy (export/onnx.py)
-    <out>/onnx/model.opt-<level>.onnx            with export.ort_optimization
-    <out>/onnx/model.fused.onnx, model.fused.int8.onnx, encode.fused.onnx
+    <out>/onnx/model.fused.onnx, encode.fused.onnx
                                                  onnxruntime-fused graphs (export.fuse; export/fusion.py)
-    <out>/onnx/encode.onnx (sbert, virt), score.onnx (virt)
+    <out>/onnx/model.fused.int8.onnx             int8 copy of the published predict_ids graph (export/onnx.py)
+    <out>/onnx/score.onnx (virt)
+    <out>/onnx/model.onnx, encode.onnx, model.int8.onnx
+                                                 the portable graphs (export/onnx.py), always converted and
+                                                 checked (fusion starts from them); published instead of the
+                                                 fused ones when there are none, beside them with
+                                                 export.portable_onnx: one fp32 ONNX copy of the weights
+    <out>/onnx/model.opt-<level>.onnx            with export.ort_optimization
+    <out>/triton/, <out>/ovms/                   the published ONNX files as Triton's / OVMS's model
+                                                 repositories (export.formats; export/repository.py)
+    <out>/frozen/model.pb, <out>/frozen/io.json  frozen ids signature (export.formats frozen; export/frozen.py)
     <out>/hf/                                    Hugging Face folder (export.formats hf; export/hf.py)
     <out>/parity.json                            every artifact vs Keras (export/parity.py)
 
@@ -41,6 +48,7 @@ from pathlib import Path
 from export import ExportError
 from runtime.onnx import FUSED_NAMES, ONNX_FILES
 from runtime.progress import Steps
+from export.repository import ENGINES, write_repositories
 from export.saved_model import publish_version, stage_saved_model, write_models_config
 from modeling.serving_spec import spec_of, write_spec
 from runtime.backends import NAME_RE, default_name, servable_kinds
@@ -77,6 +85,7 @@ def _replace_dir(src, dst):
 
 
 FORMATS = ("saved_model", "frozen", "onnx", "hf")
+FORMATS += ENGINES  # model repositories of the published ONNX files (export/repository.py)
 
 
 def export_task(cfg):
@@ -93,6 +102,9 @@ def check_options(e):
     unknown = [f for f in e.formats if f not in FORMATS]
     if unknown or "saved_model" not in e.formats:
         raise ExportError(f"export.formats={e.formats}: a list of {', '.join(FORMATS)} that includes saved_model")
+    engines = [f for f in e.formats if f in ENGINES]
+    if engines and "onnx" not in e.formats:
+        raise ExportError(f"export.formats={e.formats}: {', '.join(engines)} lay out the ONNX files: add onnx")
 
 
 def export_loaded(loaded, cfg):
@@ -148,13 +160,12 @@ def export_loaded(loaded, cfg):
                     steps.start(f"ONNX {file}")
                     onnx_files[fn_name] = onnx_export.convert_function(fns[fn_name], staging / "onnx" / file,
                                                                       e.opset)
-            if e.int8:
-                steps.start("int8 quantisation")
-                onnx_files["int8"] = onnx_export.quantize_int8(onnx_files["predict_ids"],
-                                                               staging / "onnx" / "model.int8.onnx")
             if e.fuse:
                 steps.start("fusion")
-                fusion = fuse_graphs(onnx_files, staging / "onnx", loaded.model.encoder, e.int8)
+                fusion = fuse_graphs(onnx_files, staging / "onnx", loaded.model.encoder)
+            if e.int8:
+                steps.start("int8 quantisation")
+                quantize_graphs(onnx_files, staging / "onnx", e.portable_onnx, fusion)
             if e.ort_optimization:
                 steps.start(f"onnxruntime {e.ort_optimization} optimisation")
                 onnx_files[f"opt-{e.ort_optimization}"] = onnx_export.optimize(onnx_files["predict_ids"],
@@ -201,6 +212,9 @@ def export_loaded(loaded, cfg):
             worst = "; ".join(_describe(k, result["checks"][k]) for k in result["failed"])
             raise ExportError(f"parity check failed, nothing published: {worst} "
                               f"(report and artifacts in {failed_dir})")
+        if e.int8 and not result["checks"].get("onnx.fused", {"ok": True})["ok"] and "int8" not in onnx_files:
+            _int8_of_portable(onnx_files, staging / "onnx", fusion, result, data, outputs, rule, loaded)
+            names.append("onnx.int8")
 
         # ---- publish: the SavedModel version, then the other artifacts, then the report.
         # Only optional variants (int8, fused) can have failed here: each failed one is withheld
@@ -208,6 +222,9 @@ def export_loaded(loaded, cfg):
         report["status"] = dict.fromkeys(names, "published")
         report["warnings"] = []
         withhold = _optional_verdicts(result["checks"], onnx_files, e.int8_force, report, out / "withheld")
+        for label in unpublished_portable(onnx_files, withhold, e.portable_onnx):
+            report["status"][f"onnx.{label}"] = "checked, not published"
+            Path(onnx_files.pop(label)).unlink()
         final = publish_version(sm_stage, model_base, version)
         sm_stage = None
         write_models_config(out / "saved_model")
@@ -230,6 +247,8 @@ def export_loaded(loaded, cfg):
             report["artifacts"]["hf"] = str(out / "hf")
         if onnx_files:
             report["artifacts"]["onnx"] = {k: str(out / "onnx" / Path(v).name) for k, v in onnx_files.items()}
+            engines = [f for f in e.formats if f in ENGINES]
+            report["artifacts"].update(write_repositories(out, engines, name, version, fns) if engines else {})
         for file in ("vocab.txt", "model.json"):
             shutil.copyfile(Path(loaded.path) / file, out / file)
         write_spec(spec_of(loaded.kind_class, loaded.meta["model"]["config"]), out)  # read by a TF-free server
@@ -257,16 +276,15 @@ OPTIONAL = ("onnx.int8", "onnx.fused", "onnx.fused.int8", "onnx.fused.encode_ids
 FUSED_FILES = {"predict_ids": ("fused", FUSED_NAMES["model.onnx"]), "encode_ids": ("fused.encode_ids", FUSED_NAMES["encode.onnx"])}
 
 
-def fuse_graphs(onnx_files, onnx_dir, encoder, int8):
-    """Fused copies of model.onnx / encode.onnx (export/fusion.py), plus model.fused.int8.onnx.
+def fuse_graphs(onnx_files, onnx_dir, encoder):
+    """Fused copies of model.onnx / encode.onnx (export/fusion.py).
 
-    Adds the files to `onnx_files` (labels `fused`, `fused.encode_ids`, `fused.int8`) and returns
+    Adds the files to `onnx_files` (labels `fused`, `fused.encode_ids`) and returns
     what happened per function for parity.json: the optimiser's op counts, or why there is no
     fused file (the optimiser failed, or found nothing to fuse: then the graph is the unfused one
     and is not written). Never raises for a graph it cannot fuse: the unfused files stand."""
     from export import ExportError as _ExportError
     from export import fusion as fusion_mod
-    from export.onnx import quantize_int8
 
     report = {}
     for fn, (label, file) in FUSED_FILES.items():
@@ -288,15 +306,57 @@ def fuse_graphs(onnx_files, onnx_dir, encoder, int8):
         onnx_files[label] = onnx_dir / file
         report[fn] = {"fused": True, "file": file, **info, "seconds": round(time.time() - t0, 2)}
         log.info("%s: %s", file, ", ".join(f"{n} {op}" for op, n in info["fused_ops"].items()))
-    if int8 and "fused" in onnx_files:
+    return report
+
+
+def quantize_graphs(onnx_files, onnx_dir, portable, fusion=None):
+    """The int8 copy of the graph that is published: model.fused.int8.onnx of model.fused.onnx when
+    there is one, else model.int8.onnx of model.onnx; model.int8.onnx too with `portable`
+    (export.portable_onnx publishes the portable graphs). A fused graph quantize_dynamic fails on
+    falls back to model.int8.onnx, the failure noted in `fusion` (the report's "fusion")."""
+    from export.onnx import quantize_int8
+
+    if "fused" in onnx_files:
         try:
             onnx_files["fused.int8"] = quantize_int8(onnx_files["fused"], onnx_dir / "model.fused.int8.onnx")
-        except Exception as err:  # quantize_dynamic raises RuntimeError/KeyError/...; model.int8.onnx stands
+        except Exception as err:  # quantize_dynamic raises RuntimeError/KeyError/...; model.int8.onnx instead
             (onnx_dir / "model.fused.int8.onnx").unlink(missing_ok=True)
             first = str(err).splitlines()[0] if str(err) else type(err).__name__
-            report["predict_ids"]["int8"] = f"not written: quantize_dynamic failed on the fused graph: {first}"
-            log.warning("model.fused.int8.onnx not written: %s", first)
-    return report
+            fusion["predict_ids"]["int8"] = f"not written: quantize_dynamic failed on the fused graph: {first}"
+            log.warning("model.fused.int8.onnx not written (model.int8.onnx instead): %s", first)
+    if portable or "fused.int8" not in onnx_files:
+        onnx_files["int8"] = quantize_int8(onnx_files["predict_ids"], onnx_dir / "model.int8.onnx")
+
+
+def _int8_of_portable(onnx_files, onnx_dir, fusion, result, data, outputs, rule, loaded):
+    """The fused graph failed its check, so model.onnx is the one published: quantise it (its int8
+    copy was not made, export.portable_onnx being off) and check it, into `result`."""
+    from export.onnx import quantize_int8
+    from export.parity import run_checks
+
+    try:
+        onnx_files["int8"] = str(quantize_int8(onnx_files["predict_ids"], onnx_dir / "model.int8.onnx"))
+    except Exception as err:  # as in quantize_graphs: the fp32 files stand
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        fusion["predict_ids"]["int8"] = f"model.int8.onnx not written: quantize_dynamic failed: {first}"
+        log.warning("model.int8.onnx not written: %s", first)
+        return
+    checked = run_checks(loaded, data, {"onnx": {"int8": onnx_files["int8"]}}, outputs, int8_rule=rule,
+                         cosine_threshold=loaded.threshold)
+    result["checks"].update(checked["checks"])
+    result["failed"] += checked["failed"]
+
+
+# The portable graph of each fused one: published with it only when export.portable_onnx is set.
+PORTABLE = {"predict_ids": "fused", "encode_ids": "fused.encode_ids"}
+
+
+def unpublished_portable(onnx_files, withhold, portable):
+    """Labels of the portable graphs not to publish: those whose fused graph is published, unless
+    `portable`. Without a published fused graph the portable one is the deployment graph."""
+    if portable:
+        return []
+    return [p for p, f in PORTABLE.items() if p in onnx_files and f in onnx_files and f not in withhold]
 
 
 def _optional_verdicts(checks, onnx_files, int8_force, report, withheld_dir):
@@ -348,6 +408,9 @@ def _print_summary(out, report):
             print(f"  {k + ':':<12} {report['artifacts'][k]}")
     for k, v in report["artifacts"].get("onnx", {}).items():
         print(f"  onnx {k + ':':<12} {v}")
+    for k in ENGINES:
+        if k in report["artifacts"]:
+            print(f"  {k + ':':<12} {Path(out) / k} ({', '.join(Path(p).name for p in report['artifacts'][k].values())})")
     for k, v in report.get("withheld", {}).items():
         print(f"  withheld {k}: {v}")
     for k, c in report["checks"].items():

@@ -134,27 +134,33 @@ class OnnxBackend(Backend):
 
 def onnx_file(onnx_dir, fn, int8=False, fused=True):
     """The file serving `fn` in an export's onnx/ directory: the fused graph when the export
-    published one (and `fused`), else the portable one; `int8` for predict_ids' int8 copy.
+    published one (`fused`: preferred), else the portable one; `int8` for predict_ids' int8 copy.
 
     predict_ids: model.fused.int8.onnx > model.int8.onnx (int8), model.fused.onnx > model.onnx;
-    encode_ids: encode.fused.onnx > encode.onnx; score: score.onnx. A missing preferred file
-    is no error (an export without fusion, or whose fused check withheld it); the portable
+    encode_ids: encode.fused.onnx > encode.onnx; score: score.onnx. `fused=False` reverses the
+    preference: the portable graph is published beside the fused one only with
+    export.portable_onnx, so without it the fused graph is what there is. A missing preferred
+    file is no error (an export without fusion, or whose fused check withheld it); the portable
     name is returned when neither exists, for the caller's "missing" message."""
     plain = "model.int8.onnx" if int8 else ONNX_FILES[fn]
-    fused_name = FUSED_NAMES.get(plain) if fused else None
-    if fused_name and (Path(onnx_dir) / fused_name).is_file():
-        return Path(onnx_dir) / fused_name
+    names = [FUSED_NAMES[plain], plain] if plain in FUSED_NAMES else [plain]
+    for name in names if fused else names[::-1]:
+        if (Path(onnx_dir) / name).is_file():
+            return Path(onnx_dir) / name
     return Path(onnx_dir) / plain
 
 
 def _missing_onnx(file, int8):
     """Why an export directory has no `file`, and what to do about it."""
     export_dir = file.parent.parent
-    withheld = export_dir / "withheld" / file.name
+    # the int8 copy of the published graph: model.fused.int8.onnx when the fused graph was published
+    kept = [(export_dir / "withheld" / name, key) for name, key in ((FUSED_NAMES["model.int8.onnx"], "onnx.fused.int8"),
+                                                                   (file.name, "onnx.int8"))]
+    withheld, key = next(((p, k) for p, k in kept if p.is_file()), kept[-1])
     if int8 and withheld.is_file():  # export's int8 check failed: the file was kept aside (docs/export.md)
         try:
             report = json.loads((export_dir / "parity.json").read_text(encoding="utf-8"))
-            reason = report["checks"]["onnx.int8"]["reason"]
+            reason = report["checks"][key]["reason"]
         except (OSError, ValueError, KeyError, TypeError):
             reason = None
         return (f"{file}: missing: the export's int8 parity check withheld it"

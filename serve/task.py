@@ -1,7 +1,7 @@
 """The serve task: `python run_tasks.py --task serve --set serve.model=<export dir or model dir>`.
 
     serve.backend   onnx (default) | tf      export directories; a model directory runs through Keras
-    serve.int8      serve onnx/model.int8.onnx for serving_default / predict_ids
+    serve.int8      serve the int8 copy (onnx/model.fused.int8.onnx, else model.int8.onnx) for serving_default / predict_ids
     serve.fused     prefer the export's fused graphs (model.fused[.int8].onnx, encode.fused.onnx; default true)
     serve.index     an index directory (--task index) behind POST /v1/search; serve.rerank for its reranker
     serve.warmup    sequence lengths run once per function before the server listens (default [32, 128];

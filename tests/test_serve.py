@@ -44,7 +44,8 @@ LIMITS = Limits(max_texts=32, max_chars=200)
 def virt_export(model_dirs, workdir, tf2onnx_fast):  # noqa: F811
     out = workdir / "serve_virt"
     loaded = load_for_export(model_dirs["virt"])
-    export_loaded(loaded, _cfg(out, "export.formats=[saved_model, onnx]", "export.parity_samples=4"))
+    export_loaded(loaded, _cfg(out, "export.formats=[saved_model, onnx]", "export.parity_samples=4",
+                               "export.portable_onnx=true"))  # model.onnx, encode.onnx: the references below
     return {"out": out, "loaded": loaded}
 
 
