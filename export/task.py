@@ -43,7 +43,7 @@ from runtime.onnx import FUSED_NAMES, ONNX_FILES
 from runtime.progress import Steps
 from export.saved_model import publish_version, stage_saved_model, write_models_config
 from modeling.serving_spec import spec_of, write_spec
-from runtime.backends import NAME_RE, default_name, servable_kinds
+from runtime.backends import NAME_RE, default_name, servable_kinds, time_candidates
 from training.card import write_card
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ def _replace_dir(src, dst):
     os.rename(src, dst)
 
 
-FORMATS = ("saved_model", "frozen", "onnx", "hf")
+FORMATS = ("saved_model", "frozen", "onnx", "openvino", "hf")
 
 
 def export_task(cfg):
@@ -93,12 +93,15 @@ def check_options(e):
     unknown = [f for f in e.formats if f not in FORMATS]
     if unknown or "saved_model" not in e.formats:
         raise ExportError(f"export.formats={e.formats}: a list of {', '.join(FORMATS)} that includes saved_model")
+    if "openvino" in e.formats and "onnx" not in e.formats:
+        raise ExportError(f"export.formats={e.formats}: openvino is converted from the ONNX graphs: include onnx")
 
 
 def export_loaded(loaded, cfg):
     """Export an already loaded model directory (`load_for_export`) as `cfg.export` says."""
     from export import hf as hf_export
     from export import onnx as onnx_export
+    from export import openvino as ov_export
     from export.frozen import freeze
     from export.parity import TOLERANCES, Batches, parity_pairs, run_checks, write_report
 
@@ -163,10 +166,16 @@ def export_loaded(loaded, cfg):
             artifacts["onnx"] = onnx_files
             log.info("ONNX written: %s (%.1fs)", ", ".join(Path(p).name for p in onnx_files.values()),
                      time.time() - t0)
+        a, b, labels, source = parity_pairs(cfg, loaded, e.parity_samples)
+        ov_files, ov_info = {}, None
+        if "openvino" in e.formats:
+            steps.start("OpenVINO IR")
+            ov_files, ov_info = ov_export.write_ir(loaded, e, onnx_files, staging / "openvino", (a, b), max_len)
+            if ov_files:
+                artifacts["openvino"] = ov_files
 
         t0 = time.time()
         steps.start("parity: Keras reference")
-        a, b, labels, source = parity_pairs(cfg, loaded, e.parity_samples)
         data = Batches(loaded, a, b, labels, max_len, batch_size=e.parity_batch_size)
         steps.start("parity checks")
         rule = {"min_agreement": e.int8_min_agreement, "min_margin": e.int8_min_margin,
@@ -185,13 +194,16 @@ def export_loaded(loaded, cfg):
                   "checks": result["checks"], "tokenization": result["tokenization"]}
         if fusion is not None:
             report["fusion"] = fusion
-        names = ["saved_model", *(k for k in ("frozen", "hf") if k in artifacts), *(f"onnx.{k}" for k in onnx_files)]
-        if any(k not in OPTIONAL for k in result["failed"]):  # an fp32 artifact is wrong: publish nothing
+        if ov_info is not None:
+            report["openvino"] = ov_info
+        graphs = {**{f"onnx.{k}": v for k, v in onnx_files.items()}, **{f"openvino.{k}": v for k, v in ov_files.items()}}
+        names = ["saved_model", *(k for k in ("frozen", "hf") if k in artifacts), *graphs]
+        if any(k not in OPTIONAL + OPENVINO_OPTIONAL for k in result["failed"]):  # an fp32 artifact is wrong: publish nothing
             report["status"] = dict.fromkeys(names, "withheld")
             failed_dir = out / "failed"
             shutil.rmtree(failed_dir, ignore_errors=True)
             failed_dir.mkdir()
-            for sub in ("frozen", "onnx", "hf"):
+            for sub in ("frozen", "onnx", "openvino", "hf"):
                 if (staging / sub).exists():
                     os.rename(staging / sub, failed_dir / sub)
             (failed_dir / "saved_model").mkdir()
@@ -207,22 +219,28 @@ def export_loaded(loaded, cfg):
         # (int8 unless forced), the rest is published.
         report["status"] = dict.fromkeys(names, "published")
         report["warnings"] = []
-        withhold = _optional_verdicts(result["checks"], onnx_files, e.int8_force, report, out / "withheld")
+        withhold = _optional_verdicts(result["checks"], graphs, e.int8_force, report, out / "withheld")
         final = publish_version(sm_stage, model_base, version)
         sm_stage = None
         write_models_config(out / "saved_model")
         report["artifacts"] = {"saved_model": str(final)}
-        if onnx_files:  # withheld/ goes with the onnx/ beside it: both are replaced together
+        if graphs:  # withheld/ goes with the onnx/ and openvino/ beside it: all are replaced together
             shutil.rmtree(out / "withheld", ignore_errors=True)
         if withhold:
             (out / "withheld").mkdir()
             report["withheld"] = {}
-            for label in withhold:
-                kept = out / "withheld" / Path(onnx_files[label]).name
-                os.rename(onnx_files.pop(label), kept)
-                report["withheld"][f"onnx.{label}"] = str(kept)
-        for sub in ("frozen", "onnx", "hf"):
-            if (staging / sub).exists():
+            for key in withhold:
+                kept = out / "withheld" / Path(graphs[key]).name
+                os.rename(graphs[key], kept)
+                if kept.suffix == ".xml":  # an IR is two files
+                    os.rename(Path(graphs[key]).with_suffix(".bin"), kept.with_suffix(".bin"))
+                report["withheld"][key] = str(kept)
+                prefix, label = key.split(".", 1)
+                (onnx_files if prefix == "onnx" else ov_files).pop(label)
+        if "openvino" in e.formats:  # an export without IR files must not leave an older export's beside it
+            shutil.rmtree(out / "openvino", ignore_errors=True)
+        for sub in ("frozen", "onnx", "openvino", "hf"):
+            if (staging / sub).exists() and any((staging / sub).iterdir()):
                 _replace_dir(staging / sub, out / sub)
         if "frozen" in artifacts:
             report["artifacts"]["frozen"] = str(out / "frozen" / "model.pb")
@@ -230,6 +248,16 @@ def export_loaded(loaded, cfg):
             report["artifacts"]["hf"] = str(out / "hf")
         if onnx_files:
             report["artifacts"]["onnx"] = {k: str(out / "onnx" / Path(v).name) for k, v in onnx_files.items()}
+        if ov_files:
+            report["artifacts"]["openvino"] = {k: str(out / "openvino" / Path(v).name) for k, v in ov_files.items()}
+        if onnx_files or ov_files:  # what `auto` picks from (runtime/backends.py), timed as the server runs them
+            t0 = time.time()
+            spec = spec_of(loaded.kind_class, loaded.meta["model"]["config"])
+            report["timings"] = time_candidates(out, spec, [bt["feats"] for bt in data.batches[:TIMED_BATCHES]],
+                                                report["status"])
+            log.info("timed predict_ids (ms per batch of %d pairs): %s (%.1fs)", e.parity_batch_size,
+                     ", ".join(f"{k} {v['ms_per_batch']:.1f}" for k, v in report["timings"].items()),
+                     time.time() - t0)
         for file in ("vocab.txt", "model.json"):
             shutil.copyfile(Path(loaded.path) / file, out / file)
         write_spec(spec_of(loaded.kind_class, loaded.meta["model"]["config"]), out)  # read by a TF-free server
@@ -249,11 +277,18 @@ def _steps(e, fns):
     """How many steps the export of `fns` as `e` says takes (the progress bar's total)."""
     onnx = "onnx" in e.formats
     return (1 + ("frozen" in e.formats) + ("hf" in e.formats) + 2 + onnx * (sum(fn in fns for fn in ONNX_FILES) + bool(e.int8)
-                                                      + bool(e.fuse) + bool(e.ort_optimization)))
+                                                      + bool(e.fuse) + bool(e.ort_optimization)
+                                                      + ("openvino" in e.formats)))
 
+
+TIMED_BATCHES = 4  # parity batches each published predict_ids artifact is timed on (parity.json `timings`)
 
 # Speed variants of model.onnx / encode.onnx: a failed check withholds the file alone (docs/export.md).
 OPTIONAL = ("onnx.int8", "onnx.fused", "onnx.fused.int8", "onnx.fused.encode_ids")
+# The OpenVINO IR: a failed check withholds the openvino/ files alone (the ONNX files stand), bf16 execution
+# failing its check makes the runtime run the IR in f32.
+OPENVINO_FP32 = ("openvino.predict_ids", "openvino.encode_ids", "openvino.score")
+OPENVINO_OPTIONAL = (*OPENVINO_FP32, "openvino.int8", "openvino.predict_ids.bf16")
 FUSED_FILES = {"predict_ids": ("fused", FUSED_NAMES["model.onnx"]), "encode_ids": ("fused.encode_ids", FUSED_NAMES["encode.onnx"])}
 
 
@@ -299,38 +334,51 @@ def fuse_graphs(onnx_files, onnx_dir, encoder, int8):
     return report
 
 
-def _optional_verdicts(checks, onnx_files, int8_force, report, withheld_dir):
-    """Status and warning of each optional variant; returns the labels to withhold.
+def _optional_verdicts(checks, graphs, int8_force, report, withheld_dir):
+    """Status and warning of each optional variant; returns the keys (`onnx.int8`, ...) to withhold.
 
-    A fused int8 graph is withheld with its fused fp32 graph: it is a quantised copy of it."""
+    `graphs`: key -> staged file. A fused int8 graph is withheld with its fused fp32 graph: it is a
+    quantised copy of it; the OpenVINO IR files go together when an fp32 one fails (the int8 IR is
+    quantised from the same graph). bf16 execution failing its check withholds nothing: the runtime
+    then runs the IR in f32 (runtime/backends.py reads the status)."""
     withhold = []
-    for key in OPTIONAL:
-        label = key[len("onnx."):]
-        if label not in onnx_files:
+    ov_fp32 = [k for k in OPENVINO_FP32 if k in graphs and not checks.get(k, {"ok": True})["ok"]]
+    for key in (*OPTIONAL, *OPENVINO_FP32, "openvino.int8"):
+        if key not in graphs:
             continue
         check = checks.get(key, {"ok": True})
         reason = check.get("reason") or (f"max|diff| {check['max_abs_diff']:.3g} > {check['tolerance']:g}"
                                          if "tolerance" in check else None)
-        derived = key == "onnx.fused.int8" and "fused" in withhold
-        if derived:  # a quantised copy of a wrong graph: never published, not even forced
-            check, reason = {"ok": False}, "its fused fp32 graph (onnx.fused) failed its check"
+        derived = (key == "onnx.fused.int8" and "onnx.fused" in withhold) or (key.startswith("openvino.") and
+                                                                             ov_fp32 and key not in ov_fp32)
+        if derived:  # a copy of a wrong graph: never published, not even forced
+            check, reason = {"ok": False}, f"{'onnx.fused' if key.startswith('onnx') else ov_fp32[0]} failed its check"
         if check["ok"]:
             if check.get("warning"):  # published, with what could not be told (int8 on a small labelled file)
                 report["warnings"].append(f"{key} published: {check['warning']}")
             continue
-        kept = withheld_dir / Path(onnx_files[label]).name
+        kept = withheld_dir / Path(graphs[key]).name
         if key.endswith("int8") and int8_force and not derived:
             report["status"][key] = "forced"
             report["warnings"].append(f"{key} published although its check failed (export.int8_force=true): {reason}")
             continue
         report["status"][key] = "withheld"
-        withhold.append(label)
-        how = ("export.fuse=false skips the fused graphs" if not key.endswith("int8")
-               else "export.int8_force=true publishes it" if check.get("gate") == "accuracy"
-               else "export.int8_force=true publishes it; a labelled data.test judges it by accuracy")
-        what = "the int8 file" if key == "onnx.int8" else "the file"
-        first = "fp32 artifacts published" if key == "onnx.int8" else "the unfused ONNX files published"
+        withhold.append(key)
+        how = ("export.int8_force=true publishes it" if check.get("gate") == "accuracy" and key.endswith("int8")
+               else "export.int8_force=true publishes it; a labelled data.test judges it by accuracy"
+               if key.endswith("int8") else "export.fuse=false skips the fused graphs" if key.startswith("onnx")
+               else "export.formats without openvino skips it")
+        what = "the int8 file" if key.endswith("int8") else "the file"
+        first = ("fp32 artifacts published" if key in ("onnx.int8", "openvino.int8")
+                 else "the unfused ONNX files published" if key.startswith("onnx") else "the ONNX files published")
         report["warnings"].append(f"{key} withheld, {first}: {reason}; {what} is in {kept} ({how})")
+    bf16 = checks.get("openvino.predict_ids.bf16")
+    if bf16 is not None and "openvino.predict_ids" not in withhold:
+        report["status"]["openvino.predict_ids.bf16"] = "published" if bf16["ok"] else "refused"
+        if not bf16["ok"]:
+            report["warnings"].append(f"openvino.predict_ids.bf16 refused, the IR runs in f32: {bf16['reason']}")
+        elif bf16.get("warning"):
+            report["warnings"].append(f"openvino.predict_ids.bf16 published: {bf16['warning']}")
     return withhold
 
 

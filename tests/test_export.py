@@ -47,6 +47,7 @@ from export.frozen import load_frozen  # noqa: E402
 from export.onnx import convert_function, convert_saved_model  # noqa: E402
 from export.saved_model import next_version, publish_version, versions  # noqa: E402
 from export.task import export_loaded, export_task, load_for_export  # noqa: E402
+from runtime.openvino import cpu_capabilities  # noqa: E402
 from export.text import GraphTokenizer, longest_first  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,6 +62,7 @@ PARITY_SAMPLES = 8
 MAX_LEN = 32
 KINDS = ("cross_encoder", "sbert", "virt")
 HF_KINDS = ("cross_encoder", "sbert")  # virt has no Hugging Face form (export/hf.py)
+BF16 = "BF16" in cpu_capabilities()  # bf16 execution checked where the CPU has it
 
 # Tokenisation samples: English and Chinese, punctuation, mixed case, accents, unknown
 # characters, empty-ish text, control characters, full-width forms, literal special tokens.
@@ -185,7 +187,7 @@ def exports(model_dirs, workdir, tf2onnx_fast):
         out = workdir / f"out_{kind}"
         extra = ["export.ort_optimization=basic"] if kind == "cross_encoder" else []
         if kind in HF_KINDS:
-            extra.append("export.formats=[saved_model,frozen,onnx,hf]")
+            extra.append("export.formats=[saved_model,frozen,onnx,openvino,hf]")
         res["reports"][kind] = export_loaded(loaded, _cfg(out, *extra))
         res["loaded"][kind], res["out"][kind] = loaded, out
         if kind == "cross_encoder":
@@ -244,6 +246,8 @@ def test_every_artifact_is_written_and_parity_checked(exports, kind):
                           "sbert": {"model.onnx", "model.int8.onnx", "encode.onnx"},
                           "virt": {"model.onnx", "model.int8.onnx", "encode.onnx", "score.onnx"}}[kind]
     assert {p.name for p in (out / "onnx").iterdir()} == onnx_files
+    irs = {"model", "model.int8"} | ({"encode"} if kind != "cross_encoder" else set()) | ({"score"} if kind == "virt" else set())
+    assert {p.name for p in (out / "openvino").iterdir()} == {f"{n}.{ext}" for n in irs for ext in ("xml", "bin")}
     assert not list(out.glob(".staging-*")) and not list((out / "saved_model" / kind).glob(".tmp-*"))
     card = (out / "README.md").read_text(encoding="utf-8")  # the model card, with the export's status
     assert card.startswith(f"# {kind} export `{kind}` (version 1)") and "| onnx.predict_ids | published |" in card
@@ -259,16 +263,19 @@ def test_every_artifact_is_written_and_parity_checked(exports, kind):
                  "virt": {"saved_model.encode", "saved_model.score", "onnx.encode_ids", "onnx.score",
                           "onnx.fused.encode_ids"}}[kind]
     expected |= {"hf"} if kind in HF_KINDS else set()
+    expected |= {"openvino.predict_ids", "openvino.int8"} | ({"openvino.predict_ids.bf16"} if BF16 else set())
+    expected |= {"cross_encoder": set(), "sbert": {"openvino.encode_ids"},
+                 "virt": {"openvino.encode_ids", "openvino.score"}}[kind]
     assert (on_disk["status"].get("hf") == "published") is (kind in HF_KINDS)
     assert ((out / "hf" / "model.safetensors").is_file() and on_disk["artifacts"].get("hf") == str(out / "hf")) is (
         kind in HF_KINDS)
     checks = on_disk["checks"]
     assert set(checks) == expected
     for key, c in checks.items():
-        if key.endswith("int8"):
+        if key.endswith(("int8", ".bf16")):
             assert c["label_agreement"] >= 0.99 and c["pairs"] == PARITY_SAMPLES + len(parity_mod.EDGE_PAIRS)
         else:
-            limit = 1e-4 if key.startswith("onnx") else 1e-5
+            limit = parity_mod.TOLERANCES[key.split(".")[0]]
             assert c["ok"] and c["tolerance"] == limit and c["max_abs_diff"] <= limit, key
     assert on_disk["tokenization"]["differ"] == 0
     # The probabilities really vary with the input: a parity check on constants proves nothing.
@@ -682,7 +689,7 @@ def test_a_failed_int8_check_withholds_int8_and_publishes_fp32(three_class, work
 
     out = workdir / "three_withheld"
     sets = [f"export.model={three_class['dir']}", f"export.parity_samples={SAMPLES3}", "export.int8_min_margin=0",
-            "export.fuse=false"]  # fused graphs: test_export_fused.py
+            "export.fuse=false", "export.formats=[saved_model,frozen,onnx]"]  # fused graphs: test_export_fused.py
     code = run_tasks.main(["--task", "export", "--out", str(out), "--set", *sets])
     err = capsys.readouterr().err
     kept = out / "withheld" / "model.int8.onnx"
@@ -730,6 +737,7 @@ def test_int8_force_and_the_withheld_directory(model_dirs, workdir, monkeypatch,
     monkeypatch.setattr(onnx_mod, "convert_function", write("fp32"))
     monkeypatch.setattr(onnx_mod, "quantize_int8", write("int8"))
     monkeypatch.setattr(parity_mod, "run_checks", lambda *a, **k: result)
+    monkeypatch.setattr(task_mod, "time_candidates", lambda *a, **k: {})  # the stub files do not run
     loaded, out = load_for_export(model_dirs["cross_encoder"]), workdir / "forced"
     sets = ("export.formats=[saved_model,onnx]",)
 
@@ -763,6 +771,38 @@ def test_int8_force_and_the_withheld_directory(model_dirs, workdir, monkeypatch,
     assert report["status"]["onnx.int8"] == "withheld" and report["warnings"] == [
         f"onnx.int8 withheld, fp32 artifacts published: accuracy ...; the int8 file is in "
         f"{out / 'withheld' / 'model.int8.onnx'} (export.int8_force=true publishes it)"]
+
+    # the OpenVINO int8 IR: the same gate's verdict withholds it (both its files) and int8_force publishes it
+    import export.openvino as ov_mod
+
+    def write_ir(loaded, e, onnx_files, out_dir, pairs, max_len):
+        files = {}
+        for label, name in (("predict_ids", "model"), ("int8", "model.int8")):
+            for ext in ("xml", "bin"):
+                write(f"{label} {ext}")(None, Path(out_dir) / f"{name}.{ext}")
+            files[label] = str(Path(out_dir) / f"{name}.xml")
+        return files, {"compress_to_fp16": True}
+
+    monkeypatch.setattr(ov_mod, "write_ir", write_ir)
+    result.update(ok=False, failed=["openvino.int8"])
+    result["checks"] = {"onnx.predict_ids": {"max_abs_diff": 0.0, "tolerance": 1e-4, "ok": True}, "onnx.int8": acc,
+                        "openvino.predict_ids": {"max_abs_diff": 0.0, "tolerance": 1e-2, "ok": True},
+                        "openvino.int8": {**acc, "ok": False, "decision": "worse than the limit", "reason": "accuracy ..."}}
+    sets = ("export.formats=[saved_model,onnx,openvino]",)
+    report = export_loaded(loaded, _cfg(out, *sets))
+    assert report["status"]["openvino.int8"] == "withheld" and report["status"]["openvino.predict_ids"] == "published"
+    assert {p.name for p in (out / "withheld").iterdir()} == {"model.int8.xml", "model.int8.bin"}
+    assert {p.name for p in (out / "openvino").iterdir()} == {"model.xml", "model.bin"}
+    assert report["withheld"] == {"openvino.int8": str(out / "withheld" / "model.int8.xml")}
+    report = export_loaded(loaded, _cfg(out, *sets, "export.int8_force=true"))
+    assert report["status"]["openvino.int8"] == "forced" and not (out / "withheld").exists()
+    assert (out / "openvino" / "model.int8.bin").read_text() == "int8 bin"
+    # an fp32 IR failing its check takes the int8 IR with it; the ONNX files stand
+    result["checks"]["openvino.predict_ids"] = {"max_abs_diff": 0.5, "tolerance": 1e-2, "ok": False}
+    result.update(failed=["openvino.predict_ids", "openvino.int8"])
+    report = export_loaded(loaded, _cfg(out, *sets, "export.int8_force=true"))
+    assert report["status"]["openvino.predict_ids"] == report["status"]["openvino.int8"] == "withheld"
+    assert report["status"]["onnx.predict_ids"] == "published" and not (out / "openvino").exists()
 
 
 def test_a_labelled_file_judges_int8_by_accuracy(three_class, three_published, workdir):
@@ -914,7 +954,7 @@ def test_int8_rule_for_sbert_without_classifier():
     data.reference = lambda key: ref
 
     def check(**rule):
-        return parity_mod._int8_check(None, lambda s, f: {"cosine": quant}, data, ["cosine"], rule, 0.5, "q.onnx")
+        return parity_mod._int8_check(lambda f: {"cosine": quant}, data, ["cosine"], rule, 0.5, "q.onnx")
 
     r = check()  # pairs 5 and 6 flip at 0.02 from the threshold; 11 pairs are >= 0.1 away
     assert r["ok"] and r["cosine_threshold"] == 0.5 and r["label_agreement"] == pytest.approx(11 / 13)
