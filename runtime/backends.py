@@ -323,8 +323,8 @@ def published_candidates(export_dir, spec, fused=True):
     out = []
     for runtime, int8 in AUTO_ORDER:
         file = _candidate_file(export_dir, runtime, int8, fused)
-        names = ONNX_FILES if runtime == "onnx" else OV_FILES
-        others = [Path(export_dir) / runtime / names[fn] for fn in names if fn in fns and fn != "predict_ids"]
+        others = [onnx_file(Path(export_dir) / "onnx", fn, False, fused) if runtime == "onnx"
+                  else Path(export_dir) / "openvino" / OV_FILES[fn] for fn in OV_FILES if fn in fns and fn != "predict_ids"]
         if file.is_file() and all(f.is_file() for f in others):
             out.append((runtime, int8, file))
     return out
