@@ -46,9 +46,11 @@ def virt_blocks(index, q_states, q_mask, cand_indices, block=RERANK_BLOCK, broad
 def broadcasts_query(backend):
     """Whether `backend`'s score takes one query (batch 1) against K candidates: Keras and the
     SavedModel do; an ONNX `score` does when its x and y batch axes have different names
-    (exports since issue 18; onnxruntime plans buffers by those names)."""
+    (exports since issue 18; onnxruntime plans buffers by those names); OpenVINO's IR does not."""
     sess = getattr(backend, "sessions", {}).get("score")
-    if sess is None or backend.runtime == "openvino":  # the IR's x and y batch axes are separate dynamic dims
+    if getattr(backend, "runtime", None) == "openvino":  # OpenVINO's shape inference refuses the broadcast branch
+        return False  # (batch 1 against K, a VIRT with fusion: 2026-12-07): the query is repeated K times
+    if sess is None:
         return True
     dims = {i.name: i.shape[0] for i in sess.get_inputs()}
     return dims.get("x_states") != dims.get("y_states")
