@@ -1,7 +1,7 @@
 """Rerank benchmark: one query against K candidates whose side was encoded offline.
 
     python bench/rerank.py [--quick] [--ce DIR] [--sbert DIR] [--virt DIR] [--seconds 3]
-                           [--backends keras onnx-int8] [--no-e2e] [--out bench-results]
+                           [--backends keras onnx-int8 openvino] [--no-e2e] [--out bench-results]
 
 A ranking stage scores one query against the K candidates recall gave it. Per query, what
 runs online (the candidates' side is cached exactly as `--task index` stores it, built here
