@@ -352,7 +352,8 @@ def _optional_verdicts(checks, graphs, int8_force, report, withheld_dir):
         derived = (key == "onnx.fused.int8" and "onnx.fused" in withhold) or (key.startswith("openvino.") and
                                                                              ov_fp32 and key not in ov_fp32)
         if derived:  # a copy of a wrong graph: never published, not even forced
-            check, reason = {"ok": False}, f"{'onnx.fused' if key.startswith('onnx') else ov_fp32[0]} failed its check"
+            check, reason = {"ok": False}, ("its fused fp32 graph (onnx.fused) failed its check" if key.startswith("onnx")
+                                            else f"its fp32 IR ({ov_fp32[0]}) failed its check")
         if check["ok"]:
             if check.get("warning"):  # published, with what could not be told (int8 on a small labelled file)
                 report["warnings"].append(f"{key} published: {check['warning']}")
@@ -368,7 +369,7 @@ def _optional_verdicts(checks, graphs, int8_force, report, withheld_dir):
                else "export.int8_force=true publishes it; a labelled data.test judges it by accuracy"
                if key.endswith("int8") else "export.fuse=false skips the fused graphs" if key.startswith("onnx")
                else "export.formats without openvino skips it")
-        what = "the int8 file" if key.endswith("int8") else "the file"
+        what = "the int8 file" if key in ("onnx.int8", "openvino.int8") else "the file"
         first = ("fp32 artifacts published" if key in ("onnx.int8", "openvino.int8")
                  else "the unfused ONNX files published" if key.startswith("onnx") else "the ONNX files published")
         report["warnings"].append(f"{key} withheld, {first}: {reason}; {what} is in {kept} ({how})")
