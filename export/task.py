@@ -14,6 +14,8 @@ Writes (docs/export.md; what is published when a check fails: its "What is publi
     <out>/onnx/model.fused.onnx, model.fused.int8.onnx, encode.fused.onnx
                                                  onnxruntime-fused graphs (export.fuse; export/fusion.py)
     <out>/onnx/encode.onnx (sbert, virt), score.onnx (virt)
+    <out>/openvino/model.xml, model.int8.xml, encode.xml, score.xml (+ .bin)
+                                                 OpenVINO IR (fp16 weights) and its NNCF int8 (export/openvino.py)
     <out>/hf/                                    Hugging Face folder (export.formats hf; export/hf.py)
     <out>/parity.json                            every artifact vs Keras (export/parity.py)
 
@@ -25,7 +27,10 @@ report in `<out>/failed/`. A failed int8 check withholds only `model.int8.onnx` 
 and a good fp32 model must not be lost because quantisation moved a few labels. The fused
 graphs are speed variants too: a failed check withholds only the failed file (a failed
 `model.fused.onnx` takes its int8 copy with it). The run
-then succeeds with a `warning:` line, and parity.json's `status` says what was withheld.
+then succeeds with a `warning:` line, and parity.json's `status` says what was withheld. The OpenVINO
+IR is optional too: a failed fp32 IR check withholds the IR files alone, a failed `openvino.int8` the
+int8 IR. parity.json's `timings` (each published predict_ids artifact, timed as the runtime runs it)
+are what `serve.backend=auto` picks by.
 """
 
 from __future__ import annotations
