@@ -1,8 +1,9 @@
-"""Model repositories of the published ONNX files, as Triton Inference Server and OpenVINO Model Server read them.
+"""Model repositories of the published ONNX and OpenVINO files, as Triton Inference Server and OpenVINO Model Server read them.
 
     <out>/triton/<model>/config.pbtxt              Triton's model configuration (platform onnxruntime_onnx)
     <out>/triton/<model>/<version>/model.onnx      the file `serve` runs for that function
-    <out>/ovms/<model>/<version>/model.onnx        the same file, for OpenVINO Model Server
+    <out>/ovms/<model>/<version>/model.xml, .bin   the OpenVINO IR for OpenVINO Model Server (model.onnx,
+                                                   the ONNX file, when the export has no IR)
     <out>/ovms/config.json                         OVMS's multi-model config (base_path /models/<model>)
     <out>/ovms/config.local.json                   the same with absolute local paths
 
@@ -27,6 +28,7 @@ from pathlib import Path
 
 from runtime.backends import onnx_file
 from runtime.onnx import ONNX_FILES
+from runtime.openvino import OV_FILES  # file names only: openvino loads lazily
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +50,17 @@ def onnx_version_files(out, fn):
     return {"model.onnx": onnx_file(Path(out) / "onnx", fn)}
 
 
-# What each engine's version directory holds. OVMS also reads the OpenVINO IR (model.xml + .bin):
-# once the export publishes one, point "ovms" at a function returning those two files.
-SOURCES = {"triton": onnx_version_files, "ovms": onnx_version_files}
+def ovms_version_files(out, fn):
+    """OVMS's files of `fn`: the OpenVINO IR (model.xml + model.bin, fp16 weights) when the export
+    published one, else the ONNX file (OVMS reads both)."""
+    xml = Path(out) / "openvino" / OV_FILES[fn]
+    if xml.is_file():
+        return {"model.xml": xml, "model.bin": xml.with_suffix(".bin")}
+    return onnx_version_files(out, fn)
+
+
+# What each engine's version directory holds.
+SOURCES = {"triton": onnx_version_files, "ovms": ovms_version_files}
 
 
 def link(src, dst):

@@ -18,7 +18,9 @@ Writes (docs/export.md; what is published when a check fails: its "What is publi
                                                  fused ones when there are none, beside them with
                                                  export.portable_onnx: one fp32 ONNX copy of the weights
     <out>/onnx/model.opt-<level>.onnx            with export.ort_optimization
-    <out>/triton/, <out>/ovms/                   the published ONNX files as Triton's / OVMS's model
+    <out>/openvino/model.xml, model.int8.xml, encode.xml, score.xml (+ .bin)
+                                                 OpenVINO IR (fp16 weights) and its NNCF int8 (export/openvino.py)
+    <out>/triton/, <out>/ovms/                   the published ONNX / IR files as Triton's / OVMS's model
                                                  repositories (export.formats; export/repository.py)
     <out>/frozen/model.pb, <out>/frozen/io.json  frozen ids signature (export.formats frozen; export/frozen.py)
     <out>/hf/                                    Hugging Face folder (export.formats hf; export/hf.py)
@@ -32,7 +34,10 @@ report in `<out>/failed/`. A failed int8 check withholds only `model.int8.onnx` 
 and a good fp32 model must not be lost because quantisation moved a few labels. The fused
 graphs are speed variants too: a failed check withholds only the failed file (a failed
 `model.fused.onnx` takes its int8 copy with it). The run
-then succeeds with a `warning:` line, and parity.json's `status` says what was withheld.
+then succeeds with a `warning:` line, and parity.json's `status` says what was withheld. The OpenVINO
+IR is optional too: a failed fp32 IR check withholds the IR files alone, a failed `openvino.int8` the
+int8 IR. parity.json's `timings` (each published predict_ids artifact, timed as the runtime runs it)
+are what `serve.backend=auto` picks by.
 """
 
 from __future__ import annotations
@@ -51,7 +56,7 @@ from runtime.progress import Steps
 from export.repository import ENGINES, write_repositories
 from export.saved_model import publish_version, stage_saved_model, write_models_config
 from modeling.serving_spec import spec_of, write_spec
-from runtime.backends import NAME_RE, default_name, servable_kinds
+from runtime.backends import NAME_RE, default_name, servable_kinds, time_candidates
 from training.card import write_card
 
 log = logging.getLogger(__name__)
@@ -84,8 +89,8 @@ def _replace_dir(src, dst):
     os.rename(src, dst)
 
 
-FORMATS = ("saved_model", "frozen", "onnx", "hf")
-FORMATS += ENGINES  # model repositories of the published ONNX files (export/repository.py)
+FORMATS = ("saved_model", "frozen", "onnx", "openvino", "hf")
+FORMATS += ENGINES  # model repositories of the published ONNX / IR files (export/repository.py)
 
 
 def export_task(cfg):
@@ -105,12 +110,15 @@ def check_options(e):
     engines = [f for f in e.formats if f in ENGINES]
     if engines and "onnx" not in e.formats:
         raise ExportError(f"export.formats={e.formats}: {', '.join(engines)} lay out the ONNX files: add onnx")
+    if "openvino" in e.formats and "onnx" not in e.formats:
+        raise ExportError(f"export.formats={e.formats}: openvino is converted from the ONNX graphs: include onnx")
 
 
 def export_loaded(loaded, cfg):
     """Export an already loaded model directory (`load_for_export`) as `cfg.export` says."""
     from export import hf as hf_export
     from export import onnx as onnx_export
+    from export import openvino as ov_export
     from export.frozen import freeze
     from export.parity import TOLERANCES, Batches, parity_pairs, run_checks, write_report
 
@@ -174,10 +182,16 @@ def export_loaded(loaded, cfg):
             artifacts["onnx"] = onnx_files
             log.info("ONNX written: %s (%.1fs)", ", ".join(Path(p).name for p in onnx_files.values()),
                      time.time() - t0)
+        a, b, labels, source = parity_pairs(cfg, loaded, e.parity_samples)
+        ov_files, ov_info = {}, None
+        if "openvino" in e.formats:
+            steps.start("OpenVINO IR")
+            ov_files, ov_info = ov_export.write_ir(loaded, e, onnx_files, staging / "openvino", (a, b), max_len)
+            if ov_files:
+                artifacts["openvino"] = ov_files
 
         t0 = time.time()
         steps.start("parity: Keras reference")
-        a, b, labels, source = parity_pairs(cfg, loaded, e.parity_samples)
         data = Batches(loaded, a, b, labels, max_len, batch_size=e.parity_batch_size)
         steps.start("parity checks")
         rule = {"min_agreement": e.int8_min_agreement, "min_margin": e.int8_min_margin,
@@ -196,13 +210,16 @@ def export_loaded(loaded, cfg):
                   "checks": result["checks"], "tokenization": result["tokenization"]}
         if fusion is not None:
             report["fusion"] = fusion
-        names = ["saved_model", *(k for k in ("frozen", "hf") if k in artifacts), *(f"onnx.{k}" for k in onnx_files)]
-        if any(k not in OPTIONAL for k in result["failed"]):  # an fp32 artifact is wrong: publish nothing
+        if ov_info is not None:
+            report["openvino"] = ov_info
+        graphs = {**{f"onnx.{k}": v for k, v in onnx_files.items()}, **{f"openvino.{k}": v for k, v in ov_files.items()}}
+        names = ["saved_model", *(k for k in ("frozen", "hf") if k in artifacts), *graphs]
+        if any(k not in OPTIONAL + OPENVINO_OPTIONAL for k in result["failed"]):  # an fp32 artifact is wrong: publish nothing
             report["status"] = dict.fromkeys(names, "withheld")
             failed_dir = out / "failed"
             shutil.rmtree(failed_dir, ignore_errors=True)
             failed_dir.mkdir()
-            for sub in ("frozen", "onnx", "hf"):
+            for sub in ("frozen", "onnx", "openvino", "hf"):
                 if (staging / sub).exists():
                     os.rename(staging / sub, failed_dir / sub)
             (failed_dir / "saved_model").mkdir()
@@ -221,25 +238,33 @@ def export_loaded(loaded, cfg):
         # (int8 unless forced), the rest is published.
         report["status"] = dict.fromkeys(names, "published")
         report["warnings"] = []
-        withhold = _optional_verdicts(result["checks"], onnx_files, e.int8_force, report, out / "withheld")
+        graphs = {**{f"onnx.{k}": v for k, v in onnx_files.items()}, **{f"openvino.{k}": v for k, v in ov_files.items()}}
+        withhold = _optional_verdicts(result["checks"], graphs, e.int8_force, report, out / "withheld")
         for label in unpublished_portable(onnx_files, withhold, e.portable_onnx):
             report["status"][f"onnx.{label}"] = "checked, not published"
             Path(onnx_files.pop(label)).unlink()
+            graphs.pop(f"onnx.{label}")
         final = publish_version(sm_stage, model_base, version)
         sm_stage = None
         write_models_config(out / "saved_model")
         report["artifacts"] = {"saved_model": str(final)}
-        if onnx_files:  # withheld/ goes with the onnx/ beside it: both are replaced together
+        if graphs:  # withheld/ goes with the onnx/ and openvino/ beside it: all are replaced together
             shutil.rmtree(out / "withheld", ignore_errors=True)
         if withhold:
             (out / "withheld").mkdir()
             report["withheld"] = {}
-            for label in withhold:
-                kept = out / "withheld" / Path(onnx_files[label]).name
-                os.rename(onnx_files.pop(label), kept)
-                report["withheld"][f"onnx.{label}"] = str(kept)
-        for sub in ("frozen", "onnx", "hf"):
-            if (staging / sub).exists():
+            for key in withhold:
+                kept = out / "withheld" / Path(graphs[key]).name
+                os.rename(graphs[key], kept)
+                if kept.suffix == ".xml":  # an IR is two files
+                    os.rename(Path(graphs[key]).with_suffix(".bin"), kept.with_suffix(".bin"))
+                report["withheld"][key] = str(kept)
+                prefix, label = key.split(".", 1)
+                (onnx_files if prefix == "onnx" else ov_files).pop(label)
+        if "openvino" in e.formats:  # an export without IR files must not leave an older export's beside it
+            shutil.rmtree(out / "openvino", ignore_errors=True)
+        for sub in ("frozen", "onnx", "openvino", "hf"):
+            if (staging / sub).exists() and any((staging / sub).iterdir()):
                 _replace_dir(staging / sub, out / sub)
         if "frozen" in artifacts:
             report["artifacts"]["frozen"] = str(out / "frozen" / "model.pb")
@@ -249,6 +274,16 @@ def export_loaded(loaded, cfg):
             report["artifacts"]["onnx"] = {k: str(out / "onnx" / Path(v).name) for k, v in onnx_files.items()}
             engines = [f for f in e.formats if f in ENGINES]
             report["artifacts"].update(write_repositories(out, engines, name, version, fns) if engines else {})
+        if ov_files:
+            report["artifacts"]["openvino"] = {k: str(out / "openvino" / Path(v).name) for k, v in ov_files.items()}
+        if onnx_files or ov_files:  # what `auto` picks from (runtime/backends.py), timed as the server runs them
+            t0 = time.time()
+            spec = spec_of(loaded.kind_class, loaded.meta["model"]["config"])
+            report["timings"] = time_candidates(out, spec, [bt["feats"] for bt in data.batches[:TIMED_BATCHES]],
+                                                report["status"])
+            log.info("timed predict_ids (ms per batch of %d pairs): %s (%.1fs)", e.parity_batch_size,
+                     ", ".join(f"{k} {v['ms_per_batch']:.1f}" for k, v in report["timings"].items()),
+                     time.time() - t0)
         for file in ("vocab.txt", "model.json"):
             shutil.copyfile(Path(loaded.path) / file, out / file)
         write_spec(spec_of(loaded.kind_class, loaded.meta["model"]["config"]), out)  # read by a TF-free server
@@ -268,11 +303,18 @@ def _steps(e, fns):
     """How many steps the export of `fns` as `e` says takes (the progress bar's total)."""
     onnx = "onnx" in e.formats
     return (1 + ("frozen" in e.formats) + ("hf" in e.formats) + 2 + onnx * (sum(fn in fns for fn in ONNX_FILES) + bool(e.int8)
-                                                      + bool(e.fuse) + bool(e.ort_optimization)))
+                                                      + bool(e.fuse) + bool(e.ort_optimization)
+                                                      + ("openvino" in e.formats)))
 
+
+TIMED_BATCHES = 4  # parity batches each published predict_ids artifact is timed on (parity.json `timings`)
 
 # Speed variants of model.onnx / encode.onnx: a failed check withholds the file alone (docs/export.md).
 OPTIONAL = ("onnx.int8", "onnx.fused", "onnx.fused.int8", "onnx.fused.encode_ids")
+# The OpenVINO IR: a failed check withholds the openvino/ files alone (the ONNX files stand), bf16 execution
+# failing its check makes the runtime run the IR in f32.
+OPENVINO_FP32 = ("openvino.predict_ids", "openvino.encode_ids", "openvino.score")
+OPENVINO_OPTIONAL = (*OPENVINO_FP32, "openvino.int8", "openvino.predict_ids.bf16")
 FUSED_FILES = {"predict_ids": ("fused", FUSED_NAMES["model.onnx"]), "encode_ids": ("fused.encode_ids", FUSED_NAMES["encode.onnx"])}
 
 
@@ -352,45 +394,60 @@ PORTABLE = {"predict_ids": "fused", "encode_ids": "fused.encode_ids"}
 
 
 def unpublished_portable(onnx_files, withhold, portable):
-    """Labels of the portable graphs not to publish: those whose fused graph is published, unless
+    """Labels of the portable graphs not to publish (`withhold`: the keys withheld, `onnx.fused`, ...):
+    those whose fused graph is published, unless
     `portable`. Without a published fused graph the portable one is the deployment graph."""
     if portable:
         return []
-    return [p for p, f in PORTABLE.items() if p in onnx_files and f in onnx_files and f not in withhold]
+    return [p for p, f in PORTABLE.items() if p in onnx_files and f in onnx_files and f"onnx.{f}" not in withhold]
 
 
-def _optional_verdicts(checks, onnx_files, int8_force, report, withheld_dir):
-    """Status and warning of each optional variant; returns the labels to withhold.
+def _optional_verdicts(checks, graphs, int8_force, report, withheld_dir):
+    """Status and warning of each optional variant; returns the keys (`onnx.int8`, ...) to withhold.
 
-    A fused int8 graph is withheld with its fused fp32 graph: it is a quantised copy of it."""
+    `graphs`: key -> staged file. A fused int8 graph is withheld with its fused fp32 graph: it is a
+    quantised copy of it; the OpenVINO IR files go together when an fp32 one fails (the int8 IR is
+    quantised from the same graph). bf16 execution failing its check withholds nothing: the runtime
+    then runs the IR in f32 (runtime/backends.py reads the status)."""
     withhold = []
-    for key in OPTIONAL:
-        label = key[len("onnx."):]
-        if label not in onnx_files:
+    ov_fp32 = [k for k in OPENVINO_FP32 if k in graphs and not checks.get(k, {"ok": True})["ok"]]
+    for key in (*OPTIONAL, *OPENVINO_FP32, "openvino.int8"):
+        if key not in graphs:
             continue
         check = checks.get(key, {"ok": True})
         reason = check.get("reason") or (f"max|diff| {check['max_abs_diff']:.3g} > {check['tolerance']:g}"
                                          if "tolerance" in check else None)
-        derived = key == "onnx.fused.int8" and "fused" in withhold
-        if derived:  # a quantised copy of a wrong graph: never published, not even forced
-            check, reason = {"ok": False}, "its fused fp32 graph (onnx.fused) failed its check"
+        derived = (key == "onnx.fused.int8" and "onnx.fused" in withhold) or (key.startswith("openvino.") and
+                                                                             ov_fp32 and key not in ov_fp32)
+        if derived:  # a copy of a wrong graph: never published, not even forced
+            check, reason = {"ok": False}, ("its fused fp32 graph (onnx.fused) failed its check" if key.startswith("onnx")
+                                            else f"its fp32 IR ({ov_fp32[0]}) failed its check")
         if check["ok"]:
             if check.get("warning"):  # published, with what could not be told (int8 on a small labelled file)
                 report["warnings"].append(f"{key} published: {check['warning']}")
             continue
-        kept = withheld_dir / Path(onnx_files[label]).name
+        kept = withheld_dir / Path(graphs[key]).name
         if key.endswith("int8") and int8_force and not derived:
             report["status"][key] = "forced"
             report["warnings"].append(f"{key} published although its check failed (export.int8_force=true): {reason}")
             continue
         report["status"][key] = "withheld"
-        withhold.append(label)
-        how = ("export.fuse=false skips the fused graphs" if not key.endswith("int8")
-               else "export.int8_force=true publishes it" if check.get("gate") == "accuracy"
-               else "export.int8_force=true publishes it; a labelled data.test judges it by accuracy")
-        what = "the int8 file" if key == "onnx.int8" else "the file"
-        first = "fp32 artifacts published" if key == "onnx.int8" else "the unfused ONNX files published"
+        withhold.append(key)
+        how = ("export.int8_force=true publishes it" if check.get("gate") == "accuracy" and key.endswith("int8")
+               else "export.int8_force=true publishes it; a labelled data.test judges it by accuracy"
+               if key.endswith("int8") else "export.fuse=false skips the fused graphs" if key.startswith("onnx")
+               else "export.formats without openvino skips it")
+        what = "the int8 file" if key in ("onnx.int8", "openvino.int8") else "the file"
+        first = ("fp32 artifacts published" if key in ("onnx.int8", "openvino.int8")
+                 else "the unfused ONNX files published" if key.startswith("onnx") else "the ONNX files published")
         report["warnings"].append(f"{key} withheld, {first}: {reason}; {what} is in {kept} ({how})")
+    bf16 = checks.get("openvino.predict_ids.bf16")
+    if bf16 is not None and "openvino.predict_ids" not in withhold:
+        report["status"]["openvino.predict_ids.bf16"] = "published" if bf16["ok"] else "refused"
+        if not bf16["ok"]:
+            report["warnings"].append(f"openvino.predict_ids.bf16 refused, the IR runs in f32: {bf16['reason']}")
+        elif bf16.get("warning"):
+            report["warnings"].append(f"openvino.predict_ids.bf16 published: {bf16['warning']}")
     return withhold
 
 

@@ -47,6 +47,7 @@ from export.frozen import load_frozen  # noqa: E402
 from export.onnx import convert_function, convert_saved_model  # noqa: E402
 from export.saved_model import next_version, publish_version, versions  # noqa: E402
 from export.task import export_loaded, export_task, load_for_export  # noqa: E402
+from runtime.openvino import cpu_capabilities  # noqa: E402
 from export.text import GraphTokenizer, longest_first  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,6 +62,7 @@ PARITY_SAMPLES = 8
 MAX_LEN = 32
 KINDS = ("cross_encoder", "sbert", "virt")
 HF_KINDS = ("cross_encoder", "sbert")  # virt has no Hugging Face form (export/hf.py)
+BF16 = "BF16" in cpu_capabilities()  # bf16 execution checked where the CPU has it
 
 # Tokenisation samples: English and Chinese, punctuation, mixed case, accents, unknown
 # characters, empty-ish text, control characters, full-width forms, literal special tokens.
@@ -185,8 +187,9 @@ def exports(model_dirs, workdir, tf2onnx_fast):
     for kind in KINDS:
         loaded = load_for_export(model_dirs[kind])
         out = workdir / f"out_{kind}"
-        extra = {"cross_encoder": ["export.ort_optimization=basic", "export.formats=[saved_model,frozen,onnx,hf,triton,ovms]"],
-                 "sbert": ["export.formats=[saved_model,frozen,onnx,hf]", "export.portable_onnx=true"],
+        extra = {"cross_encoder": ["export.ort_optimization=basic",
+                                   "export.formats=[saved_model,frozen,onnx,openvino,hf,triton,ovms]"],
+                 "sbert": ["export.formats=[saved_model,frozen,onnx,openvino,hf]", "export.portable_onnx=true"],
                  "virt": []}[kind]
         res["reports"][kind] = export_loaded(loaded, _cfg(out, *extra))
         res["loaded"][kind], res["out"][kind] = loaded, out
@@ -248,6 +251,8 @@ def test_every_artifact_is_written_and_parity_checked(exports, kind):
                           "sbert": {"model.onnx", "model.int8.onnx", "encode.onnx"},
                           "virt": {"score.onnx"}}[kind]
     assert {p.name for p in (out / "onnx").iterdir()} == onnx_files
+    irs = {"model", "model.int8"} | ({"encode"} if kind != "cross_encoder" else set()) | ({"score"} if kind == "virt" else set())
+    assert {p.name for p in (out / "openvino").iterdir()} == {f"{n}.{ext}" for n in irs for ext in ("xml", "bin")}
     assert not list(out.glob(".staging-*")) and not list((out / "saved_model" / kind).glob(".tmp-*"))
     assert not list(out.glob(".triton-*")) and not list(out.glob(".ovms-*"))
     card = (out / "README.md").read_text(encoding="utf-8")  # the model card, with the export's status
@@ -267,16 +272,19 @@ def test_every_artifact_is_written_and_parity_checked(exports, kind):
                  "virt": {"saved_model.encode", "saved_model.score", "onnx.encode_ids", "onnx.score",
                           "onnx.fused.encode_ids"}}[kind]
     expected |= {"hf"} if kind in HF_KINDS else set()
+    expected |= {"openvino.predict_ids", "openvino.int8"} | ({"openvino.predict_ids.bf16"} if BF16 else set())
+    expected |= {"cross_encoder": set(), "sbert": {"openvino.encode_ids"},
+                 "virt": {"openvino.encode_ids", "openvino.score"}}[kind]
     assert (on_disk["status"].get("hf") == "published") is (kind in HF_KINDS)
     assert ((out / "hf" / "model.safetensors").is_file() and on_disk["artifacts"].get("hf") == str(out / "hf")) is (
         kind in HF_KINDS)
     checks = on_disk["checks"]
     assert set(checks) == expected
     for key, c in checks.items():
-        if key.endswith("int8"):
+        if key.endswith(("int8", ".bf16")):
             assert c["label_agreement"] >= 0.99 and c["pairs"] == PARITY_SAMPLES + len(parity_mod.EDGE_PAIRS)
         else:
-            limit = 1e-4 if key.startswith("onnx") else 1e-5
+            limit = parity_mod.TOLERANCES[key.split(".")[0]]
             assert c["ok"] and c["tolerance"] == limit and c["max_abs_diff"] <= limit, key
     assert on_disk["tokenization"]["differ"] == 0
     # The probabilities really vary with the input: a parity check on constants proves nothing.
@@ -502,13 +510,17 @@ def test_triton_and_ovms_repositories_link_the_served_files(exports, kind):
            "virt": {kind: "model.fused.onnx", f"{kind}_encode": "encode.fused.onnx", f"{kind}_score": "score.onnx"}}[kind]
     assert {p.name for p in (out / "triton").iterdir()} == set(fns)
     assert {p.name for p in (out / "ovms").iterdir()} == set(fns) | {"config.json", "config.local.json"}
+    irs = {kind: "model", f"{kind}_encode": "encode", f"{kind}_score": "score"}  # OVMS reads the OpenVINO IR
     for model, file in fns.items():
         published = out / "onnx" / file
         assert {p.name for p in (out / "triton" / model).iterdir()} == {"config.pbtxt", "1"}
-        for engine in ("triton", "ovms"):
-            assert [p.name for p in (out / engine / model / "1").iterdir()] == ["model.onnx"]
-            linked = out / engine / model / "1" / "model.onnx"
-            assert linked.stat().st_ino == published.stat().st_ino and published.stat().st_nlink == 3
+        assert [p.name for p in (out / "triton" / model / "1").iterdir()] == ["model.onnx"]
+        linked = out / "triton" / model / "1" / "model.onnx"
+        assert linked.stat().st_ino == published.stat().st_ino and published.stat().st_nlink == 2
+        assert sorted(p.name for p in (out / "ovms" / model / "1").iterdir()) == ["model.bin", "model.xml"]
+        for ext in ("xml", "bin"):
+            ir = out / "openvino" / f"{irs[model]}.{ext}"
+            assert (out / "ovms" / model / "1" / f"model.{ext}").stat().st_ino == ir.stat().st_ino
         text = (out / "triton" / model / "config.pbtxt").read_text(encoding="utf-8")
         assert text.startswith(f'name: "{model}"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 0\n')
         sess = ort.InferenceSession(str(published), providers=["CPUExecutionProvider"])
@@ -519,12 +531,15 @@ def test_triton_and_ovms_repositories_link_the_served_files(exports, kind):
     local = json.loads((out / "ovms" / "config.local.json").read_text(encoding="utf-8"))["model_config_list"]
     assert [Path(c["config"]["base_path"]) for c in local] == [(out / "ovms" / m).resolve() for m in sorted(fns)]
     assert report["artifacts"]["triton"]["predict_ids"] == str(out / "triton" / kind)
-    # OVMS runs the file through OpenVINO: it reads the fused graph (onnxruntime contrib ops) and agrees
-    ov = pytest.importorskip("openvino")
+    # OVMS runs the IR (fp16 weights: the export's openvino tolerance) and agrees with Keras
+    import openvino as ov
+
+    from export.parity import TOLERANCES
+
     feats, ref = _batch(exports["loaded"][kind], *PAIRS)
-    compiled = ov.Core().compile_model(str(out / "ovms" / kind / "1" / "model.onnx"), "CPU",
+    compiled = ov.Core().compile_model(str(out / "ovms" / kind / "1" / "model.xml"), "CPU",
                                        {"INFERENCE_PRECISION_HINT": "f32"})  # not bf16 where the CPU has it
-    np.testing.assert_allclose(compiled(feats)["probs"], ref["probs"], atol=1e-4)
+    np.testing.assert_allclose(compiled(feats)["probs"], ref["probs"], atol=TOLERANCES["openvino"])
     if kind == "virt":  # the dims: one query's states (x_batch) broadcast over K candidates (y_batch)
         dims = {n: d for n, _, d in _pbtxt_tensors((out / "triton" / "virt_score" / "config.pbtxt").read_text(), "input")}
         assert dims["x_states"] == dims["y_states"] == [-1, -1, 32] and dims["x_mask"] == [-1, -1]
@@ -812,7 +827,7 @@ def test_a_failed_int8_check_withholds_int8_and_publishes_fp32(three_class, work
 
     out = workdir / "three_withheld"
     sets = [f"export.model={three_class['dir']}", f"export.parity_samples={SAMPLES3}", "export.int8_min_margin=0",
-            "export.fuse=false"]  # fused graphs: test_export_fused.py
+            "export.fuse=false", "export.formats=[saved_model,frozen,onnx]"]  # fused graphs: test_export_fused.py
     code = run_tasks.main(["--task", "export", "--out", str(out), "--set", *sets])
     err = capsys.readouterr().err
     kept = out / "withheld" / "model.int8.onnx"
@@ -860,6 +875,7 @@ def test_int8_force_and_the_withheld_directory(model_dirs, workdir, monkeypatch,
     monkeypatch.setattr(onnx_mod, "convert_function", write("fp32"))
     monkeypatch.setattr(onnx_mod, "quantize_int8", write("int8"))
     monkeypatch.setattr(parity_mod, "run_checks", lambda *a, **k: result)
+    monkeypatch.setattr(task_mod, "time_candidates", lambda *a, **k: {})  # the stub files do not run
     loaded, out = load_for_export(model_dirs["cross_encoder"]), workdir / "forced"
     sets = ("export.formats=[saved_model,onnx]",)
 
@@ -893,6 +909,38 @@ def test_int8_force_and_the_withheld_directory(model_dirs, workdir, monkeypatch,
     assert report["status"]["onnx.int8"] == "withheld" and report["warnings"] == [
         f"onnx.int8 withheld, fp32 artifacts published: accuracy ...; the int8 file is in "
         f"{out / 'withheld' / 'model.int8.onnx'} (export.int8_force=true publishes it)"]
+
+    # the OpenVINO int8 IR: the same gate's verdict withholds it (both its files) and int8_force publishes it
+    import export.openvino as ov_mod
+
+    def write_ir(loaded, e, onnx_files, out_dir, pairs, max_len):
+        files = {}
+        for label, name in (("predict_ids", "model"), ("int8", "model.int8")):
+            for ext in ("xml", "bin"):
+                write(f"{label} {ext}")(None, Path(out_dir) / f"{name}.{ext}")
+            files[label] = str(Path(out_dir) / f"{name}.xml")
+        return files, {"compress_to_fp16": True}
+
+    monkeypatch.setattr(ov_mod, "write_ir", write_ir)
+    result.update(ok=False, failed=["openvino.int8"])
+    result["checks"] = {"onnx.predict_ids": {"max_abs_diff": 0.0, "tolerance": 1e-4, "ok": True}, "onnx.int8": acc,
+                        "openvino.predict_ids": {"max_abs_diff": 0.0, "tolerance": 1e-2, "ok": True},
+                        "openvino.int8": {**acc, "ok": False, "decision": "worse than the limit", "reason": "accuracy ..."}}
+    sets = ("export.formats=[saved_model,onnx,openvino]",)
+    report = export_loaded(loaded, _cfg(out, *sets))
+    assert report["status"]["openvino.int8"] == "withheld" and report["status"]["openvino.predict_ids"] == "published"
+    assert {p.name for p in (out / "withheld").iterdir()} == {"model.int8.xml", "model.int8.bin"}
+    assert {p.name for p in (out / "openvino").iterdir()} == {"model.xml", "model.bin"}
+    assert report["withheld"] == {"openvino.int8": str(out / "withheld" / "model.int8.xml")}
+    report = export_loaded(loaded, _cfg(out, *sets, "export.int8_force=true"))
+    assert report["status"]["openvino.int8"] == "forced" and not (out / "withheld").exists()
+    assert (out / "openvino" / "model.int8.bin").read_text() == "int8 bin"
+    # an fp32 IR failing its check takes the int8 IR with it; the ONNX files stand
+    result["checks"]["openvino.predict_ids"] = {"max_abs_diff": 0.5, "tolerance": 1e-2, "ok": False}
+    result.update(failed=["openvino.predict_ids", "openvino.int8"])
+    report = export_loaded(loaded, _cfg(out, *sets, "export.int8_force=true"))
+    assert report["status"]["openvino.predict_ids"] == report["status"]["openvino.int8"] == "withheld"
+    assert report["status"]["onnx.predict_ids"] == "published" and not (out / "openvino").exists()
 
 
 def test_a_labelled_file_judges_int8_by_accuracy(three_class, three_published, workdir):
@@ -1044,7 +1092,7 @@ def test_int8_rule_for_sbert_without_classifier():
     data.reference = lambda key: ref
 
     def check(**rule):
-        return parity_mod._int8_check(None, lambda s, f: {"cosine": quant}, data, ["cosine"], rule, 0.5, "q.onnx")
+        return parity_mod._int8_check(lambda f: {"cosine": quant}, data, ["cosine"], rule, 0.5, "q.onnx")
 
     r = check()  # pairs 5 and 6 flip at 0.02 from the threshold; 11 pairs are >= 0.1 away
     assert r["ok"] and r["cosine_threshold"] == 0.5 and r["label_agreement"] == pytest.approx(11 / 13)

@@ -156,10 +156,10 @@ def test_the_server_and_predict_load_the_fused_graphs(ce_export, workdir, monkey
     from tests.tiny_runs import write_csv
 
     out, loaded = ce_export["out"], ce_export["loaded"]
-    assert open_model(out).files["predict_ids"].name == "model.fused.onnx"
-    assert open_model(out, int8=True).files["predict_ids"].name == "model.fused.int8.onnx"
-    assert open_model(out, fused=False).files["predict_ids"].name == "model.onnx"
-    assert "model.fused.onnx" in open_model(out).describe()
+    assert open_model(out, "onnx").files["predict_ids"].name == "model.fused.onnx"
+    assert open_model(out, "onnx", int8=True).files["predict_ids"].name == "model.fused.int8.onnx"
+    assert open_model(out, "onnx", fused=False).files["predict_ids"].name == "model.onnx"
+    assert "model.fused.onnx" in open_model(out, "onnx").describe()
 
     opened = []
     real = onnx_mod.session
@@ -167,7 +167,7 @@ def test_the_server_and_predict_load_the_fused_graphs(ce_export, workdir, monkey
     a, b = PAIRS
     pairs = write_csv(workdir / "predict.csv", zip(a[:2] + a[3:], b[:2] + b[3:]), header=("sentence1", "sentence2"))
     scores = workdir / "scores.jsonl"
-    code = run_tasks.main(["--task", "predict", "--set", f"model.init={out}", f"data.test={pairs}", "--out", str(scores)])
+    code = run_tasks.main(["--task", "predict", "--set", f"model.init={out}", f"data.test={pairs}", "serve.backend=onnx", "--out", str(scores)])
     assert code == 0, capsys.readouterr().err[-2000:]
     assert [p.name for p in opened] == ["model.fused.onnx"]
     rows = [json.loads(line) for line in scores.read_text().splitlines()]
@@ -215,8 +215,8 @@ def test_a_fused_graph_that_fails_parity_is_withheld_and_fp32_published(model_di
     assert warnings[0].startswith(f"warning: onnx.fused withheld, the unfused ONNX files published: max|diff| "
                                   f"{check['max_abs_diff']:.3g} > 0.0001; the file is in {out / 'withheld'}")
     assert "its fused fp32 graph (onnx.fused) failed its check" in warnings[1]
-    assert open_model(out).files["predict_ids"].name == "model.onnx"
-    assert open_model(out, int8=True).files["predict_ids"].name == "model.int8.onnx"
+    assert open_model(out, "onnx").files["predict_ids"].name == "model.onnx"
+    assert open_model(out, "onnx", int8=True).files["predict_ids"].name == "model.int8.onnx"
 
 
 def test_an_unfusable_graph_keeps_the_unfused_files(model_dirs, workdir, monkeypatch):
