@@ -2,13 +2,16 @@
 torch.onnx.export -> onnxruntime transformer optimiser -> quantize_dynamic (peer B), on the
 same MiniLM-L6 checkpoint, alternating, plus the GEMM peaks of each dtype measured in the run.
 
-    python bench/peers.py [--ce DIR] [--rounds 2] [--seconds 3] [--out bench-results] [--quick]
+    python bench/peers.py [--ce DIR] [--export DIR] [--rounds 2] [--seconds 3] [--out bench-results] [--quick]
 
 Backends (each in its own process, per round in alternating order):
     keras, keras-bf16 (mixed_bfloat16 policy at load, inference only), onnx (tf2onnx fp32),
     onnx-int8, onnx-fused, onnx-fused-int8 (export/fusion.py, export/onnx.quantize_int8),
     onnx-fused:t1 and onnx-fused:parallel (the session options, measured: 1 intra-op thread,
-    parallel execution), peer-a (BertForSequenceClassification, torch.inference_mode),
+    parallel execution); openvino (the export's IR at the precision the runtime picks: bf16 where
+    the CPU has it), openvino-int8 (its NNCF int8 IR) and auto (what serve/predict/textmatch.load
+    pick), all three through runtime.backends.open_model on an export directory of the same
+    model (--export, else exported here with the defaults); peer-a (BertForSequenceClassification, torch.inference_mode),
     peer-b (its ONNX export, fused by onnxruntime's optimiser, int8 per-channel; the same
     session options as ours). Peers run in the peer venv (PEER_PYTHON, bench/common.py; it
     needs torch, transformers, onnxruntime, onnx, sympy: docs/inference.md).
@@ -117,7 +120,7 @@ def prepare(spec):
     files["onnx-int8"] = str(quantize_int8(files["onnx"], work / "ce" / "model.int8.onnx"))
     files["onnx-fused-int8"] = str(quantize_int8(files["onnx-fused"], work / "ce" / "model.fused.int8.onnx"))
     if any(b in EXPORTED for b in spec.get("backends", ())):
-        files["export"] = export_dir(d, work / "export")
+        files["export"] = spec.get("export") or export_dir(d, work / "export")
     ids, types, labels = mrpc_rows(spec["mrpc"], loaded.tokenizer)
     return {"files": files, "fusion": fusion, "batches": batches_file(work, ids, types, loaded.tokenizer.vocab_size),
             "labels": labels, "model_labels": [str(x) for x in loaded.labels], "hidden": enc.hidden_size,
@@ -337,6 +340,8 @@ def load_average():
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ce", help="a fine-tuned cross-encoder model directory (default: MiniLM-L6, untrained head)")
+    p.add_argument("--export", help="an export directory of --ce for the openvino/auto backends (default: export "
+                                    "it here with the export's defaults)")
     p.add_argument("--mrpc", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "mrpc"),
                    help="directory with MRPC test.tsv (default: ../shared/data/mrpc beside the repository)")
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds (odd rounds in reverse order)")
@@ -367,7 +372,8 @@ def main(argv=None):
     me = [sys.executable, HERE]
     with tempfile.TemporaryDirectory(prefix="bench-peers-") as work:
         spec_file = Path(work) / "spec.json"
-        spec_file.write_text(json.dumps({"work": work, "ce": args.ce, "mrpc": args.mrpc, "backends": args.backends}))
+        spec_file.write_text(json.dumps({"work": work, "ce": args.ce, "mrpc": args.mrpc, "backends": args.backends,
+                                         "export": args.export}))
         manifest = run_child(me + ["--child", "prepare", "--spec", spec_file])
         if manifest is None:
             sys.exit("preparing our model failed")

@@ -827,8 +827,8 @@ def test_a_failed_int8_check_withholds_int8_and_publishes_fp32(three_class, work
 
     out = workdir / "three_withheld"
     sets = [f"export.model={three_class['dir']}", f"export.parity_samples={SAMPLES3}", "export.int8_min_margin=0",
-            "export.fuse=false", "export.formats=[saved_model,frozen,onnx]"]  # fused graphs: test_export_fused.py
-    code = run_tasks.main(["--task", "export", "--out", str(out), "--set", *sets])
+            "export.fuse=false", "export.formats=[saved_model,onnx,triton,ovms]"]  # fused graphs: test_export_fused.py;
+    code = run_tasks.main(["--task", "export", "--out", str(out), "--set", *sets])  # IR: the exports fixture
     err = capsys.readouterr().err
     kept = out / "withheld" / "model.int8.onnx"
     loaded = load_for_export(three_class["dir"])
