@@ -489,6 +489,21 @@ def test_virt_task_end_to_end(virt_run):
     assert student.model.encoder.num_layers == 2
 
 
+def test_virt_with_every_transfer_source_end_to_end(virt_run):
+    """Transfer pairs train the attention and kd terms; the teacher still runs in the step (no logit cache)."""
+    import run_tasks
+    from tests.test_transfer import check_transfer_run, every_source
+
+    root = virt_run["run"].parent
+    out = root / "transfer"
+    assert run_tasks.main(["--task", "virt", "--set", *virt_run["common"], *every_source(root), "model.num_layers=1",
+                           "train.steps_per_epoch=3", f"virt.teacher={virt_run['run'] / 'teacher' / 'model'}",
+                           "virt.baseline=null", "virt.kd_weight=0.5", "virt.interaction_weight=1",
+                           "--out", str(out)]) == 0
+    m, t = check_transfer_run(out, virt_run["files"]["train"], 32, 32)
+    assert "teacher_logits_cache" not in t and not (out / ".cache" / "teacher_logits").exists()
+
+
 def test_virt_task_trains_and_compares_a_same_depth_siamese_baseline(virt_run):
     """The run compares the student with its baseline and its teacher by paired tests on the same pairs,
     from the per-pair outputs each run saved; gap_closed only where the teacher leads by the test."""

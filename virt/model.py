@@ -269,7 +269,9 @@ class VirtTraining(StudentTraining):
     def loss_terms(self, x, y, y_pred):
         if not isinstance(y_pred, dict):
             return {"ce": cross_entropy(y, y_pred)}
-        terms = {"ce": cross_entropy(y, y_pred["logits"]), "virt": self.interaction_weight * y_pred["virt"]}
+        # Teacher-labelled transfer rows (hard_weight 0) keep only the teacher's terms.
+        terms = {"ce": cross_entropy(y, y_pred["logits"], x.get("hard_weight")),
+                 "virt": self.interaction_weight * y_pred["virt"]}
         if "kd" in y_pred:
             terms["kd"] = self.kd_weight * y_pred["kd"]
         return terms

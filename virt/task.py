@@ -9,6 +9,7 @@ from training.inputs import init_encoder
 from training.metrics import describe_test
 from training.references import teacher_leads
 from training.runner import TrainingTask, run
+from training.transfer import add_transfer
 from virt.model import VirtModel, VirtTraining, default_adapted_interaction, default_fusion, uses_fusion
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,24 @@ class Virt(TrainingTask):
     def as_baseline(self, bcfg):
         as_siamese_baseline(bcfg)
         return train_virt
+
+    def prepare(self, run_dir, splits):
+        """Teacher-labelled transfer pairs (after the baseline, which trains on the gold pairs): they
+        train the attention term (and kd_weight's) only; the teacher still runs in every step, its
+        attention maps being too large to cache."""
+        self.extra = {}
+        if self.teacher is None:
+            if self.cfg.transfer.unlabeled or self.cfg.transfer.sources:
+                raise ValueError("transfer pairs need the teacher: virt.distill=false has none")
+            return splits
+        model_cfg = student_config(self.cfg, self.teacher, self.cfg.virt.student_init)
+        splits, weight, self.transfer = add_transfer(self.cfg, splits, model_cfg, run_dir)
+        if weight is not None:
+            self.extra["hard_weight"] = weight
+        return splits
+
+    def train_features(self, split):
+        return self.extra
 
     def build(self, run_dir, splits):
         cfg, v, teacher = self.cfg, self.cfg.virt, self.teacher
