@@ -517,6 +517,11 @@ def _check_run(cfg: RunConfig) -> RunConfig:
         raise ConfigError(f"transfer.sources: unknown {unknown}; choose from {list(TRANSFER_SOURCES)}")
     if len(set(cfg.transfer.sources)) != len(cfg.transfer.sources):
         raise ConfigError(f"transfer.sources: a source is given twice in {cfg.transfer.sources}")
+    if cfg.transfer.unlabeled or cfg.transfer.sources:  # before a teacher or baseline is trained
+        if cfg.task == "distill" and cfg.distill.swap:
+            raise ConfigError("distill.swap with transfer pairs: give swap in transfer.sources instead")
+        if cfg.task == "virt" and not cfg.virt.distill:
+            raise ConfigError("transfer pairs need the teacher: virt.distill=false has none")
     return cfg
 
 

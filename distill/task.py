@@ -60,7 +60,8 @@ def with_swapped_pairs(splits):
 
 
 def transfer_logits(teacher, transfer_texts, max_len, batch_size, cache):
-    """The teacher's cached logits on the transfer pairs, and the file and seconds it took (none: cached)."""
+    """The teacher's logits on the transfer pairs through the cache, and its file and the seconds they took
+    (computing them, or reading the file)."""
     start = time.time()
     logits, path = cached_teacher_logits(teacher, *transfer_texts, max_len, batch_size, cache, with_path=True)
     return logits, {"teacher_logits_cache": str(path), "teacher_seconds": round(time.time() - start, 1)}
@@ -99,9 +100,7 @@ class Distill(TrainingTask):
         n_gold = len(splits.train)
         # After the baseline, which trains on the gold pairs alone.
         splits, weight, self.transfer = add_transfer(self.cfg, splits, self.student_cfg, run_dir)
-        if d.swap:
-            if weight is not None:
-                raise ValueError("distill.swap with transfer pairs: give the swap source in transfer.sources instead")
+        if d.swap:  # config.schema refuses it beside transfer pairs
             splits, weight = with_swapped_pairs(splits)
         if weight is not None:
             self.extra["hard_weight"] = weight

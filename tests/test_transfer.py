@@ -206,6 +206,10 @@ def test_ratio_cap_and_shares(tmp_path):
     from config import ConfigError
     with pytest.raises(ConfigError, match="transfer.sources"):
         _cfg(tmp_path, "transfer.sources=[swop]")
+    with pytest.raises(ConfigError, match="distill.swap"):
+        _cfg(tmp_path, "transfer.sources=[random]", "distill.swap=true")
+    with pytest.raises(ConfigError, match="virt.distill=false"):
+        _cfg(tmp_path, "task=virt", "transfer.unlabeled=u.csv", "virt.distill=false")
 
 
 def test_unlabeled_file_without_label_column_and_bad_files_named(tmp_path):
