@@ -143,6 +143,8 @@ class VirtConfig:
     kd_weight: float = bounded(0.0, ge=0)  # weight of the teacher's soft targets (logit distillation); 0 = the paper
     kd_temperature: float = bounded(2.0, gt=0)  # their temperature
     layers: str = pattern(r"all|(first|last|skip)-\d+", "all|first-k|last-k|skip-k", default="all")  # layers to distil (e.g. "last-2")
+    weight_schedule: str = choice("constant", "decay", default="constant")  # interaction weight over training: constant | decay (linearly to 0 at the last step)
+    positions: str = choice("all", "content", default="all")  # tokens L_virt covers: all | content (no [CLS]/[SEP] rows or columns; docs/defaults.md)
     distill: bool = True  # false = ablation: no teacher, no attention distillation
     adapted_interaction: bool | None = None  # Eq. 5's adapted pooling (each text attends to the other); None = for more than 2 classes only (docs/defaults.md)
     fusion: bool | None = None  # Eq. 6 fusion MLP in the head; None = with adapted_interaction and > 2 classes (docs/defaults.md)

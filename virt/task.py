@@ -87,7 +87,8 @@ class Virt(TrainingTask):
         return {"distill": v.distill, "adapted_interaction": v.adapted_interaction,
                 "fusion": uses_fusion(v.adapted_interaction, v.fusion),
                 "interaction_weight": v.interaction_weight, "layers": v.layers, "kd_weight": v.kd_weight,
-                "kd_temperature": v.kd_temperature, "student_init": v.student_init if v.distill else "model",
+                "kd_temperature": v.kd_temperature, "positions": v.positions,
+                "weight_schedule": v.weight_schedule, "student_init": v.student_init if v.distill else "model",
                 **({"interaction_weight_rule": self.weight_reason} if self.weight_reason else {})}
 
     def model_meta(self):
@@ -119,7 +120,8 @@ class Virt(TrainingTask):
         if teacher.labels != splits.label_names:
             log.warning("teacher labels %s differ from the data's %s", teacher.labels, splits.label_names)
         return VirtTraining(student, teacher.model, interaction_weight=v.interaction_weight, layers=v.layers, layer_map=v.layer_map,
-                            kd_weight=v.kd_weight, kd_temperature=v.kd_temperature, name="virt_training"), tokenizer
+                            kd_weight=v.kd_weight, kd_temperature=v.kd_temperature, positions=v.positions,
+                            weight_schedule=v.weight_schedule, name="virt_training"), tokenizer
 
 
 def train_virt(cfg):
