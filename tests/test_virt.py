@@ -568,7 +568,7 @@ def test_virt_task_trains_and_compares_a_same_depth_siamese_baseline(virt_run):
     base = json.loads((run / "baseline" / "metrics.json").read_text())
     assert base["virt"] == {"distill": False, "adapted_interaction": False, "fusion": False,
                             "interaction_weight": None, "layers": "all", "kd_weight": 0.0, "kd_temperature": 2.0,
-                            "student_init": "model"}
+                            "positions": "all", "weight_schedule": "constant", "student_init": "model"}
     assert "baseline" not in base  # the baseline has none of its own
     assert load_model_dir(run / "baseline" / "model", expect_kind="virt").model.encoder.num_layers == 2
     metric = metrics["training"]["selection_metric"]
@@ -856,8 +856,29 @@ def test_virt_run_config_yaml_is_what_ran(virt_run):
 
     run = virt_run["run"]
     saved = load_config(run / "config.yaml")
-    assert saved.virt.fusion is False  # default_fusion: two classes
-    assert saved.virt.adapted_interaction is False  # default_adapted_interaction: two classes
+    assert saved.virt.fusion is False  # default_head
+    assert saved.virt.adapted_interaction is False  # default_head
     assert json.loads((run / "model" / "model.json").read_text())["virt"]["adapted_interaction"] is False
     assert json.loads((run / "inputs.json").read_text())["config"]["virt"]["fusion"] is None
     assert load_config(run / "teacher" / "config.yaml").model.pooling == "mean"
+
+
+@pytest.mark.parametrize("labels", [["0", "1"], ["entailment", "neutral", "contradiction"]])
+def test_the_default_head_is_the_baselines_for_every_class_count(labels):
+    """virt.adapted_interaction / virt.fusion null -> the siamese baseline's head (mean-pooled towers,
+    SBERT's head) for 3 classes too: until issue 29 a 3-class student got Eq. 5 + Eq. 6's fusion head,
+    which its SBERT-headed baseline lacked (docs/defaults.md); a key given explicitly is kept."""
+    from types import SimpleNamespace
+
+    from config import load_config
+    from virt.task import Virt, is_siamese_baseline
+
+    task = Virt(load_config("config/virt.yaml"))
+    task.decide(SimpleNamespace(label_names=labels))
+    v = task.cfg.virt
+    assert (v.adapted_interaction, v.fusion) == (False, False)
+    v.distill = False
+    assert is_siamese_baseline(v)  # without the teacher, the student is exactly its baseline
+    chosen = Virt(load_config("config/virt.yaml", ["virt.adapted_interaction=true"]))
+    chosen.decide(SimpleNamespace(label_names=labels))
+    assert (chosen.cfg.virt.adapted_interaction, chosen.cfg.virt.fusion) == (True, False)

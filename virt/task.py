@@ -9,7 +9,7 @@ from training.inputs import init_encoder
 from training.metrics import describe_test
 from training.references import teacher_leads
 from training.runner import TrainingTask, run
-from virt.model import VirtModel, VirtTraining, default_adapted_interaction, default_fusion, uses_fusion
+from virt.model import VirtModel, VirtTraining, default_head, uses_fusion
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def as_teacher(tcfg):
 
 class Virt(TrainingTask):
     """Teacher -> (siamese baseline) -> VIRT student: a siamese model that learns the teacher's
-    cross-attention during training, with the adapted interaction head for more than two classes."""
+    cross-attention during training, scored with its siamese baseline's head (Eq. 5/6's head on request)."""
 
     section = "virt"
     student_name = "the VIRT student"
@@ -69,10 +69,11 @@ class Virt(TrainingTask):
 
     def decide(self, splits):
         v = self.cfg.virt
+        adapted, fusion = default_head()
         if v.adapted_interaction is None:
-            v.adapted_interaction = default_adapted_interaction(len(splits.label_names))
+            v.adapted_interaction = adapted
         if v.fusion is None:
-            v.fusion = default_fusion(v.adapted_interaction, len(splits.label_names))
+            v.fusion = fusion
         if v.distill and v.teacher is None and self.cfg.model.init is None:  # fail before fine-tuning the teacher
             check_teacher_positions(self.cfg.train.max_seq_len, self.cfg.model.max_position)
 
