@@ -158,9 +158,11 @@ class VirtConfig:
     kd_weight: float = bounded(0.0, ge=0)  # weight of the teacher's soft targets (logit distillation); 0 = the paper
     kd_temperature: float = bounded(2.0, gt=0)  # their temperature
     layers: str = pattern(r"all|(first|last|skip)-\d+", "all|first-k|last-k|skip-k", default="all")  # layers to distil (e.g. "last-2")
+    weight_schedule: str = choice("constant", "decay", default="constant")  # interaction weight over training: constant | decay (linearly to 0 at the last step)
+    positions: str = choice("all", "content", default="all")  # tokens L_virt covers: all | content (no [CLS]/[SEP] rows or columns; docs/defaults.md)
     distill: bool = True  # false = ablation: no teacher, no attention distillation
-    adapted_interaction: bool | None = None  # Eq. 5's adapted pooling (each text attends to the other); None = for more than 2 classes only (docs/defaults.md)
-    fusion: bool | None = None  # Eq. 6 fusion MLP in the head; None = with adapted_interaction and > 2 classes (docs/defaults.md)
+    adapted_interaction: bool | None = None  # Eq. 5's adapted pooling (each text attends to the other); None = false: the baseline's mean-pooled towers (docs/defaults.md)
+    fusion: bool | None = None  # Eq. 6 fusion MLP in the head; None = false: SBERT's (u, v, |u-v|) head, the baseline's (docs/defaults.md)
     layer_map: list[int] | None = None  # teacher layer for each student layer; None = uniform (same relative depth)
     plot_pair: list[str] | None = None  # virt-plot: ["text a", "text b"]; None = first row of data.test
     baseline: str | None = "auto"  # the student's siamese baseline: auto = train one (same depth) in <out>/baseline | model dir | null = none
