@@ -80,7 +80,7 @@ quiet_start_up()  # before TensorFlow is imported: no CUDA probe lines, no PyTor
 
 import numpy as np  # noqa: E402
 
-from runtime.backends import BackendError, open_model, predict_pairs  # noqa: E402
+from runtime.backends import BACKENDS, BackendError, open_model, predict_pairs  # noqa: E402
 from runtime.batching import run_in_batches  # noqa: E402
 from runtime.rows import invalid_text, text_rows  # noqa: E402
 from search.engine import positive_class  # noqa: E402
@@ -89,26 +89,28 @@ from search.index import recall_vectors  # noqa: E402  (the vectors the index ta
 __all__ = ["load", "Matcher", "BackendError"]
 
 
-def load(path, backend="onnx", int8=False, threads=None):
+def load(path, backend="auto", int8=None, threads=None):
     """A `Matcher` for a model directory, an export directory or a bare checkpoint.
 
     Args:
         path: a model directory (`<run>/model`), an export directory (`--task export`'s output), or a
             bare checkpoint, as `model.init` takes it: `minilm`, a HuggingFace or Google TF1 directory,
             an HF hub id, a `--task pretrain` model directory (an encoder-only Matcher: see the module).
-        backend: for an export directory, `onnx` (ONNX Runtime, default) or `tf` (the SavedModel);
-            model directories and checkpoints always run through Keras.
-        int8: an export directory's int8 ONNX graph (when the export published one).
+        backend: for an export directory, `auto` (default: the fastest artifact the export timed and
+            checked, docs/serving.md), `onnx` (ONNX Runtime), `openvino` (the OpenVINO IR) or `tf` (the
+            SavedModel); model directories and checkpoints always run through Keras.
+        int8: an export directory's int8 predict_ids graph: True serves it, False never, None (default)
+            lets `auto` pick it when it passed the export's int8 gate.
         threads: intra-op threads (default: the physical cores).
 
     Raises BackendError (a ValueError) naming the path and what is missing.
     """
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path: expected a directory or a checkpoint name (a str or a path), got {_shown(path)}")
-    if backend not in ("onnx", "tf"):
-        raise ValueError(f"backend: expected 'onnx' or 'tf', got {_shown(backend)}")
-    if not isinstance(int8, bool):  # int8="no" was true: "model.int8.onnx: missing"
-        raise TypeError(f"int8: expected True or False, got {_shown(int8)}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: expected one of {', '.join(map(repr, BACKENDS))}, got {_shown(backend)}")
+    if int8 is not None and not isinstance(int8, bool):  # int8="no" was true: "model.int8.onnx: missing"
+        raise TypeError(f"int8: expected True, False or None, got {_shown(int8)}")
     if isinstance(path, str) and not path.strip():  # '' was read as '.': ".: not a checkpoint directory"
         raise ValueError("path: an empty string; give a model or export directory or a checkpoint name")
     threads = _count(threads, "threads", none_ok=True)
@@ -116,7 +118,7 @@ def load(path, backend="onnx", int8=False, threads=None):
     if source is None:
         return Matcher(open_model(path, backend=backend, int8=int8, threads=threads))
     if int8:
-        raise BackendError(f"{path}: int8 needs an export directory (--task export writes onnx/model.int8.onnx)")
+        raise BackendError(f"{path}: int8 needs an export directory (--task export writes an int8 copy in onnx/)")
     return _EncoderOnly(_encoder_backend(path, source, threads), str(path))
 
 

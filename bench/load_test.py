@@ -364,7 +364,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="export directory or model directory to serve")
     p.add_argument("--backend", default="onnx", choices=("onnx", "tf"))
-    p.add_argument("--int8", action="store_true", help="serve onnx/model.int8.onnx")
+    p.add_argument("--int8", action="store_true", help="serve the export's int8 copy (model.fused.int8.onnx, else model.int8.onnx)")
     p.add_argument("--index", help="index directory: load-test POST /v1/search instead of :predict")
     p.add_argument("--rerank", help="serve.rerank for /v1/search (virt, or a cross-encoder dir)")
     p.add_argument("--k", type=int, default=10, help="candidates per search (default 10)")

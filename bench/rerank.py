@@ -1,7 +1,7 @@
 """Rerank benchmark: one query against K candidates whose side was encoded offline.
 
     python bench/rerank.py [--quick] [--ce DIR] [--sbert DIR] [--virt DIR] [--seconds 3]
-                           [--backends keras onnx-int8] [--no-e2e] [--out bench-results]
+                           [--backends keras onnx-int8 openvino] [--no-e2e] [--out bench-results]
 
 A ranking stage scores one query against the K candidates recall gave it. Per query, what
 runs online (the candidates' side is cached exactly as `--task index` stores it, built here
@@ -57,7 +57,7 @@ from runtime.backends import Backend, Function  # noqa: E402  (numpy only; Tenso
 
 KINDS = ("cross_encoder", "sbert", "virt")
 SHORT = {"cross_encoder": "ce", "sbert": "sbert", "virt": "virt"}
-BACKENDS = ("keras", "onnx", "onnx-int8")
+BACKENDS = ("keras", "onnx", "onnx-int8", "openvino")
 CE_BATCH = 32  # pairs per cross-encoder call (serve.max_batch's default)
 GRID = [(32, 128, 10), (32, 128, 100), (32, 128, 1000), (16, 64, 100), (64, 328, 100), (64, 328, 28)]
 PAPER = (64, 328, 1, 28)  # 28 queries with one candidate each: the paper's batch of 28 pairs
@@ -89,31 +89,42 @@ def texts_of_length(tokenizer, n, length, seed=0):
 # ----------------------------------------------------------------------------- backends
 class OnnxFilesBackend(Backend):
     """A runtime.backends.Backend over ONNX files named per function ({"encode_ids": path, ...}),
-    e.g. an int8 `encode_ids` (the export task's OnnxBackend quantises `predict_ids` only)."""
+    e.g. an int8 `encode_ids` (the export task's OnnxBackend quantises `predict_ids` only), or over
+    OpenVINO IR files (.xml: runtime/openvino.py's Runner, at the precision the CPU picks)."""
 
     runtime = "onnx"
 
     def __init__(self, loaded, files, max_len, threads=None):
         from runtime.onnx import session
+        from runtime.openvino import Runner, precision
 
         from modeling.serving_spec import spec_of
 
         spec = spec_of(loaded.kind_class, loaded.meta["model"]["config"])
         super().__init__(loaded.path, loaded.meta, spec, loaded.tokenizer, "bench", 1, max_len)
-        self.sessions = {fn: session(path, threads) for fn, path in files.items()}
-        self.names = {fn: [o.name for o in s.get_outputs()] for fn, s in self.sessions.items()}
+        if all(str(path).endswith(".xml") for path in files.values()):
+            self.runtime, self.precision = "openvino", precision("auto")
+            self.sessions = {fn: Runner(path, threads, self.precision) for fn, path in files.items()}
+            self.names = {fn: r.outputs for fn, r in self.sessions.items()}
+        else:
+            self.sessions = {fn: session(path, threads) for fn, path in files.items()}
+            self.names = {fn: [o.name for o in s.get_outputs()] for fn, s in self.sessions.items()}
         self.functions = {fn: Function(self.functions[fn].inputs, tuple(self.names[fn]),
                                        self.functions[fn].seq_outputs) for fn in self.sessions}
 
     def run(self, fn, feeds):
-        return dict(zip(self.names[fn], self.sessions[fn].run(self.names[fn], {
-            k: feeds[k] for k in self.functions[fn].inputs})))
+        feeds = {k: feeds[k] for k in self.functions[fn].inputs}
+        if self.runtime == "openvino":
+            return self.sessions[fn](feeds)
+        return dict(zip(self.names[fn], self.sessions[fn].run(self.names[fn], feeds)))
 
 
 def export_onnx(model_dir, out_dir, int8=True):
     """The online functions of a model directory as ONNX (export/onnx.py), int8 copies of the
-    encoder's function: writes `<out_dir>/files.json` = {"onnx": {fn: path}, "onnx-int8": {...}}."""
+    encoder's function, and their OpenVINO IR (export/openvino.py): writes `<out_dir>/files.json` =
+    {"onnx": {fn: path}, "onnx-int8": {...}, "openvino": {...}}."""
     from export.onnx import convert_function, quantize_int8
+    from export.openvino import convert
     from modeling.model_dir import load_model_dir
 
     out_dir = Path(out_dir)
@@ -125,6 +136,7 @@ def export_onnx(model_dir, out_dir, int8=True):
     if int8:  # the encoder carries the weights: quantise it, keep VIRT's small head in fp32
         files["onnx-int8"] = dict(files["onnx"], **{online[0]: str(quantize_int8(
             files["onnx"][online[0]], out_dir / f"{online[0]}.int8.onnx"))})
+    files["openvino"] = {fn: str(convert(path, out_dir / f"{fn}.xml")) for fn, path in files["onnx"].items()}
     (out_dir / "files.json").write_text(json.dumps(files, indent=2))
     return files
 
@@ -137,7 +149,7 @@ def open_backend(model_dir, backend="keras", onnx=None, max_len=512, loaded=None
     loaded = loaded or load_model_dir(model_dir)
     if backend == "keras":
         b = KerasBackend(loaded, "bench", max_len)
-    elif backend in ("onnx", "onnx-int8"):
+    elif backend in ("onnx", "onnx-int8", "openvino"):
         if onnx is None:
             raise ValueError(f"backend {backend}: pass onnx= (export_onnx(model_dir, dir) or that dir)")
         files = json.loads((Path(onnx) / "files.json").read_text()) if not isinstance(onnx, dict) else onnx

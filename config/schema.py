@@ -183,6 +183,7 @@ class ExportConfig:
     opset: int = bounded(17, ge=15)  # ONNX opset (>= 15: export.onnx.MIN_OPSET)
     int8: bool = True  # also write a dynamically quantised int8 model
     fuse: bool = True  # also write onnxruntime-fused graphs (model.fused.onnx, its int8, encode.fused.onnx); each checked, withheld alone on failure
+    portable_onnx: bool = False  # also publish the unfused model.onnx / encode.onnx (+ model.int8.onnx) beside the fused graphs (always published when there is no fused graph)
     ort_optimization: str | None = choice("basic", "extended", "all", default=None)  # onnxruntime graph optimisation level; None = off
     max_seq_len: int | None = bounded(None, ge=5)  # longest token row of the string signatures (as train.max_seq_len); None = the model's
     tokenizer: str = choice("fast", "bert", default="fast")  # in-graph tokeniser: fast (tf-text FastBertTokenizer) | bert (BertTokenizer)
@@ -192,7 +193,8 @@ class ExportConfig:
     int8_min_margin: float = bounded(0.1, ge=0, le=1)  # fp32 top-1 minus top-2 probability (no classifier: |cosine - threshold|) of the pairs counted
     int8_max_accuracy_drop: float = bounded(1.0, ge=0)  # int8, labelled data.test: largest accuracy drop in points (agreement only reported)
     int8_force: bool = False  # publish int8 even when its check failed (fp32 failures still block everything)
-    formats: list[str] = field(default_factory=lambda: ["saved_model", "frozen", "onnx"])  # artifacts to write (saved_model always)
+    int8_calibration_pairs: int = bounded(300, ge=1)  # openvino int8 (NNCF): training pairs to calibrate on (else the parity pairs)
+    formats: list[str] = field(default_factory=lambda: ["saved_model", "onnx", "openvino", "triton", "ovms"])  # artifacts to write (saved_model always; openvino needs onnx): frozen, hf on request; triton, ovms: hard links
 
 
 @dataclass
@@ -207,10 +209,10 @@ class ServeConfig:
     max_texts: int = bounded(256, ge=1)  # most texts / pairs / rows per request
     max_chars: int = bounded(2000, ge=1)  # longest accepted text
     request_timeout_s: float = bounded(30.0, gt=0)  # a request's head, then its body, must arrive within this, else 408
-    backend: str = choice("onnx", "tf", default="onnx")  # export directories: onnx (onnxruntime) | tf (the SavedModel)
-    int8: bool = False  # onnx backend: serve onnx/model.int8.onnx for serving_default / predict_ids
+    backend: str = choice("auto", "onnx", "openvino", "tf", default="auto")  # export directories: auto (the fastest artifact the export timed and checked) | onnx (onnxruntime) | openvino | tf (the SavedModel)
+    int8: bool | None = None  # the int8 predict_ids file (onnx/model.int8.onnx, openvino/model.int8.xml): true = serve it, false = never, None = auto may pick it when it passed its gate
     fused: bool = True  # onnx backend: prefer the export's fused graphs (model.fused[.int8].onnx, encode.fused.onnx) when present
-    threads: int | None = bounded(None, ge=1)  # onnxruntime / TensorFlow intra-op threads; None = the runtime's default
+    threads: int | None = bounded(None, ge=1)  # onnxruntime / OpenVINO / TensorFlow intra-op threads; None = the runtime's default
     index: str | None = None  # search index directory (--task index) behind POST /v1/search; None = no search
     rerank: str | None = None  # /v1/search rerank: cross-encoder model or export dir | "virt" (the index's model) | None
     max_k: int = bounded(100, ge=1)  # largest k accepted by /v1/search
@@ -221,7 +223,7 @@ class ServeConfig:
 class IndexConfig:
     model: str | None = None  # sbert or virt model directory, or an export directory of one
     corpus: str | None = None  # candidates: text file (one per line, or id<TAB>text) or pair file (its data.text_b column)
-    backend: str = choice("onnx", "tf", default="onnx")  # export directories: onnx | tf (model directories run through Keras)
+    backend: str = choice("auto", "onnx", "openvino", "tf", default="auto")  # export directories: auto | onnx | openvino | tf (model directories run through Keras)
     batch_size: int = bounded(64, ge=1)  # texts per encoder call
     max_seq_len: int | None = bounded(None, ge=3)  # tokens per text ([CLS] t [SEP] needs 3); None = the model's max_seq_len
 
@@ -233,7 +235,7 @@ class SearchConfig:
     k: int = bounded(10, ge=1)  # candidates recalled (and reranked) per query
     recall: str = choice("auto", "faiss", "numpy", default="auto")  # auto = faiss when importable, else numpy
     rerank: str | None = None  # cross-encoder model or export dir | "virt" (the index's own model) | None = cosine only
-    backend: str = choice("onnx", "tf", default="onnx")  # export directories: onnx | tf
+    backend: str = choice("auto", "onnx", "openvino", "tf", default="auto")  # export directories: auto | onnx | openvino | tf
     batch_size: int = bounded(64, ge=1)  # rows per model call
 
 

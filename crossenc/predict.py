@@ -76,8 +76,8 @@ def predict(cfg):
     bi-encoder; a model without a classifier labels a pair by cosine against its run's threshold.
 
     model.init may also be an export directory: then the export's graphs run (serve.backend,
-    serve.int8, serve.fused, serve.threads choose them, as for the server: the fused ONNX
-    graph when the export has one)."""
+    serve.int8, serve.fused, serve.threads choose them, as for the server: by default `auto`, the
+    fastest artifact the export timed and checked)."""
     from runtime.backends import is_export_dir, open_model, predict_pairs
 
     check_out("predict", cfg.out)

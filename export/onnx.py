@@ -24,6 +24,8 @@ op is an `ExportError` naming it (e.g. the tf-text tokeniser ops of `serving_def
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import logging
 import os
 import re
@@ -129,7 +131,12 @@ def convert_function(fn, path, opset=17, input_signature=None):
     tf2onnx_log.propagate = False
     tf2onnx_log.addHandler(logged)
     try:
-        model, _ = tf2onnx.convert.from_function(fn, input_signature=signature, opset=opset)
+        try:
+            with _lean_optimizer(tf2onnx):
+                model, _ = tf2onnx.convert.from_function(fn, input_signature=signature, opset=opset)
+        except Exception:  # an optimiser failed: tf2onnx's own way, which carries on without it
+            logged.ops.clear()
+            model, _ = tf2onnx.convert.from_function(fn, input_signature=signature, opset=opset)
     except Exception as e:  # tf2onnx raises ValueError/KeyError/... mid-way through a graph it cannot handle
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         if logged.ops:
@@ -154,6 +161,44 @@ def convert_function(fn, path, opset=17, input_signature=None):
         raise
     tmp.replace(path)
     return path
+
+
+@contextlib.contextmanager
+def _lean_optimizer(tf2onnx):
+    """tf2onnx's ONNX optimisers without two copies of the weights per pass (36 passes on MiniLM-L6).
+
+    By default tf2onnx deep-copies the graph before each optimiser, to carry on without one that
+    raises, and each pass rewrites every node's protobuf attributes (`update_proto`), which under
+    protobuf's upb backend keeps the replaced weights allocated: the export's peak RSS was 5.8 GB,
+    for 90 MB of weights (docs/export.md, "Memory"). Here an optimiser error fails the conversion
+    (TF2ONNX_CATCH_ERRORS; convert_function then runs tf2onnx's default way), and the protobuf
+    is written once, by `make_graph` at the end, which calls `update_proto` itself: the
+    optimisers read the nodes' Python attributes, not their protobuf."""
+    from tf2onnx.optimizer.optimizer_base import GraphOptimizerBase
+
+    def optimize(self, graph, iteration):
+        before = graph.dump_node_statistics()
+        self.opt_iteration = iteration
+        graph = self._optimize(graph)
+        graph.delete_unused_nodes(graph.outputs)
+        self._print_stat_diff(before, graph.dump_node_statistics())
+        return graph
+
+    real, env = GraphOptimizerBase.optimize, os.environ.get(CATCH_ERRORS)
+    GraphOptimizerBase.optimize = optimize
+    os.environ[CATCH_ERRORS] = "0"  # any value: tf2onnx reads only whether it is set
+    try:
+        yield
+    finally:
+        GraphOptimizerBase.optimize = real
+        if env is None:
+            os.environ.pop(CATCH_ERRORS, None)
+        else:
+            os.environ[CATCH_ERRORS] = env
+        gc.collect()
+
+
+CATCH_ERRORS = "TF2ONNX_CATCH_ERRORS"
 
 
 def signature_function(loaded_sm, signature):

@@ -8,12 +8,21 @@ Writes (docs/export.md; what is published when a check fails: its "What is publi
     <out>/README.md                              the model card (training/card.py), with the export's status
     <out>/saved_model/<name>/<version>/          SavedModel for TF Serving (export/saved_model.py)
     <out>/saved_model/models.config              model_config_list for --model_config_file
-    <out>/frozen/model.pb, <out>/frozen/io.json  frozen ids signature (export/frozen.py)
-    <out>/onnx/model.onnx, model.int8.onnx       ids signature in ONNX, int8 copy (export/onnx.py)
-    <out>/onnx/model.opt-<level>.onnx            with export.ort_optimization
-    <out>/onnx/model.fused.onnx, model.fused.int8.onnx, encode.fused.onnx
+    <out>/onnx/model.fused.onnx, encode.fused.onnx
                                                  onnxruntime-fused graphs (export.fuse; export/fusion.py)
-    <out>/onnx/encode.onnx (sbert, virt), score.onnx (virt)
+    <out>/onnx/model.fused.int8.onnx             int8 copy of the published predict_ids graph (export/onnx.py)
+    <out>/onnx/score.onnx (virt)
+    <out>/onnx/model.onnx, encode.onnx, model.int8.onnx
+                                                 the portable graphs (export/onnx.py), always converted and
+                                                 checked (fusion starts from them); published instead of the
+                                                 fused ones when there are none, beside them with
+                                                 export.portable_onnx: one fp32 ONNX copy of the weights
+    <out>/onnx/model.opt-<level>.onnx            with export.ort_optimization
+    <out>/openvino/model.xml, model.int8.xml, encode.xml, score.xml (+ .bin)
+                                                 OpenVINO IR (fp16 weights) and its NNCF int8 (export/openvino.py)
+    <out>/triton/, <out>/ovms/                   the published ONNX / IR files as Triton's / OVMS's model
+                                                 repositories (export.formats; export/repository.py)
+    <out>/frozen/model.pb, <out>/frozen/io.json  frozen ids signature (export.formats frozen; export/frozen.py)
     <out>/hf/                                    Hugging Face folder (export.formats hf; export/hf.py)
     <out>/parity.json                            every artifact vs Keras (export/parity.py)
 
@@ -25,7 +34,10 @@ report in `<out>/failed/`. A failed int8 check withholds only `model.int8.onnx` 
 and a good fp32 model must not be lost because quantisation moved a few labels. The fused
 graphs are speed variants too: a failed check withholds only the failed file (a failed
 `model.fused.onnx` takes its int8 copy with it). The run
-then succeeds with a `warning:` line, and parity.json's `status` says what was withheld.
+then succeeds with a `warning:` line, and parity.json's `status` says what was withheld. The OpenVINO
+IR is optional too: a failed fp32 IR check withholds the IR files alone, a failed `openvino.int8` the
+int8 IR. parity.json's `timings` (each published predict_ids artifact, timed as the runtime runs it)
+are what `serve.backend=auto` picks by.
 """
 
 from __future__ import annotations
@@ -41,9 +53,10 @@ from pathlib import Path
 from export import ExportError
 from runtime.onnx import FUSED_NAMES, ONNX_FILES
 from runtime.progress import Steps
+from export.repository import ENGINES, write_repositories
 from export.saved_model import publish_version, stage_saved_model, write_models_config
 from modeling.serving_spec import spec_of, write_spec
-from runtime.backends import NAME_RE, default_name, servable_kinds
+from runtime.backends import NAME_RE, default_name, servable_kinds, time_candidates
 from training.card import write_card
 
 log = logging.getLogger(__name__)
@@ -76,7 +89,8 @@ def _replace_dir(src, dst):
     os.rename(src, dst)
 
 
-FORMATS = ("saved_model", "frozen", "onnx", "hf")
+FORMATS = ("saved_model", "frozen", "onnx", "openvino", "hf")
+FORMATS += ENGINES  # model repositories of the published ONNX / IR files (export/repository.py)
 
 
 def export_task(cfg):
@@ -93,12 +107,18 @@ def check_options(e):
     unknown = [f for f in e.formats if f not in FORMATS]
     if unknown or "saved_model" not in e.formats:
         raise ExportError(f"export.formats={e.formats}: a list of {', '.join(FORMATS)} that includes saved_model")
+    engines = [f for f in e.formats if f in ENGINES]
+    if engines and "onnx" not in e.formats:
+        raise ExportError(f"export.formats={e.formats}: {', '.join(engines)} lay out the ONNX files: add onnx")
+    if "openvino" in e.formats and "onnx" not in e.formats:
+        raise ExportError(f"export.formats={e.formats}: openvino is converted from the ONNX graphs: include onnx")
 
 
 def export_loaded(loaded, cfg):
     """Export an already loaded model directory (`load_for_export`) as `cfg.export` says."""
     from export import hf as hf_export
     from export import onnx as onnx_export
+    from export import openvino as ov_export
     from export.frozen import freeze
     from export.parity import TOLERANCES, Batches, parity_pairs, run_checks, write_report
 
@@ -148,13 +168,12 @@ def export_loaded(loaded, cfg):
                     steps.start(f"ONNX {file}")
                     onnx_files[fn_name] = onnx_export.convert_function(fns[fn_name], staging / "onnx" / file,
                                                                       e.opset)
-            if e.int8:
-                steps.start("int8 quantisation")
-                onnx_files["int8"] = onnx_export.quantize_int8(onnx_files["predict_ids"],
-                                                               staging / "onnx" / "model.int8.onnx")
             if e.fuse:
                 steps.start("fusion")
-                fusion = fuse_graphs(onnx_files, staging / "onnx", loaded.model.encoder, e.int8)
+                fusion = fuse_graphs(onnx_files, staging / "onnx", loaded.model.encoder)
+            if e.int8:
+                steps.start("int8 quantisation")
+                quantize_graphs(onnx_files, staging / "onnx", e.portable_onnx, fusion)
             if e.ort_optimization:
                 steps.start(f"onnxruntime {e.ort_optimization} optimisation")
                 onnx_files[f"opt-{e.ort_optimization}"] = onnx_export.optimize(onnx_files["predict_ids"],
@@ -163,10 +182,16 @@ def export_loaded(loaded, cfg):
             artifacts["onnx"] = onnx_files
             log.info("ONNX written: %s (%.1fs)", ", ".join(Path(p).name for p in onnx_files.values()),
                      time.time() - t0)
+        a, b, labels, source = parity_pairs(cfg, loaded, e.parity_samples)
+        ov_files, ov_info = {}, None
+        if "openvino" in e.formats:
+            steps.start("OpenVINO IR")
+            ov_files, ov_info = ov_export.write_ir(loaded, e, onnx_files, staging / "openvino", (a, b), max_len)
+            if ov_files:
+                artifacts["openvino"] = ov_files
 
         t0 = time.time()
         steps.start("parity: Keras reference")
-        a, b, labels, source = parity_pairs(cfg, loaded, e.parity_samples)
         data = Batches(loaded, a, b, labels, max_len, batch_size=e.parity_batch_size)
         steps.start("parity checks")
         rule = {"min_agreement": e.int8_min_agreement, "min_margin": e.int8_min_margin,
@@ -185,13 +210,16 @@ def export_loaded(loaded, cfg):
                   "checks": result["checks"], "tokenization": result["tokenization"]}
         if fusion is not None:
             report["fusion"] = fusion
-        names = ["saved_model", *(k for k in ("frozen", "hf") if k in artifacts), *(f"onnx.{k}" for k in onnx_files)]
-        if any(k not in OPTIONAL for k in result["failed"]):  # an fp32 artifact is wrong: publish nothing
+        if ov_info is not None:
+            report["openvino"] = ov_info
+        graphs = {**{f"onnx.{k}": v for k, v in onnx_files.items()}, **{f"openvino.{k}": v for k, v in ov_files.items()}}
+        names = ["saved_model", *(k for k in ("frozen", "hf") if k in artifacts), *graphs]
+        if any(k not in OPTIONAL + OPENVINO_OPTIONAL for k in result["failed"]):  # an fp32 artifact is wrong: publish nothing
             report["status"] = dict.fromkeys(names, "withheld")
             failed_dir = out / "failed"
             shutil.rmtree(failed_dir, ignore_errors=True)
             failed_dir.mkdir()
-            for sub in ("frozen", "onnx", "hf"):
+            for sub in ("frozen", "onnx", "openvino", "hf"):
                 if (staging / sub).exists():
                     os.rename(staging / sub, failed_dir / sub)
             (failed_dir / "saved_model").mkdir()
@@ -201,28 +229,42 @@ def export_loaded(loaded, cfg):
             worst = "; ".join(_describe(k, result["checks"][k]) for k in result["failed"])
             raise ExportError(f"parity check failed, nothing published: {worst} "
                               f"(report and artifacts in {failed_dir})")
+        if e.int8 and not result["checks"].get("onnx.fused", {"ok": True})["ok"] and "int8" not in onnx_files:
+            _int8_of_portable(onnx_files, staging / "onnx", fusion, result, data, outputs, rule, loaded)
+            names.append("onnx.int8")
 
         # ---- publish: the SavedModel version, then the other artifacts, then the report.
         # Only optional variants (int8, fused) can have failed here: each failed one is withheld
         # (int8 unless forced), the rest is published.
         report["status"] = dict.fromkeys(names, "published")
         report["warnings"] = []
-        withhold = _optional_verdicts(result["checks"], onnx_files, e.int8_force, report, out / "withheld")
+        graphs = {**{f"onnx.{k}": v for k, v in onnx_files.items()}, **{f"openvino.{k}": v for k, v in ov_files.items()}}
+        withhold = _optional_verdicts(result["checks"], graphs, e.int8_force, report, out / "withheld")
+        for label in unpublished_portable(onnx_files, withhold, e.portable_onnx):
+            report["status"][f"onnx.{label}"] = "checked, not published"
+            Path(onnx_files.pop(label)).unlink()
+            graphs.pop(f"onnx.{label}")
         final = publish_version(sm_stage, model_base, version)
         sm_stage = None
         write_models_config(out / "saved_model")
         report["artifacts"] = {"saved_model": str(final)}
-        if onnx_files:  # withheld/ goes with the onnx/ beside it: both are replaced together
+        if graphs:  # withheld/ goes with the onnx/ and openvino/ beside it: all are replaced together
             shutil.rmtree(out / "withheld", ignore_errors=True)
         if withhold:
             (out / "withheld").mkdir()
             report["withheld"] = {}
-            for label in withhold:
-                kept = out / "withheld" / Path(onnx_files[label]).name
-                os.rename(onnx_files.pop(label), kept)
-                report["withheld"][f"onnx.{label}"] = str(kept)
-        for sub in ("frozen", "onnx", "hf"):
-            if (staging / sub).exists():
+            for key in withhold:
+                kept = out / "withheld" / Path(graphs[key]).name
+                os.rename(graphs[key], kept)
+                if kept.suffix == ".xml":  # an IR is two files
+                    os.rename(Path(graphs[key]).with_suffix(".bin"), kept.with_suffix(".bin"))
+                report["withheld"][key] = str(kept)
+                prefix, label = key.split(".", 1)
+                (onnx_files if prefix == "onnx" else ov_files).pop(label)
+        if "openvino" in e.formats:  # an export without IR files must not leave an older export's beside it
+            shutil.rmtree(out / "openvino", ignore_errors=True)
+        for sub in ("frozen", "onnx", "openvino", "hf"):
+            if (staging / sub).exists() and any((staging / sub).iterdir()):
                 _replace_dir(staging / sub, out / sub)
         if "frozen" in artifacts:
             report["artifacts"]["frozen"] = str(out / "frozen" / "model.pb")
@@ -230,6 +272,18 @@ def export_loaded(loaded, cfg):
             report["artifacts"]["hf"] = str(out / "hf")
         if onnx_files:
             report["artifacts"]["onnx"] = {k: str(out / "onnx" / Path(v).name) for k, v in onnx_files.items()}
+            engines = [f for f in e.formats if f in ENGINES]
+            report["artifacts"].update(write_repositories(out, engines, name, version, fns) if engines else {})
+        if ov_files:
+            report["artifacts"]["openvino"] = {k: str(out / "openvino" / Path(v).name) for k, v in ov_files.items()}
+        if onnx_files or ov_files:  # what `auto` picks from (runtime/backends.py), timed as the server runs them
+            t0 = time.time()
+            spec = spec_of(loaded.kind_class, loaded.meta["model"]["config"])
+            report["timings"] = time_candidates(out, spec, [bt["feats"] for bt in data.batches[:TIMED_BATCHES]],
+                                                report["status"])
+            log.info("timed predict_ids (ms per batch of %d pairs): %s (%.1fs)", e.parity_batch_size,
+                     ", ".join(f"{k} {v['ms_per_batch']:.1f}" for k, v in report["timings"].items()),
+                     time.time() - t0)
         for file in ("vocab.txt", "model.json"):
             shutil.copyfile(Path(loaded.path) / file, out / file)
         write_spec(spec_of(loaded.kind_class, loaded.meta["model"]["config"]), out)  # read by a TF-free server
@@ -249,24 +303,30 @@ def _steps(e, fns):
     """How many steps the export of `fns` as `e` says takes (the progress bar's total)."""
     onnx = "onnx" in e.formats
     return (1 + ("frozen" in e.formats) + ("hf" in e.formats) + 2 + onnx * (sum(fn in fns for fn in ONNX_FILES) + bool(e.int8)
-                                                      + bool(e.fuse) + bool(e.ort_optimization)))
+                                                      + bool(e.fuse) + bool(e.ort_optimization)
+                                                      + ("openvino" in e.formats)))
 
+
+TIMED_BATCHES = 4  # parity batches each published predict_ids artifact is timed on (parity.json `timings`)
 
 # Speed variants of model.onnx / encode.onnx: a failed check withholds the file alone (docs/export.md).
 OPTIONAL = ("onnx.int8", "onnx.fused", "onnx.fused.int8", "onnx.fused.encode_ids")
+# The OpenVINO IR: a failed check withholds the openvino/ files alone (the ONNX files stand), bf16 execution
+# failing its check makes the runtime run the IR in f32.
+OPENVINO_FP32 = ("openvino.predict_ids", "openvino.encode_ids", "openvino.score")
+OPENVINO_OPTIONAL = (*OPENVINO_FP32, "openvino.int8", "openvino.predict_ids.bf16")
 FUSED_FILES = {"predict_ids": ("fused", FUSED_NAMES["model.onnx"]), "encode_ids": ("fused.encode_ids", FUSED_NAMES["encode.onnx"])}
 
 
-def fuse_graphs(onnx_files, onnx_dir, encoder, int8):
-    """Fused copies of model.onnx / encode.onnx (export/fusion.py), plus model.fused.int8.onnx.
+def fuse_graphs(onnx_files, onnx_dir, encoder):
+    """Fused copies of model.onnx / encode.onnx (export/fusion.py).
 
-    Adds the files to `onnx_files` (labels `fused`, `fused.encode_ids`, `fused.int8`) and returns
+    Adds the files to `onnx_files` (labels `fused`, `fused.encode_ids`) and returns
     what happened per function for parity.json: the optimiser's op counts, or why there is no
     fused file (the optimiser failed, or found nothing to fuse: then the graph is the unfused one
     and is not written). Never raises for a graph it cannot fuse: the unfused files stand."""
     from export import ExportError as _ExportError
     from export import fusion as fusion_mod
-    from export.onnx import quantize_int8
 
     report = {}
     for fn, (label, file) in FUSED_FILES.items():
@@ -288,49 +348,106 @@ def fuse_graphs(onnx_files, onnx_dir, encoder, int8):
         onnx_files[label] = onnx_dir / file
         report[fn] = {"fused": True, "file": file, **info, "seconds": round(time.time() - t0, 2)}
         log.info("%s: %s", file, ", ".join(f"{n} {op}" for op, n in info["fused_ops"].items()))
-    if int8 and "fused" in onnx_files:
-        try:
-            onnx_files["fused.int8"] = quantize_int8(onnx_files["fused"], onnx_dir / "model.fused.int8.onnx")
-        except Exception as err:  # quantize_dynamic raises RuntimeError/KeyError/...; model.int8.onnx stands
-            (onnx_dir / "model.fused.int8.onnx").unlink(missing_ok=True)
-            first = str(err).splitlines()[0] if str(err) else type(err).__name__
-            report["predict_ids"]["int8"] = f"not written: quantize_dynamic failed on the fused graph: {first}"
-            log.warning("model.fused.int8.onnx not written: %s", first)
     return report
 
 
-def _optional_verdicts(checks, onnx_files, int8_force, report, withheld_dir):
-    """Status and warning of each optional variant; returns the labels to withhold.
+def quantize_graphs(onnx_files, onnx_dir, portable, fusion=None):
+    """The int8 copy of the graph that is published: model.fused.int8.onnx of model.fused.onnx when
+    there is one, else model.int8.onnx of model.onnx; model.int8.onnx too with `portable`
+    (export.portable_onnx publishes the portable graphs). A fused graph quantize_dynamic fails on
+    falls back to model.int8.onnx, the failure noted in `fusion` (the report's "fusion")."""
+    from export.onnx import quantize_int8
 
-    A fused int8 graph is withheld with its fused fp32 graph: it is a quantised copy of it."""
+    if "fused" in onnx_files:
+        try:
+            onnx_files["fused.int8"] = quantize_int8(onnx_files["fused"], onnx_dir / "model.fused.int8.onnx")
+        except Exception as err:  # quantize_dynamic raises RuntimeError/KeyError/...; model.int8.onnx instead
+            (onnx_dir / "model.fused.int8.onnx").unlink(missing_ok=True)
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            fusion["predict_ids"]["int8"] = f"not written: quantize_dynamic failed on the fused graph: {first}"
+            log.warning("model.fused.int8.onnx not written (model.int8.onnx instead): %s", first)
+    if portable or "fused.int8" not in onnx_files:
+        onnx_files["int8"] = quantize_int8(onnx_files["predict_ids"], onnx_dir / "model.int8.onnx")
+
+
+def _int8_of_portable(onnx_files, onnx_dir, fusion, result, data, outputs, rule, loaded):
+    """The fused graph failed its check, so model.onnx is the one published: quantise it (its int8
+    copy was not made, export.portable_onnx being off) and check it, into `result`."""
+    from export.onnx import quantize_int8
+    from export.parity import run_checks
+
+    try:
+        onnx_files["int8"] = str(quantize_int8(onnx_files["predict_ids"], onnx_dir / "model.int8.onnx"))
+    except Exception as err:  # as in quantize_graphs: the fp32 files stand
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        fusion["predict_ids"]["int8"] = f"model.int8.onnx not written: quantize_dynamic failed: {first}"
+        log.warning("model.int8.onnx not written: %s", first)
+        return
+    checked = run_checks(loaded, data, {"onnx": {"int8": onnx_files["int8"]}}, outputs, int8_rule=rule,
+                         cosine_threshold=loaded.threshold)
+    result["checks"].update(checked["checks"])
+    result["failed"] += checked["failed"]
+
+
+# The portable graph of each fused one: published with it only when export.portable_onnx is set.
+PORTABLE = {"predict_ids": "fused", "encode_ids": "fused.encode_ids"}
+
+
+def unpublished_portable(onnx_files, withhold, portable):
+    """Labels of the portable graphs not to publish (`withhold`: the keys withheld, `onnx.fused`, ...):
+    those whose fused graph is published, unless
+    `portable`. Without a published fused graph the portable one is the deployment graph."""
+    if portable:
+        return []
+    return [p for p, f in PORTABLE.items() if p in onnx_files and f in onnx_files and f"onnx.{f}" not in withhold]
+
+
+def _optional_verdicts(checks, graphs, int8_force, report, withheld_dir):
+    """Status and warning of each optional variant; returns the keys (`onnx.int8`, ...) to withhold.
+
+    `graphs`: key -> staged file. A fused int8 graph is withheld with its fused fp32 graph: it is a
+    quantised copy of it; the OpenVINO IR files go together when an fp32 one fails (the int8 IR is
+    quantised from the same graph). bf16 execution failing its check withholds nothing: the runtime
+    then runs the IR in f32 (runtime/backends.py reads the status)."""
     withhold = []
-    for key in OPTIONAL:
-        label = key[len("onnx."):]
-        if label not in onnx_files:
+    ov_fp32 = [k for k in OPENVINO_FP32 if k in graphs and not checks.get(k, {"ok": True})["ok"]]
+    for key in (*OPTIONAL, *OPENVINO_FP32, "openvino.int8"):
+        if key not in graphs:
             continue
         check = checks.get(key, {"ok": True})
         reason = check.get("reason") or (f"max|diff| {check['max_abs_diff']:.3g} > {check['tolerance']:g}"
                                          if "tolerance" in check else None)
-        derived = key == "onnx.fused.int8" and "fused" in withhold
-        if derived:  # a quantised copy of a wrong graph: never published, not even forced
-            check, reason = {"ok": False}, "its fused fp32 graph (onnx.fused) failed its check"
+        derived = (key == "onnx.fused.int8" and "onnx.fused" in withhold) or (key.startswith("openvino.") and
+                                                                             ov_fp32 and key not in ov_fp32)
+        if derived:  # a copy of a wrong graph: never published, not even forced
+            check, reason = {"ok": False}, ("its fused fp32 graph (onnx.fused) failed its check" if key.startswith("onnx")
+                                            else f"its fp32 IR ({ov_fp32[0]}) failed its check")
         if check["ok"]:
             if check.get("warning"):  # published, with what could not be told (int8 on a small labelled file)
                 report["warnings"].append(f"{key} published: {check['warning']}")
             continue
-        kept = withheld_dir / Path(onnx_files[label]).name
+        kept = withheld_dir / Path(graphs[key]).name
         if key.endswith("int8") and int8_force and not derived:
             report["status"][key] = "forced"
             report["warnings"].append(f"{key} published although its check failed (export.int8_force=true): {reason}")
             continue
         report["status"][key] = "withheld"
-        withhold.append(label)
-        how = ("export.fuse=false skips the fused graphs" if not key.endswith("int8")
-               else "export.int8_force=true publishes it" if check.get("gate") == "accuracy"
-               else "export.int8_force=true publishes it; a labelled data.test judges it by accuracy")
-        what = "the int8 file" if key == "onnx.int8" else "the file"
-        first = "fp32 artifacts published" if key == "onnx.int8" else "the unfused ONNX files published"
+        withhold.append(key)
+        how = ("export.int8_force=true publishes it" if check.get("gate") == "accuracy" and key.endswith("int8")
+               else "export.int8_force=true publishes it; a labelled data.test judges it by accuracy"
+               if key.endswith("int8") else "export.fuse=false skips the fused graphs" if key.startswith("onnx")
+               else "export.formats without openvino skips it")
+        what = "the int8 file" if key in ("onnx.int8", "openvino.int8") else "the file"
+        first = ("fp32 artifacts published" if key in ("onnx.int8", "openvino.int8")
+                 else "the unfused ONNX files published" if key.startswith("onnx") else "the ONNX files published")
         report["warnings"].append(f"{key} withheld, {first}: {reason}; {what} is in {kept} ({how})")
+    bf16 = checks.get("openvino.predict_ids.bf16")
+    if bf16 is not None and "openvino.predict_ids" not in withhold:
+        report["status"]["openvino.predict_ids.bf16"] = "published" if bf16["ok"] else "refused"
+        if not bf16["ok"]:
+            report["warnings"].append(f"openvino.predict_ids.bf16 refused, the IR runs in f32: {bf16['reason']}")
+        elif bf16.get("warning"):
+            report["warnings"].append(f"openvino.predict_ids.bf16 published: {bf16['warning']}")
     return withhold
 
 
@@ -348,6 +465,9 @@ def _print_summary(out, report):
             print(f"  {k + ':':<12} {report['artifacts'][k]}")
     for k, v in report["artifacts"].get("onnx", {}).items():
         print(f"  onnx {k + ':':<12} {v}")
+    for k in ENGINES:
+        if k in report["artifacts"]:
+            print(f"  {k + ':':<12} {Path(out) / k} ({', '.join(Path(p).name for p in report['artifacts'][k].values())})")
     for k, v in report.get("withheld", {}).items():
         print(f"  withheld {k}: {v}")
     for k, c in report["checks"].items():

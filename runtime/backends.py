@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -40,6 +41,7 @@ import numpy as np
 
 from modeling.serving_spec import spec_of
 from runtime.onnx import FUSED_NAMES, ONNX_FILES  # file names only: onnxruntime loads lazily
+from runtime.openvino import INT8_FILE, OV_FILES  # the same for openvino
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +81,11 @@ class Backend:
     Attributes: kind, spec (the kind's `ServingSpec`: what its functions are), name,
     version (int), labels, tokenizer (PairTokenizer), max_len (longest token row the server
     produces), architecture (the encoder's config dict), functions (name -> Function), source
-    (path), runtime ("onnx", "tf" or "keras").
+    (path), runtime ("onnx", "openvino", "tf" or "keras"), selection (what `auto` picked and why, else None).
     """
 
     runtime = "?"
+    selection = None
 
     def __init__(self, path, meta, spec, tokenizer, name, version, max_len):
         self.path, self.meta, self.spec, self.tokenizer = Path(path), meta, spec, tokenizer
@@ -116,7 +119,7 @@ class OnnxBackend(Backend):
         self.sessions = {}
         for fn, file in self.files.items():
             if not file.is_file():
-                raise BackendError(_missing_onnx(file, int8 and fn == "predict_ids"))
+                raise BackendError(_missing(file, int8 and fn == "predict_ids", "onnx"))
             self.sessions[fn] = session(file, threads)
         # The ONNX file is the authority on its outputs (sbert: cosine and/or probs).
         names = tuple(o.name for o in self.sessions["predict_ids"].get_outputs())
@@ -132,35 +135,87 @@ class OnnxBackend(Backend):
         return dict(zip(names, sess.run(None, {k: feeds[k] for k in self.functions[fn].inputs})))
 
 
+class OpenVinoBackend(Backend):
+    """The export's OpenVINO IR (openvino/*.xml, runtime/openvino.py): bf16 where the CPU has it and the
+    export's bf16 check passed, else f32; `int8`: openvino/model.int8.xml for predict_ids."""
+    runtime = "openvino"
+
+    def __init__(self, path, meta, spec, tokenizer, name, version, max_len, int8=False, threads=None,
+                 precision="auto"):
+        super().__init__(path, meta, spec, tokenizer, name, version, max_len)
+        from runtime.openvino import Runner
+
+        self.precision = openvino_precision(self.path, precision)
+        self.files = {fn: self.path / "openvino" / (INT8_FILE if int8 and fn == "predict_ids" else OV_FILES[fn])
+                      for fn in OV_FILES if fn in self.functions}
+        self.sessions = {}
+        for fn, file in self.files.items():
+            if not file.is_file():
+                raise BackendError(_missing(file, int8 and fn == "predict_ids", "openvino"))
+            self.sessions[fn] = Runner(file, threads, self.precision)
+        self.functions["predict_ids"] = Function(self.functions["predict_ids"].inputs,
+                                                 tuple(self.sessions["predict_ids"].outputs))
+
+    def describe(self):
+        return (f"{self.kind} model {self.name!r} version {self.version} (openvino {self.precision}: "
+                f"{', '.join(f.name for f in self.files.values())}; {self.path})")
+
+    def run(self, fn, feeds):
+        return self.sessions[fn]({k: feeds[k] for k in self.functions[fn].inputs})
+
+
+def openvino_precision(export_dir, requested="auto", status=None):
+    """The precision an export's IR runs at: runtime.openvino.precision, except f32 when the export's
+    bf16 check refused bf16 (parity.json status `openvino.predict_ids.bf16`: refused; `status`: that
+    dict, before parity.json is written)."""
+    from runtime.openvino import precision
+
+    status = _report(export_dir).get("status", {}) if status is None else status
+    if requested == "auto" and status.get("openvino.predict_ids.bf16") == "refused":
+        log.info("openvino: the export's bf16 check refused bf16 (%s): running in f32", Path(export_dir) / "parity.json")
+        return "f32"
+    return precision(requested)
+
+
+def _report(export_dir):
+    try:
+        return json.loads((Path(export_dir) / "parity.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
 def onnx_file(onnx_dir, fn, int8=False, fused=True):
     """The file serving `fn` in an export's onnx/ directory: the fused graph when the export
-    published one (and `fused`), else the portable one; `int8` for predict_ids' int8 copy.
+    published one (`fused`: preferred), else the portable one; `int8` for predict_ids' int8 copy.
 
     predict_ids: model.fused.int8.onnx > model.int8.onnx (int8), model.fused.onnx > model.onnx;
-    encode_ids: encode.fused.onnx > encode.onnx; score: score.onnx. A missing preferred file
-    is no error (an export without fusion, or whose fused check withheld it); the portable
+    encode_ids: encode.fused.onnx > encode.onnx; score: score.onnx. `fused=False` reverses the
+    preference: the portable graph is published beside the fused one only with
+    export.portable_onnx, so without it the fused graph is what there is. A missing preferred
+    file is no error (an export without fusion, or whose fused check withheld it); the portable
     name is returned when neither exists, for the caller's "missing" message."""
     plain = "model.int8.onnx" if int8 else ONNX_FILES[fn]
-    fused_name = FUSED_NAMES.get(plain) if fused else None
-    if fused_name and (Path(onnx_dir) / fused_name).is_file():
-        return Path(onnx_dir) / fused_name
+    names = [FUSED_NAMES[plain], plain] if plain in FUSED_NAMES else [plain]
+    for name in names if fused else names[::-1]:
+        if (Path(onnx_dir) / name).is_file():
+            return Path(onnx_dir) / name
     return Path(onnx_dir) / plain
 
 
-def _missing_onnx(file, int8):
-    """Why an export directory has no `file`, and what to do about it."""
+def _missing(file, int8, runtime):
+    """Why an export directory has no `file` (of its `runtime`'s directory), and what to do about it."""
     export_dir = file.parent.parent
-    withheld = export_dir / "withheld" / file.name
+    # the int8 copy of the published graph: model.fused.int8.onnx when the fused graph was published
+    kept = [(export_dir / "withheld" / name, key) for name, key in ((FUSED_NAMES["model.int8.onnx"], "onnx.fused.int8"),
+                                                                   (file.name, f"{runtime}.int8"))
+            if runtime == "onnx" or key != "onnx.fused.int8"]
+    withheld, key = next(((p, k) for p, k in kept if p.is_file()), kept[-1])
     if int8 and withheld.is_file():  # export's int8 check failed: the file was kept aside (docs/export.md)
-        try:
-            report = json.loads((export_dir / "parity.json").read_text(encoding="utf-8"))
-            reason = report["checks"]["onnx.int8"]["reason"]
-        except (OSError, ValueError, KeyError, TypeError):
-            reason = None
+        reason = ((_report(export_dir).get("checks") or {}).get(key) or {}).get("reason")
         return (f"{file}: missing: the export's int8 parity check withheld it"
                 + (f" ({reason})" if reason else "") + f"; it is in {withheld}. To serve it anyway, export again "
-                "with export.int8_force=true (or copy it into onnx/, docs/export.md); serve.int8=false serves fp32")
-    return (f"{file}: missing; export with export.formats including onnx"
+                f"with export.int8_force=true (or copy it into {runtime}/, docs/export.md); serve.int8=false serves fp32")
+    return (f"{file}: missing; export with export.formats including {runtime}"
             + (" and export.int8=true" if int8 else "") + " (or use the tf backend)")
 
 
@@ -256,15 +311,104 @@ def model_spec(path):
     return meta, spec
 
 
-def open_model(path, backend="onnx", int8=False, threads=None, name=None, kinds=None, fused=True, encoders=False):
-    """A `Backend` for an export directory (`backend` onnx|tf) or a model directory (Keras).
+BACKENDS = ("auto", "onnx", "openvino", "tf")
+# `auto` without timings in parity.json (an export from before them): the order of
+# docs/inference.md's measurements on this project's CPU (AVX512_BF16, VNNI).
+AUTO_ORDER = (("openvino", True), ("openvino", False), ("onnx", True), ("onnx", False))
 
-    `fused`: the onnx backend prefers the export's fused graphs (`onnx_file`); `backend.files`
-    says which file each function runs.
+
+def _candidate_file(export_dir, runtime, int8, fused=True):
+    if runtime == "onnx":
+        return onnx_file(Path(export_dir) / "onnx", "predict_ids", int8, fused)
+    return Path(export_dir) / "openvino" / (INT8_FILE if int8 else OV_FILES["predict_ids"])
+
+
+def published_candidates(export_dir, spec, fused=True):
+    """[(runtime, int8, predict_ids file)] an export published (a withheld file is not in onnx/ or openvino/),
+    in AUTO_ORDER; a runtime counts only with every file the kind's functions need."""
+    fns = functions_of(spec)
+    out = []
+    for runtime, int8 in AUTO_ORDER:
+        file = _candidate_file(export_dir, runtime, int8, fused)
+        others = [onnx_file(Path(export_dir) / "onnx", fn, False, fused) if runtime == "onnx"
+                  else Path(export_dir) / "openvino" / OV_FILES[fn] for fn in OV_FILES if fn in fns and fn != "predict_ids"]
+        if file.is_file() and all(f.is_file() for f in others):
+            out.append((runtime, int8, file))
+    return out
+
+
+def timing_key(runtime, int8):
+    return runtime + (".int8" if int8 else "")
+
+
+def pick_backend(export_dir, spec, int8=None, fused=True):
+    """`auto`'s choice for an export directory: (runtime, int8, why). The fastest published predict_ids
+    artifact by the export's timings (parity.json `timings`: median ms per batch of the parity pairs,
+    measured by the export as the runtime runs it); `int8` None: int8 files compete (they passed their
+    gate, or were forced), False: fp32 only, True: int8 only. Without timings for any candidate,
+    the first in AUTO_ORDER. Nothing published: ("onnx", int8) (whose opening says what is missing)."""
+    cands = [c for c in published_candidates(export_dir, spec, fused) if int8 is None or c[1] == bool(int8)]
+    timings = _report(export_dir).get("timings") or {}
+    timed = [(timings[timing_key(r, q)]["ms_per_batch"], r, q) for r, q, f in cands
+             if timings.get(timing_key(r, q), {}).get("file") == f.name]
+    if timed:
+        ms, runtime, q = min(timed)
+        others = ", ".join(f"{timing_key(r, i)} {t:.1f}" for t, r, i in sorted(timed))
+        return runtime, q, f"fastest in the export's timings (ms per batch: {others})"
+    if cands:
+        runtime, q, _ = cands[0]
+        return runtime, q, "no timings in parity.json: the fixed order " + " > ".join(
+            timing_key(r, i) for r, i in AUTO_ORDER)
+    return "onnx", bool(int8), "nothing published for auto to choose from"
+
+
+def time_candidates(export_dir, spec, feeds, status=None, threads=None, rounds=3):
+    """parity.json's `timings`: for each published predict_ids artifact (`published_candidates`), the median
+    ms per call over `rounds` passes of `feeds` (input dicts: a few batches of the parity pairs) after one
+    warm-up pass, run as its backend runs it (openvino at the precision it would pick, given the export's
+    `status`)."""
+    from runtime.onnx import session
+
+    out = {}
+    for runtime, int8, file in published_candidates(export_dir, spec):
+        if runtime == "onnx":
+            sess = session(file, threads)
+            names = [o.name for o in sess.get_inputs()]
+            run, prec = (lambda f, sess=sess, names=names: sess.run(None, {k: f[k] for k in names})), "f32"
+        else:
+            from runtime.openvino import Runner
+
+            prec = openvino_precision(export_dir, "auto", status)
+            run = Runner(file, threads, prec)
+        for f in feeds:
+            run(f)
+        times = []
+        for _ in range(rounds):
+            for f in feeds:
+                t0 = time.perf_counter()
+                run(f)
+                times.append(time.perf_counter() - t0)
+        out[timing_key(runtime, int8)] = {"file": file.name, "precision": prec,
+                                          "ms_per_batch": round(1000 * float(np.median(times)), 3),
+                                          "batches": len(feeds), "rounds": rounds,
+                                          "rows": int(sum(len(next(iter(f.values()))) for f in feeds))}
+    return out
+
+
+def open_model(path, backend="auto", int8=None, threads=None, name=None, kinds=None, fused=True, encoders=False):
+    """A `Backend` for an export directory (`backend` auto|onnx|openvino|tf) or a model directory (Keras).
+
+    `auto` (`pick_backend`): the fastest artifact the export published and checked; `backend.selection`
+    says what was picked and why (logged, and in the server's model metadata). `int8`: True serves the
+    int8 predict_ids file, False never, None (the default) lets `auto` use it when its gate passed
+    (explicit backends: fp32). `fused`: the onnx backend prefers the export's fused graphs (`onnx_file`);
+    `backend.files` says which file each function runs.
 
     `kinds`: accepted model kinds; `encoders`: only kinds with encode_ids (an index's model). Both are
     checked before loading, from the spec (no model class is imported for an export).
     """
+    if backend not in BACKENDS:
+        raise BackendError(f"backend {backend!r}: expected {', '.join(BACKENDS)}")
     if path is None:
         raise BackendError("no model given: set it to an export directory (--task export) or a model directory")
     path = Path(path)
@@ -284,11 +428,24 @@ def open_model(path, backend="onnx", int8=False, threads=None, name=None, kinds=
         tok = PairTokenizer(path / "vocab.txt", meta["tokenizer"]["lowercase"])
         sizes = meta["model"]["config"]["encoder"]  # the encoder's config, as model_dir.load_model_dir checks it
         check_sizes(path, meta, SimpleNamespace(vocab_size=sizes["vocab_size"], max_position=sizes["max_position"]), tok)
+        selection = None
+        if backend == "auto":
+            backend, int8, why = pick_backend(path, spec, int8, fused)
+            selection = {"backend": backend, "int8": bool(int8), "why": why}
+        args = (path, meta, spec, tok, name or export_name, version, max_len)
         if backend == "tf":
-            return SavedModelBackend(path, meta, spec, tok, export_name, version, max_len, threads, name)
-        if backend != "onnx":
-            raise BackendError(f"backend {backend!r}: expected onnx or tf")
-        return OnnxBackend(path, meta, spec, tok, name or export_name, version, max_len, int8, threads, fused)
+            opened = SavedModelBackend(path, meta, spec, tok, export_name, version, max_len, threads, name)
+        elif backend == "openvino":
+            opened = OpenVinoBackend(*args, bool(int8), threads)
+        else:
+            opened = OnnxBackend(*args, bool(int8), threads, fused)
+        if selection is not None:
+            selection["files"] = {fn: f.name for fn, f in opened.files.items()}
+            selection["precision"] = getattr(opened, "precision", "f32")
+            log.info("backend auto picked %s%s (%s; %s): %s", backend, " int8" if selection["int8"] else "",
+                     selection["precision"], selection["files"]["predict_ids"], selection["why"])
+        opened.selection = selection
+        return opened
     if (path / "onnx").is_dir() or (path / "saved_model").is_dir():
         raise BackendError(f"{path}: an export directory without parity.json (a failed or unfinished export?)")
     if int8:

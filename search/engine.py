@@ -46,8 +46,10 @@ def virt_blocks(index, q_states, q_mask, cand_indices, block=RERANK_BLOCK, broad
 def broadcasts_query(backend):
     """Whether `backend`'s score takes one query (batch 1) against K candidates: Keras and the
     SavedModel do; an ONNX `score` does when its x and y batch axes have different names
-    (exports since issue 18; onnxruntime plans buffers by those names)."""
+    (exports since issue 18; onnxruntime plans buffers by those names); OpenVINO's IR does not."""
     sess = getattr(backend, "sessions", {}).get("score")
+    if getattr(backend, "runtime", None) == "openvino":  # OpenVINO's shape inference refuses the broadcast branch
+        return False  # (batch 1 against K, a VIRT with fusion: 2026-12-07): the query is repeated K times
     if sess is None:
         return True
     dims = {i.name: i.shape[0] for i in sess.get_inputs()}
@@ -114,7 +116,7 @@ class Searcher:
         return results
 
 
-def open_searcher(index_dir, rerank=None, recall="auto", backend="onnx", query_backend=None, threads=None):
+def open_searcher(index_dir, rerank=None, recall="auto", backend="auto", query_backend=None, threads=None):
     """A Searcher for an index directory: opens the index's model (or reuses `query_backend`
     when it is that model) and the reranker (a model / export dir, or "virt")."""
     from runtime.backends import model_spec, open_model
@@ -130,7 +132,7 @@ def open_searcher(index_dir, rerank=None, recall="auto", backend="onnx", query_b
         if not Path(model).is_dir():
             raise SearchError(f"{index.path}: its model {model} is gone; rebuild the index")
         runtime = index.meta.get("backend")  # query with the runtime that encoded the corpus
-        query_backend = open_model(model, runtime if runtime in ("onnx", "tf") else backend, threads=threads)
+        query_backend = open_model(model, runtime if runtime in ("onnx", "openvino", "tf") else backend, threads=threads)
         query_backend.max_len = int(index.meta["max_seq_len"])
     reranker = rerank
     if rerank not in (None, "virt"):

@@ -29,6 +29,7 @@ import binascii
 import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -366,7 +367,10 @@ class SignatureSet:
         return {"model_spec": {"name": be.name, "signature_name": "", "version": str(be.version)},
                 "metadata": {"signature_def": {"signature_def": defs}},
                 "textmatch": {"kind": be.kind, "labels": be.labels, "runtime": be.runtime,
-                              "max_seq_len": be.max_len}}
+                              "max_seq_len": be.max_len,
+                              # what runs: each function's file, the precision, and `auto`'s pick and why
+                              "files": {fn: Path(f).name for fn, f in (getattr(be, "files", None) or {}).items()},
+                              "precision": getattr(be, "precision", "f32"), "selection": be.selection}}
 
 
 def status(backend):

@@ -1,7 +1,9 @@
 """The serve task: `python run_tasks.py --task serve --set serve.model=<export dir or model dir>`.
 
-    serve.backend   onnx (default) | tf      export directories; a model directory runs through Keras
-    serve.int8      serve onnx/model.int8.onnx for serving_default / predict_ids
+    serve.backend   auto (default) | onnx | openvino | tf   export directories (auto: the fastest artifact the
+                    export timed and checked, runtime/backends.pick_backend); a model directory runs through Keras
+    serve.int8      true: serve the int8 predict_ids file (onnx/model.fused.int8.onnx, else model.int8.onnx;
+                    openvino/model.int8.xml); false: never; null (default): auto may pick it
     serve.fused     prefer the export's fused graphs (model.fused[.int8].onnx, encode.fused.onnx; default true)
     serve.index     an index directory (--task index) behind POST /v1/search; serve.rerank for its reranker
     serve.warmup    sequence lengths run once per function before the server listens (default [32, 128];

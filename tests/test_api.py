@@ -214,7 +214,7 @@ def test_a_lone_surrogate_is_refused_in_the_servers_words(matchers):
 def test_load_refuses_bad_arguments(model_dirs):  # noqa: F811
     with pytest.raises(TypeError, match=r"^path: expected a directory or a checkpoint name \(a str or a path\), got None$"):
         textmatch.load(None)
-    with pytest.raises(ValueError, match=r"^backend: expected 'onnx' or 'tf', got 'keras'$"):
+    with pytest.raises(ValueError, match=r"^backend: expected one of 'auto', 'onnx', 'openvino', 'tf', got 'keras'$"):
         textmatch.load(model_dirs["sbert"], backend="keras")
     with pytest.raises(ValueError, match=r"^threads: expected None or an integer >= 1, got 0$"):
         textmatch.load(model_dirs["sbert"], threads=0)

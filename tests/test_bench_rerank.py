@@ -124,6 +124,8 @@ def test_adapted_pooling_equals_eq5_and_one_query_broadcasts(adapted, fusion):
 
 
 def test_virt_onnx_encode_and_broadcast_score_equal_keras(setup, model_dirs, tmp_path):  # noqa: F811
+    from search.engine import broadcasts_query
+
     files = rerank.export_onnx(model_dirs["virt"], tmp_path, int8=False)
     assert json.loads((tmp_path / "files.json").read_text()) == files
     b = rerank.open_backend(model_dirs["virt"], "onnx", tmp_path, max_len=64)
@@ -131,6 +133,10 @@ def test_virt_onnx_encode_and_broadcast_score_equal_keras(setup, model_dirs, tmp
     got = rerank.ranker(b, s["cands"], [setup["queries"][:1]], K)(0)  # ONNX encode + score on the Keras-built cache
     want = rerank.ranker(s["backend"], s["cands"], [setup["queries"][:1]], K)(0)
     np.testing.assert_allclose(got, want, atol=1e-4)
+    # the same through the OpenVINO IR (fp16 weights, bf16 where the CPU has it; the query repeated K times)
+    ov = rerank.open_backend(model_dirs["virt"], "openvino", tmp_path, max_len=64)
+    assert ov.runtime == "openvino" and not broadcasts_query(ov)
+    np.testing.assert_allclose(rerank.ranker(ov, s["cands"], [setup["queries"][:1]], K)(0), want, atol=2e-2)
 
 
 def test_an_onnx_score_with_one_batch_axis_gets_the_query_repeated(setup):

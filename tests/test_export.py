@@ -47,6 +47,7 @@ from export.frozen import load_frozen  # noqa: E402
 from export.onnx import convert_function, convert_saved_model  # noqa: E402
 from export.saved_model import next_version, publish_version, versions  # noqa: E402
 from export.task import export_loaded, export_task, load_for_export  # noqa: E402
+from runtime.openvino import cpu_capabilities  # noqa: E402
 from export.text import GraphTokenizer, longest_first  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,6 +62,7 @@ PARITY_SAMPLES = 8
 MAX_LEN = 32
 KINDS = ("cross_encoder", "sbert", "virt")
 HF_KINDS = ("cross_encoder", "sbert")  # virt has no Hugging Face form (export/hf.py)
+BF16 = "BF16" in cpu_capabilities()  # bf16 execution checked where the CPU has it
 
 # Tokenisation samples: English and Chinese, punctuation, mixed case, accents, unknown
 # characters, empty-ish text, control characters, full-width forms, literal special tokens.
@@ -178,14 +180,17 @@ def _start(args, **kw):
 
 @pytest.fixture(scope="module")
 def exports(model_dirs, workdir, tf2onnx_fast):
-    """Every kind exported once (all artifacts); background commands started after the first."""
+    """Every kind exported once; background commands started after the first. cross_encoder: every
+    format, the portable ONNX graphs checked but not published (the default); sbert: frozen and hf,
+    export.portable_onnx=true (the portable graphs and their int8 published too); virt: the defaults."""
     res = {"loaded": {}, "reports": {}, "out": {}, "procs": {}}
     for kind in KINDS:
         loaded = load_for_export(model_dirs[kind])
         out = workdir / f"out_{kind}"
-        extra = ["export.ort_optimization=basic"] if kind == "cross_encoder" else []
-        if kind in HF_KINDS:
-            extra.append("export.formats=[saved_model,frozen,onnx,hf]")
+        extra = {"cross_encoder": ["export.ort_optimization=basic",
+                                   "export.formats=[saved_model,frozen,onnx,openvino,hf,triton,ovms]"],
+                 "sbert": ["export.formats=[saved_model,frozen,onnx,openvino,hf]", "export.portable_onnx=true"],
+                 "virt": []}[kind]
         res["reports"][kind] = export_loaded(loaded, _cfg(out, *extra))
         res["loaded"][kind], res["out"][kind] = loaded, out
         if kind == "cross_encoder":
@@ -238,37 +243,48 @@ def test_every_artifact_is_written_and_parity_checked(exports, kind):
     config = (out / "saved_model" / "models.config").read_text()
     assert f'name: "{kind}"' in config and f'base_path: "/models/{kind}"' in config
     assert str((out / "saved_model" / kind).resolve()) in (out / "saved_model" / "models.local.config").read_text()
-    assert (out / "frozen" / "model.pb").is_file() and (out / "frozen" / "io.json").is_file()
+    assert ((out / "frozen" / "model.pb").is_file() and (out / "frozen" / "io.json").is_file()) is (kind != "virt")
     fused = {"model.fused.onnx", "model.fused.int8.onnx"} | ({"encode.fused.onnx"} if kind != "cross_encoder" else set())
-    onnx_files = fused | {"cross_encoder": {"model.onnx", "model.int8.onnx", "model.opt-basic.onnx"},
+    # One fp32 ONNX copy of each function (the fused one) but where asked (sbert: export.portable_onnx);
+    # the int8 copy is of the fused graph.
+    onnx_files = fused | {"cross_encoder": {"model.opt-basic.onnx"},
                           "sbert": {"model.onnx", "model.int8.onnx", "encode.onnx"},
-                          "virt": {"model.onnx", "model.int8.onnx", "encode.onnx", "score.onnx"}}[kind]
+                          "virt": {"score.onnx"}}[kind]
     assert {p.name for p in (out / "onnx").iterdir()} == onnx_files
+    irs = {"model", "model.int8"} | ({"encode"} if kind != "cross_encoder" else set()) | ({"score"} if kind == "virt" else set())
+    assert {p.name for p in (out / "openvino").iterdir()} == {f"{n}.{ext}" for n in irs for ext in ("xml", "bin")}
     assert not list(out.glob(".staging-*")) and not list((out / "saved_model" / kind).glob(".tmp-*"))
+    assert not list(out.glob(".triton-*")) and not list(out.glob(".ovms-*"))
     card = (out / "README.md").read_text(encoding="utf-8")  # the model card, with the export's status
-    assert card.startswith(f"# {kind} export `{kind}` (version 1)") and "| onnx.predict_ids | published |" in card
+    assert card.startswith(f"# {kind} export `{kind}` (version 1)") and "| onnx.fused | published |" in card
+    portable = "published" if kind == "sbert" else "checked, not published"
+    assert f"| onnx.predict_ids | {portable} |" in card
     assert "No metrics.json found" in card and "Not recorded" in card  # a bare model directory: no run, no data block
     assert f"--task serve --set serve.model={out}" in card
 
     on_disk = json.loads((out / "parity.json").read_text(encoding="utf-8"))
     assert on_disk["ok"] and on_disk == json.loads(json.dumps(report, default=float))
-    expected = {"saved_model.serving_default", "saved_model.predict_ids", "frozen.predict_ids",
-                "onnx.predict_ids", "onnx.int8", "onnx.fused", "onnx.fused.int8"}
+    expected = {"saved_model.serving_default", "saved_model.predict_ids", "onnx.predict_ids", "onnx.fused",
+                "onnx.fused.int8"}
+    expected |= {"frozen.predict_ids"} if kind != "virt" else set()
     expected |= {"cross_encoder": {"onnx.opt-basic"},
-                 "sbert": {"saved_model.encode", "onnx.encode_ids", "onnx.fused.encode_ids"},
+                 "sbert": {"saved_model.encode", "onnx.encode_ids", "onnx.fused.encode_ids", "onnx.int8"},
                  "virt": {"saved_model.encode", "saved_model.score", "onnx.encode_ids", "onnx.score",
                           "onnx.fused.encode_ids"}}[kind]
     expected |= {"hf"} if kind in HF_KINDS else set()
+    expected |= {"openvino.predict_ids", "openvino.int8"} | ({"openvino.predict_ids.bf16"} if BF16 else set())
+    expected |= {"cross_encoder": set(), "sbert": {"openvino.encode_ids"},
+                 "virt": {"openvino.encode_ids", "openvino.score"}}[kind]
     assert (on_disk["status"].get("hf") == "published") is (kind in HF_KINDS)
     assert ((out / "hf" / "model.safetensors").is_file() and on_disk["artifacts"].get("hf") == str(out / "hf")) is (
         kind in HF_KINDS)
     checks = on_disk["checks"]
     assert set(checks) == expected
     for key, c in checks.items():
-        if key.endswith("int8"):
+        if key.endswith(("int8", ".bf16")):
             assert c["label_agreement"] >= 0.99 and c["pairs"] == PARITY_SAMPLES + len(parity_mod.EDGE_PAIRS)
         else:
-            limit = 1e-4 if key.startswith("onnx") else 1e-5
+            limit = parity_mod.TOLERANCES[key.split(".")[0]]
             assert c["ok"] and c["tolerance"] == limit and c["max_abs_diff"] <= limit, key
     assert on_disk["tokenization"]["differ"] == 0
     # The probabilities really vary with the input: a parity check on constants proves nothing.
@@ -297,7 +313,10 @@ def test_model_init_on_the_export_directory_reads_its_hf_folder(exports, kind):
 def test_onnx_inputs_are_the_ids_signature_with_dynamic_axes(exports, kind):
     import onnx
 
-    model = onnx.load(str(exports["out"][kind] / "onnx" / "model.onnx"))
+    from runtime.backends import onnx_file
+
+    onnx_dir = exports["out"][kind] / "onnx"
+    model = onnx.load(str(onnx_file(onnx_dir, "predict_ids", fused=False)))  # portable where published
     names = [i.name for i in model.graph.input]
     assert names == (["input_ids", "token_type_ids", "attention_mask"] if kind == "cross_encoder"
                      else ["x_ids", "x_mask", "y_ids", "y_mask"])
@@ -306,7 +325,7 @@ def test_onnx_inputs_are_the_ids_signature_with_dynamic_axes(exports, kind):
         assert dims[0] == "batch" and dims[1].endswith("sequence")
     assert [o.name for o in model.graph.output] == (["cosine", "probs"] if kind == "sbert" else ["probs"])
     # int8: the weights of the big MatMuls really are int8
-    q = onnx.load(str(exports["out"][kind] / "onnx" / "model.int8.onnx"))
+    q = onnx.load(str(onnx_file(onnx_dir, "predict_ids", int8=True)))
     assert any(i.data_type == onnx.TensorProto.INT8 for i in q.graph.initializer)
 
 
@@ -464,6 +483,131 @@ def test_onnx_command_on_a_saved_model_alone(exports, workdir):
     np.testing.assert_allclose(got["probs"], ref["probs"], atol=1e-4)
 
 
+# ----------------------------------------------------------------------------- model repositories
+# ONNX element type names as onnxruntime reports them -> Triton's data_type (Triton's model_config.proto)
+ORT_TO_TRITON = {"tensor(float)": "TYPE_FP32", "tensor(int32)": "TYPE_INT32", "tensor(int64)": "TYPE_INT64"}
+
+
+def _pbtxt_tensors(text, section):
+    """[(name, data_type, dims)] of config.pbtxt's `input [...]` or `output [...]`, read with a regex."""
+    import re
+
+    body = re.search(rf"^{section} \[(.*?)^\]", text, re.S | re.M).group(1)
+    return [(m[0], m[1], [int(d) for d in m[2].replace(",", " ").split()])
+            for m in re.findall(r'name: "([^"]+)"\s+data_type: (\w+)\s+dims: \[([^\]]*)\]', body)]
+
+
+def _ort_tensors(values):
+    return [(v.name, ORT_TO_TRITON[v.type], [d if isinstance(d, int) else -1 for d in v.shape]) for v in values]
+
+
+@pytest.mark.parametrize("kind", ["cross_encoder", "virt"])
+def test_triton_and_ovms_repositories_link_the_served_files(exports, kind):
+    """Layout and names of both repositories; config.pbtxt's tensors equal the ONNX file's as
+    onnxruntime reads them; every model file is the published file itself (one inode)."""
+    out, report = exports["out"][kind], exports["reports"][kind]
+    fns = {"cross_encoder": {kind: "model.fused.onnx"},
+           "virt": {kind: "model.fused.onnx", f"{kind}_encode": "encode.fused.onnx", f"{kind}_score": "score.onnx"}}[kind]
+    assert {p.name for p in (out / "triton").iterdir()} == set(fns)
+    assert {p.name for p in (out / "ovms").iterdir()} == set(fns) | {"config.json", "config.local.json"}
+    irs = {kind: "model", f"{kind}_encode": "encode", f"{kind}_score": "score"}  # OVMS reads the OpenVINO IR
+    for model, file in fns.items():
+        published = out / "onnx" / file
+        assert {p.name for p in (out / "triton" / model).iterdir()} == {"config.pbtxt", "1"}
+        assert [p.name for p in (out / "triton" / model / "1").iterdir()] == ["model.onnx"]
+        linked = out / "triton" / model / "1" / "model.onnx"
+        assert linked.stat().st_ino == published.stat().st_ino and published.stat().st_nlink == 2
+        assert sorted(p.name for p in (out / "ovms" / model / "1").iterdir()) == ["model.bin", "model.xml"]
+        for ext in ("xml", "bin"):
+            ir = out / "openvino" / f"{irs[model]}.{ext}"
+            assert (out / "ovms" / model / "1" / f"model.{ext}").stat().st_ino == ir.stat().st_ino
+        text = (out / "triton" / model / "config.pbtxt").read_text(encoding="utf-8")
+        assert text.startswith(f'name: "{model}"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 0\n')
+        sess = ort.InferenceSession(str(published), providers=["CPUExecutionProvider"])
+        assert _pbtxt_tensors(text, "input") == _ort_tensors(sess.get_inputs())
+        assert _pbtxt_tensors(text, "output") == _ort_tensors(sess.get_outputs())
+    ovms = json.loads((out / "ovms" / "config.json").read_text(encoding="utf-8"))
+    assert ovms == {"model_config_list": [{"config": {"name": m, "base_path": f"/models/{m}"}} for m in sorted(fns)]}
+    local = json.loads((out / "ovms" / "config.local.json").read_text(encoding="utf-8"))["model_config_list"]
+    assert [Path(c["config"]["base_path"]) for c in local] == [(out / "ovms" / m).resolve() for m in sorted(fns)]
+    assert report["artifacts"]["triton"]["predict_ids"] == str(out / "triton" / kind)
+    # OVMS runs the IR (fp16 weights: the export's openvino tolerance) and agrees with Keras
+    import openvino as ov
+
+    from export.parity import TOLERANCES
+
+    feats, ref = _batch(exports["loaded"][kind], *PAIRS)
+    compiled = ov.Core().compile_model(str(out / "ovms" / kind / "1" / "model.xml"), "CPU",
+                                       {"INFERENCE_PRECISION_HINT": "f32"})  # not bf16 where the CPU has it
+    np.testing.assert_allclose(compiled(feats)["probs"], ref["probs"], atol=TOLERANCES["openvino"])
+    if kind == "virt":  # the dims: one query's states (x_batch) broadcast over K candidates (y_batch)
+        dims = {n: d for n, _, d in _pbtxt_tensors((out / "triton" / "virt_score" / "config.pbtxt").read_text(), "input")}
+        assert dims["x_states"] == dims["y_states"] == [-1, -1, 32] and dims["x_mask"] == [-1, -1]
+
+
+def test_a_filesystem_without_hard_links_gets_a_copy(workdir, monkeypatch, caplog):
+    import errno
+    import logging
+
+    from export import repository
+
+    src = workdir / "link_src.onnx"
+    src.write_bytes(b"onnx")
+
+    def refuse(a, b):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(repository.os, "link", refuse)
+    with caplog.at_level(logging.INFO, logger="export.repository"):
+        repository.link(src, workdir / "link_dst.onnx")
+    assert (workdir / "link_dst.onnx").read_bytes() == b"onnx" and not (workdir / "link_dst.onnx").samefile(src)
+    assert "link_dst.onnx: copied, not linked (Invalid cross-device link)" in caplog.text
+
+
+def test_onnx_conversion_writes_the_protobuf_once_and_copies_no_graph(model_dirs, workdir, monkeypatch):
+    """The bound on the export's memory (docs/export.md, "Memory"): tf2onnx's optimisers neither
+    deep-copy the graph nor rewrite the protobuf per pass (36 passes of the weights on MiniLM-L6),
+    the file equals Keras; an optimiser that raises gets tf2onnx's default way, which carries on."""
+    import copy
+
+    from tf2onnx.graph import Graph
+    from tf2onnx.optimizer.identity_optimizer import IdentityOptimizer
+
+    monkeypatch.delenv("TF2ONNX_CATCH_ERRORS", raising=False)  # tf2onnx's default: catch (the module sets it)
+    calls = {"update_proto": 0, "deepcopy": 0}
+    real_update, real_deepcopy = Graph.update_proto, copy.deepcopy
+
+    def update_proto(self, *a, **k):
+        calls["update_proto"] += 1
+        return real_update(self, *a, **k)
+
+    def deepcopy(x, *a, **k):
+        calls["deepcopy"] += isinstance(x, Graph)
+        return real_deepcopy(x, *a, **k)
+
+    monkeypatch.setattr(Graph, "update_proto", update_proto)
+    monkeypatch.setattr(copy, "deepcopy", deepcopy)
+    model = model_dirs["models"]["cross_encoder"]
+    fn = model.serving_functions()["predict_ids"]
+    path = convert_function(fn, workdir / "lean" / "model.onnx")
+    assert calls["deepcopy"] == 0 and calls["update_proto"] <= 2  # tf2onnx's conversion + make_graph's
+    loaded = LoadedModel(model, PairTokenizer(model_dirs["cross_encoder"] / "vocab.txt"), {"kind": "cross_encoder"})
+    feats, ref = _batch(loaded, *PAIRS)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(sess.run(["probs"], feats)[0], ref["probs"], atol=1e-5)
+    assert "TF2ONNX_CATCH_ERRORS" not in os.environ  # restored
+
+    def broken(self, graph):
+        raise RuntimeError("an optimiser bug")
+
+    monkeypatch.setattr(IdentityOptimizer, "_optimize", broken)
+    calls.update(update_proto=0, deepcopy=0)
+    path = convert_function(fn, workdir / "lean" / "fallback.onnx")
+    assert calls["deepcopy"] > 0  # the second attempt: tf2onnx's own way, without the broken optimiser
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(sess.run(["probs"], feats)[0], ref["probs"], atol=1e-5)
+
+
 # ----------------------------------------------------------------------------- versions, failures
 def test_versions_increment_and_never_overwrite(exports):
     out, loaded = exports["out"]["cross_encoder"], exports["loaded"]["cross_encoder"]
@@ -472,7 +616,7 @@ def test_versions_increment_and_never_overwrite(exports):
     report = export_loaded(loaded, _cfg(out, "export.formats=[saved_model]"))
     assert report["version"] == 2 and versions(base) == [1, 2] and next_version(base) == 3
     assert {p: p.read_bytes() for p in (base / "1").rglob("*") if p.is_file()} == v1  # untouched
-    assert (out / "onnx" / "model.onnx").is_file()  # artifacts of formats not re-exported are kept
+    assert (out / "onnx" / "model.fused.onnx").is_file()  # artifacts of formats not re-exported are kept
     assert json.loads((out / "parity.json").read_text())["version"] == 2
     staged = out / "staged"
     staged.mkdir()
@@ -557,7 +701,8 @@ def test_bad_input_one_clear_error_each(model_dirs, workdir, exports):
     # (numeric ranges -- opset, int8_* -- are the config's: tests/test_hardening.py)
     for sets, pattern in ((["export.name=1bad/name"], "export.name"),
                           (["export.max_seq_len=65"], "between 5 and the encoder's 64"),
-                          (["export.formats=[onnx]"], "includes saved_model")):
+                          (["export.formats=[onnx]"], "includes saved_model"),
+                          (["export.formats=[saved_model,ovms]"], "ovms lay out the ONNX files: add onnx")):
         with pytest.raises(ExportError, match=pattern):
             export_loaded(exports["loaded"]["cross_encoder"], _cfg(workdir / "never", *sets))
     with pytest.raises(ExportError, match=r"formats includes hf, but .*virt.*: a virt model has no Hugging Face form"):
@@ -677,12 +822,12 @@ def test_int8_flips_near_the_boundary_do_not_block_a_3_class_model(three_class, 
 
 def test_a_failed_int8_check_withholds_int8_and_publishes_fp32(three_class, workdir, capsys, tf2onnx_fast):
     """Counting every pair (int8_min_margin=0) fails int8: the run still succeeds (exit 0) with one
-    warning line; SavedModel, frozen and fp32 ONNX are published, int8 is kept aside."""
+    warning line; SavedModel and fp32 ONNX (and its repositories) are published, int8 is kept aside."""
     import run_tasks
 
     out = workdir / "three_withheld"
     sets = [f"export.model={three_class['dir']}", f"export.parity_samples={SAMPLES3}", "export.int8_min_margin=0",
-            "export.fuse=false"]  # fused graphs: test_export_fused.py
+            "export.fuse=false", "export.formats=[saved_model,frozen,onnx]"]  # fused graphs: test_export_fused.py
     code = run_tasks.main(["--task", "export", "--out", str(out), "--set", *sets])
     err = capsys.readouterr().err
     kept = out / "withheld" / "model.int8.onnx"
@@ -695,11 +840,11 @@ def test_a_failed_int8_check_withholds_int8_and_publishes_fp32(three_class, work
         f"32 of 32 pairs with fp32 margin >= 0; the int8 file is in {kept} (export.int8_force=true publishes it; "
         "a labelled data.test judges it by accuracy)"], err[-3000:]
     assert (out / "saved_model" / "three_class" / "1" / "saved_model.pb").is_file()
-    assert (out / "frozen" / "model.pb").is_file() and {p.name for p in (out / "onnx").iterdir()} == {"model.onnx"}
+    assert not (out / "frozen").exists() and {p.name for p in (out / "onnx").iterdir()} == {"model.onnx"}
+    assert (out / "triton" / "three_class" / "1" / "model.onnx").samefile(out / "onnx" / "model.onnx")
     assert not (out / "failed").exists()
     report = json.loads((out / "parity.json").read_text(encoding="utf-8"))
-    assert report["status"] == {"saved_model": "published", "frozen": "published", "onnx.predict_ids": "published",
-                                "onnx.int8": "withheld"}
+    assert report["status"] == {"saved_model": "published", "onnx.predict_ids": "published", "onnx.int8": "withheld"}
     assert not report["ok"] and report["failed"] == ["onnx.int8"] and report["withheld"] == {"onnx.int8": str(kept)}
     assert set(report["artifacts"]["onnx"]) == {"predict_ids"} and report["warnings"] == [warnings[0][9:]]
     assert report["checks"]["onnx.int8"]["confident_agreement"] == pytest.approx(agreement)
@@ -730,6 +875,7 @@ def test_int8_force_and_the_withheld_directory(model_dirs, workdir, monkeypatch,
     monkeypatch.setattr(onnx_mod, "convert_function", write("fp32"))
     monkeypatch.setattr(onnx_mod, "quantize_int8", write("int8"))
     monkeypatch.setattr(parity_mod, "run_checks", lambda *a, **k: result)
+    monkeypatch.setattr(task_mod, "time_candidates", lambda *a, **k: {})  # the stub files do not run
     loaded, out = load_for_export(model_dirs["cross_encoder"]), workdir / "forced"
     sets = ("export.formats=[saved_model,onnx]",)
 
@@ -763,6 +909,38 @@ def test_int8_force_and_the_withheld_directory(model_dirs, workdir, monkeypatch,
     assert report["status"]["onnx.int8"] == "withheld" and report["warnings"] == [
         f"onnx.int8 withheld, fp32 artifacts published: accuracy ...; the int8 file is in "
         f"{out / 'withheld' / 'model.int8.onnx'} (export.int8_force=true publishes it)"]
+
+    # the OpenVINO int8 IR: the same gate's verdict withholds it (both its files) and int8_force publishes it
+    import export.openvino as ov_mod
+
+    def write_ir(loaded, e, onnx_files, out_dir, pairs, max_len):
+        files = {}
+        for label, name in (("predict_ids", "model"), ("int8", "model.int8")):
+            for ext in ("xml", "bin"):
+                write(f"{label} {ext}")(None, Path(out_dir) / f"{name}.{ext}")
+            files[label] = str(Path(out_dir) / f"{name}.xml")
+        return files, {"compress_to_fp16": True}
+
+    monkeypatch.setattr(ov_mod, "write_ir", write_ir)
+    result.update(ok=False, failed=["openvino.int8"])
+    result["checks"] = {"onnx.predict_ids": {"max_abs_diff": 0.0, "tolerance": 1e-4, "ok": True}, "onnx.int8": acc,
+                        "openvino.predict_ids": {"max_abs_diff": 0.0, "tolerance": 1e-2, "ok": True},
+                        "openvino.int8": {**acc, "ok": False, "decision": "worse than the limit", "reason": "accuracy ..."}}
+    sets = ("export.formats=[saved_model,onnx,openvino]",)
+    report = export_loaded(loaded, _cfg(out, *sets))
+    assert report["status"]["openvino.int8"] == "withheld" and report["status"]["openvino.predict_ids"] == "published"
+    assert {p.name for p in (out / "withheld").iterdir()} == {"model.int8.xml", "model.int8.bin"}
+    assert {p.name for p in (out / "openvino").iterdir()} == {"model.xml", "model.bin"}
+    assert report["withheld"] == {"openvino.int8": str(out / "withheld" / "model.int8.xml")}
+    report = export_loaded(loaded, _cfg(out, *sets, "export.int8_force=true"))
+    assert report["status"]["openvino.int8"] == "forced" and not (out / "withheld").exists()
+    assert (out / "openvino" / "model.int8.bin").read_text() == "int8 bin"
+    # an fp32 IR failing its check takes the int8 IR with it; the ONNX files stand
+    result["checks"]["openvino.predict_ids"] = {"max_abs_diff": 0.5, "tolerance": 1e-2, "ok": False}
+    result.update(failed=["openvino.predict_ids", "openvino.int8"])
+    report = export_loaded(loaded, _cfg(out, *sets, "export.int8_force=true"))
+    assert report["status"]["openvino.predict_ids"] == report["status"]["openvino.int8"] == "withheld"
+    assert report["status"]["onnx.predict_ids"] == "published" and not (out / "openvino").exists()
 
 
 def test_a_labelled_file_judges_int8_by_accuracy(three_class, three_published, workdir):
@@ -914,7 +1092,7 @@ def test_int8_rule_for_sbert_without_classifier():
     data.reference = lambda key: ref
 
     def check(**rule):
-        return parity_mod._int8_check(None, lambda s, f: {"cosine": quant}, data, ["cosine"], rule, 0.5, "q.onnx")
+        return parity_mod._int8_check(lambda f: {"cosine": quant}, data, ["cosine"], rule, 0.5, "q.onnx")
 
     r = check()  # pairs 5 and 6 flip at 0.02 from the threshold; 11 pairs are >= 0.1 away
     assert r["ok"] and r["cosine_threshold"] == 0.5 and r["label_agreement"] == pytest.approx(11 / 13)

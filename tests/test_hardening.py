@@ -566,6 +566,19 @@ def test_serve_int8_withheld_by_export_says_where_it_is_and_how_to_publish_it(wo
         "(or copy it into onnx/, docs/export.md); serve.int8=false serves fp32")
 
 
+def test_serve_int8_of_the_fused_graph_withheld_says_where_it_is(work, capsys):
+    """Since issue 28 the int8 copy is of the published graph: withheld/model.fused.int8.onnx, judged as onnx.fused.int8."""
+    d = _export_dir(work, "fused-int8-withheld", withheld=True)
+    (d / "withheld" / "model.int8.onnx").rename(d / "withheld" / "model.fused.int8.onnx")
+    report = json.loads((d / "parity.json").read_text())
+    report["checks"] = {"onnx.fused.int8": {"ok": False, "reason": "accuracy 0.90 -> 0.80 ..."}}
+    (d / "parity.json").write_text(json.dumps(report))
+    rc, _, err = _main(capsys, "--task", "serve", "--set", f"serve.model={d}", "serve.int8=true")
+    assert rc == 1 and _one_error_line(err).startswith(
+        f"error: {d / 'onnx' / 'model.int8.onnx'}: missing: the export's int8 parity check withheld it (accuracy 0.90 "
+        f"-> 0.80 ...); it is in {d / 'withheld' / 'model.fused.int8.onnx'}. To serve it anyway")
+
+
 def test_serve_int8_never_written_says_export_int8(work, capsys):
     d = _export_dir(work, "int8-off")
     rc, _, err = _main(capsys, "--task", "serve", "--set", f"serve.model={d}", "serve.int8=true")

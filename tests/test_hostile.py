@@ -237,8 +237,8 @@ def test_a_model_json_with_values_no_reader_can_trust_names_the_file(work, tmp_p
 # ============================================================================ the Python API
 @pytest.mark.parametrize("kwargs,error,message", [
     ({"path": "", }, ValueError, "path: an empty string; give a model or export directory or a checkpoint name"),
-    ({"path": "x", "int8": "no"}, TypeError, "int8: expected True or False, got 'no'"),
-    ({"path": "x", "int8": 1}, TypeError, "int8: expected True or False, got 1"),
+    ({"path": "x", "int8": "no"}, TypeError, "int8: expected True, False or None, got 'no'"),
+    ({"path": "x", "int8": 1}, TypeError, "int8: expected True, False or None, got 1"),
 ])
 def test_load_checks_int8_and_an_empty_path_before_looking_for_files(kwargs, error, message):
     # int8="no" was taken as true ("onnx/model.int8.onnx: missing"); "" was read as "." (".: not a checkpoint ...")

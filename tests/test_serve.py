@@ -44,7 +44,8 @@ LIMITS = Limits(max_texts=32, max_chars=200)
 def virt_export(model_dirs, workdir, tf2onnx_fast):  # noqa: F811
     out = workdir / "serve_virt"
     loaded = load_for_export(model_dirs["virt"])
-    export_loaded(loaded, _cfg(out, "export.formats=[saved_model, onnx]", "export.parity_samples=4"))
+    export_loaded(loaded, _cfg(out, "export.formats=[saved_model, onnx, openvino]", "export.parity_samples=4",
+                               "export.portable_onnx=true"))  # model.onnx, encode.onnx: the references below
     return {"out": out, "loaded": loaded}
 
 
@@ -53,7 +54,7 @@ def serve_command(virt_export, workdir):  # noqa: F811
     """`run_tasks.py --task serve` in a subprocess, started as soon as the export exists so that its
     start-up (TensorFlow import) overlaps the in-process tests; test_serve_command talks to it."""
     port = free_port()
-    proc = popen_cli(["--task", "serve", "--set", f"serve.model={virt_export['out']}", f"serve.port={port}",
+    proc = popen_cli(["--task", "serve", "--set", f"serve.model={virt_export['out']}", f"serve.port={port}", "serve.backend=onnx",
                       "serve.max_batch=4"], cwd=workdir)
     yield proc, f"http://127.0.0.1:{port}"
     if proc.poll() is None:
@@ -63,7 +64,7 @@ def serve_command(virt_export, workdir):  # noqa: F811
 
 @pytest.fixture(scope="module")
 def server(virt_export, serve_command):
-    backend = open_model(virt_export["out"])
+    backend = open_model(virt_export["out"], backend="onnx")  # auto's pick: test_auto_picks_...
     state = ServerState(backend, max_batch=8, max_wait_ms=30, limits=LIMITS)
     with BackgroundServer(state) as url:
         yield {"url": url, "state": state, "backend": backend, "client": RestClient(url, "virt")}
@@ -459,7 +460,7 @@ def test_warm_up_calls_every_function_per_length_at_one_row_and_a_full_batch(vir
     """serve.warmup: one call per function, length (capped at the export's 32 tokens) and row count:
     1 row and the most the batcher puts in a batch of that length (8 rows, fewer under 64 tokens:
     predict_ids pads two texts, VIRT's score head is batched by rows only)."""
-    backend, fed = open_model(virt_export["out"]), []
+    backend, fed = open_model(virt_export["out"], backend="onnx"), []
     real = backend.run
 
     def run(fn, feeds):
@@ -486,7 +487,7 @@ def test_a_token_budget_splits_batches_and_keeps_the_scores(virt_export):
     a = [f"{x} number {i}" for i, x in enumerate(PAIRS[0] * 2)]
     b = [f"{y} {'again ' * (i % 4)}" for i, y in enumerate(PAIRS[1] * 2)]
     _, ort_out, _ = _reference(virt_export["loaded"], a, b, virt_export["out"] / "onnx" / "model.onnx")
-    backend, shapes = open_model(virt_export["out"]), []
+    backend, shapes = open_model(virt_export["out"], backend="onnx"), []
     real = backend.run
 
     def run(fn, feeds):
@@ -686,12 +687,12 @@ def test_open_model_errors(workdir, model_dirs, virt_export):  # noqa: F811
         for name in ("model.int8.onnx", "model.fused.int8.onnx"):  # neither int8 file: an error
             (onnx_dir / name).rename(virt_export["out"] / f"{name}.bak")
         try:
-            open_model(virt_export["out"], int8=True)
+            open_model(virt_export["out"], backend="onnx", int8=True)
         finally:
             for name in ("model.int8.onnx", "model.fused.int8.onnx"):
                 (virt_export["out"] / f"{name}.bak").rename(onnx_dir / name)
-    assert open_model(virt_export["out"], int8=True).files["predict_ids"].name == "model.fused.int8.onnx"
-    assert open_model(virt_export["out"], int8=True, fused=False).files["predict_ids"].name == "model.int8.onnx"
+    assert open_model(virt_export["out"], "onnx", int8=True).files["predict_ids"].name == "model.fused.int8.onnx"
+    assert open_model(virt_export["out"], "onnx", int8=True, fused=False).files["predict_ids"].name == "model.int8.onnx"
 
 
 # ----------------------------------------------------------------------------- clients, command
@@ -744,7 +745,7 @@ def test_python_api_loads_an_export_directory_and_scores_as_keras(virt_export, m
     """textmatch.load on the export (ONNX Runtime) gives the model directory's (Keras) numbers."""
     import textmatch
 
-    onnx, keras_ = textmatch.load(virt_export["out"]), textmatch.load(model_dirs["virt"])
+    onnx, keras_ = textmatch.load(virt_export["out"], backend="onnx"), textmatch.load(model_dirs["virt"])
     assert onnx.backend.runtime == "onnx" and keras_.backend.runtime == "keras"
     pairs = list(zip(*PAIRS))
     np.testing.assert_allclose(onnx.predict(pairs), keras_.predict(pairs), atol=1e-4)
@@ -757,7 +758,7 @@ def test_python_api_loads_an_export_directory_and_scores_as_keras(virt_export, m
 API_SCRIPT = """
 import json, logging, sys
 import textmatch
-keras_, onnx = textmatch.load(sys.argv[1]), textmatch.load(sys.argv[2])
+keras_, onnx = textmatch.load(sys.argv[1]), textmatch.load(sys.argv[2], backend="onnx")
 logging.basicConfig(level=logging.INFO)  # a user's logging set-up: faiss's loader logs at INFO when imported
 import faiss  # noqa: F401  (search's recall)
 pair = (sys.argv[3], sys.argv[4])
@@ -807,20 +808,24 @@ sys.meta_path.insert(0, NotInTheServingSet())
 export, pairs_file, out_csv, config = sys.argv[2:6]
 a, b = json.loads(sys.argv[6])
 import textmatch
-m = textmatch.load(export)
-res = {"predict": m.predict(list(zip(a, b))).tolist(), "encode": m.encode(a).tolist(),
-       "rank": [[i, score] for i, _, score in m.rank(a[0], b)]}
 from config import load_config
 from crossenc.predict import predict
-predict(load_config(config, [f"model.init={export}", f"data.test={pairs_file}", f"out={out_csv}"]))
 from runtime.backends import open_model
 from serve.app import ServerState
 from serve.task import BackgroundServer
-with BackgroundServer(ServerState(open_model(export), max_batch=4)) as url:
-    body = json.dumps({"instances": [{"text_a": x, "text_b": y} for x, y in zip(a, b)]}).encode()
-    res["serve"] = json.load(urllib.request.urlopen(url + "/v1/models/virt:predict", body))["predictions"]
-res["modules"] = sorted({k.partition(".")[0] for k in sys.modules})
-print(json.dumps(res))
+out = {}
+for backend in sys.argv[7].split(","):
+    m = textmatch.load(export, backend=backend)
+    res = out[backend] = {"predict": m.predict(list(zip(a, b))).tolist(), "encode": m.encode(a).tolist(),
+                          "rank": [[i, score] for i, _, score in m.rank(a[0], b)]}
+    predict(load_config(config, [f"model.init={export}", f"data.test={pairs_file}", f"out={out_csv}.{backend}",
+                                 f"serve.backend={backend}"]))
+    with BackgroundServer(ServerState(open_model(export, backend=backend), max_batch=4)) as url:
+        body = json.dumps({"instances": [{"text_a": x, "text_b": y} for x, y in zip(a, b)]}).encode()
+        res["serve"] = json.load(urllib.request.urlopen(url + "/v1/models/virt:predict", body))["predictions"]
+        res["runtime"] = json.load(urllib.request.urlopen(url + "/v1/models/virt/metadata"))["textmatch"]["runtime"]
+out["modules"] = sorted({k.partition(".")[0] for k in sys.modules})
+print(json.dumps(out))
 """
 
 
@@ -837,7 +842,8 @@ def training_only_modules():
 
 def test_an_export_is_served_predicted_and_loaded_without_tensorflow_or_keras(virt_export, model_dirs, tmp_path):  # noqa: F811
     """With every package outside requirements-serve.txt made unimportable, textmatch.load, --task predict's
-    function and the server run the export and give the Keras model directory's numbers (1e-4)."""
+    function and the server run the export through onnxruntime and OpenVINO and give the Keras model
+    directory's numbers (onnx 1e-4; openvino 2e-2: fp16 weights, bf16 where the CPU has it)."""
     import csv
     import os
     import subprocess
@@ -853,19 +859,24 @@ def test_an_export_is_served_predicted_and_loaded_without_tensorflow_or_keras(vi
     out_csv = tmp_path / "predict.csv"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     r = subprocess.run([str(PYTHON), "-c", SERVING_SET_SCRIPT, ",".join(blocked), str(virt_export["out"]), pairs_file,
-                        str(out_csv), str(ROOT / "config" / "finetune.yaml"), json.dumps([a, b])],
+                        str(out_csv), str(ROOT / "config" / "finetune.yaml"), json.dumps([a, b]), "onnx,openvino"],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    got = json.loads(r.stdout.strip().splitlines()[-1])
-    assert not set(got["modules"]) & set(blocked)
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    assert not set(result["modules"]) & set(blocked) and "openvino" in result["modules"]
     keras_ = textmatch.load(model_dirs["virt"])
     want = keras_.predict(list(zip(a, b)))
-    np.testing.assert_allclose(got["predict"], want, atol=1e-4)
-    np.testing.assert_allclose(got["serve"], want, atol=1e-4)
-    np.testing.assert_allclose(got["encode"], keras_.encode(a), atol=1e-4)
-    assert [i for i, _ in got["rank"]] == [i for i, _, _ in keras_.rank(a[0], b)]
-    rows = list(csv.DictReader(out_csv.open(encoding="utf-8")))
-    np.testing.assert_allclose([[float(r["p_0"]), float(r["p_1"])] for r in rows], want, atol=1e-4)
+    for backend, tol in (("onnx", 1e-4), ("openvino", 2e-2)):
+        got = result[backend]
+        assert got["runtime"] == backend
+        np.testing.assert_allclose(got["predict"], want, atol=tol, err_msg=backend)
+        np.testing.assert_allclose(got["serve"], want, atol=tol, err_msg=backend)
+        np.testing.assert_allclose(got["encode"], keras_.encode(a), atol=tol, err_msg=backend)
+        np.testing.assert_allclose(sorted(s for _, s in got["rank"]), sorted(s for _, _, s in keras_.rank(a[0], b)),
+                                   atol=tol, err_msg=backend)
+        rows = list(csv.DictReader(Path(f"{out_csv}.{backend}").open(encoding="utf-8")))
+        np.testing.assert_allclose([[float(r["p_0"]), float(r["p_1"])] for r in rows], want, atol=tol, err_msg=backend)
+    assert [i for i, _ in result["onnx"]["rank"]] == [i for i, _, _ in keras_.rank(a[0], b)]
 
 
 def test_serving_json_is_the_model_classes_spec_and_an_export_without_it_still_loads(virt_export, tmp_path):
@@ -887,3 +898,79 @@ def test_serving_json_is_the_model_classes_spec_and_an_export_without_it_still_l
     (old / SPEC_FILE).write_text('{"format": "textmatch-serving-spec", "kind": "virt"}', encoding="utf-8")
     with pytest.raises(BackendError, match=f"{old / SPEC_FILE}: not a serving spec written by the export"):
         open_model(old)
+
+
+def _export_copy(virt_export, tmp_path, timings):
+    """The virt export without its SavedModel, with parity.json's `timings` replaced (None: removed)."""
+    import shutil
+
+    out = tmp_path / "timed"
+    shutil.copytree(virt_export["out"], out, ignore=shutil.ignore_patterns("saved_model", "frozen"))
+    report = json.loads((out / "parity.json").read_text(encoding="utf-8"))
+    report.pop("timings", None)
+    if timings is not None:
+        report["timings"] = timings
+    (out / "parity.json").write_text(json.dumps(report), encoding="utf-8")
+    return out
+
+
+def test_auto_picks_the_fastest_recorded_artifact(virt_export, tmp_path, caplog):
+    """`auto` follows parity.json's timings; int8 competes unless refused; no timings: the fixed order."""
+    recorded = json.loads((virt_export["out"] / "parity.json").read_text(encoding="utf-8"))["timings"]
+    assert set(recorded) == {"onnx", "onnx.int8", "openvino", "openvino.int8"}  # the export timed every candidate
+    assert all(t["ms_per_batch"] > 0 and t["rows"] > 0 for t in recorded.values())
+    files = {k: v["file"] for k, v in recorded.items()}
+    assert files == {"onnx": "model.fused.onnx", "onnx.int8": "model.fused.int8.onnx", "openvino": "model.xml",
+                     "openvino.int8": "model.int8.xml"}
+
+    def timed(**ms):
+        return {k: {**recorded[k], "ms_per_batch": v} for k, v in ms.items()}
+
+    out = _export_copy(virt_export, tmp_path, timed(**{"onnx": 5.0, "onnx.int8": 2.0, "openvino": 3.0,
+                                                       "openvino.int8": 4.0}))
+    with caplog.at_level(logging.INFO, logger="runtime.backends"):
+        be = open_model(out)
+    assert (be.runtime, be.files["predict_ids"].name) == ("onnx", "model.fused.int8.onnx")
+    assert be.selection["backend"] == "onnx" and be.selection["int8"] and "onnx.int8 2.0" in be.selection["why"]
+    assert any("backend auto picked onnx int8" in r.getMessage() for r in caplog.records)
+    meta = ServerState(be, max_batch=2).signatures.metadata()["textmatch"]
+    assert meta["selection"]["files"]["predict_ids"] == "model.fused.int8.onnx" and meta["runtime"] == "onnx"
+    be = open_model(out, int8=False)  # int8 refused: the fastest fp32 artifact
+    assert (be.runtime, be.files["predict_ids"].name, be.selection["int8"]) == ("openvino", "model.xml", False)
+    be = open_model(out, backend="onnx")  # an explicit backend keeps int8's old meaning: fp32 unless asked
+    assert be.files["predict_ids"].name == "model.fused.onnx" and be.selection is None
+    # a timing of another file than the one that would run (fused graphs refused) does not count
+    be = open_model(out, fused=False, int8=True)
+    assert (be.runtime, be.files["predict_ids"].name) == ("openvino", "model.int8.xml")
+    out2 = _export_copy(virt_export, tmp_path / "none", None)
+    be = open_model(out2)
+    assert (be.runtime, be.files["predict_ids"].name) == ("openvino", "model.int8.xml")
+    assert be.selection["why"].startswith("no timings in parity.json")
+
+
+def test_openvino_runs_f32_without_bf16_and_when_the_export_refused_it(virt_export, tmp_path, monkeypatch, caplog):
+    """No BF16 in the CPU's capabilities: f32 with one log line, and the same numbers as an explicit f32;
+    an explicit bf16 there is refused. An export whose bf16 check failed runs f32 even where the CPU has it."""
+    import runtime.openvino as ov_rt
+
+    out = virt_export["out"]
+    feats = {"x_ids": np.array([[2, 5, 7, 3]], np.int32), "x_mask": np.ones((1, 4), np.int32),
+             "y_ids": np.array([[2, 9, 3, 0]], np.int32), "y_mask": np.array([[1, 1, 1, 0]], np.int32)}
+    want = ov_rt.Runner(out / "openvino" / "model.xml", None, "f32")(feats)["probs"]
+    monkeypatch.setattr(ov_rt, "cpu_capabilities", lambda: ["FP32", "INT8"])
+    monkeypatch.setattr(ov_rt, "_fallback_logged", False)
+    with caplog.at_level(logging.INFO, logger="runtime.openvino"):
+        a, b = open_model(out, backend="openvino"), open_model(out, backend="openvino", int8=True)
+    assert a.precision == b.precision == "f32"
+    assert [r.getMessage() for r in caplog.records if r.name == "runtime.openvino"] == [
+        "openvino: the CPU reports no BF16 (FP32, INT8): running in f32"]
+    np.testing.assert_allclose(a.run("predict_ids", feats)["probs"], want, atol=1e-6)
+    with pytest.raises(ValueError, match="precision bf16: this CPU does not report BF16"):
+        ov_rt.precision("bf16")
+    monkeypatch.setattr(ov_rt, "cpu_capabilities", lambda: ["FP32", "BF16", "INT8"])
+    assert open_model(out, backend="openvino").precision == "bf16"
+    refused = _export_copy(virt_export, tmp_path, None)
+    report = json.loads((refused / "parity.json").read_text(encoding="utf-8"))
+    report["status"]["openvino.predict_ids.bf16"] = "refused"
+    (refused / "parity.json").write_text(json.dumps(report), encoding="utf-8")
+    assert open_model(refused, backend="openvino").precision == "f32"
