@@ -135,6 +135,21 @@ class DistillConfig:
     baseline: str | None = "auto"  # the undistilled student: auto = fine-tune it in <out>/baseline | model dir | null = none
 
 
+TRANSFER_SOURCES = ("swap", "random", "hard", "replace")
+
+
+@dataclass
+class TransferConfig:
+    """Teacher-labelled transfer pairs for distill and virt (docs/transfer.md): trained on with the teacher's terms only."""
+    unlabeled: str | None = None  # a pair file without labels (any data format; data.text_a / data.text_b columns) the teacher labels
+    sources: list[str] = field(default_factory=list)  # pairs built from the training texts: swap (b, a) | random (a, another pair's b) | hard (a, the nearest other b by the student's initial encoder) | replace (word pieces replaced by embedding neighbours)
+    ratio: float = bounded(1.0, gt=0)  # transfer pairs per gold training pair, all sources together (an equal share each)
+    max_pairs: int | None = bounded(None, ge=1)  # cap on the transfer pairs; null = none
+    seed: int = bounded(0, ge=0)  # the transfer pairs are a function of (training data, seed, keys)
+    replace_prob: float = bounded(0.4, gt=0, le=1)  # replace: chance of each word piece being replaced (TinyBERT's p_t)
+    replace_k: int = bounded(15, ge=1)  # replace: among its k nearest neighbours by input-embedding cosine (TinyBERT's K)
+
+
 @dataclass
 class VirtConfig:
     teacher: str | None = None  # cross-encoder teacher directory
@@ -143,9 +158,11 @@ class VirtConfig:
     kd_weight: float = bounded(0.0, ge=0)  # weight of the teacher's soft targets (logit distillation); 0 = the paper
     kd_temperature: float = bounded(2.0, gt=0)  # their temperature
     layers: str = pattern(r"all|(first|last|skip)-\d+", "all|first-k|last-k|skip-k", default="all")  # layers to distil (e.g. "last-2")
+    weight_schedule: str = choice("constant", "decay", default="constant")  # interaction weight over training: constant | decay (linearly to 0 at the last step)
+    positions: str = choice("all", "content", default="all")  # tokens L_virt covers: all | content (no [CLS]/[SEP] rows or columns; docs/defaults.md)
     distill: bool = True  # false = ablation: no teacher, no attention distillation
-    adapted_interaction: bool | None = None  # Eq. 5's adapted pooling (each text attends to the other); None = for more than 2 classes only (docs/defaults.md)
-    fusion: bool | None = None  # Eq. 6 fusion MLP in the head; None = with adapted_interaction and > 2 classes (docs/defaults.md)
+    adapted_interaction: bool | None = None  # Eq. 5's adapted pooling (each text attends to the other); None = false: the baseline's mean-pooled towers (docs/defaults.md)
+    fusion: bool | None = None  # Eq. 6 fusion MLP in the head; None = false: SBERT's (u, v, |u-v|) head, the baseline's (docs/defaults.md)
     layer_map: list[int] | None = None  # teacher layer for each student layer; None = uniform (same relative depth)
     plot_pair: list[str] | None = None  # virt-plot: ["text a", "text b"]; None = first row of data.test
     baseline: str | None = "auto"  # the student's siamese baseline: auto = train one (same depth) in <out>/baseline | model dir | null = none
@@ -239,6 +256,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     virt: VirtConfig = field(default_factory=VirtConfig)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
     sbert: SbertConfig = field(default_factory=SbertConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
@@ -498,6 +516,16 @@ def _check_run(cfg: RunConfig) -> RunConfig:
         if m.hidden_size % m.num_heads:
             raise ConfigError(f"model.hidden_size={m.hidden_size}: must be a multiple of "
                               f"model.num_heads={m.num_heads}")
+    unknown = [x for x in cfg.transfer.sources if x not in TRANSFER_SOURCES]
+    if unknown:
+        raise ConfigError(f"transfer.sources: unknown {unknown}; choose from {list(TRANSFER_SOURCES)}")
+    if len(set(cfg.transfer.sources)) != len(cfg.transfer.sources):
+        raise ConfigError(f"transfer.sources: a source is given twice in {cfg.transfer.sources}")
+    if cfg.transfer.unlabeled or cfg.transfer.sources:  # before a teacher or baseline is trained
+        if cfg.task == "distill" and cfg.distill.swap:
+            raise ConfigError("distill.swap with transfer pairs: give swap in transfer.sources instead")
+        if cfg.task == "virt" and not cfg.virt.distill:
+            raise ConfigError("transfer pairs need the teacher: virt.distill=false has none")
     return cfg
 
 

@@ -27,6 +27,7 @@ def teacher_for(cfg, run_dir, section, adjust=None):
         tcfg = copy.deepcopy(cfg)
         tcfg.task, tcfg.out = "finetune", str(Path(run_dir) / "teacher")
         tcfg.model.num_layers = None  # the teacher is the full checkpoint
+        tcfg.transfer = type(tcfg.transfer)()  # labelled pairs only (its students' transfer pairs are theirs)
         if adjust:
             adjust(tcfg)
         log.info("no %s.teacher given: fine-tuning a cross-encoder teacher first in %s", section, tcfg.out)

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from modeling.task_model import cross_entropy
+
 
 def soft_kl(student_logits, teacher_logits, temperature):
     """Mean over the batch of KL(softmax(t/T) || softmax(s/T))."""
@@ -33,17 +35,12 @@ def soft_kl(student_logits, teacher_logits, temperature):
 def kd_terms(labels, student_logits, teacher_logits, alpha, temperature, hard_weight=None):
     """The two weighted terms of the distillation loss: {"ce": ..., "kd": ...}.
 
-    `hard_weight` [B] (1/0), optional: the hard-label term averages over the rows marked 1 only
-    (augmented rows whose label may not hold, e.g. a swapped entailment pair, learn from the
-    teacher's soft targets alone).
+    `hard_weight` [B], optional: a per-row weight of the hard-label term, the batch mean of
+    `hard_weight * CE` (`modeling.task_model.cross_entropy`): teacher-labelled transfer rows
+    (training/transfer.py: swapped, re-paired, augmented or unlabelled pairs) have weight 0 and learn
+    from the teacher's soft targets alone; every row has the soft term.
     """
-    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(
-        labels=tf.cast(labels, tf.int32), logits=tf.cast(student_logits, tf.float32))  # [B]
-    if hard_weight is None:
-        ce = tf.reduce_mean(ce)
-    else:
-        w = tf.cast(hard_weight, tf.float32)
-        ce = tf.reduce_sum(w * ce) / tf.maximum(tf.reduce_sum(w), 1.0)
+    ce = cross_entropy(labels, student_logits, hard_weight)
     kd = soft_kl(student_logits, teacher_logits, temperature) * temperature ** 2
     return {"ce": alpha * ce, "kd": (1.0 - alpha) * kd}
 

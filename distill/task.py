@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 import gc
 import hashlib
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
 
 from crossenc.task import build_cross_encoder, finetune
 from crossenc.teacher import check_same_vocab, student_config, student_model_config, teacher_for
-from data import swap_augment
 from distill.model import DistillTraining
 from training.inputs import cache_dir
 from training.runner import TrainingTask, run
+from training.transfer import add_transfer, swapped, with_transfer
 from training.trainer import predict_outputs
 
 log = logging.getLogger(__name__)
@@ -28,8 +28,9 @@ def _logits_fn(model):
     return tf.function(lambda x: model(x, training=False), reduce_retracing=True)
 
 
-def cached_teacher_logits(teacher, texts_a, texts_b, max_len, batch_size, cache):
-    """Teacher logits over the training pairs, computed once and kept on disk in directory `cache`.
+def cached_teacher_logits(teacher, texts_a, texts_b, max_len, batch_size, cache, with_path=False):
+    """Teacher logits over the training pairs, computed once and kept on disk in directory `cache`
+    (`with_path`: `(logits, cache file)`).
 
     The key hashes the teacher's weights file, the texts (in order) and the
     length, so a changed teacher or data set never reuses stale logits.
@@ -42,22 +43,28 @@ def cached_teacher_logits(teacher, texts_a, texts_b, max_len, batch_size, cache)
     path = Path(cache) / f"{h.hexdigest()[:24]}.npy"
     if path.exists():
         log.info("teacher logits from cache %s", path)
-        return np.load(path)
+        return (np.load(path), path) if with_path else np.load(path)
     feats = teacher.model.featurize(teacher.tokenizer, texts_a, texts_b, max_len)
     logits = predict_outputs(teacher.model, feats, batch_size, fn=_logits_fn(teacher.model)).astype(np.float32)
     path.parent.mkdir(parents=True, exist_ok=True)
     np.save(path, logits)
     log.info("teacher logits for %d pairs cached in %s", len(logits), path)
-    return logits
+    return (logits, path) if with_path else logits
 
 
 def with_swapped_pairs(splits):
-    """Training pairs followed by the same pairs swapped, and the rows whose hard label is used (1: the
-    originals; a swapped pair keeps its label only for symmetric relations, so it learns from the
-    teacher's logits on (b, a) alone)."""
-    n = len(splits.train)
-    hard = np.concatenate([np.ones(n, np.float32), np.zeros(n, np.float32)])
-    return dataclasses.replace(splits, train=swap_augment(splits.train)), hard
+    """`distill.swap`: training pairs followed by every pair swapped, teacher-labelled (the swap source of
+    `transfer.sources` at one swapped copy of each pair), and the rows' hard-label weights
+    (`training.transfer.with_transfer`)."""
+    return with_transfer(splits, swapped(splits.train, range(len(splits.train))))
+
+
+def transfer_logits(teacher, transfer_texts, max_len, batch_size, cache):
+    """The teacher's logits on the transfer pairs through the cache, and its file and the seconds they took
+    (computing them, or reading the file)."""
+    start = time.time()
+    logits, path = cached_teacher_logits(teacher, *transfer_texts, max_len, batch_size, cache, with_path=True)
+    return logits, {"teacher_logits_cache": str(path), "teacher_seconds": round(time.time() - start, 1)}
 
 
 class Distill(TrainingTask):
@@ -88,14 +95,27 @@ class Distill(TrainingTask):
         return finetune
 
     def prepare(self, run_dir, splits):
-        d, self.extra = self.cfg.distill, {}
+        d, t, self.extra = self.cfg.distill, self.cfg.train, {}
         self.student_cfg = student_config(self.cfg, self.teacher, d.student_init)
-        if d.swap:  # after the baseline, which trains on the original pairs
-            splits, self.extra["hard_weight"] = with_swapped_pairs(splits)
+        n_gold = len(splits.train)
+        # After the baseline, which trains on the gold pairs alone.
+        splits, weight, self.transfer = add_transfer(self.cfg, splits, self.student_cfg, run_dir)
+        if d.swap:  # config.schema refuses it beside transfer pairs
+            splits, weight = with_swapped_pairs(splits)
+        if weight is not None:
+            self.extra["hard_weight"] = weight
         if not (d.online or d.intermediate):
-            self.extra["teacher_logits"] = cached_teacher_logits(
-                self.teacher, splits.train.text_a, splits.train.text_b, self.cfg.train.max_seq_len,
-                self.cfg.train.eval_batch_size, cache_dir(run_dir, "teacher_logits"))
+            cache = cache_dir(run_dir, "teacher_logits")
+            train = splits.train
+            logits = cached_teacher_logits(self.teacher, train.text_a[:n_gold], train.text_b[:n_gold], t.max_seq_len,
+                                           t.eval_batch_size, cache)
+            if len(train) > n_gold:  # the transfer pairs' logits in a file of their own: the gold one is reused
+                extra, facts = transfer_logits(self.teacher, (train.text_a[n_gold:], train.text_b[n_gold:]),
+                                               t.max_seq_len, t.eval_batch_size, cache)
+                logits = np.concatenate([logits, extra])
+                if self.transfer is not None:
+                    self.transfer.update(facts)
+            self.extra["teacher_logits"] = logits
             self.teacher = None  # the student trains without the teacher in memory
             gc.collect()
         return splits

@@ -136,10 +136,21 @@ def resolve_layer_map(layer_map, student_layers, teacher_layers, key):
     return list(layer_map)
 
 
-def cross_entropy(labels, logits):
-    """Mean softmax cross-entropy of integer `labels` [B] given `logits` [B, C]."""
-    return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
-        labels=tf.cast(labels, tf.int32), logits=tf.cast(logits, tf.float32)))
+def cross_entropy(labels, logits, row_weight=None):
+    """Mean softmax cross-entropy of integer `labels` [B] given `logits` [B, C].
+
+    `row_weight` [B], optional: the mean over the batch of `row_weight * CE`. A row of weight 0 (a
+    teacher-labelled transfer pair, whose label is the placeholder `NO_LABEL`) adds nothing: its label is
+    never read. The mean stays over all B rows, so under a distribution strategy each replica's share is
+    its part of the global-batch mean, as for every other term (training/transfer.py gives labelled rows
+    the weight that keeps the term's expected scale).
+    """
+    labels = tf.cast(labels, tf.int32)
+    if row_weight is not None:
+        w = tf.cast(row_weight, tf.float32)
+        labels = tf.where(w > 0, labels, tf.zeros_like(labels))
+    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=tf.cast(logits, tf.float32))
+    return tf.reduce_mean(ce if row_weight is None else w * ce)
 
 
 def ids_spec(name):

@@ -164,8 +164,9 @@ CHOICES = {k: f.metadata["choices"] for k, f in schema_fields().items() if "choi
 
 
 def test_choices_are_declared_on_their_fields():
-    assert len(CHOICES) == 16 and CHOICES["model.pooling"] == CHOICES["sbert.pooling"] == ("cls", "mean", "max")
+    assert len(CHOICES) == 18 and CHOICES["model.pooling"] == CHOICES["sbert.pooling"] == ("cls", "mean", "max")
     assert CHOICES["train.mixed_precision"] == ("mixed_bfloat16", "mixed_float16")
+    assert CHOICES["virt.positions"] == ("all", "content") and CHOICES["virt.weight_schedule"] == ("constant", "decay")
     assert schema_fields()["virt.layers"].metadata["pattern"][1] == "all|first-k|last-k|skip-k"
 
 

@@ -66,15 +66,15 @@ def test_alpha_one_is_plain_ce_and_equal_logits_give_zero_kl():
 
 
 def test_hard_weight_restricts_the_label_term_to_the_marked_rows():
-    """distill.swap: swapped rows (weight 0) add the soft term only; the label term is the mean CE
-    over the original rows, worked by hand from the two rows alone."""
-    labels, s, t = [1, 0, 1], [[0.5, -0.3], [1.2, 0.4], [-2.0, 3.0]], [[2.0, -1.0], [0.1, 0.3], [0.0, 0.0]]
-    w = tf.constant([1.0, 1.0, 0.0])
+    """Transfer rows (weight 0, label the placeholder -1) add the soft term only; the label term is the
+    batch mean of weight x CE, gold rows weighing N / N_gold = 3 / 2: worked by hand from the two rows."""
+    labels, s, t = [1, 0, -1], [[0.5, -0.3], [1.2, 0.4], [-2.0, 3.0]], [[2.0, -1.0], [0.1, 0.3], [0.0, 0.0]]
+    w = tf.constant([1.5, 1.5, 0.0])
     terms = kd_terms(tf.constant(labels), tf.constant(s), tf.constant(t), 0.5, 2.0, hard_weight=w)
     log_p = lambda z: z - np.log(np.exp(z).sum())  # noqa: E731
     ce_first_two = -(log_p(np.array(s[0]))[1] + log_p(np.array(s[1]))[0]) / 2
     assert float(terms["ce"]) == pytest.approx(0.5 * ce_first_two, rel=1e-5)
-    all_rows = kd_terms(tf.constant(labels), tf.constant(s), tf.constant(t), 0.5, 2.0)
+    all_rows = kd_terms(tf.constant([1, 0, 1]), tf.constant(s), tf.constant(t), 0.5, 2.0)
     assert float(terms["kd"]) == pytest.approx(float(all_rows["kd"]), rel=1e-6)  # every row's soft target
 
 
@@ -86,9 +86,9 @@ def test_with_swapped_pairs_appends_b_a_and_marks_the_originals():
     train = PairData(text_a=["a1", "a2"], text_b=["b1", "b2"], labels=["1", "0"], lines=[2, 3], path="t.csv")
     splits, hard = with_swapped_pairs(Splits(train=train, valid=None, test=None, label_names=["0", "1"]))
     assert splits.train.text_a == ["a1", "a2", "b1", "b2"] and splits.train.text_b == ["b1", "b2", "a1", "a2"]
-    assert splits.train.labels == ["1", "0", "1", "0"] and splits.train.lines == [2, 3, 2, 3]
-    assert hard.tolist() == [1.0, 1.0, 0.0, 0.0]
-    assert train.text_a == ["a1", "a2"]  # the caller's split is untouched (the baseline trains on it)
+    assert splits.train.labels == ["1", "0", None, None] and splits.train.lines == [2, 3, 2, 3]
+    assert hard.tolist() == [2.0, 2.0, 0.0, 0.0]
+    assert train.text_a == ["a1", "a2"] and train.labels == ["1", "0"]  # the caller's split is untouched
 
 
 # ----------------------------------------------------------------------------- cached vs online
@@ -179,6 +179,24 @@ def test_cached_teacher_logits_writes_then_reads_and_key_follows_texts(saved_tea
     assert len(list((tmp_path / "cache").glob("*.npy"))) == 3
 
 
+def test_transfer_logits_are_cached_and_read_on_the_second_run(saved_teacher, tmp_path, monkeypatch):
+    """Transfer pairs' teacher logits go through the same cache, in a file of their own."""
+    import distill.task as task
+
+    pairs = (["open an account", "reset password"], ["close card", "book rome"])
+    first, facts = task.transfer_logits(saved_teacher, pairs, 24, 2, tmp_path)
+    assert facts["teacher_logits_cache"] == str(next(tmp_path.glob("*.npy"))) and facts["teacher_seconds"] >= 0
+    np.testing.assert_array_equal(first, task.cached_teacher_logits(saved_teacher, *pairs, 24, 2, tmp_path / "x"))
+
+    def boom(*args, **kwargs):
+        raise AssertionError("teacher was run although its logits are cached")
+
+    monkeypatch.setattr(task, "predict_outputs", boom)
+    again, facts2 = task.transfer_logits(saved_teacher, pairs, 24, 2, tmp_path)
+    np.testing.assert_array_equal(again, first)
+    assert facts2["teacher_logits_cache"] == facts["teacher_logits_cache"]
+
+
 # ----------------------------------------------------------------------------- intermediate layers
 def test_intermediate_distillation_projects_student_width_to_teacher_width():
     from crossenc.model import CrossEncoder
@@ -237,6 +255,21 @@ def e2e(tmp_path_factory):
         assert list((root / "student" / ".cache" / "teacher_logits").glob("*.npy"))
         assert sorted(p.name for p in (root / "data").iterdir()) == ["test.csv", "train.csv", "valid.csv"]
     return root
+
+
+def test_distill_with_every_transfer_source_end_to_end(e2e):
+    from tests.test_transfer import check_transfer_run, every_source
+
+    data = [f"data.{k}={e2e / 'data' / (k + '.csv')}" for k in ("train", "valid", "test")]
+    run = e2e / "transfer"
+    assert run_tasks.main(["--task", "distill", "--out", str(run), "--set", *TINY, *data, *every_source(e2e),
+                           "train.steps_per_epoch=3", "model.num_layers=1",
+                           f"distill.teacher={e2e / 'teacher' / 'model'}", "distill.baseline=null"]) == 0
+    m, t = check_transfer_run(run, e2e / "data" / "train.csv", 32, 32)
+    # The transfer pairs' logits: a cache file of their own, in the run, one row per transfer pair.
+    assert t["teacher_logits_cache"].startswith(str(run / ".cache" / "teacher_logits"))
+    assert np.load(t["teacher_logits_cache"]).shape == (sum(t["pairs"].values()), 2)
+    assert m["training"]["steps"] == 3
 
 
 def test_distill_task_end_to_end(e2e):

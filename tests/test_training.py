@@ -437,6 +437,17 @@ def test_nan_loss_names_the_step_and_keeps_the_checkpoint(tmp_path, train_split,
     assert values and all(np.all(np.isfinite(v)) for v in values if np.issubdtype(v.dtype, np.floating))
 
 
+def test_fit_hands_a_scheduled_model_the_optimizer_step_and_the_planned_steps(tmp_path, train_split, tokenizer,
+                                                                             monkeypatch):
+    # virt.weight_schedule reads the step through `follow_steps` (VirtTraining); 64 examples = 4 steps x 2 epochs.
+    seen = []
+    model = micro_model(tokenizer.vocab_size)
+    model.follow_steps = lambda step, total: seen.append((step, total))
+    _fit(tmp_path, train_split, tokenizer.vocab_size, monkeypatch, model=model)
+    assert len(seen) == 1 and seen[0][1] == 8
+    assert int(seen[0][0].numpy()) == 8  # the optimizer's own counter, after the 8 steps
+
+
 def test_early_stopping_when_the_metric_cannot_improve(tmp_path, data, train_split, tokenizer, monkeypatch):
     from training.trainer import evaluator
 

@@ -16,8 +16,8 @@ import tensorflow as tf
 from modeling.encoder import BertEncoder
 from modeling.model_dir import load_model_dir, save_model_dir
 from modeling.tokenization import PairTokenizer
-from virt.losses import (select_layers, teacher_inputs, teacher_maps, uniform_layer_map, virt_layer_loss,
-                         virt_loss)
+from virt.losses import (content_masks, select_layers, teacher_inputs, teacher_maps, uniform_layer_map,
+                         virt_layer_loss, virt_loss, weight_scale)
 from virt.model import VirtModel, VirtTraining
 
 WORDS = ("the a an cat dog bird man woman child park street house car bus train red big small old new "
@@ -153,6 +153,54 @@ def test_loss_is_zero_when_student_maps_equal_the_teachers():
     p2 = p.copy()
     p2[0, 1, 0, lx] *= 3.0  # one teacher entry changed -> a clearly positive loss
     assert float(virt_layer_loss(qx, kx, qy, ky, xm, ym, p2)) > 1e-3
+
+
+def qk_outputs(qx, kx, qy, ky):
+    """One layer's student Q/K as the encoder outputs `virt_loss` reads."""
+    return ({"query_states": [tf.constant(qx, tf.float32)], "key_states": [tf.constant(kx, tf.float32)]},
+            {"query_states": [tf.constant(qy, tf.float32)], "key_states": [tf.constant(ky, tf.float32)]})
+
+
+def test_content_positions_leave_the_special_tokens_out_of_both_maps():
+    # The hand-worked example above wrapped in its special tokens: x = [CLS] x0 x1 [SEP] and
+    # y = [CLS] y1 y2 [SEP], with arbitrary Q/K and teacher attention on the special tokens. Over
+    # content tokens the loss is the hand value, 0.25 + sqrt(2)/8; over all tokens it is not.
+    ln2, ln3 = math.log(2.0), math.log(3.0)
+    qx = np.array([3.0, 1.0, 0.0, -2.0]).reshape(1, 1, 4, 1)
+    kx = np.array([5.0, 0.0, 1.0, 4.0]).reshape(1, 1, 4, 1)
+    qy = np.array([7.0, ln2, 0.0, 1.5]).reshape(1, 1, 4, 1)
+    ky = np.array([9.0, 0.0, ln3, 2.5]).reshape(1, 1, 4, 1)
+    rng = np.random.default_rng(7)
+    p = rng.uniform(0.05, 0.9, size=(1, 1, 7, 7))  # x ++ y[1:]: x at 0..3, y1 y2 [SEP] at 4..6
+    content = [1, 2, 4, 5]
+    p[np.ix_([0], [0], content, content)] = np.array([[0.5, 0.3, 0.1, 0.1], [0.1, 0.1, 0.2, 0.6],
+                                                      [0.2, 0.4, 0.1, 0.3], [0.3, 0.1, 0.4, 0.2]])
+    ones = np.ones((1, 4), np.int32)
+    out_x, out_y = qk_outputs(qx, kx, qy, ky)
+    expected = 0.25 + math.sqrt(2.0) / 8.0
+    got = 2 * float(virt_loss(out_x, out_y, ones, ones, [p], [0], [0], positions="content"))  # 1/(2L), L = 1
+    assert got == pytest.approx(expected, abs=1e-6)
+    assert 2 * float(virt_loss(out_x, out_y, ones, ones, [p], [0], [0])) != pytest.approx(expected, abs=1e-2)
+    with pytest.raises(ValueError, match="virt.positions='cls'"):
+        virt_loss(out_x, out_y, ones, ones, [p], [0], [0], positions="cls")
+
+
+def test_content_positions_on_a_padded_batch_equal_the_formula_on_the_content_tokens():
+    qx, kx, qy, ky, xm, ym, p = random_case(5, lengths_x=(6, 4), lengths_y=(4, 7))
+    np.testing.assert_array_equal(content_masks(xm, ym)[0].numpy(), [[0, 1, 1, 1, 1, 0], [0, 1, 1, 0, 0, 0]])
+    np.testing.assert_array_equal(content_masks(xm, ym)[1].numpy(), [[1, 1, 1, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1, 0]])
+    lx = xm.shape[1]
+    per_example = []
+    for b in range(2):
+        m, ny = int(xm[b].sum()), int(ym[b].sum())
+        xs, ys = list(range(1, m - 1)), list(range(ny - 1))  # x without [CLS]/[SEP]; y keeps [CLS], drops [SEP]
+        idx = xs + [lx + j - 1 for j in ys[1:]]  # the teacher's rows/columns of those tokens
+        per_example.append(reference_layer_loss(
+            qx[b:b + 1, :, xs], kx[b:b + 1, :, xs], qy[b:b + 1, :, ys], ky[b:b + 1, :, ys],
+            np.ones((1, len(xs))), np.ones((1, len(ys))), p[b:b + 1][:, :, idx][:, :, :, idx]))
+    out_x, out_y = qk_outputs(qx, kx, qy, ky)
+    got = 2 * float(virt_loss(out_x, out_y, xm, ym, [p], [0], [0], positions="content"))
+    assert got == pytest.approx(np.mean(per_example), abs=1e-5)
 
 
 def test_padding_changes_nothing():
@@ -362,6 +410,27 @@ def test_ablation_flags_change_the_graph(students, teacher_enc, texts):
     assert vt.deployable is adapted
 
 
+def test_weight_schedule_decay_scales_the_virt_term_by_the_optimizer_step(students, teacher_enc, texts):
+    # decay: weight * (1 - step / total): 0.5 at step 0, 0.25 at step 5 of 10, 0 at step 10 and after.
+    assert [float(weight_scale("decay", s, 10)) for s in (0, 5, 10, 12)] == [1.0, 0.5, 0.0, 0.0]
+    assert float(weight_scale("constant", 7, 10)) == 1.0
+    with pytest.raises(ValueError, match="virt.weight_schedule='cosine'"):
+        VirtTraining(students[True], teacher_enc, weight_schedule="cosine")
+    vt = VirtTraining(students[True], teacher_enc, interaction_weight=0.5, weight_schedule="decay", name="vt_decay")
+    batch = virt_batch(texts["x_ids"], texts["y_ids"])
+    out = vt(batch, training=True)
+    l_virt = float(out["virt"])
+    step = tf.Variable(0, dtype=tf.int64)
+    n_weights = len(vt.weights)
+    vt.follow_steps(step, 10)
+    assert len(vt.weights) == n_weights  # the optimizer's counter is read, not made the model's variable
+    got = []
+    for s in (0, 5, 10):
+        step.assign(s)
+        got.append(float(vt.loss_terms(batch, np.array([0, 1, 2]), out)["virt"]))
+    assert got == pytest.approx([0.5 * l_virt, 0.25 * l_virt, 0.0], rel=1e-6)
+
+
 def test_fusion_without_adapted_interaction_is_eq6_on_mean_pooled_states(texts):
     # The paper's own "w/o adapted interaction" ablation: Eq. 6's fusion MLP on mean-pooled u, v.
     keras.utils.set_random_seed(4)
@@ -489,6 +558,21 @@ def test_virt_task_end_to_end(virt_run):
     assert student.model.encoder.num_layers == 2
 
 
+def test_virt_with_every_transfer_source_end_to_end(virt_run):
+    """Transfer pairs train the attention and kd terms; the teacher still runs in the step (no logit cache)."""
+    import run_tasks
+    from tests.test_transfer import check_transfer_run, every_source
+
+    root = virt_run["run"].parent
+    out = root / "transfer"
+    assert run_tasks.main(["--task", "virt", "--set", *virt_run["common"], *every_source(root), "model.num_layers=1",
+                           "train.steps_per_epoch=3", f"virt.teacher={virt_run['run'] / 'teacher' / 'model'}",
+                           "virt.baseline=null", "virt.kd_weight=0.5", "virt.interaction_weight=1",
+                           "--out", str(out)]) == 0
+    m, t = check_transfer_run(out, virt_run["files"]["train"], 32, 32)
+    assert "teacher_logits_cache" not in t and not (out / ".cache" / "teacher_logits").exists()
+
+
 def test_virt_task_trains_and_compares_a_same_depth_siamese_baseline(virt_run):
     """The run compares the student with its baseline and its teacher by paired tests on the same pairs,
     from the per-pair outputs each run saved; gap_closed only where the teacher leads by the test."""
@@ -499,7 +583,7 @@ def test_virt_task_trains_and_compares_a_same_depth_siamese_baseline(virt_run):
     base = json.loads((run / "baseline" / "metrics.json").read_text())
     assert base["virt"] == {"distill": False, "adapted_interaction": False, "fusion": False,
                             "interaction_weight": None, "layers": "all", "kd_weight": 0.0, "kd_temperature": 2.0,
-                            "student_init": "model"}
+                            "positions": "all", "weight_schedule": "constant", "student_init": "model"}
     assert "baseline" not in base  # the baseline has none of its own
     assert load_model_dir(run / "baseline" / "model", expect_kind="virt").model.encoder.num_layers == 2
     metric = metrics["training"]["selection_metric"]
@@ -787,8 +871,29 @@ def test_virt_run_config_yaml_is_what_ran(virt_run):
 
     run = virt_run["run"]
     saved = load_config(run / "config.yaml")
-    assert saved.virt.fusion is False  # default_fusion: two classes
-    assert saved.virt.adapted_interaction is False  # default_adapted_interaction: two classes
+    assert saved.virt.fusion is False  # default_head
+    assert saved.virt.adapted_interaction is False  # default_head
     assert json.loads((run / "model" / "model.json").read_text())["virt"]["adapted_interaction"] is False
     assert json.loads((run / "inputs.json").read_text())["config"]["virt"]["fusion"] is None
     assert load_config(run / "teacher" / "config.yaml").model.pooling == "mean"
+
+
+@pytest.mark.parametrize("labels", [["0", "1"], ["entailment", "neutral", "contradiction"]])
+def test_the_default_head_is_the_baselines_for_every_class_count(labels):
+    """virt.adapted_interaction / virt.fusion null -> the siamese baseline's head (mean-pooled towers,
+    SBERT's head) for 3 classes too: until issue 29 a 3-class student got Eq. 5 + Eq. 6's fusion head,
+    which its SBERT-headed baseline lacked (docs/defaults.md); a key given explicitly is kept."""
+    from types import SimpleNamespace
+
+    from config import load_config
+    from virt.task import Virt, is_siamese_baseline
+
+    task = Virt(load_config("config/virt.yaml"))
+    task.decide(SimpleNamespace(label_names=labels))
+    v = task.cfg.virt
+    assert (v.adapted_interaction, v.fusion) == (False, False)
+    v.distill = False
+    assert is_siamese_baseline(v)  # without the teacher, the student is exactly its baseline
+    chosen = Virt(load_config("config/virt.yaml", ["virt.adapted_interaction=true"]))
+    chosen.decide(SimpleNamespace(label_names=labels))
+    assert (chosen.cfg.virt.adapted_interaction, chosen.cfg.virt.fusion) == (True, False)

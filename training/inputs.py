@@ -20,6 +20,7 @@ from modeling.tokenization import IDS_VERSION, PairTokenizer
 from training.rundir import RunError
 from training.strategy import in_cluster
 from training.trainer import Split
+from training.transfer import NO_LABEL
 
 log = logging.getLogger(__name__)
 
@@ -111,9 +112,11 @@ def cached_featurize(model, tokenizer, texts_a, texts_b, max_len, cache=None, wr
 
 
 def tokenize(model, tokenizer, pairs, label_names, max_len, name, cache=None, write=True):
-    """`pairs` as a `Split` of `model`'s features and label indices (`cache`, `write`: cached_featurize)."""
+    """`pairs` as a `Split` of `model`'s features and label indices (`cache`, `write`: cached_featurize);
+    a teacher-labelled transfer pair's label (None) becomes `training.transfer.NO_LABEL`."""
     feats = cached_featurize(model, tokenizer, pairs.text_a, pairs.text_b, max_len, cache, write)
     index = {n: i for i, n in enumerate(label_names)}
+    index[None] = NO_LABEL
     labels = None if pairs.labels is None else np.array([index[y] for y in pairs.labels], np.int32)
     return Split(name, feats, labels, (pairs.text_a, pairs.text_b))
 

@@ -43,6 +43,7 @@ def baseline_scores(task, run_dir, splits):
         return {**score_model_dir(path, splits, task.cfg, f"{task.section}.baseline"), "model_dir": str(path)}
     bcfg = copy.deepcopy(task.cfg)
     bcfg.out = str(Path(run_dir) / "baseline")
+    bcfg.transfer = type(bcfg.transfer)()  # the baseline learns from the gold pairs alone: no teacher labels them
     train_fn = task.as_baseline(bcfg)
     log.info("baseline=auto: training the student's baseline first in %s", bcfg.out)
     metrics = run_or_reuse(bcfg, train_fn, "baseline")

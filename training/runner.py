@@ -86,6 +86,8 @@ class TrainingTask:
         """`(model, tokenizer)`, called inside the strategy's scope."""
         raise NotImplementedError
 
+    transfer = None  # what `prepare` added as teacher-labelled transfer pairs (training.transfer), reported
+
     def train_features(self, split):
         """Per-example arrays added to the training features (e.g. cached teacher logits)."""
         return {}
@@ -129,6 +131,8 @@ def run(task):
     if settings is not None:
         report = {task.section: settings, **report}
     splits = task.prepare(run_dir, splits)
+    if task.transfer:
+        report["transfer"] = task.transfer
     metrics = train(task, run_dir, splits, metric, report, data)
     task.summary(run_dir, metrics)
     return metrics
@@ -193,7 +197,8 @@ def train(task, run_dir, splits, metric, report, data=None):
             # Training wrappers (teacher + student) save only the part that is deployed.
             save_model_dir(getattr(m, "deployable", m), model_dir, tokenizer, labels=splits.label_names,
                            max_seq_len=max_len, extra={"task": cfg.task, "init": cfg.model.init, "data": data,
-                                                       "command": command(), **task.model_meta()})
+                                                       "command": command(), **task.model_meta(),
+                                                       **({"transfer": task.transfer} if task.transfer else {})})
 
         trainer = Trainer(cfg.train, strategy, run_dir)
         result = trainer.fit(model, train_split, valid, evaluate, save_best, metric=metric)
@@ -250,6 +255,10 @@ def print_summary(run_dir, metrics):
             verdict = "leads" if test["leads"] else "does not lead"
             print(f"{who} {verdict} the baseline on {split} {test['metric']} "
                   f"({describe_test(test, who, 'the baseline')})")
+    transfer = metrics.get("transfer")
+    if transfer:
+        cost = f", teacher logits {transfer['teacher_seconds']}s" if "teacher_seconds" in transfer else ""
+        print(f"transfer pairs (teacher-labelled): {transfer['pairs']}, built in {transfer['build_seconds']}s{cost}")
     for warning in metrics.get("warnings", []):
         print(f"warning: {warning}")
     print(f"model directory: {Path(run_dir) / 'model'}")

@@ -239,6 +239,8 @@ class Trainer:
         steps_per_epoch, epochs = self._budget(train)
         with self.strategy.scope():
             optimizer = build_optimizer(cfg, steps_per_epoch * epochs, model)
+        if hasattr(model, "follow_steps"):  # loss weights on a schedule (virt.weight_schedule) read the step
+            model.follow_steps(optimizer.iterations, steps_per_epoch * epochs)
         train_step = self._make_train_step(model, optimizer)
         backup = _Backup(self, model, optimizer)
         state = backup.restore(steps_per_epoch)

@@ -121,6 +121,21 @@ def virt_layer_loss(qx, kx, qy, ky, x_mask, y_mask, teacher_probs):
     return tf.reduce_mean(d_xy + d_yx)
 
 
+SCHEDULES = ("constant", "decay")
+
+
+def weight_scale(schedule, step, total_steps):
+    """The factor on `virt.interaction_weight` at optimizer step `step` of `total_steps`:
+    `constant` 1; `decay` linear from 1 at step 0 to 0 at the last step, so the final steps
+    train on the cross-entropy alone."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"virt.weight_schedule={schedule!r}: expected one of {', '.join(SCHEDULES)}")
+    if schedule == "constant" or step is None:
+        return tf.constant(1.0)
+    frac = tf.cast(step, tf.float32) / float(max(int(total_steps), 1))
+    return tf.clip_by_value(1.0 - frac, 0.0, 1.0)
+
+
 def select_layers(spec, num_layers):
     """Student layers to distil: `all`, `first-k`, `last-k` or `skip-k` (every k-th: k-1, 2k-1, ...)."""
     if spec == "all":
@@ -145,12 +160,36 @@ def uniform_layer_map(student_layers, teacher_layers):
     return resolve_layer_map(None, student_layers, teacher_layers, "layer_map")
 
 
-def virt_loss(student_x, student_y, x_mask, y_mask, teacher_attentions, layers, layer_map):
+POSITIONS = ("all", "content")
+
+
+def content_masks(x_mask, y_mask):
+    """The masks without the special tokens: x's [CLS] (position 0) and each text's final [SEP]
+    (its last valid position). y's [CLS] stays set: `virt_layer_loss` drops y[0] itself.
+
+    Masks are right-padded `[CLS] t [SEP]` rows (`PairTokenizer.encode_texts`)."""
+    def without_last(mask):
+        mask = tf.cast(mask, tf.int32)
+        last = tf.reduce_sum(mask, axis=1, keepdims=True) - 1  # [B, 1]
+        return mask * tf.cast(tf.range(tf.shape(mask)[1])[None, :] != last, tf.int32)
+
+    xm = without_last(x_mask)
+    xm = xm * tf.cast(tf.range(tf.shape(xm)[1])[None, :] > 0, tf.int32)
+    return xm, without_last(y_mask)
+
+
+def virt_loss(student_x, student_y, x_mask, y_mask, teacher_attentions, layers, layer_map, positions="all"):
     """L_virt over the chosen student `layers`: 1/(2L) * sum of `virt_layer_loss`.
 
     `student_x` / `student_y` are encoder outputs with `query_states` and
     `key_states`; `teacher_attentions` the teacher's per-layer probabilities.
+    `positions="content"` leaves the special tokens out of both maps (rows and columns, the
+    teacher's blocks renormalised over content columns, m and n counting content tokens).
     """
+    if positions not in POSITIONS:
+        raise ValueError(f"virt.positions={positions!r}: expected one of {', '.join(POSITIONS)}")
+    if positions == "content":
+        x_mask, y_mask = content_masks(x_mask, y_mask)
     per_layer = [virt_layer_loss(student_x["query_states"][l], student_x["key_states"][l],
                                  student_y["query_states"][l], student_y["key_states"][l],
                                  x_mask, y_mask, teacher_attentions[layer_map[l]])

@@ -24,7 +24,7 @@ from crossenc.model import CrossEncoder, as_encoder
 from modeling.encoder import gelu, pool
 from modeling.task_model import (SIAMESE_IDS, PairModel, StudentTraining, cross_entropy, ids_spec, resolve_layer_map,
                                  siamese_dummy_inputs)
-from virt.losses import select_layers, teacher_inputs, virt_loss
+from virt.losses import select_layers, teacher_inputs, virt_loss, weight_scale
 
 
 def _masked_attend(hq, hk, k_mask):
@@ -80,24 +80,18 @@ def uses_fusion(adapted_interaction, fusion=None):
     return adapted_interaction if fusion is None else bool(fusion)
 
 
-def default_adapted_interaction(num_labels):
-    """`virt.adapted_interaction`'s default: Eq. 5's adapted pooling for more than two classes only.
+def default_head():
+    """`(adapted_interaction, fusion)` for `virt.adapted_interaction=null` / `virt.fusion=null`: the
+    siamese baseline's own head (mean-pooled towers, SBERT's (u, v, |u-v|)) for every class count,
+    so the student differs from its baseline by the attention distillation alone.
 
-    Measured (docs/defaults.md): on the binary sets, distilled students with mean-pooled towers under
-    SBERT's head scored above the same students with Eq. 5's pooling (sample set +1.3 / +2.3 and
-    +2.7 / +4.7 where the teacher led, MRPC +0.6 at full depth; BQ -0.5); the 3-class outside check
-    had Eq. 5 with Eq. 6's fusion head at 81.8, its best."""
-    return num_labels > 2
-
-
-def default_fusion(adapted_interaction, num_labels):
-    """`virt.fusion`'s default: Eq. 6's fusion MLP for more than two classes only.
-
-    Measured (docs/defaults.md): on binary paraphrase / question-matching sets SBERT's
-    (u, v, |u-v|) head under Eq. 5's pooling was never worse than the fusion MLP (MRPC +3.5,
-    BQ +0.1, the sample set); on a 3-class NLI set the fusion MLP was 0.9 better, where the
-    relation is directional and u - v, max(u, v) carry it."""
-    return bool(adapted_interaction) and num_labels > 2
+    Measured (docs/defaults.md, "Why VIRT ended below its baseline"): with the teacher leading by 9.7
+    points, Eq. 5 + Eq. 6's fusion head scored 5.7 points below the SBERT-headed baseline without
+    distillation and 2.7-3.0 below it with distillation (which added +3.0 / +2.7 under that head),
+    against +5.3 over it with the SBERT head; the 3-class outside check's fusion-headed VIRT also
+    ended below its SBERT-headed baseline at both depths. (Until issue 29: Eq. 5 + fusion for more
+    than two classes, on one outside 3-class run under an older recipe.)"""
+    return False, False
 
 
 @keras.saving.register_keras_serializable(package="textmatch")
@@ -227,10 +221,13 @@ class VirtTraining(StudentTraining):
         layers, layer_map: which student layers are distilled, from which teacher layers.
         kd_weight: weight of the soft-target term (needs a `CrossEncoder` teacher).
         kd_temperature: its temperature T.
+        positions: the tokens L_virt covers: `all`, or `content` (no [CLS] / [SEP] rows or columns).
+        weight_schedule: `constant`, or `decay` (the weight falls linearly to 0 over the training
+            steps the trainer passes to `follow_steps`).
     """
 
     def __init__(self, student, teacher=None, interaction_weight=1.0, layers="all", layer_map=None,
-                 kd_weight=0.0, kd_temperature=2.0, **kwargs):
+                 kd_weight=0.0, kd_temperature=2.0, positions="all", weight_schedule="constant", **kwargs):
         super().__init__(student, **kwargs)
         if kd_weight and not isinstance(teacher, CrossEncoder):
             raise ValueError("virt.kd_weight > 0 needs the teacher's classifier: pass the CrossEncoder, not its encoder")
@@ -238,6 +235,10 @@ class VirtTraining(StudentTraining):
         self.teacher = teacher.encoder if isinstance(teacher, CrossEncoder) else teacher
         self.interaction_weight = interaction_weight
         self.kd_weight, self.kd_temperature = kd_weight, kd_temperature
+        self.positions = positions
+        weight_scale(weight_schedule, None, 1)  # fail on a bad name at build, not at the first step
+        self.weight_schedule = weight_schedule
+        self.__dict__.update(_step=None, _total_steps=1)  # untracked: the step is the optimizer's variable
         ns = student.encoder.num_layers
         self.distilled_layers = select_layers(layers, ns) if self.teacher is not None else []
         if self.teacher is not None:
@@ -258,7 +259,8 @@ class VirtTraining(StudentTraining):
         t_in = teacher_inputs(inputs["x_ids"], inputs["x_mask"], inputs["y_ids"], inputs["y_mask"])
         t_out = self.teacher(t_in, training=False, output_attentions=True)
         t_att = [tf.stop_gradient(a) for a in t_out["attentions"]]
-        l_virt = virt_loss(out_x, out_y, inputs["x_mask"], inputs["y_mask"], t_att, self.distilled_layers, self.layer_map)
+        l_virt = virt_loss(out_x, out_y, inputs["x_mask"], inputs["y_mask"], t_att, self.distilled_layers, self.layer_map,
+                           self.positions)
         out = {"logits": logits, "virt": l_virt}
         if self.kd_weight:
             t_logits = self.teacher_head.head(t_out, t_in["attention_mask"], training=False)  # [B, C]
@@ -266,10 +268,16 @@ class VirtTraining(StudentTraining):
             out["kd"] = soft_kl(logits, tf.stop_gradient(t_logits), t) * t ** 2
         return out
 
+    def follow_steps(self, step, total_steps):
+        """Give `weight_schedule` the optimizer's step counter (a variable, read in each step)."""
+        self.__dict__.update(_step=step, _total_steps=total_steps)
+
     def loss_terms(self, x, y, y_pred):
         if not isinstance(y_pred, dict):
             return {"ce": cross_entropy(y, y_pred)}
-        terms = {"ce": cross_entropy(y, y_pred["logits"]), "virt": self.interaction_weight * y_pred["virt"]}
+        # Teacher-labelled transfer rows (hard_weight 0) keep only the teacher's terms.
+        weight = self.interaction_weight * weight_scale(self.weight_schedule, self._step, self._total_steps)
+        terms = {"ce": cross_entropy(y, y_pred["logits"], x.get("hard_weight")), "virt": weight * y_pred["virt"]}
         if "kd" in y_pred:
             terms["kd"] = self.kd_weight * y_pred["kd"]
         return terms

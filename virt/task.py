@@ -9,7 +9,8 @@ from training.inputs import init_encoder
 from training.metrics import describe_test
 from training.references import teacher_leads
 from training.runner import TrainingTask, run
-from virt.model import VirtModel, VirtTraining, default_adapted_interaction, default_fusion, uses_fusion
+from training.transfer import add_transfer
+from virt.model import VirtModel, VirtTraining, default_head, uses_fusion
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ def as_teacher(tcfg):
 
 class Virt(TrainingTask):
     """Teacher -> (siamese baseline) -> VIRT student: a siamese model that learns the teacher's
-    cross-attention during training, with the adapted interaction head for more than two classes."""
+    cross-attention during training, scored with its siamese baseline's head (Eq. 5/6's head on request)."""
 
     section = "virt"
     student_name = "the VIRT student"
@@ -69,10 +70,11 @@ class Virt(TrainingTask):
 
     def decide(self, splits):
         v = self.cfg.virt
+        adapted, fusion = default_head()
         if v.adapted_interaction is None:
-            v.adapted_interaction = default_adapted_interaction(len(splits.label_names))
+            v.adapted_interaction = adapted
         if v.fusion is None:
-            v.fusion = default_fusion(v.adapted_interaction, len(splits.label_names))
+            v.fusion = fusion
         if v.distill and v.teacher is None and self.cfg.model.init is None:  # fail before fine-tuning the teacher
             check_teacher_positions(self.cfg.train.max_seq_len, self.cfg.model.max_position)
 
@@ -87,7 +89,8 @@ class Virt(TrainingTask):
         return {"distill": v.distill, "adapted_interaction": v.adapted_interaction,
                 "fusion": uses_fusion(v.adapted_interaction, v.fusion),
                 "interaction_weight": v.interaction_weight, "layers": v.layers, "kd_weight": v.kd_weight,
-                "kd_temperature": v.kd_temperature, "student_init": v.student_init if v.distill else "model",
+                "kd_temperature": v.kd_temperature, "positions": v.positions,
+                "weight_schedule": v.weight_schedule, "student_init": v.student_init if v.distill else "model",
                 **({"interaction_weight_rule": self.weight_reason} if self.weight_reason else {})}
 
     def model_meta(self):
@@ -107,6 +110,22 @@ class Virt(TrainingTask):
         as_siamese_baseline(bcfg)
         return train_virt
 
+    def prepare(self, run_dir, splits):
+        """Teacher-labelled transfer pairs (after the baseline, which trains on the gold pairs): they
+        train the attention term (and kd_weight's) only; the teacher still runs in every step, its
+        attention maps being too large to cache."""
+        self.extra = {}
+        if self.teacher is None:  # virt.distill=false: config.schema refuses transfer pairs
+            return splits
+        model_cfg = student_config(self.cfg, self.teacher, self.cfg.virt.student_init)
+        splits, weight, self.transfer = add_transfer(self.cfg, splits, model_cfg, run_dir)
+        if weight is not None:
+            self.extra["hard_weight"] = weight
+        return splits
+
+    def train_features(self, split):
+        return self.extra
+
     def build(self, run_dir, splits):
         cfg, v, teacher = self.cfg, self.cfg.virt, self.teacher
         model_cfg = student_config(cfg, teacher, v.student_init)
@@ -119,7 +138,8 @@ class Virt(TrainingTask):
         if teacher.labels != splits.label_names:
             log.warning("teacher labels %s differ from the data's %s", teacher.labels, splits.label_names)
         return VirtTraining(student, teacher.model, interaction_weight=v.interaction_weight, layers=v.layers, layer_map=v.layer_map,
-                            kd_weight=v.kd_weight, kd_temperature=v.kd_temperature, name="virt_training"), tokenizer
+                            kd_weight=v.kd_weight, kd_temperature=v.kd_temperature, positions=v.positions,
+                            weight_schedule=v.weight_schedule, name="virt_training"), tokenizer
 
 
 def train_virt(cfg):
