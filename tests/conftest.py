@@ -27,6 +27,18 @@ except RuntimeError:
 
 import pytest  # noqa: E402
 
+# The slowest files (their module fixtures train or export models), slowest first. `make test` runs
+# `-n 2 --dist loadfile`, which hands whole files to the two workers in collection order: collected
+# alphabetically, test_tradeoff/test_virt came last and ran alone while the other worker idled.
+SLOW_FIRST = ("test_export.py", "test_tradeoff.py", "test_quickstart.py", "test_multiworker.py", "test_virt.py",
+              "test_serve.py", "test_distill.py", "test_export_fused.py", "test_hardening.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Slow files first (the same order on every worker: xdist requires identical collections)."""
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order within a file kept
+
 
 @pytest.fixture(scope="session")
 def minilm_checkpoint():

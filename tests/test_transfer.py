@@ -58,7 +58,8 @@ def test_transfer_rows_add_the_soft_term_only_and_their_label_is_never_read():
 def test_virt_loss_terms_drop_the_ce_of_transfer_rows():
     from virt.model import VirtTraining
 
-    me = types.SimpleNamespace(interaction_weight=3.0, kd_weight=0.5)
+    me = types.SimpleNamespace(interaction_weight=3.0, kd_weight=0.5, weight_schedule="constant", _step=0,
+                               _total_steps=1)
     x = {"hard_weight": tf.constant([2.0, 2.0, 0.0, 0.0])}
     y_pred = {"logits": tf.constant(S), "virt": tf.constant(0.25), "kd": tf.constant(0.7)}
     terms = VirtTraining.loss_terms(me, x, tf.constant(GOLD + [tr.NO_LABEL] * 2), y_pred)

@@ -20,9 +20,13 @@ from modeling.tokenization import IDS_VERSION, PairTokenizer
 from training.rundir import RunError
 from training.strategy import in_cluster
 from training.trainer import Split
-from training.transfer import NO_LABEL
 
 log = logging.getLogger(__name__)
+
+# A teacher-labelled transfer pair's label index (training/transfer.py): out of every class range,
+# so a CE that read it would fail.
+NO_LABEL = -1
+
 
 def sample_dir(cfg):
     """Where a run without data.train writes the generated sample set: under its own run directory
@@ -113,7 +117,7 @@ def cached_featurize(model, tokenizer, texts_a, texts_b, max_len, cache=None, wr
 
 def tokenize(model, tokenizer, pairs, label_names, max_len, name, cache=None, write=True):
     """`pairs` as a `Split` of `model`'s features and label indices (`cache`, `write`: cached_featurize);
-    a teacher-labelled transfer pair's label (None) becomes `training.transfer.NO_LABEL`."""
+    a teacher-labelled transfer pair's label (None) becomes `NO_LABEL`."""
     feats = cached_featurize(model, tokenizer, pairs.text_a, pairs.text_b, max_len, cache, write)
     index = {n: i for i, n in enumerate(label_names)}
     index[None] = NO_LABEL

@@ -22,10 +22,10 @@ import time
 import numpy as np
 
 from data.readers import DataError, PairData, read_pairs
+from training.inputs import NO_LABEL, init_encoder  # noqa: F401 (NO_LABEL)  a transfer pair's label index once tokenised
 
 log = logging.getLogger(__name__)
 
-NO_LABEL = -1  # a transfer pair's label index: out of every class range, so a CE that read it would fail
 EMBED_SOURCES = ("hard", "replace")  # the sources that need the student's initial encoder
 
 
@@ -274,8 +274,6 @@ def mean_embeddings(encoder, tokenizer, texts, max_len, batch_size):
 def student_encoder(model_cfg, train, run_dir):
     """`(tokenizer, encoder)` of the student's initial encoder (`model_cfg`: the student's model
     configuration), loaded for the embedding-based sources only."""
-    from training.inputs import init_encoder
-
     if model_cfg.init is None:
         log.warning("transfer.sources hard/replace: the student's initial encoder is random (model.init=null), "
                     "its embeddings' neighbours carry no meaning")
