@@ -34,7 +34,7 @@ demo: install
 # Python/TensorFlow work, so two cores run the suite in about 60% of the serial time (docs/testing.md).
 # pytest exits 5 when it collects nothing: say so, and fail.
 test: install
-	$(PY) -m pytest -q -n 2 --dist loadfile; s=$$?; [ $$s -ne 5 ] || echo "pytest collected no tests"; exit $$s
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder; s=$$?; [ $$s -ne 5 ] || echo "pytest collected no tests"; exit $$s
 
 clean:
 	rm -rf runs .pytest_cache

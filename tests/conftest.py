@@ -28,8 +28,9 @@ except RuntimeError:
 import pytest  # noqa: E402
 
 # The slowest files (their module fixtures train or export models), slowest first. `make test` runs
-# `-n 2 --dist loadfile`, which hands whole files to the two workers in collection order: collected
-# alphabetically, test_tradeoff/test_virt came last and ran alone while the other worker idled.
+# `-n 2 --dist loadfile --no-loadscope-reorder`: whole files go to the two workers in collection order
+# (xdist's default order, most tests first, put the slow files with few tests last, where one of
+# them ran alone for a minute or two while the other worker idled).
 SLOW_FIRST = ("test_export.py", "test_tradeoff.py", "test_quickstart.py", "test_multiworker.py", "test_virt.py",
               "test_serve.py", "test_distill.py", "test_export_fused.py", "test_hardening.py")
 
