@@ -206,9 +206,8 @@ def _missing(file, int8, runtime):
     """Why an export directory has no `file` (of its `runtime`'s directory), and what to do about it."""
     export_dir = file.parent.parent
     # the int8 copy of the published graph: model.fused.int8.onnx when the fused graph was published
-    kept = [(export_dir / "withheld" / name, key) for name, key in ((FUSED_NAMES["model.int8.onnx"], "onnx.fused.int8"),
-                                                                   (file.name, f"{runtime}.int8"))
-            if runtime == "onnx" or key != "onnx.fused.int8"]
+    names = [(FUSED_NAMES["model.int8.onnx"], "onnx.fused.int8")] if runtime == "onnx" else []
+    kept = [(export_dir / "withheld" / name, key) for name, key in (*names, (file.name, f"{runtime}.int8"))]
     withheld, key = next(((p, k) for p, k in kept if p.is_file()), kept[-1])
     if int8 and withheld.is_file():  # export's int8 check failed: the file was kept aside (docs/export.md)
         reason = ((_report(export_dir).get("checks") or {}).get(key) or {}).get("reason")
