@@ -194,6 +194,7 @@ class ExportConfig:
     int8_max_accuracy_drop: float = bounded(1.0, ge=0)  # int8, labelled data.test: largest accuracy drop in points (agreement only reported)
     int8_force: bool = False  # publish int8 even when its check failed (fp32 failures still block everything)
     int8_calibration_pairs: int = bounded(300, ge=1)  # openvino int8 (NNCF): training pairs to calibrate on (else the parity pairs)
+    int8_calibration_data: str | None = None  # openvino int8: a pair file to calibrate on (any supported format, labels not needed); None = the training file model.json's data block names, else the parity pairs
     formats: list[str] = field(default_factory=lambda: ["saved_model", "onnx", "openvino", "triton", "ovms"])  # artifacts to write (saved_model always; openvino needs onnx): frozen, hf on request; triton, ovms: hard links
 
 

@@ -112,6 +112,8 @@ def check_options(e):
         raise ExportError(f"export.formats={e.formats}: {', '.join(engines)} lay out the ONNX files: add onnx")
     if "openvino" in e.formats and "onnx" not in e.formats:
         raise ExportError(f"export.formats={e.formats}: openvino is converted from the ONNX graphs: include onnx")
+    if e.int8_calibration_data and not Path(e.int8_calibration_data).is_file():
+        raise ExportError(f"export.int8_calibration_data={e.int8_calibration_data}: no such file")
 
 
 def export_loaded(loaded, cfg):

@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -253,6 +254,17 @@ def test_every_artifact_is_written_and_parity_checked(exports, kind):
     assert {p.name for p in (out / "onnx").iterdir()} == onnx_files
     irs = {"model", "model.int8"} | ({"encode"} if kind != "cross_encoder" else set()) | ({"score"} if kind == "virt" else set())
     assert {p.name for p in (out / "openvino").iterdir()} == {f"{n}.{ext}" for n in irs for ext in ("xml", "bin")}
+    # The int8 IR (export.openvino.INT8_OPTIONS): both FFN MatMuls of every layer in int8, the output
+    # projection included (the previous default kept it out); what NNCF's transformer scheme leaves in
+    # float (attention scores, and here the q/k/v of the fused graph) is listed in parity.json.
+    from export.openvino import int8_coverage
+
+    cover = int8_coverage(out / "openvino" / "model.int8.xml")
+    layers = {m.group(0) for n in cover["int8"] + cover["kept"] for m in [re.search(r"encoder_\d+/layer_\d+", n)] if m}
+    ffn = [n for n in cover["int8"] if re.search(r"layer_\d+(_\d+)?/(intermediate|output)(_\d+)?/", n)]
+    assert layers and len(ffn) == 2 * len(layers), cover
+    assert report["openvino"]["int8"]["kept"] == cover["kept"]
+    assert report["openvino"]["int8"]["int8_matmuls"] == len(cover["int8"])
     assert not list(out.glob(".staging-*")) and not list((out / "saved_model" / kind).glob(".tmp-*"))
     assert not list(out.glob(".triton-*")) and not list(out.glob(".ovms-*"))
     card = (out / "README.md").read_text(encoding="utf-8")  # the model card, with the export's status
@@ -1103,3 +1115,51 @@ def test_int8_rule_for_sbert_without_classifier():
     assert r["gate"] == "accuracy" and (r["accuracy_keras"], r["accuracy_int8"]) == (1.0, 11 / 13)
     assert (r["fp32_only"], r["int8_only"], r["decision"]) == (2, 0, "not distinguishable")  # 2 pairs of 13 cannot tell
     assert check(max_accuracy_drop=16)["decision"] == "within the limit"  # 15.38 points
+
+
+def test_int8_calibration_data_is_the_file_given_and_a_bad_one_is_named(tmp_path):
+    """export.int8_calibration_data: NNCF calibrates on that file's pairs (a model trained elsewhere has no
+    training file on record); a missing or pair-less file is refused naming the key, before any work."""
+    from types import SimpleNamespace
+
+    from export.openvino import calibration_pairs
+    from export.task import check_options
+
+    given = tmp_path / "calib.csv"
+    given.write_text("sentence1,sentence2\n" + "".join(f"a{i},b{i}\n" for i in range(5)), encoding="utf-8")
+    loaded = SimpleNamespace(path=tmp_path / "model")  # no model.json: no data block
+    a, b, source = calibration_pairs(loaded, 3, (["p"], ["q"]), str(given))
+    assert source == str(given) and len(a) == 3 and {x[1:] for x in a} == {y[1:] for y in b} and set(a) <= {f"a{i}" for i in range(5)}
+    assert calibration_pairs(loaded, 3, (["p"], ["q"]))[2] == "the parity pairs"  # nothing given, nothing on record
+    empty = tmp_path / "empty.csv"
+    empty.write_text("sentence1,sentence2\n", encoding="utf-8")
+    with pytest.raises(ExportError, match=r"export.int8_calibration_data=.*empty.csv: cannot read pairs"):
+        calibration_pairs(loaded, 3, (["p"], ["q"]), str(empty))
+    cfg = _cfg(tmp_path / "out", f"export.int8_calibration_data={tmp_path / 'nowhere.csv'}")
+    with pytest.raises(ExportError, match=r"export.int8_calibration_data=.*nowhere.csv: no such file"):
+        check_options(cfg.export)
+
+
+def test_bench_int8_options_scores_and_times_each_variant(exports, tmp_path):
+    """bench/int8_options.py on a real (tiny) export: every variant quantised, scored against onnxruntime
+    fp32 on a labelled file, its MatMuls counted and timed."""
+    import csv
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    import int8_options
+
+    out, loaded = exports["out"]["cross_encoder"], exports["loaded"]["cross_encoder"]
+    pairs = list(zip(*PAIRS)) * 3
+    with open(tmp_path / "pairs.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["sentence1", "sentence2", "label"])
+        w.writerows([a or "x", b, loaded.labels[i % len(loaded.labels)]] for i, (a, b) in enumerate(pairs))
+    int8_options.main(["--export", str(out), "--train", str(tmp_path / "pairs.csv"), "--test", str(tmp_path / "pairs.csv"),
+                       "--max-len", str(MAX_LEN), "--variants", "all_sqoff", "--work", str(tmp_path / "w"),
+                       "--rounds", "1", "--seconds", "0.05", "--json", str(tmp_path / "r.json")])
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert r["n"] == len(pairs) and set(r["variants"]) == {"bf16", "all_sqoff"}
+    v = r["variants"]["all_sqoff"]
+    assert v["int8_matmuls"] > 0 and v["pairs_per_s"][0] > 0 and 0 <= v["accuracy"] <= 1
+    # the discordant counts are the accuracy difference, pair by pair
+    assert abs((v["variant_only"] - v["fp32_only"]) / r["n"] - (v["accuracy"] - r["fp32"])) < 1e-9
