@@ -86,6 +86,6 @@ class Runner:
     def __call__(self, feeds):
         feed = {k: feeds[k].astype(self.input_types[k], copy=False) for k in self.inputs}
         with self._lock:
-            res = self._request.infer(feed)
+            res = self._request.infer(feed, share_inputs=True)  # no copy of large inputs (VIRT states)
             # copies: the request's output buffers are reused by its next call
             return {name: res[out].copy() for name, out in zip(self.outputs, self.compiled.outputs)}

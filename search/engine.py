@@ -20,11 +20,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import logging
+
 import numpy as np
 
 from runtime.batching import Block, Call
 from runtime.rows import pair_rows, text_rows
 from search.index import Recall, SearchError, recall_vectors
+
+log = logging.getLogger(__name__)
 
 RERANK_BLOCK = 256  # candidates per VIRT score call: bounds the [K, Tq, Tc] score tensors and [K, Tc, H] states
 
@@ -46,14 +50,46 @@ def virt_blocks(index, q_states, q_mask, cand_indices, block=RERANK_BLOCK, broad
 def broadcasts_query(backend):
     """Whether `backend`'s score takes one query (batch 1) against K candidates: Keras and the
     SavedModel do; an ONNX `score` does when its x and y batch axes have different names
-    (exports since issue 18; onnxruntime plans buffers by those names); OpenVINO's IR does not."""
+    (exports since issue 18; onnxruntime plans buffers by those names). An OpenVINO IR does for the
+    baseline's head (the default) when a probe, once per backend, runs and agrees with the query
+    repeated; never for Eq. 5's adapted head, whose If branch OpenVINO runs but answers wrongly for one
+    query against K (tests/test_bench_rerank.py), nor for an IR whose shape inference refuses it (the
+    head's broadcast before it became an add, 2026-12-07): the query is then repeated K times."""
+    if getattr(backend, "runtime", None) == "openvino":
+        if not hasattr(backend, "_broadcasts_query"):
+            config = ((getattr(backend, "meta", None) or {}).get("model") or {}).get("config") or {}
+            backend._broadcasts_query = not config.get("adapted_interaction", True) and _probe_broadcast(backend)
+        return backend._broadcasts_query
     sess = getattr(backend, "sessions", {}).get("score")
-    if getattr(backend, "runtime", None) == "openvino":  # OpenVINO's shape inference refuses the broadcast branch
-        return False  # (batch 1 against K, a VIRT with fusion: 2026-12-07): the query is repeated K times
     if sess is None:
         return True
     dims = {i.name: i.shape[0] for i in sess.get_inputs()}
     return dims.get("x_states") != dims.get("y_states")
+
+
+def _probe_broadcast(backend):
+    """Does `backend.run("score", ...)` take x of batch 1 against y of batch 2, with the answer of x repeated?
+    The lengths differ and y is padded: an IR that mixes up the two length axes (Eq. 5's If branch did)
+    answers wrongly only then."""
+    if "score" not in getattr(backend, "functions", {}):
+        return False
+    h = backend.hidden_size
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((1, 3, h)).astype(np.float32), rng.standard_normal((2, 5, h)).astype(np.float32)
+    xm, ym = np.ones((1, 3), np.int32), np.array([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]], np.int32)
+    try:
+        one = backend.run("score", {"x_states": x, "x_mask": xm, "y_states": y, "y_mask": ym})["probs"]
+    except Exception as e:  # noqa: BLE001  (the runtime's shape-inference error: repeat the query instead)
+        log.info("openvino score refuses one query against K candidates (%s): the query is repeated K times",
+                 str(e).strip().splitlines()[-1][:200] if str(e).strip() else type(e).__name__)
+        return False
+    rep = backend.run("score", {"x_states": np.repeat(x, 2, 0), "x_mask": np.repeat(xm, 2, 0), "y_states": y,
+                                "y_mask": ym})["probs"]
+    same = np.shape(one) == np.shape(rep) and bool(np.allclose(one, rep, atol=1e-2))  # bf16's noise
+    if not same:
+        log.info("openvino score of one query against K candidates differs from the query repeated (%s): repeating it",
+                 np.abs(np.asarray(one) - np.asarray(rep)).max() if np.shape(one) == np.shape(rep) else np.shape(one))
+    return same
 
 
 def _rerankers():

@@ -123,6 +123,40 @@ def test_adapted_pooling_equals_eq5_and_one_query_broadcasts(adapted, fusion):
     np.testing.assert_allclose(m.score(hx[1:2], xm[1:2], hy, ym), tiled, atol=1e-6)
 
 
+@pytest.mark.parametrize("adapted", [False, True])
+def test_openvino_broadcasts_one_query_where_its_answer_is_right(adapted, tmp_path):
+    """The baseline's head (the default) broadcasts one query through the OpenVINO IR with Keras's answer;
+    Eq. 5's (its If branch) OpenVINO runs but answers wrongly in f32 for batch 1 against K (by 2e-3 on
+    this random model, 0.03 on a trained one), so search.engine.broadcasts_query repeats the query there."""
+    from types import SimpleNamespace
+
+    from export.onnx import convert_function
+    from export.openvino import convert
+    from modeling.encoder import BertEncoder
+    from runtime.openvino import Runner
+    from search.engine import broadcasts_query
+
+    enc = BertEncoder(vocab_size=50, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32,
+                      max_position=32, name="encoder")
+    m = VirtModel(enc, 2, adapted_interaction=adapted, name="virt")
+    m(m.dummy_inputs())
+    rng = np.random.default_rng(1)
+    m.classifier.kernel.assign(rng.normal(scale=3.0, size=m.classifier.kernel.shape))  # probabilities far from 0.5
+    ir = convert(convert_function(m.serving_functions()["score"], tmp_path / "score.onnx"), tmp_path / "score.xml")
+    run = Runner(ir, 1, "f32")
+    hx, hy = rng.normal(size=(1, 5, 16)).astype("float32"), rng.normal(size=(4, 9, 16)).astype("float32")
+    xm, ym = np.ones((1, 5), np.int32), np.array([[1] * 9, [1] * 4 + [0] * 5, [1] * 7 + [0] * 2, [1] * 9], np.int32)
+    want = m.score(hx, xm, hy, ym).numpy()
+    meta = {"model": {"config": m.get_config()}}
+    backend = SimpleNamespace(runtime="openvino", functions={"score": None}, hidden_size=16, meta=meta,
+                              run=lambda fn, feeds: run(feeds))
+    assert broadcasts_query(backend) is not adapted
+    one = run({"x_states": hx, "x_mask": xm, "y_states": hy, "y_mask": ym})["probs"]
+    assert (np.abs(one - want).max() < 1e-4) is not adapted, np.abs(one - want).max()
+    repeated = run({"x_states": np.repeat(hx, 4, 0), "x_mask": np.repeat(xm, 4, 0), "y_states": hy, "y_mask": ym})
+    np.testing.assert_allclose(repeated["probs"], want, atol=1e-3)
+
+
 def test_virt_onnx_encode_and_broadcast_score_equal_keras(setup, model_dirs, tmp_path):  # noqa: F811
     from search.engine import broadcasts_query
 
@@ -133,10 +167,44 @@ def test_virt_onnx_encode_and_broadcast_score_equal_keras(setup, model_dirs, tmp
     got = rerank.ranker(b, s["cands"], [setup["queries"][:1]], K)(0)  # ONNX encode + score on the Keras-built cache
     want = rerank.ranker(s["backend"], s["cands"], [setup["queries"][:1]], K)(0)
     np.testing.assert_allclose(got, want, atol=1e-4)
-    # the same through the OpenVINO IR (fp16 weights, bf16 where the CPU has it; the query repeated K times)
+    # the same through the OpenVINO IR (fp16 weights, bf16 where the CPU has it). This VIRT has Eq. 5's
+    # head, whose broadcast OpenVINO answers wrongly: the probe has the query repeated K times
     ov = rerank.open_backend(model_dirs["virt"], "openvino", tmp_path, max_len=64)
     assert ov.runtime == "openvino" and not broadcasts_query(ov)
     np.testing.assert_allclose(rerank.ranker(ov, s["cands"], [setup["queries"][:1]], K)(0), want, atol=2e-2)
+
+
+def test_an_openvino_score_that_refuses_one_query_gets_it_repeated():
+    """The probe: an IR whose shape inference refuses batch 1 against K (VIRTs exported before the head's
+    broadcast became an add) is fed the query K times; one that answers wrongly is not trusted either."""
+    from types import SimpleNamespace
+
+    from search.engine import broadcasts_query
+
+    def backend(run):
+        meta = {"model": {"config": {"adapted_interaction": False}}}
+        return SimpleNamespace(runtime="openvino", functions={"score": None}, hidden_size=4, meta=meta, run=run)
+
+    def refuses(fn, feeds):
+        if len(feeds["x_states"]) != len(feeds["y_states"]):
+            raise RuntimeError("[CPU] Concat node: Argument shapes are inconsistent")
+        return {"probs": np.ones((len(feeds["y_states"]), 2))}
+
+    def answers(wrong):
+        def run(fn, feeds):
+            p = feeds["x_states"].sum(axis=(1, 2))[:, None] + feeds["y_states"].sum(axis=(1, 2))[:, None]
+            return {"probs": p + (1.0 if wrong and len(feeds["x_states"]) == 1 else 0.0)}
+        return run
+
+    assert not broadcasts_query(backend(refuses))
+    assert broadcasts_query(backend(answers(wrong=False)))
+    assert not broadcasts_query(backend(answers(wrong=True)))
+    calls = []
+    b = backend(lambda fn, feeds: calls.append(fn) or answers(False)(fn, feeds))
+    assert broadcasts_query(b) and broadcasts_query(b) and len(calls) == 2  # probed once per backend
+    adapted = backend(answers(wrong=False))
+    adapted.meta["model"]["config"]["adapted_interaction"] = True
+    assert not broadcasts_query(adapted)  # Eq. 5's head: never, whatever a probe says
 
 
 def test_an_onnx_score_with_one_batch_axis_gets_the_query_repeated(setup):

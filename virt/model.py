@@ -69,9 +69,10 @@ def _scores(hx, hy):
 
 
 def _same_batch(u, v):
-    """Broadcast [1, H] against [B, H] (one query state scored against B candidates)."""
-    b = tf.maximum(tf.shape(u)[0], tf.shape(v)[0])
-    return tf.broadcast_to(u, [b, tf.shape(u)[1]]), tf.broadcast_to(v, [b, tf.shape(v)[1]])
+    """Broadcast [1, H] against [B, H] (one query state scored against B candidates) by adding zeros of
+    the other's batch: exact, and an elementwise broadcast every runtime's shape inference follows
+    (OpenVINO's refused the ONNX Expand of tf.broadcast_to at the concat after it)."""
+    return u + tf.zeros_like(v[:, :1]), v + tf.zeros_like(u[:, :1])  # [B, H] each
 
 
 def uses_fusion(adapted_interaction, fusion=None):
