@@ -114,6 +114,14 @@ def plot(rows, path, K, query_len, cand_len):
     plt.close(fig)
 
 
+def gap_cell(row):
+    """'67% [29%, 100%]' for a student's row, '' for the others."""
+    if row.get("gap_closed") is None:
+        return ""
+    ci = row.get("gap_closed_ci95")
+    return f"{100 * row['gap_closed']:.0f}%" + (f" [{100 * ci[0]:.0f}%, {100 * ci[1]:.0f}%]" if ci else "")
+
+
 def report(out, entries, K, query_len, cand_len, backend, seconds, note):
     from rerank import rerank_latency
 
@@ -122,15 +130,23 @@ def report(out, entries, K, query_len, cand_len, backend, seconds, note):
         split = "test" if "test" in m else "valid"
         lat = rerank_latency(path, K=K, query_len=query_len, cand_len=cand_len, backend=backend, seconds=seconds)
         rows.append({"model": label, "model_dir": str(path), "split": split, "accuracy": m[split]["accuracy"],
-                     "auc": m[split].get("auc"), "p50_ms": lat["p50_ms"], "p99_ms": lat["p99_ms"], "qps": lat["qps"]})
+                     "auc": m[split].get("auc"), "p50_ms": lat["p50_ms"], "p99_ms": lat["p99_ms"], "qps": lat["qps"],
+                     # a student's run: the share of its teacher's lead over its baseline it closed, and the interval
+                     "gap_closed": (m.get("gap_closed") or {}).get(split),
+                     "gap_closed_ci95": (m.get("gap_closed_ci95") or {}).get(split)})
         print(f"{label}: {split} accuracy {100 * m[split]['accuracy']:.2f}, p50 {lat['p50_ms']:.1f} ms/query", flush=True)
     ce = rows[0]
-    table = md_table(["model", f"{ce['split']} accuracy", "AUC", "p50 ms / query", "p99 ms", "queries/s", "vs cross-encoder"],
+    table = md_table(["model", f"{ce['split']} accuracy", "AUC", "gap closed [95%]", "p50 ms / query", "p99 ms",
+                      "queries/s", "vs cross-encoder"],
                      [[r["model"], f"{100 * r['accuracy']:.2f}", "" if r["auc"] is None else f"{100 * r['auc']:.2f}",
-                       f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}", f"{r['qps']:.1f}", f"{r['qps'] / ce['qps']:.1f}x"]
-                      for r in rows])
+                       gap_cell(r), f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}", f"{r['qps']:.1f}",
+                       f"{r['qps'] / ce['qps']:.1f}x"] for r in rows])
     shape = f"rerank of K={K} cached candidates per query, query {query_len} / candidate {cand_len} tokens, {backend}"
-    lines = [f"Trade-off ({shape}; {machine()}; {note})", ""] + table
+    lines = [f"Trade-off ({shape}; {machine()}; {note})", ""] + table + [
+        "", "Gap closed: a student's share of its teacher's accuracy lead over the same-depth model trained without "
+        "the teacher (the distilled tiny over the tiny cross-encoder, VIRT over the siamese), "
+        "(student - baseline) / (teacher - baseline) on the same pairs; [95%]: the pairs resampled jointly "
+        "(1,000 resamples), blank where the teacher does not lead."]
     save(out, "tradeoff", lines, {"rows": rows, "K": K, "query_len": query_len, "cand_len": cand_len,
                                   "backend": backend, "note": note})
     plot(rows, Path(out) / "tradeoff.png", K, query_len, cand_len)

@@ -33,6 +33,20 @@ def runs(tmp_path_factory):
     return out
 
 
+def tradeoff_gap_cell(row):
+    import tradeoff
+
+    return tradeoff.gap_cell(row)
+
+
+def test_gap_cell_by_hand():
+    import tradeoff
+
+    assert tradeoff.gap_cell({"gap_closed": 0.6667, "gap_closed_ci95": [0.2857, 1.0]}) == "67% [29%, 100%]"
+    assert tradeoff.gap_cell({"gap_closed": -0.25, "gap_closed_ci95": None}) == "-25%"
+    assert tradeoff.gap_cell({"gap_closed": None}) == ""
+
+
 def test_report_places_every_model_with_its_own_scores(runs):
     report = json.loads((runs / "tradeoff.json").read_text())
     rows = report["rows"]
@@ -47,5 +61,11 @@ def test_report_places_every_model_with_its_own_scores(runs):
     assert report["K"] == 8 and report["query_len"] > 2 and report["cand_len"] > 2
     md = (runs / "tradeoff.md").read_text()
     assert "| VIRT, 2 layers |" in md and "1.0x |" in md  # the cross-encoder against itself
+    # the students' rows carry the share of the teacher gap their run closed (its metrics.json), and the interval
+    for row, m in zip(rows, [None, None, tiny, None, virt]):
+        assert row["gap_closed"] == (None if m is None else (m.get("gap_closed") or {}).get("test"))
+        assert row["gap_closed_ci95"] == (None if m is None else (m.get("gap_closed_ci95") or {}).get("test"))
+        assert (tradeoff_gap_cell(row) == "") is (row["gap_closed"] is None)
+    assert "Gap closed: a student's share" in md
     png = (runs / "tradeoff.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5_000
