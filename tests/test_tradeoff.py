@@ -69,3 +69,33 @@ def test_report_places_every_model_with_its_own_scores(runs):
     assert "Gap closed: a student's share" in md
     png = (runs / "tradeoff.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5_000
+
+
+def test_ablation_scores_every_model_on_one_file_with_paired_tests(runs, tmp_path):
+    """bench/ablation.py on the runs above: each accuracy is its run's own test accuracy, the McNemar
+    counts are the accuracy difference pair by pair, and the gap share is worked from the accuracies."""
+    import yaml
+
+    import ablation
+
+    test_file = yaml.safe_load((runs / "virt" / "config.yaml").read_text())["data"]["test"]
+    models = {"teacher": runs / "virt" / "teacher" / "model", "plain": runs / "tiny" / "baseline" / "model",
+              "kd": runs / "tiny" / "model"}
+    ablation.main(["--data", test_file, "--model", *[f"{k}={v}" for k, v in models.items()],
+                   "--compare", "kd:plain", "--gap", "teacher:plain:kd", "--json", str(tmp_path / "a.json")])
+    res = json.loads((tmp_path / "a.json").read_text())
+    tiny = json.loads((runs / "tiny" / "metrics.json").read_text())
+    assert res["models"]["kd"]["accuracy"] == pytest.approx(tiny["test"]["accuracy"])
+    assert res["models"]["plain"]["accuracy"] == pytest.approx(tiny["baseline"]["test"]["accuracy"])
+    n = res["models"]["kd"]["n"]
+    kd_only, plain_only = res["compare"]["kd:plain"]["right_only"]
+    assert (kd_only - plain_only) / n == pytest.approx(res["models"]["kd"]["accuracy"] - res["models"]["plain"]["accuracy"])
+    gap = res["gap"]["teacher:plain:kd"]
+    lead = res["models"]["teacher"]["accuracy"] - res["models"]["plain"]["accuracy"]
+    assert gap["teacher_lead"] == pytest.approx(lead)
+    if lead > 0:
+        assert gap["closed"] == pytest.approx((res["models"]["kd"]["accuracy"] - res["models"]["plain"]["accuracy"]) / lead)
+    else:
+        assert gap["closed"] is None
+    with pytest.raises(SystemExit, match="expected 2 of the --model names"):
+        ablation.main(["--data", test_file, "--model", f"kd={models['kd']}", "--compare", "kd:nobody"])
