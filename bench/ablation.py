@@ -78,9 +78,10 @@ def main(argv=None):
         lead = point_metric("accuracy", outs[t]) - point_metric("accuracy", outs[b])
         share = (point_metric("accuracy", outs[s]) - point_metric("accuracy", outs[b])) / lead if lead > 0 else None
         interval, dropped = gap_interval("accuracy", outs[t], outs[b], outs[s])
-        res["gap"][spec] = {"teacher_lead": lead, "closed": share, "ci95": interval, "resamples_without_lead": dropped}
+        res["gap"][spec] = {"teacher_lead": lead, "closed": share, "ci95": interval if share is not None else None,
+                            "resamples_without_lead": dropped}
         shown = "the teacher does not lead" if share is None else f"{100 * share:.0f}%"
-        ci = f" [{100 * interval[0]:.0f}%, {100 * interval[1]:.0f}%]" if interval else ""
+        ci = f" [{100 * interval[0]:.0f}%, {100 * interval[1]:.0f}%]" if interval and share is not None else ""
         print(f"gap {t} over {b} ({100 * lead:+.2f} points) closed by {s}: {shown}{ci} "
               f"({dropped} resamples where the teacher did not lead)")
     if args.json:
