@@ -18,9 +18,8 @@ step ([K, Tc, H]); `score` broadcasts the query over the K candidates.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import logging
+from pathlib import Path
 
 import numpy as np
 
