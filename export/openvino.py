@@ -95,10 +95,10 @@ def quantize(onnx_path, xml_path, feeds, options=None):
 def int8_coverage(xml_path):
     """The MatMuls of an IR by precision: {"int8": [names], "kept": [names]}, int8 being those with a
     FakeQuantize on an input (what NNCF inserts; OpenVINO runs them in int8)."""
-    import openvino as ov
+    from runtime.openvino import core
 
     cover = {"int8": [], "kept": []}
-    for op in ov.Core().read_model(str(xml_path)).get_ordered_ops():
+    for op in core().read_model(str(xml_path)).get_ordered_ops():
         if op.get_type_name() == "MatMul":
             quantised = any(op.input_value(i).get_node().get_type_name() == "FakeQuantize"
                             for i in range(op.get_input_size()))
