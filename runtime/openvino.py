@@ -12,6 +12,7 @@ line per process. An int8 IR runs its quantised layers in int8 and the rest at t
 from __future__ import annotations
 
 import logging
+import os
 import threading
 
 from runtime.onnx import physical_cores
@@ -61,31 +62,70 @@ def precision(requested="auto"):
     return "f32"
 
 
-def compile_model(path, threads=None, precision_hint="f32"):
-    """The IR at `path` compiled for the CPU: INFERENCE_NUM_THREADS = `threads` or the physical cores,
-    the given precision, latency mode (one stream: the server batches requests itself). The IR keeps the
-    ONNX graph's dynamic batch and sequence axes, so any padded shape runs."""
+# A batch of at least this many rows is split across one CPU stream per thread (each stream one
+# thread): 1.07-1.26x one request's speed at 8-100 rows of 48 and 128 tokens on the 2-core VM, never
+# slower; at 2-4 rows 0.98-1.06x, and a single row would run on one thread (1.5-2x slower), so small
+# batches keep the one-request latency compile (docs/inference.md, "Streams").
+SPLIT_MIN_ROWS = 8
+
+
+def compile_model(path, threads=None, precision_hint="f32", streams=1):
+    """The IR at `path` (a path or a read `openvino.Model`) compiled for the CPU: INFERENCE_NUM_THREADS =
+    `threads` or the physical cores, the given precision. `streams` 1: latency mode (one request uses every
+    thread); more: that many streams sharing the threads, one request each. The IR keeps the ONNX graph's
+    dynamic batch and sequence axes, so any padded shape runs."""
     props = {"INFERENCE_NUM_THREADS": int(threads or physical_cores()),
-             "INFERENCE_PRECISION_HINT": precision_hint, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
-    return core().compile_model(str(path), "CPU", props)
+             "INFERENCE_PRECISION_HINT": precision_hint, "NUM_STREAMS": int(streams)}
+    if streams == 1:
+        props["PERFORMANCE_HINT"] = "LATENCY"
+    return core().compile_model(str(path) if isinstance(path, (str, os.PathLike)) else path, "CPU", props)
 
 
 class Runner:
     """One compiled IR called like an onnxruntime session: input name -> array in, output name -> array out.
-    Its infer request is reused under a lock (one request at a time per compiled model, as with one stream)."""
 
-    def __init__(self, path, threads=None, precision_hint="f32"):
+    Calls are serialised under a lock. A batch of `SPLIT_MIN_ROWS` rows or more is cut into one part per
+    thread, run at once on a second compile of the same IR with that many single-thread streams (compiled
+    on the first such batch: about 120 MB more at 28 x 128), and the parts' outputs concatenated; smaller
+    batches run as one request on every thread. `streams=1` keeps every call on the latency compile."""
+
+    def __init__(self, path, threads=None, precision_hint="f32", streams=None):
         self.path, self.precision = path, precision_hint
-        self.compiled = compile_model(path, threads, precision_hint)
+        self.threads = int(threads or physical_cores())
+        self.streams = self.threads if streams is None else int(streams)
+        self._model = core().read_model(str(path))
+        self.compiled = compile_model(self._model, self.threads, precision_hint)
         self.inputs = [i.get_any_name() for i in self.compiled.inputs]
         self.input_types = {i.get_any_name(): i.get_element_type().to_dtype() for i in self.compiled.inputs}
         self.outputs = [o.get_any_name() for o in self.compiled.outputs]
         self._request = self.compiled.create_infer_request()
+        self._split = None  # (compiled, requests), on the first batch that is split
         self._lock = threading.Lock()
 
+    def _parts(self, feed):
+        """`feed` cut into `streams` contiguous row ranges; an input whose batch is 1 while others have more
+        (VIRT's one query broadcast against K candidates) goes whole to every part."""
+        rows = max(len(v) for v in feed.values())
+        edges = [round(rows * k / self.streams) for k in range(self.streams + 1)]
+        return [{k: (v[a:b] if len(v) == rows else v) for k, v in feed.items()} for a, b in zip(edges, edges[1:])]
+
     def __call__(self, feeds):
+        import numpy as np
+
         feed = {k: feeds[k].astype(self.input_types[k], copy=False) for k in self.inputs}
+        rows = max(len(v) for v in feed.values())
         with self._lock:
-            res = self._request.infer(feed, share_inputs=True)  # no copy of large inputs (VIRT states)
-            # copies: the request's output buffers are reused by its next call
-            return {name: res[out].copy() for name, out in zip(self.outputs, self.compiled.outputs)}
+            if self.streams < 2 or rows < max(SPLIT_MIN_ROWS, self.streams):
+                res = self._request.infer(feed, share_inputs=True)  # no copy of large inputs (VIRT states)
+                # copies: the request's output buffers are reused by its next call
+                return {name: res[out].copy() for name, out in zip(self.outputs, self.compiled.outputs)}
+            if self._split is None:
+                compiled = compile_model(self._model, self.threads, self.precision, self.streams)
+                self._split = (compiled, [compiled.create_infer_request() for _ in range(self.streams)])
+            compiled, requests = self._split
+            for request, part in zip(requests, self._parts(feed)):
+                request.start_async(part, share_inputs=True)
+            for request in requests:
+                request.wait()
+            return {name: np.concatenate([r.get_tensor(out).data for r in requests])
+                    for name, out in zip(self.outputs, compiled.outputs)}

@@ -123,6 +123,20 @@ def test_adapted_pooling_equals_eq5_and_one_query_broadcasts(adapted, fusion):
     np.testing.assert_allclose(m.score(hx[1:2], xm[1:2], hy, ym), tiled, atol=1e-6)
 
 
+def _virt_score_ir(adapted, tmp_path):
+    """A random 1-layer VIRT (probabilities far from 0.5) and its `score` function as an OpenVINO IR."""
+    from export.onnx import convert_function
+    from export.openvino import convert
+    from modeling.encoder import BertEncoder
+
+    enc = BertEncoder(vocab_size=50, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32,
+                      max_position=32, name="encoder")
+    m = VirtModel(enc, 2, adapted_interaction=adapted, name="virt")
+    m(m.dummy_inputs())
+    m.classifier.kernel.assign(np.random.default_rng(1).normal(scale=3.0, size=m.classifier.kernel.shape))
+    return m, convert(convert_function(m.serving_functions()["score"], tmp_path / "score.onnx"), tmp_path / "score.xml")
+
+
 @pytest.mark.parametrize("adapted", [False, True])
 def test_openvino_broadcasts_one_query_where_its_answer_is_right(adapted, tmp_path):
     """The baseline's head (the default) broadcasts one query through the OpenVINO IR with Keras's answer;
@@ -130,20 +144,12 @@ def test_openvino_broadcasts_one_query_where_its_answer_is_right(adapted, tmp_pa
     this random model, 0.03 on a trained one), so search.engine.broadcasts_query repeats the query there."""
     from types import SimpleNamespace
 
-    from export.onnx import convert_function
-    from export.openvino import convert
-    from modeling.encoder import BertEncoder
     from runtime.openvino import Runner
     from search.engine import broadcasts_query
 
-    enc = BertEncoder(vocab_size=50, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32,
-                      max_position=32, name="encoder")
-    m = VirtModel(enc, 2, adapted_interaction=adapted, name="virt")
-    m(m.dummy_inputs())
-    rng = np.random.default_rng(1)
-    m.classifier.kernel.assign(rng.normal(scale=3.0, size=m.classifier.kernel.shape))  # probabilities far from 0.5
-    ir = convert(convert_function(m.serving_functions()["score"], tmp_path / "score.onnx"), tmp_path / "score.xml")
+    m, ir = _virt_score_ir(adapted, tmp_path)
     run = Runner(ir, 1, "f32")
+    rng = np.random.default_rng(1)
     hx, hy = rng.normal(size=(1, 5, 16)).astype("float32"), rng.normal(size=(4, 9, 16)).astype("float32")
     xm, ym = np.ones((1, 5), np.int32), np.array([[1] * 9, [1] * 4 + [0] * 5, [1] * 7 + [0] * 2, [1] * 9], np.int32)
     want = m.score(hx, xm, hy, ym).numpy()
@@ -155,6 +161,31 @@ def test_openvino_broadcasts_one_query_where_its_answer_is_right(adapted, tmp_pa
     assert (np.abs(one - want).max() < 1e-4) is not adapted, np.abs(one - want).max()
     repeated = run({"x_states": np.repeat(hx, 4, 0), "x_mask": np.repeat(xm, 4, 0), "y_states": hy, "y_mask": ym})
     np.testing.assert_allclose(repeated["probs"], want, atol=1e-3)
+
+
+def test_openvino_runner_splits_a_large_batch_across_streams(tmp_path):
+    """A batch of SPLIT_MIN_ROWS rows or more runs as one part per stream (uneven parts, the one query
+    going whole to each) and answers as Keras and the one-request compile do; a small batch is not split."""
+    from runtime.openvino import SPLIT_MIN_ROWS, Runner
+
+    m, ir = _virt_score_ir(False, tmp_path)
+    rng = np.random.default_rng(2)
+    k = SPLIT_MIN_ROWS + 3  # 11 candidates: parts of 5 and 6 with 2 streams, 4/4/3 with 3
+    hx, hy = rng.normal(size=(1, 5, 16)).astype("float32"), rng.normal(size=(k, 9, 16)).astype("float32")
+    xm, ym = np.ones((1, 5), np.int32), (np.arange(9)[None] < rng.integers(1, 10, (k, 1))).astype(np.int32)
+    feeds = {"x_states": hx, "x_mask": xm, "y_states": hy, "y_mask": ym}
+    want = m.score(hx, xm, hy, ym).numpy()
+    one = Runner(ir, 2, "f32", streams=1)
+    np.testing.assert_allclose(one(feeds)["probs"], want, atol=1e-3)  # fp16 weights in the IR
+    for streams in (2, 3):
+        split = Runner(ir, 3, "f32", streams=streams)
+        small = {**feeds, "y_states": hy[:SPLIT_MIN_ROWS - 1], "y_mask": ym[:SPLIT_MIN_ROWS - 1]}
+        np.testing.assert_allclose(split(small)["probs"], want[:SPLIT_MIN_ROWS - 1], atol=1e-3)
+        assert split._split is None  # below the threshold: the one-request compile
+        got = split(feeds)["probs"]
+        assert split._split is not None and len(split._split[1]) == streams
+        np.testing.assert_allclose(got, want, atol=1e-3)
+        np.testing.assert_allclose(got, one(feeds)["probs"], atol=1e-6)
 
 
 def test_virt_onnx_encode_and_broadcast_score_equal_keras(setup, model_dirs, tmp_path):  # noqa: F811
