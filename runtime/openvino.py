@@ -99,6 +99,7 @@ class Runner:
         self.input_types = {i.get_any_name(): i.get_element_type().to_dtype() for i in self.compiled.inputs}
         self.outputs = [o.get_any_name() for o in self.compiled.outputs]
         self._request = self.compiled.create_infer_request()
+        self.min_rows = SPLIT_MIN_ROWS
         self._split = None  # (compiled, requests), on the first batch that is split
         self._lock = threading.Lock()
 
@@ -115,7 +116,7 @@ class Runner:
         feed = {k: feeds[k].astype(self.input_types[k], copy=False) for k in self.inputs}
         rows = max(len(v) for v in feed.values())
         with self._lock:
-            if self.streams < 2 or rows < max(SPLIT_MIN_ROWS, self.streams):
+            if self.streams < 2 or rows < max(self.min_rows, self.streams):
                 res = self._request.infer(feed, share_inputs=True)  # no copy of large inputs (VIRT states)
                 # copies: the request's output buffers are reused by its next call
                 return {name: res[out].copy() for name, out in zip(self.outputs, self.compiled.outputs)}

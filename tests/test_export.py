@@ -1163,3 +1163,21 @@ def test_bench_int8_options_scores_and_times_each_variant(exports, tmp_path):
     assert v["int8_matmuls"] > 0 and v["pairs_per_s"][0] > 0 and 0 <= v["accuracy"] <= 1
     # the discordant counts are the accuracy difference, pair by pair
     assert abs((v["variant_only"] - v["fp32_only"]) / r["n"] - (v["accuracy"] - r["fp32"])) < 1e-9
+
+
+def test_bench_ov_streams_times_one_request_against_the_split(exports, tmp_path):
+    """bench/ov_streams.py on a real (tiny) IR: every shape timed both ways, the ratio their quotient; a
+    missing IR is refused by name."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import ov_streams
+
+    ir = exports["out"]["cross_encoder"] / "openvino" / "model.xml"
+    ov_streams.main(["--ir", str(ir), "--rows", "2", "3", "--lengths", "5", "--rounds", "2", "--seconds", "0.01",
+                     "--precision", "f32", "--json", str(tmp_path / "s.json")])
+    r = json.loads((tmp_path / "s.json").read_text())
+    assert [(s["tokens"], s["rows"]) for s in r["shapes"]] == [(5, 2), (5, 3)]
+    for s in r["shapes"]:
+        assert len(s["rounds"]["one"]) == len(s["rounds"]["split"]) == 2
+        assert s["one_ms"] == min(s["rounds"]["one"]) and abs(s["ratio"] - s["one_ms"] / s["split_ms"]) < 1e-12
+    with pytest.raises(SystemExit, match="nowhere.xml: no such file"):
+        ov_streams.main(["--ir", str(tmp_path / "nowhere.xml")])
