@@ -43,15 +43,19 @@ from common import PEER_PYTHON, ROOT, fixed_batch, md_table, peak_rss_mb, run_ch
 
 HERE = Path(__file__).resolve()
 OURS = ("keras", "keras-bf16", "onnx", "onnx-int8", "onnx-fused", "onnx-fused-int8", "onnx-fused:t1",
-        "onnx-fused:parallel", "openvino", "openvino-int8", "auto")
+        "onnx-fused:parallel", "openvino", "openvino-int8", "openvino:one", "openvino-int8:one", "auto")
 # Backends run on a real export directory (`--task export` of the same model, in prepare()) through
 # runtime.backends.open_model, exactly as serve/predict/textmatch.load run them: (backend, int8).
-EXPORTED = {"openvino": ("openvino", False), "openvino-int8": ("openvino", True), "auto": ("auto", None)}
+# `:one`: every batch as one request on every thread (the Runner's latency compile), never split across
+# streams (runtime/openvino.SPLIT_MIN_ROWS): the same files, to measure the split.
+EXPORTED = {"openvino": ("openvino", False), "openvino-int8": ("openvino", True), "auto": ("auto", None),
+            "openvino:one": ("openvino", False), "openvino-int8:one": ("openvino", True)}
 PEERS = ("peer-a", "peer-b")
 BATCH, SEQ = 28, 128
 DTYPE = {"keras": "fp32", "keras-bf16": "bf16", "onnx": "fp32", "onnx-fused": "fp32", "onnx-fused:t1": "fp32",
          "onnx-fused:parallel": "fp32", "onnx-int8": "int8", "onnx-fused-int8": "int8", "peer-a": "fp32",
-         "peer-b": "int8", "openvino": "bf16", "openvino-int8": "int8", "auto": "?"}
+         "peer-b": "int8", "openvino": "bf16", "openvino-int8": "int8", "openvino:one": "bf16",
+         "openvino-int8:one": "int8", "auto": "?"}
 GEMM_N = 2048
 
 
@@ -183,6 +187,9 @@ def ours(spec, backend, seconds):
 
         runtime, int8 = EXPORTED[backend]
         model = open_model(files["export"], backend=runtime, int8=int8, threads=physical_cores())
+        if backend.endswith(":one"):
+            for runner in model.sessions.values():
+                runner.streams = 1
 
         def run(ids, types, mask):
             return model.run("predict_ids", {"input_ids": ids, "token_type_ids": types,
@@ -484,7 +491,8 @@ def report(args, manifest, runs, gemms, wall, load_start, load_end):
                            "met" if x >= 1.1 else "not met"])
         for a, b in (("onnx-fused", "onnx"), ("onnx-fused-int8", "onnx-int8"), ("keras-bf16", "keras"),
                      ("onnx-fused:t1", "onnx-fused"), ("onnx-fused:parallel", "onnx-fused"),
-                     ("openvino", "onnx-fused"), ("openvino-int8", "onnx-fused-int8")):
+                     ("openvino", "onnx-fused"), ("openvino-int8", "onnx-fused-int8"),
+                     ("openvino", "openvino:one"), ("openvino-int8", "openvino-int8:one")):
             if a in rate and b in rate:
                 ratios.append([shape, f"{a} vs {b}", f"{rate[a][key] / rate[b][key]:.2f}x", "", ""])
     for b in ("auto",):  # the backend serve/predict pick: its spread between rounds
