@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import md_table, save  # noqa: E402
+from benchlib import md_table, save  # noqa: E402
 
 
 def _softmax_masked(scores, key_mask):

@@ -114,7 +114,7 @@ def serving_code(rel):
 def local_modules(root=ROOT):
     """Top-level names the project's own code can import: the packages and modules at the root, and the
     modules of the script directories (bench/, tests/, tools/ put themselves or each other on sys.path:
-    bench scripts import `common`, tests import `tradeoff`)."""
+    bench scripts import `benchlib`, tests import `tradeoff`)."""
     names = set()
     for d in (root, *(root / d for d in DEV_DIRS)):
         if d.is_dir():
