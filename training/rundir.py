@@ -18,6 +18,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from common.files import write_json
 from config import ConfigError, config_to_dict, load_config, save_config
 from config.schema import TRAINING_TASKS
 from data.readers import DataError
@@ -220,10 +221,8 @@ def start_run(cfg, out, given=None):
         return
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-    tmp = out / "inputs.json.tmp"
-    tmp.write_text(json.dumps({"config": config_to_dict(given), "files": fingerprints(given)}, indent=2),
-                   encoding="utf-8")
-    tmp.replace(out / "inputs.json")
+    write_json(out / "inputs.json", {"config": config_to_dict(given), "files": fingerprints(given)},
+               ensure_ascii=True, default=None)
 
 
 # ----------------------------------------------------------------------------- inputs

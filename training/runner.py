@@ -9,7 +9,6 @@ trains with and reports, and `run(task)` drives it:
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import time
 from datetime import datetime
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import keras
 
+from common.files import write_json
 from config import config_to_dict, load_config
 from modeling.model_dir import load_model_dir, save_model_dir
 from training.card import write_card
@@ -269,10 +269,3 @@ def format_scores(block):
     ci = block.get("ci95", {})
     return ", ".join(f"{k} {v:.4f}" + (f" [{ci[k][0]:.4f}, {ci[k][1]:.4f}]" if k in ci else "")
                      for k, v in block.items() if isinstance(v, float))
-
-
-def write_json(path, obj):
-    """Write `obj` as JSON under a temporary name, then rename: never a half-written file."""
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=float), encoding="utf-8")
-    tmp.replace(path)

@@ -1,0 +1,5 @@
+"""The lowest layer: what every package would otherwise write for itself (standard library, numpy and
+YAML only, no TensorFlow: the serving runtime imports it).
+
+- `common.files`: atomic writes of files and directories;
+"""

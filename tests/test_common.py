@@ -1,0 +1,83 @@
+"""The low layer (common/): atomic writes, the content-hash cache, the chief rule, label semantics.
+Cheap: plain files and numpy, no model, no TensorFlow in the code under test."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from common.files import atomic_path, fresh_dir, replace_dir, write_bytes, write_json, write_text
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ----------------------------------------------------------------------------- files
+def test_write_json_writes_the_report_style_and_leaves_nothing_else(tmp_path):
+    target = tmp_path / "metrics.json"
+    obj = {"accuracy": np.float32(0.5), "name": "café"}
+    write_json(target, obj)
+    assert target.read_text(encoding="utf-8") == json.dumps(obj, indent=2, ensure_ascii=False, default=float)
+    assert '"café"' in target.read_text(encoding="utf-8")  # UTF-8 as it is
+    # The trainer's state file: compact, ASCII, no conversions, as json.dumps writes by default.
+    write_json(target, {"best": 0.25, "é": [1]}, indent=None, ensure_ascii=True, default=None)
+    assert target.read_text() == json.dumps({"best": 0.25, "é": [1]})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
+
+
+def test_a_written_file_has_the_mode_a_plain_write_gives(tmp_path):
+    (tmp_path / "plain").write_text("x")
+    write_text(tmp_path / "atomic", "x")
+    write_bytes(tmp_path / "atomic_bytes", b"x")
+    plain = (tmp_path / "plain").stat().st_mode
+    assert (tmp_path / "atomic").stat().st_mode == plain == (tmp_path / "atomic_bytes").stat().st_mode
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary_one(tmp_path):
+    target = tmp_path / "report.json"
+    write_json(target, {"ok": True})
+    before = target.read_bytes()
+    with pytest.raises(TypeError, match="not 'object'"):
+        write_json(target, {"ok": object()})  # fails while serialising (default=float): nothing is opened
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        write_json(target, {"ok": {1j}}, default=None)
+    with pytest.raises(RuntimeError, match="midway"):
+        with atomic_path(target) as tmp:  # fails after half a file was written
+            tmp.write_bytes(b'{"ok": fal')
+            assert tmp.parent == target.parent and tmp.name.startswith(".")
+            raise RuntimeError("midway")
+    assert target.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
+
+
+def test_atomic_path_keeps_the_suffix_for_writers_that_choose_by_it(tmp_path):
+    with atomic_path(tmp_path / "a.npy") as tmp:
+        np.save(tmp, np.arange(3))  # np.save appends .npy to a name without it
+    with atomic_path(tmp_path / "b.npz") as tmp:
+        np.savez(tmp, x=np.ones(2))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npy", "b.npz"]
+    assert np.load(tmp_path / "a.npy").tolist() == [0, 1, 2]
+
+
+def test_replace_dir_puts_the_new_version_in_place_and_keeps_the_old_one_on_failure(tmp_path):
+    target = tmp_path / "index"
+    staging = fresh_dir(tmp_path / "index.partial")
+    (staging / "v").write_text("1")
+    replace_dir(staging, target)  # no old version
+    assert (target / "v").read_text() == "1" and not staging.exists()
+    staging = fresh_dir(tmp_path / "index.partial")
+    (staging / "v").write_text("2")
+    replace_dir(staging, target)
+    assert (target / "v").read_text() == "2"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index"]
+    with pytest.raises(FileNotFoundError):
+        replace_dir(tmp_path / "missing", target)  # the second rename fails: the old version comes back
+    assert (target / "v").read_text() == "2" and sorted(p.name for p in tmp_path.iterdir()) == ["index"]
+
+
+def test_fresh_dir_empties_an_interrupted_staging_directory(tmp_path):
+    (tmp_path / "s" / "deep").mkdir(parents=True)
+    (tmp_path / "s" / "deep" / "left").write_text("x")
+    assert list(fresh_dir(tmp_path / "s").iterdir()) == []
