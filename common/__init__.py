@@ -2,4 +2,5 @@
 YAML only, no TensorFlow: the serving runtime imports it).
 
 - `common.files`: atomic writes of files and directories;
+- `common.cache`: the content-hash disk cache (tokenisation, teacher logits);
 """

@@ -3,12 +3,14 @@ Cheap: plain files and numpy, no model, no TensorFlow in the code under test."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from common.cache import DiskCache, cache_dir, text_pairs
 from common.files import atomic_path, fresh_dir, replace_dir, write_bytes, write_json, write_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,3 +83,36 @@ def test_fresh_dir_empties_an_interrupted_staging_directory(tmp_path):
     (tmp_path / "s" / "deep").mkdir(parents=True)
     (tmp_path / "s" / "deep" / "left").write_text("x")
     assert list(fresh_dir(tmp_path / "s").iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- cache
+def test_cache_dir_is_the_run_directory_unless_a_root_is_given(tmp_path):
+    assert cache_dir(None, tmp_path / "run", "tokens") == tmp_path / "run" / ".cache" / "tokens"
+    assert cache_dir(str(tmp_path / "shared"), tmp_path / "run", "tokens") == tmp_path / "shared" / "tokens"
+    assert cache_dir("~/c", "run", "teacher_logits") == Path.home() / "c" / "teacher_logits"
+
+
+def test_cache_file_name_is_the_sha256_of_the_parts_in_order(tmp_path):
+    store = DiskCache(tmp_path)
+    path = store.path(".npz", b"vocab\n", "2|True|16", text_pairs(["a", "b"], ["x", "y"]))
+    by_hand = hashlib.sha256(b"vocab\n" b"2|True|16" b"a\x1fx\x1e" b"b\x1fy\x1e").hexdigest()[:24]
+    assert path == tmp_path / f"{by_hand}.npz"
+    assert list(text_pairs(["a"])) == [b"a\x1fNone\x1e"]  # single texts: the b side is None
+    assert store.path(".npz", b"vocab\n", "2|True|16", text_pairs(["a", "b"], ["x", "z"])) != path
+
+
+def test_cache_misses_then_hits_and_a_changed_content_is_a_new_file(tmp_path):
+    store = DiskCache(tmp_path / "c")  # created by the first write
+    logits = np.array([[0.25, -1.5]], np.float32)
+    one = store.path(".npy", b"weights", text_pairs(["q"], ["d"]))
+    assert store.get(one) is None
+    store.put(one, logits)
+    hit = store.get(one)
+    assert hit.dtype == np.float32 and hit.tolist() == logits.tolist()
+    two = store.path(".npy", b"weights", text_pairs(["q!"], ["d"]))
+    assert two != one and store.get(two) is None
+    ragged = {"input_ids.flat": np.array([1, 2, 3], np.int32), "input_ids.len": np.array([1, 2], np.int64)}
+    three = store.put(store.path(".npz", b"v"), ragged)
+    got = store.get(three)
+    assert set(got) == set(ragged) and all(np.array_equal(got[k], ragged[k]) for k in ragged)
+    assert sorted(p.suffix for p in (tmp_path / "c").iterdir()) == [".npy", ".npz"]  # no temporary file left

@@ -122,7 +122,7 @@ def _a(kind):
 
 
 # ----------------------------------------------------------------------------- resume
-IGNORED = ("out", "train.verbose")  # keys that change nothing a run computes
+IGNORED = ("out", "train.verbose", "train.cache_dir")  # keys that change nothing a run computes
 
 
 def input_files(cfg):

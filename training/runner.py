@@ -16,12 +16,13 @@ from pathlib import Path
 
 import keras
 
+from common.cache import cache_dir
 from common.files import write_json
 from config import config_to_dict, load_config
 from modeling.model_dir import load_model_dir, save_model_dir
 from training.card import write_card
 from training.contract import command, data_block
-from training.inputs import cache_dir, load_splits, tokenize
+from training.inputs import load_splits, tokenize
 from training.memory import peak_rss_mb
 from training.metrics import constant_prediction_warnings, describe_test
 from training.references import baseline_scores, compare_with_baseline, save_predictions, teacher_report
@@ -185,7 +186,7 @@ def train(task, run_dir, splits, metric, report, data=None):
                                 f"embeddings of model.init={cfg.model.init}")
         t0 = time.time()
         chief = is_chief(strategy)  # the other workers of a multi-worker run write nothing, not even the cache
-        tokens = cache_dir(run_dir, "tokens")
+        tokens = cache_dir(cfg.train.cache_dir, run_dir, "tokens")
         train_split = tokenize(model, tokenizer, splits.train, splits.label_names, max_len, "train", tokens, chief)
         train_split.features.update(task.train_features(train_split))
         valid = tokenize(model, tokenizer, splits.valid, splits.label_names, max_len, "valid", tokens, chief)
