@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from common.cache import DiskCache, cache_dir, text_pairs
+from common.cluster import chief_from_env, chief_task
 from common.files import atomic_path, fresh_dir, replace_dir, write_bytes, write_json, write_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,3 +117,36 @@ def test_cache_misses_then_hits_and_a_changed_content_is_a_new_file(tmp_path):
     got = store.get(three)
     assert set(got) == set(ragged) and all(np.array_equal(got[k], ragged[k]) for k in ragged)
     assert sorted(p.suffix for p in (tmp_path / "c").iterdir()) == [".npy", ".npz"]  # no temporary file left
+
+
+# ----------------------------------------------------------------------------- cluster
+# (task type, task id, cluster) -> chief, worked out from TensorFlow's rule by hand.
+WORKERS = {"worker": ["a:1", "b:1"]}
+WITH_CHIEF = {"chief": ["c:1"], "worker": ["a:1", "b:1"]}
+CHIEF_TABLE = [
+    (None, None, {}, True),  # no cluster: a process is its own chief
+    ("worker", 0, WORKERS, True),  # no chief task: worker 0
+    ("worker", 1, WORKERS, False),
+    ("chief", 0, WITH_CHIEF, True),
+    ("worker", 0, WITH_CHIEF, False),  # a chief task exists: worker 0 is a plain worker
+    ("evaluator", 0, WORKERS, False),
+    ("ps", 0, WORKERS, False),
+]
+
+
+@pytest.mark.parametrize("task_type,task_id,cluster,chief", CHIEF_TABLE)
+def test_chief_rule(task_type, task_id, cluster, chief):
+    assert chief_task(task_type, task_id, cluster) is chief
+
+
+@pytest.mark.parametrize("task_type,task_id,cluster,chief", [c for c in CHIEF_TABLE if c[0] is not None])
+def test_chief_from_tf_config_applies_the_same_rule(task_type, task_id, cluster, chief):
+    env = {"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": task_type, "index": task_id}})}
+    assert chief_from_env("multiworker", env) is chief
+    assert chief_from_env("auto", env) is True  # TF_CONFIG counts under train.strategy=multiworker only
+
+
+def test_chief_from_env_without_tf_config_or_index():
+    assert chief_from_env("multiworker", {}) is True
+    env = {"TF_CONFIG": json.dumps({"cluster": WORKERS, "task": {"type": "worker"}})}  # index defaults to 0
+    assert chief_from_env("multiworker", env) is True

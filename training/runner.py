@@ -17,6 +17,7 @@ from pathlib import Path
 import keras
 
 from common.cache import cache_dir
+from common.cluster import chief_from_env
 from common.files import write_json
 from config import config_to_dict, load_config
 from modeling.model_dir import load_model_dir, save_model_dir
@@ -27,7 +28,7 @@ from training.memory import peak_rss_mb
 from training.metrics import constant_prediction_warnings, describe_test
 from training.references import baseline_scores, compare_with_baseline, save_predictions, teacher_report
 from training.rundir import RunError, finished, start_run
-from training.strategy import chief_from_env, is_chief, make_strategy
+from training.strategy import is_chief, make_strategy
 from training.trainer import Trainer, TrainingError, evaluator, finish_backup, schedule_warnings
 
 log = logging.getLogger(__name__)
@@ -146,7 +147,7 @@ def validate(cfg):
 
 def run_dir_path(cfg):
     """`--out DIR` or `runs/<task>/<stamp>`, refused when it holds a finished run (before any work)."""
-    if not chief_from_env(cfg.train):
+    if not chief_from_env(cfg.train.strategy):
         if not cfg.out:
             raise RunError("train.strategy=multiworker: give every worker the same --out (the chief's run "
                            "directory, where the others find the resume checkpoints)")
@@ -161,7 +162,7 @@ def prepare_run_dir(cfg, given=None):
     """Record the run in `cfg.out` (see run_dir_path). A multi-worker run's other workers write nothing
     there: they only read the chief's backup."""
     out = Path(cfg.out)
-    if chief_from_env(cfg.train):
+    if chief_from_env(cfg.train.strategy):
         start_run(cfg, out, given)  # a resume must be of a run with this config and data, and keeps its config.yaml
     return out
 
