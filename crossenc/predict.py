@@ -111,7 +111,7 @@ def predict(cfg):
             labels = loaded.labels
         probs, cosine = outputs.get("probs"), outputs.get("cosine")
         if probs is None:
-            from data.readers import positive_index
+            from common.labels import positive_index
             from training.metrics import cosine_classes
 
             classes = cosine_classes(cosine, labels, loaded.threshold)

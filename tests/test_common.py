@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +16,7 @@ import pytest
 from common.cache import DiskCache, cache_dir, text_pairs
 from common.cluster import chief_from_env, chief_task
 from common.files import atomic_path, fresh_dir, replace_dir, write_bytes, write_json, write_text
+from common.labels import class_targets, is_number, positive_index
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -150,3 +154,40 @@ def test_chief_from_env_without_tf_config_or_index():
     assert chief_from_env("multiworker", {}) is True
     env = {"TF_CONFIG": json.dumps({"cluster": WORKERS, "task": {"type": "worker"}})}  # index defaults to 0
     assert chief_from_env("multiworker", env) is True
+
+
+# ----------------------------------------------------------------------------- labels
+@pytest.mark.parametrize("names,index", [
+    (["0", "1"], 1), (["1", "0"], 0), (["no", "yes"], 1), (["True", "False"], 0), (["-1", "1"], 1),
+    (["not_paraphrase", "paraphrase"], 1), (["entailment", "not_entailment"], 0),
+    (["ENTAILMENT", "NEUTRAL", "CONTRADICTION"], 0), (["different", "similar"], 1), (["b", "a"], 1),
+    (["a", "b", "c"], 2),  # no positive name: the last class
+])
+def test_positive_index(names, index):
+    assert positive_index(names) == index
+
+
+def test_class_targets_worked_by_hand():
+    assert class_targets(["0", "1"]) == ([0.0, 1.0], False)  # two classes: never a scale
+    assert class_targets(["no", "yes"]) == ([0.0, 1.0], False)
+    assert class_targets(["ENTAILMENT", "NEUTRAL", "CONTRADICTION"]) == ([1.0, 0.0, 0.0], False)
+    targets, graded = class_targets(["0", "1", "2", "3", "4", "5"])
+    assert graded and targets == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    targets, graded = class_targets(["-1", "0", "1"])
+    assert graded and targets == pytest.approx([0.0, 0.5, 1.0])
+    assert class_targets(["nan", "1", "2"]) == ([0.0, 1.0, 0.0], False)  # not a scale of finite numbers
+
+
+@pytest.mark.parametrize("value,number", [("2", True), ("-1", True), ("0.5", True), ("1e3", True),
+                                          ("nan", False), ("inf", False), ("yes", False), ("", False)])
+def test_is_number(value, number):
+    assert is_number(value) is number
+
+
+# ----------------------------------------------------------------------------- the layer itself
+def test_common_imports_neither_tensorflow_nor_keras():
+    """The TF-free serving runtime imports common: it must stay free of TensorFlow."""
+    code = ("import sys, common.files, common.cache, common.cluster, common.labels; "
+            "heavy = {'tensorflow', 'keras', 'torch'} & {m.partition('.')[0] for m in sys.modules}; "
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})

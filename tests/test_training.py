@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from config import TrainConfig, load_config
 from tests.tiny_runs import NLI_LABELS, make_data, micro_model, popen_cli, tiny_model, tiny_overrides, write_nli
-from training.metrics import classification_metrics, positive_index
+from training.metrics import classification_metrics
 from training.optim import WarmupLinearDecay, build_optimizer
 from training.pipeline import make_dataset
 from training.trainer import Trainer, TrainingError, TrainingInterrupted
@@ -229,14 +229,6 @@ def test_multiclass_macro_f1_by_hand():
     assert m["accuracy"] == pytest.approx(4 / 6)
     assert "f1" not in m and "auc" not in m
     assert m["confusion_matrix"]["matrix"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
-
-
-@pytest.mark.parametrize("names,index", [
-    (["0", "1"], 1), (["1", "0"], 0), (["no", "yes"], 1), (["True", "False"], 0),
-    (["not_paraphrase", "paraphrase"], 1), (["entailment", "not_entailment"], 0),
-    (["different", "similar"], 1), (["b", "a"], 1), (["-1", "1"], 1)])
-def test_positive_index(names, index):
-    assert positive_index(names) == index
 
 
 # ============================================================================ pipeline
