@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, md_table, run_child, save  # noqa: E402
+from benchlib import ROOT, md_table, run_child, save  # noqa: E402
 
 HERE = Path(__file__).resolve()
 SHORT = ("How do I reset my password?", "how do i change my password")

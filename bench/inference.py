@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PEER_PYTHON, ROOT, md_table, peak_rss_mb, run_child, save  # noqa: E402
+from benchlib import PEER_PYTHON, ROOT, md_table, peak_rss_mb, run_child, save  # noqa: E402
 
 HERE = Path(__file__).resolve()
 MODELS = ("ce", "tiny", "sbert", "virt")

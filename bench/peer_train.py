@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PEER_PYTHON, md_table, peak_rss_mb, run_child, save  # noqa: E402
+from benchlib import PEER_PYTHON, md_table, peak_rss_mb, run_child, save  # noqa: E402
 from train_throughput import CONFIGS  # noqa: E402
 
 HERE = Path(__file__).resolve()

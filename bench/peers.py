@@ -13,7 +13,7 @@ Backends (each in its own process, per round in alternating order):
     pick), all three through runtime.backends.open_model on an export directory of the same
     model (--export, else exported here with the defaults); peer-a (BertForSequenceClassification, torch.inference_mode),
     peer-b (its ONNX export, fused by onnxruntime's optimiser, int8 per-channel; the same
-    session options as ours). Peers run in the peer venv (PEER_PYTHON, bench/common.py; it
+    session options as ours). Peers run in the peer venv (PEER_PYTHON, bench/benchlib.py; it
     needs torch, transformers, onnxruntime, onnx, sympy: docs/inference.md).
 
 Shapes: fixed batch 28 x 128 tokens, and the real MRPC test pairs (../shared/data/mrpc beside the repository, or
@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PEER_PYTHON, ROOT, fixed_batch, md_table, peak_rss_mb, run_child, save  # noqa: E402
+from benchlib import PEER_PYTHON, ROOT, fixed_batch, md_table, peak_rss_mb, run_child, save  # noqa: E402
 
 HERE = Path(__file__).resolve()
 OURS = ("keras", "keras-bf16", "onnx", "onnx-int8", "onnx-fused", "onnx-fused-int8", "onnx-fused:t1",

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, fixed_batch, md_table, save  # noqa: E402
+from benchlib import ROOT, fixed_batch, md_table, save  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accuracy_table import dataset_files  # noqa: E402
-from common import ROOT, machine, md_table, save  # noqa: E402
+from benchlib import ROOT, machine, md_table, save  # noqa: E402
 
 if str(ROOT) not in sys.path[:2]:
     sys.path.insert(0, str(ROOT))

@@ -21,7 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import peak_rss_mb  # noqa: E402
+from benchlib import peak_rss_mb  # noqa: E402
 
 CONFIGS = {"fp32": (None, False), "xla": (None, True), "bf16": ("mixed_bfloat16", False),
            "xla+bf16": ("mixed_bfloat16", True)}

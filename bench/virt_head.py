@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import md_table, save  # noqa: E402
+from benchlib import md_table, save  # noqa: E402
 
 
 def _softmax_masked(scores, key_mask):
@@ -74,7 +74,7 @@ def run(model_dir, data, fmt="auto", max_rows=None, batch_size=64):
     from data import read_pairs
     from modeling.model_dir import load_model_dir
     from modeling.tokenization import pad_ids
-    from training.metrics import positive_index
+    from common.labels import positive_index
 
     loaded = load_model_dir(model_dir, expect_kind="virt")
     model, tok = loaded.model, loaded.tokenizer

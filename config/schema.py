@@ -119,6 +119,7 @@ class TrainConfig:
     eval_batch_size: int = bounded(64, ge=1)  # batch size for evaluation and prediction
     verbose: int = bounded(1, ge=0, le=2)  # Keras verbosity: 0 silent, 1 progress bar, 2 one line per epoch
     save_every: int = bounded(200, ge=1)  # steps between resume checkpoints (also saved at each epoch end)
+    cache_dir: str | None = None  # token ids and teacher logits, keyed by content (common/cache.py); null = <out>/.cache (this run only), a directory = shared by the runs that name it
 
 
 @dataclass

@@ -7,13 +7,14 @@ imports neither TensorFlow nor Keras (requirements-serve.txt is enough; tests/te
 from __future__ import annotations
 
 import collections
+import contextlib
 import csv
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
+from common.files import atomic_path
 from data import DataError, PairData
 from data.readers import read_data
 from training.rundir import check_out
@@ -84,9 +85,9 @@ def predict(cfg):
     path = model_path(cfg)
     # Written under a temporary name and renamed when complete: a failed run keeps the previous file.
     # Opened first, so that an --out that cannot be written fails before the model is loaded.
-    tmp = Path(f"{cfg.out}.{os.getpid()}.tmp") if cfg.out else None
-    out = _open_out(cfg.out, tmp) if tmp else sys.stdout
-    try:
+    with contextlib.ExitStack() as stack:  # on exit the file is closed first, then renamed (or removed)
+        out = stack.enter_context(_open_out(cfg.out, stack.enter_context(atomic_path(cfg.out)))) if cfg.out \
+            else sys.stdout
         pairs = read_unlabelled(cfg, cfg.data.test or "-")
         if is_export_dir(path):
             s = cfg.serve
@@ -110,7 +111,7 @@ def predict(cfg):
             labels = loaded.labels
         probs, cosine = outputs.get("probs"), outputs.get("cosine")
         if probs is None:
-            from data.readers import positive_index
+            from common.labels import positive_index
             from training.metrics import cosine_classes
 
             classes = cosine_classes(cosine, labels, loaded.threshold)
@@ -134,14 +135,6 @@ def predict(cfg):
                 out.write(json.dumps(row, ensure_ascii=False) + "\n")
             else:
                 writer.writerow([a, b, label] + [f"{x:.6f}" for x in (*p, *c)])
-    except BaseException:
-        if tmp:
-            out.close()
-            tmp.unlink(missing_ok=True)
-        raise
-    if tmp:
-        out.close()
-        tmp.replace(cfg.out)
     return outputs
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from common.files import write_json
 from crossenc.model import CrossEncoder
 from crossenc.predict import model_path, predict, read_unlabelled  # noqa: F401  (predict moved: TF-free)
 from data import DataError
@@ -12,7 +13,7 @@ from modeling.model_dir import load_model_dir
 from training.inputs import init_encoder, read_data, tokenize
 from training.metrics import PER_PAIR
 from training.rundir import check_out
-from training.runner import TrainingTask, format_scores, run, write_json
+from training.runner import TrainingTask, format_scores, run
 from training.trainer import evaluator
 
 log = logging.getLogger(__name__)

@@ -38,6 +38,8 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common.labels import is_number
+
 __all__ = ["DataError", "PairData", "read_pairs", "read_header", "check_columns", "format_columns", "is_pair_file",
            "swap_augment", "label_map", "check_label_set", "clean_text", "FORMATS"]
 
@@ -483,13 +485,6 @@ def swap_augment(pairs: PairData) -> PairData:
                     collections.Counter(pairs.skip_reasons), pairs.columns)
 
 
-def _is_number(value: str) -> bool:
-    try:
-        return math.isfinite(float(value))
-    except ValueError:
-        return False
-
-
 RARE_ROWS, RARE_RATIO = 5, 200  # "a handful of rows against thousands": at most 5, and 200 times fewer
 ID_CLASSES = 20  # more classes than this, each of about two rows or fewer: an id column, not labels
 
@@ -515,7 +510,7 @@ def check_label_set(pairs: PairData) -> None:
             raise DataError(f"{pairs.path}:{first[y]}: label {y!r} is a column name (a repeated header row?){fix}")
     numbers = {}
     for y in first:
-        if _is_number(y) and (twin := numbers.setdefault(float(y), y)) != y:
+        if is_number(y) and (twin := numbers.setdefault(float(y), y)) != y:
             raise DataError(f"{pairs.path}:{first[y]}: label {y!r} is the number {twin!r} (line {first[twin]}) "
                             f"written another way, and would be a second class{fix}")
     top, most = counts.most_common(1)[0]
@@ -523,7 +518,7 @@ def check_label_set(pairs: PairData) -> None:
         if len(numbers) <= 10 and counts[y] <= RARE_ROWS and counts[y] * RARE_RATIO <= most:
             raise DataError(f"{pairs.path}:{first[y]}: label {y!r} has only {counts[y]} rows against {most} of "
                             f"{top!r} (a typo?){fix}")
-    words = [y for y in first if not _is_number(y)]
+    words = [y for y in first if not is_number(y)]
     if words and len(words) < len(first):  # sorted as words, '10' < '2'; and 'yes' beside 0/1 is a third class
         y = min(words, key=lambda w: counts[w])
         raise DataError(f"{pairs.path}:{first[y]}: label {y!r} is a word among numeric labels "
@@ -547,7 +542,7 @@ def label_map(label_values, labels=None) -> list[str]:
         return order
     if not values:
         raise DataError("no label values")
-    if all(_is_number(v) for v in values):
+    if all(is_number(v) for v in values):
         return sorted(values, key=lambda v: (float(v), v))
     return sorted(values)
 
@@ -590,11 +585,3 @@ def subset(pairs, idx):
                     lines=[pairs.lines[i] for i in idx], path=pairs.path,
                     skipped=pairs.skipped, skip_reasons=pairs.skip_reasons, columns=pairs.columns)
 
-
-def positive_index(label_names):
-    """The class scored by binary F1/AUC: "1" (or "true"/"yes"/"entailment") if present, else the last."""
-    lowered = [str(n).lower() for n in label_names]
-    for name in ("1", "true", "yes", "positive", "paraphrase", "entailment", "similar"):
-        if name in lowered:
-            return lowered.index(name)
-    return len(label_names) - 1

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import copy
 import gc
-import hashlib
 import logging
 import time
-from pathlib import Path
 
 import numpy as np
 
+from common.cache import DiskCache, cache_dir, text_pairs
 from crossenc.task import build_cross_encoder, finetune
 from crossenc.teacher import check_same_vocab, student_config, student_model_config, teacher_for
 from distill.model import DistillTraining
-from training.inputs import cache_dir
 from training.runner import TrainingTask, run
 from training.transfer import add_transfer, swapped, with_transfer
 from training.trainer import predict_outputs
@@ -35,20 +33,16 @@ def cached_teacher_logits(teacher, texts_a, texts_b, max_len, batch_size, cache,
     The key hashes the teacher's weights file, the texts (in order) and the
     length, so a changed teacher or data set never reuses stale logits.
     """
-    h = hashlib.sha256()
-    h.update((teacher.path / "model.weights.h5").read_bytes())
-    h.update(f"{max_len}\x00".encode())
-    for a, b in zip(texts_a, texts_b):
-        h.update(f"{a}\x1f{b}\x1e".encode())
-    path = Path(cache) / f"{h.hexdigest()[:24]}.npy"
-    if path.exists():
+    path = DiskCache(cache).path(".npy", (teacher.path / "model.weights.h5").read_bytes(), f"{max_len}\x00",
+                                 text_pairs(texts_a, texts_b))
+    logits = DiskCache.get(path)
+    if logits is not None:
         log.info("teacher logits from cache %s", path)
-        return (np.load(path), path) if with_path else np.load(path)
-    feats = teacher.model.featurize(teacher.tokenizer, texts_a, texts_b, max_len)
-    logits = predict_outputs(teacher.model, feats, batch_size, fn=_logits_fn(teacher.model)).astype(np.float32)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path, logits)
-    log.info("teacher logits for %d pairs cached in %s", len(logits), path)
+    else:
+        feats = teacher.model.featurize(teacher.tokenizer, texts_a, texts_b, max_len)
+        logits = predict_outputs(teacher.model, feats, batch_size, fn=_logits_fn(teacher.model)).astype(np.float32)
+        DiskCache.put(path, logits)
+        log.info("teacher logits for %d pairs cached in %s", len(logits), path)
     return (logits, path) if with_path else logits
 
 
@@ -105,7 +99,7 @@ class Distill(TrainingTask):
         if weight is not None:
             self.extra["hard_weight"] = weight
         if not (d.online or d.intermediate):
-            cache = cache_dir(run_dir, "teacher_logits")
+            cache = cache_dir(t.cache_dir, run_dir, "teacher_logits")
             train = splits.train
             logits = cached_teacher_logits(self.teacher, train.text_a[:n_gold], train.text_b[:n_gold], t.max_seq_len,
                                            t.eval_batch_size, cache)

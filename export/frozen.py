@@ -22,6 +22,8 @@ from pathlib import Path
 import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
+from common.files import write_bytes
+
 
 def freeze(fn, out_dir, extra=None):
     """Freeze a `tf.function` with an input_signature to `<out_dir>/model.pb` + `io.json`."""
@@ -41,9 +43,7 @@ def freeze(fn, out_dir, extra=None):
           "shapes": {**{n: s.shape.as_list() for n, s in zip(in_names, fn.input_signature)},
                      **{k: structured[k].shape.as_list() for k in keys}},
           **(extra or {})}
-    tmp = out / "model.pb.tmp"
-    tmp.write_bytes(graph_def.SerializeToString())
-    tmp.replace(out / "model.pb")
+    write_bytes(out / "model.pb", graph_def.SerializeToString())
     (out / "io.json").write_text(json.dumps(io, indent=2), encoding="utf-8")
     return io
 

@@ -47,6 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.files import atomic_path
 from export import ExportError
 
 FUSED_OPS = ("Attention", "MultiHeadAttention", "SkipLayerNormalization", "LayerNormalization", "Gelu",
@@ -597,9 +598,8 @@ def fuse(src, dst, num_heads, hidden_size):
             logging.getLogger(n).setLevel(level)
     after = _ops(opt.model)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dst = dst.with_name(dst.name + ".tmp")
-    opt.save_model_to_file(str(tmp_dst))
-    tmp_dst.replace(dst)
+    with atomic_path(dst) as tmp_dst:
+        opt.save_model_to_file(str(tmp_dst))
     fused = {op: after[op] for op in FUSED_OPS if after[op] and op != "LayerNormalization"}
     return {"model_type": MODEL_TYPE, "rewrites": rewrites, "nodes_before": sum(before.values()),
             "nodes_after": sum(after.values()), "fused_ops": fused,

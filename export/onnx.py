@@ -34,6 +34,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported (the command's import chatter)
 
+from common.files import atomic_path  # noqa: E402
 from export import ExportError  # noqa: E402
 
 MIN_OPSET = 15
@@ -152,14 +153,9 @@ def convert_function(fn, path, opset=17, input_signature=None):
         raise ExportError(f"{path}: unsupported op(s) {', '.join(bad)}: tf2onnx {tf2onnx.__version__} "
                           f"(opset {opset}) has no ONNX conversion for them")
     _name_dynamic_axes(model)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(model.SerializeToString())
-    try:
+    with atomic_path(path) as tmp:  # published only once onnxruntime loads it
+        tmp.write_bytes(model.SerializeToString())
         _check_runtime(tmp)
-    except ExportError:
-        tmp.unlink(missing_ok=True)
-        raise
-    tmp.replace(path)
     return path
 
 

@@ -37,7 +37,6 @@ full-width punctuation, CJK, unknown characters, empty text).
 
 from __future__ import annotations
 
-import json
 import math
 import tempfile
 from pathlib import Path
@@ -434,11 +433,3 @@ def _token_parity(tokenize, data, joint_pair):
 
 def _unpad(ids, mask):
     return [list(map(int, r[:int(m.sum())])) for r, m in zip(ids, mask)]
-
-
-def write_report(path, report):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2, ensure_ascii=False, default=float), encoding="utf-8")
-    tmp.replace(path)

@@ -26,6 +26,7 @@ import os
 import shutil
 from pathlib import Path
 
+from common.files import replace_dir
 from runtime.backends import onnx_file
 from runtime.onnx import ONNX_FILES
 from runtime.openvino import OV_FILES  # file names only: openvino loads lazily
@@ -96,10 +97,7 @@ def write_repositories(out, engines, name, version, fns):
             models[fn] = out / engine / model
         if engine == "ovms":
             write_ovms_config(tmp, sorted(m.name for m in models.values()), out / engine)
-        dst = out / engine
-        if dst.exists():
-            shutil.rmtree(dst)
-        os.rename(tmp, dst)
+        replace_dir(tmp, out / engine)
         written[engine] = {fn: str(p) for fn, p in models.items()}
     return written
 

@@ -166,6 +166,7 @@ def check_version_free(model_base, version):
 def publish_version(staging, model_base, version):
     """Rename the staged SavedModel to `<model_base>/<version>` (refusing to overwrite)."""
     target = check_version_free(model_base, version)
+    # Not common.files.replace_dir: a version is never replaced, so there is no old one to move aside.
     os.rename(staging, target)  # same file system: atomic; TF Serving sees all or nothing
     return target
 

@@ -50,6 +50,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from common.files import fresh_dir, replace_dir, write_json
 from export import ExportError
 from runtime.onnx import FUSED_NAMES, ONNX_FILES
 from runtime.progress import Steps
@@ -80,13 +81,6 @@ def load_for_export(model_dir):
     if not vocab.is_file():
         raise ExportError(f"{path}: {vocab.name} is missing; the export needs the model's vocabulary")
     return load_model_dir(path)
-
-
-def _replace_dir(src, dst):
-    dst = Path(dst)
-    if dst.exists():
-        shutil.rmtree(dst)
-    os.rename(src, dst)
 
 
 FORMATS = ("saved_model", "frozen", "onnx", "openvino", "hf")
@@ -122,7 +116,7 @@ def export_loaded(loaded, cfg):
     from export import onnx as onnx_export
     from export import openvino as ov_export
     from export.frozen import freeze
-    from export.parity import TOLERANCES, Batches, parity_pairs, run_checks, write_report
+    from export.parity import TOLERANCES, Batches, parity_pairs, run_checks
 
     e = cfg.export
     check_options(e)
@@ -219,15 +213,14 @@ def export_loaded(loaded, cfg):
         if any(k not in OPTIONAL + OPENVINO_OPTIONAL for k in result["failed"]):  # an fp32 artifact is wrong: publish nothing
             report["status"] = dict.fromkeys(names, "withheld")
             failed_dir = out / "failed"
-            shutil.rmtree(failed_dir, ignore_errors=True)
-            failed_dir.mkdir()
+            fresh_dir(failed_dir)
             for sub in ("frozen", "onnx", "openvino", "hf"):
                 if (staging / sub).exists():
                     os.rename(staging / sub, failed_dir / sub)
             (failed_dir / "saved_model").mkdir()
             os.rename(sm_stage, failed_dir / "saved_model" / str(version))
             sm_stage = None
-            write_report(failed_dir / "parity.json", report)
+            write_json(failed_dir / "parity.json", report)
             worst = "; ".join(_describe(k, result["checks"][k]) for k in result["failed"])
             raise ExportError(f"parity check failed, nothing published: {worst} "
                               f"(report and artifacts in {failed_dir})")
@@ -267,7 +260,7 @@ def export_loaded(loaded, cfg):
             shutil.rmtree(out / "openvino", ignore_errors=True)
         for sub in ("frozen", "onnx", "openvino", "hf"):
             if (staging / sub).exists() and any((staging / sub).iterdir()):
-                _replace_dir(staging / sub, out / sub)
+                replace_dir(staging / sub, out / sub)
         if "frozen" in artifacts:
             report["artifacts"]["frozen"] = str(out / "frozen" / "model.pb")
         if "hf" in artifacts:
@@ -289,7 +282,7 @@ def export_loaded(loaded, cfg):
         for file in ("vocab.txt", "model.json"):
             shutil.copyfile(Path(loaded.path) / file, out / file)
         write_spec(spec_of(loaded.kind_class, loaded.meta["model"]["config"]), out)  # read by a TF-free server
-        write_report(out / "parity.json", report)
+        write_json(out / "parity.json", report)
         write_card(out, loaded.path, export=report)
         shutil.rmtree(out / "failed", ignore_errors=True)
     finally:

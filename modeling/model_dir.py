@@ -22,6 +22,7 @@ from pathlib import Path
 
 import keras
 
+from common.files import fresh_dir, replace_dir
 from modeling.checkpoints import CheckpointError
 from modeling.meta import FORMAT, FORMAT_VERSION, check_labels, check_sizes, read_meta_json  # noqa: F401
 from modeling.task_model import KINDS
@@ -94,23 +95,13 @@ def model_meta(model, tokenizer, labels=None, max_seq_len=128, extra=None):
 def save_model_dir(model, path, tokenizer, labels=None, max_seq_len=128, extra=None):
     """Write `model` (a task model with `kind` and `dummy_inputs()`) as a model directory."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = fresh_dir(path.with_name(path.name + ".partial"))
     meta = model_meta(model, tokenizer, labels, max_seq_len, extra)
     shutil.copyfile(tokenizer.vocab_file, tmp / "vocab.txt")
     model.save_weights(str(tmp / "model.weights.h5"))
     meta["weights"] = _weights_record(tmp / "model.weights.h5")  # checked by load_model_dir
     (tmp / "model.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
-    if path.exists():
-        old = path.with_name(path.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        path.rename(old)
-        tmp.rename(path)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(path)
-    return path
+    return replace_dir(tmp, path)
 
 
 def read_meta(path):

@@ -60,7 +60,7 @@ def longest_first(na, nb, budget, a_longer):
 
 
 # Bump when the ids of a text can change (the pair truncation of 2026-12-02 changed some):
-# cached token ids (runs/.cache/tokens) are keyed by it, so a stale cache is never read.
+# cached token ids (<out>/.cache/tokens, or train.cache_dir) are keyed by it, so a stale cache is never read.
 IDS_VERSION = 2
 
 

@@ -100,7 +100,7 @@ def _rerankers():
 
 
 def positive_class(backend):
-    from data.readers import positive_index
+    from common.labels import positive_index
 
     return positive_index(backend.labels) if backend.labels else 1
 

@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
+
+from common.files import fresh_dir, replace_dir
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +75,7 @@ def build_index(backend, ids, texts, out, batch_size=64, corpus=None):
     dropped = len(texts) - len(keep)
     ids, texts = [ids[i] for i in keep], [texts[i] for i in keep]
     out = Path(out)
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = fresh_dir(out.with_name(out.name + ".partial"))
     t0 = time.time()
     rows = run_in_batches(backend, "encode_ids", text_rows(backend, texts), batch_size, progress="index: encoding")
     vectors = recall_vectors(cls, rows)
@@ -95,9 +94,7 @@ def build_index(backend, ids, texts, out, batch_size=64, corpus=None):
         for i, t in zip(ids, texts):
             f.write(json.dumps({"id": i, "text": t}, ensure_ascii=False) + "\n")
     (tmp / "index.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    replace_dir(tmp, out)
     return meta
 
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
+from common.labels import class_targets, positive_index
 from data import DataError, read_texts
 from modeling.model_dir import load_model_dir
 from runtime.progress import progress_bar
 from senbert.model import SentenceBert
-from training.metrics import class_targets, positive_index
 from training.inputs import init_encoder
 from training.runner import TrainingTask, run
 

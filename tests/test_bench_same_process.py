@@ -51,7 +51,7 @@ def test_same_process_runs_every_file_each_round_and_reports_them(tmp_path):
 
 def test_fixed_batch_worked_by_hand_and_shared_with_bench_peers(tmp_path):
     import peers
-    from common import fixed_batch
+    from benchlib import fixed_batch
 
     ids, types, mask = fixed_batch(4, 10, 30522)
     assert ids.shape == (4, 10) and ids.dtype == np.int32

@@ -249,10 +249,15 @@ def e2e(tmp_path_factory):
         mp.chdir(root / "data")  # a run writes nothing outside its --out: checked below
         assert run_tasks.main(["--task", "finetune", "--out", str(root / "teacher"), "--set", *TINY, *data,
                                "model.num_layers=2", "model.dropout=0.0"]) == 0
+        # train.cache_dir: the student's token ids and teacher logits go there, not under its --out
         assert run_tasks.main(["--task", "distill", "--out", str(root / "student"), "--set", *TINY, *data,
                                "model.num_layers=1", f"distill.teacher={root / 'teacher' / 'model'}",
-                               f"distill.baseline={root / 'teacher' / 'model'}"]) == 0
-        assert list((root / "student" / ".cache" / "teacher_logits").glob("*.npy"))
+                               f"distill.baseline={root / 'teacher' / 'model'}",
+                               f"train.cache_dir={root / 'shared_cache'}"]) == 0
+        assert list((root / "teacher" / ".cache" / "tokens").glob("*.npz"))  # the default: in the run
+        assert list((root / "shared_cache" / "teacher_logits").glob("*.npy"))
+        assert list((root / "shared_cache" / "tokens").glob("*.npz"))
+        assert not (root / "student" / ".cache").exists()
         assert sorted(p.name for p in (root / "data").iterdir()) == ["test.csv", "train.csv", "valid.csv"]
     return root
 

@@ -12,7 +12,7 @@ import tensorflow as tf
 import run_tasks
 from data import read_texts
 from senbert.losses import cosine, cosine_loss, mnrl_loss, softmax_loss
-from training.metrics import best_threshold, class_targets
+from training.metrics import best_threshold
 from training.trainer import evaluator
 from training.trainer import Split
 
@@ -77,13 +77,6 @@ def test_best_threshold_by_hand():
     # All positive: a threshold below every cosine.
     acc, _, t = best_threshold(np.array([0.3, 0.5]), np.array([True, True]))
     assert acc == 1.0 and t < 0.3
-
-
-def test_class_targets_binary_and_graded():
-    assert class_targets(["0", "1"]) == ([0.0, 1.0], False)
-    assert class_targets(["no", "yes"]) == ([0.0, 1.0], False)
-    targets, graded = class_targets([str(i) for i in range(6)])
-    assert graded and np.allclose(targets, [0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
 
 
 def _fake_predictions(monkeypatch):

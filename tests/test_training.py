@@ -3,6 +3,7 @@
 Kept tiny for 2 busy CPU cores (see tests/tiny_runs.py).
 """
 
+import hashlib
 import json
 import logging
 import math
@@ -19,7 +20,7 @@ import tensorflow as tf
 
 from config import TrainConfig, load_config
 from tests.tiny_runs import NLI_LABELS, make_data, micro_model, popen_cli, tiny_model, tiny_overrides, write_nli
-from training.metrics import classification_metrics, positive_index
+from training.metrics import classification_metrics
 from training.optim import WarmupLinearDecay, build_optimizer
 from training.pipeline import make_dataset
 from training.trainer import Trainer, TrainingError, TrainingInterrupted
@@ -228,14 +229,6 @@ def test_multiclass_macro_f1_by_hand():
     assert m["accuracy"] == pytest.approx(4 / 6)
     assert "f1" not in m and "auc" not in m
     assert m["confusion_matrix"]["matrix"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
-
-
-@pytest.mark.parametrize("names,index", [
-    (["0", "1"], 1), (["1", "0"], 0), (["no", "yes"], 1), (["True", "False"], 0),
-    (["not_paraphrase", "paraphrase"], 1), (["entailment", "not_entailment"], 0),
-    (["different", "similar"], 1), (["b", "a"], 1), (["-1", "1"], 1)])
-def test_positive_index(names, index):
-    assert positive_index(names) == index
 
 
 # ============================================================================ pipeline
@@ -760,6 +753,43 @@ def test_token_cache_is_keyed_by_the_tokenisation_version(tmp_path, monkeypatch)
     monkeypatch.setattr(inputs, "IDS_VERSION", modeling.tokenization.IDS_VERSION + 1)
     inputs.cached_featurize(model, tok, ["open an account"], ["create an account"], 16, tmp_path / "tokens")
     assert len(list((tmp_path / "tokens").glob("*.npz"))) == 2
+
+
+def test_token_cache_reads_a_file_written_before_common_cache(tmp_path, tokenizer):
+    """A run directory's cache from before the move to common/cache.py is hit: same key, same layout.
+    The key and the file are made here as the old training/inputs.py made them."""
+    from modeling.tokenization import IDS_VERSION
+    from training import inputs
+
+    class Layout:  # featurize must not run: the cached ids are read
+        @staticmethod
+        def featurize(*args):
+            raise AssertionError("featurized although cached")
+
+    a, b = ["open an account", "close it"], ["create an account", "shut it"]
+    h = hashlib.sha256()
+    h.update(Path(tokenizer.vocab_file).read_bytes())
+    h.update(f"{IDS_VERSION}|{tokenizer.lowercase}|16|Layout|False".encode())
+    for x, y in zip(a, b):
+        h.update(f"{x}\x1f{y}\x1e".encode())
+    (tmp_path / "tokens").mkdir()
+    np.savez(tmp_path / "tokens" / f"{h.hexdigest()[:24]}.npz", **{
+        "input_ids.flat": np.array([101, 7, 102, 101, 8, 9, 102], np.int32), "input_ids.len": np.array([3, 4])})
+    feats = inputs.cached_featurize(Layout(), tokenizer, a, b, 16, tmp_path / "tokens")
+    assert feats == {"input_ids": [[101, 7, 102], [101, 8, 9, 102]]}
+
+    class Counted:
+        calls = 0
+
+        def featurize(self, tok, x, y, max_len):
+            Counted.calls += 1
+            return tok.encode_pairs(x, y, max_len)
+
+    # A miss computes and writes; the next call reads what was written, equal to the computed ids.
+    computed = inputs.cached_featurize(Counted(), tokenizer, a[:1], b[:1], 16, tmp_path / "tokens")
+    assert Counted.calls == 1 and len(list((tmp_path / "tokens").iterdir())) == 2
+    assert inputs.cached_featurize(Counted(), tokenizer, a[:1], b[:1], 16, tmp_path / "tokens") == computed
+    assert Counted.calls == 1
 
 
 def test_config_yaml_is_the_effective_config_and_a_resume_compares_the_given_one(tmp_path, data, monkeypatch):

@@ -31,9 +31,9 @@ ROOT = Path(__file__).resolve().parent.parent
 SERVE, RUNTIME, DEV = "requirements-serve.txt", "requirements.txt", "requirements-dev.txt"
 INCLUDES = {SERVE: [], RUNTIME: [SERVE], DEV: [RUNTIME]}  # each set adds to the one it includes
 # The serving code: files, or directories ending in "/". Their module-level imports must be in the serving set.
-SERVING = ("runtime/", "serve/", "search/", "config/", "data/", "textmatch.py", "run_tasks.py", "crossenc/predict.py",
-           "modeling/__init__.py", "modeling/checkpoints.py", "modeling/meta.py", "modeling/serving_spec.py",
-           "modeling/tokenization.py", "training/contract.py", "training/rundir.py")
+SERVING = ("common/", "runtime/", "serve/", "search/", "config/", "data/", "textmatch.py", "run_tasks.py",
+           "crossenc/predict.py", "modeling/__init__.py", "modeling/checkpoints.py", "modeling/meta.py",
+           "modeling/serving_spec.py", "modeling/tokenization.py", "training/contract.py", "training/rundir.py")
 DEV_DIRS = ("tests", "bench", "tools")  # code whose imports may come from requirements-dev.txt
 
 # Import name -> distribution name, where they differ beyond case and `_`/`-` (longest dotted prefix wins).
@@ -114,7 +114,7 @@ def serving_code(rel):
 def local_modules(root=ROOT):
     """Top-level names the project's own code can import: the packages and modules at the root, and the
     modules of the script directories (bench/, tests/, tools/ put themselves or each other on sys.path:
-    bench scripts import `common`, tests import `tradeoff`)."""
+    bench scripts import `benchlib`, tests import `tradeoff`)."""
     names = set()
     for d in (root, *(root / d for d in DEV_DIRS)):
         if d.is_dir():

@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # package -> rank (low to high). Method packages get sub-ranks: a later one may import an earlier one.
 LAYERS = {
+    "common": 0,
     "config": 1, "data": 1,
     "modeling": 2,
     "training": 3, "runtime": 3,

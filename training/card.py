@@ -14,6 +14,7 @@ import json
 import logging
 from pathlib import Path
 
+from common.files import write_text
 from training.contract import command
 
 log = logging.getLogger(__name__)
@@ -30,10 +31,7 @@ def write_card(directory, model_dir=None, run_dir=None, export=None):
     directory = Path(directory)
     try:
         text = render_card(directory, model_dir, run_dir, export)
-        tmp = directory / f".{CARD}.tmp"
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(directory / CARD)
-        return directory / CARD
+        return write_text(directory / CARD, text)
     except Exception as e:  # noqa: BLE001 - any failure (a missing or odd file) costs the card only
         log.warning("%s: model card not written (%s: %s)", directory, type(e).__name__, e)
         return None

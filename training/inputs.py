@@ -4,14 +4,13 @@ tokenisation (cached on disk) and its encoder (a checkpoint or random weights)."
 from __future__ import annotations
 
 import collections
-import hashlib
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from common.cache import DiskCache, text_pairs
 from data import DataError, PairData, check_label_set, label_map, make_sample, read_pairs, swap_augment
 from data.readers import read_data, subset  # noqa: F401  (moved: the TF-free predict of an export reads with them)
 from modeling.encoder import BertEncoder
@@ -32,12 +31,6 @@ def sample_dir(cfg):
     """Where a run without data.train writes the generated sample set: under its own run directory
     (a run writes nothing outside --out; library callers without one get runs/sample_data)."""
     return (Path(cfg.out) if cfg.out else Path("runs")) / "sample_data"
-
-
-def cache_dir(run_dir, what):
-    """A run's disk cache of derived arrays (`what`: tokens, teacher_logits), inside the run directory:
-    a resumed run reuses it, another run never sees it."""
-    return Path(run_dir) / ".cache" / what
 
 
 @dataclass
@@ -89,29 +82,21 @@ def cached_featurize(model, tokenizer, texts_a, texts_b, max_len, cache=None, wr
     casing, length and layout (`write=False`: read the cache, never add to it)."""
     if cache is None:
         return model.featurize(tokenizer, texts_a, texts_b, max_len)
-    h = hashlib.sha256()
-    h.update(Path(tokenizer.vocab_file).read_bytes())
     layout = getattr(model, "deployable", model)
-    h.update(f"{IDS_VERSION}|{tokenizer.lowercase}|{max_len}|{type(layout).__name__}|"
-             f"{getattr(layout, 'whole_word', False)}".encode())
-    for a, b in zip(texts_a, texts_b if texts_b is not None else [None] * len(texts_a)):
-        h.update(f"{a}\x1f{b}\x1e".encode())
-    path = Path(cache) / f"{h.hexdigest()[:24]}.npz"
-    if path.exists():
-        with np.load(path) as z:
-            keys = {k[: -len(".flat")] for k in z.files if k.endswith(".flat")}
-            return {k: [x.tolist() for x in np.split(z[k + ".flat"], np.cumsum(z[k + ".len"])[:-1])] for k in keys}
+    path = DiskCache(cache).path(".npz", Path(tokenizer.vocab_file).read_bytes(),
+                                 f"{IDS_VERSION}|{tokenizer.lowercase}|{max_len}|{type(layout).__name__}|"
+                                 f"{getattr(layout, 'whole_word', False)}", text_pairs(texts_a, texts_b))
+    z = DiskCache.get(path)
+    if z is not None:  # each feature's rows stored flat, with their lengths
+        keys = {k[: -len(".flat")] for k in z if k.endswith(".flat")}
+        return {k: [x.tolist() for x in np.split(z[k + ".flat"], np.cumsum(z[k + ".len"])[:-1])] for k in keys}
     feats = model.featurize(tokenizer, texts_a, texts_b, max_len)
-    if not write:
-        return feats
-    path.parent.mkdir(parents=True, exist_ok=True)
-    arrays = {}
-    for k, rows in feats.items():
-        arrays[k + ".flat"] = np.fromiter((t for r in rows for t in r), np.int32)
-        arrays[k + ".len"] = np.fromiter((len(r) for r in rows), np.int64, len(rows))
-    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")  # workers sharing a cache write their own
-    np.savez(tmp, **arrays)
-    tmp.replace(path)
+    if write:
+        arrays = {}
+        for k, rows in feats.items():
+            arrays[k + ".flat"] = np.fromiter((t for r in rows for t in r), np.int32)
+            arrays[k + ".len"] = np.fromiter((len(r) for r in rows), np.int64, len(rows))
+        DiskCache.put(path, arrays)
     return feats
 
 

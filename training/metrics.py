@@ -9,7 +9,7 @@ import numpy as np
 from scipy.stats import beta, binomtest, rankdata, spearmanr
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, roc_auc_score
 
-from data.readers import positive_index  # noqa: F401  (moved: the TF-free search and predict use it)
+from common.labels import class_targets, positive_index
 
 
 def classification_metrics(y_true, probs, label_names):
@@ -36,24 +36,6 @@ def classification_metrics(y_true, probs, label_names):
 # A model without a classifier (an sbert bi-encoder trained with sbert.objective cosine or mnrl) labels
 # a pair by its cosine against a threshold chosen on the valid split: "same meaning" (the positive class,
 # or the upper half of a graded scale) above it.
-
-
-def _is_number(s):
-    try:
-        float(s)
-        return True
-    except ValueError:
-        return False
-
-
-def class_targets(label_names):
-    """Cosine targets per class: scaled values for graded numeric labels, else 1 for the positive class.
-    Returns `(targets, graded)`."""
-    if len(label_names) > 2 and all(_is_number(n) for n in label_names):
-        vals = np.array([float(n) for n in label_names])
-        return list((vals - vals.min()) / max(vals.max() - vals.min(), 1e-9)), True
-    pos = positive_index(label_names)
-    return [1.0 if i == pos else 0.0 for i in range(len(label_names))], False
 
 
 def best_threshold(cos, positive):

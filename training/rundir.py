@@ -18,6 +18,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from common.cluster import chief_from_env
+from common.files import write_json
 from config import ConfigError, config_to_dict, load_config, save_config
 from config.schema import TRAINING_TASKS
 from data.readers import DataError
@@ -121,7 +123,7 @@ def _a(kind):
 
 
 # ----------------------------------------------------------------------------- resume
-IGNORED = ("out", "train.verbose")  # keys that change nothing a run computes
+IGNORED = ("out", "train.verbose", "train.cache_dir")  # keys that change nothing a run computes
 
 
 def input_files(cfg):
@@ -220,10 +222,8 @@ def start_run(cfg, out, given=None):
         return
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-    tmp = out / "inputs.json.tmp"
-    tmp.write_text(json.dumps({"config": config_to_dict(given), "files": fingerprints(given)}, indent=2),
-                   encoding="utf-8")
-    tmp.replace(out / "inputs.json")
+    write_json(out / "inputs.json", {"config": config_to_dict(given), "files": fingerprints(given)},
+               ensure_ascii=True, default=None)
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -267,7 +267,7 @@ def preflight(cfg, inputs=()):
     written before they pass."""
     check_out(cfg.task, cfg.out, inputs)
     check_inputs(inputs)
-    if cfg.task in TRAINING_TASKS and cfg.out and chief_from_env(cfg.train):
+    if cfg.task in TRAINING_TASKS and cfg.out and chief_from_env(cfg.train.strategy):
         check_resume(cfg, cfg.out)
 
 
@@ -292,7 +292,7 @@ def run_lock(cfg, command):
     file is created atomically (O_CREAT | O_EXCL) and removed when the block ends, however it ends; a
     directory created for it alone is removed again. Only the chief of a multi-worker run takes it (the
     other workers write nothing there); the teacher/baseline sub-runs run inside the parent's block."""
-    if cfg.task not in _WRITES or not cfg.out or not chief_from_env(cfg.train):
+    if cfg.task not in _WRITES or not cfg.out or not chief_from_env(cfg.train.strategy):
         yield
         return
     out = Path(cfg.out)
@@ -381,19 +381,3 @@ def _take(lock, command):
                        "command": command}, f)
         return True
     raise RunError(f"{lock.parent}: could not take its lock {lock}")
-
-
-# ----------------------------------------------------------------------------- multi-worker
-def chief_from_env(train_cfg):
-    """Whether this process is the chief, before any strategy exists: from TF_CONFIG."""
-    if train_cfg.strategy != "multiworker" or "TF_CONFIG" not in os.environ:
-        return True
-    tf_config = json.loads(os.environ["TF_CONFIG"])
-    task = tf_config.get("task", {})
-    return chief_task(task.get("type"), task.get("index", 0), tf_config.get("cluster", {}))
-
-
-def chief_task(task_type, task_id, cluster):
-    """The `chief` task, or worker 0 of a cluster without one (TensorFlow's convention)."""
-    return task_type is None or task_type == "chief" or (
-        task_type == "worker" and task_id == 0 and "chief" not in cluster)

@@ -9,7 +9,6 @@ trains with and reports, and `run(task)` drives it:
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import time
 from datetime import datetime
@@ -17,16 +16,19 @@ from pathlib import Path
 
 import keras
 
+from common.cache import cache_dir
+from common.cluster import chief_from_env
+from common.files import write_json
 from config import config_to_dict, load_config
 from modeling.model_dir import load_model_dir, save_model_dir
 from training.card import write_card
 from training.contract import command, data_block
-from training.inputs import cache_dir, load_splits, tokenize
+from training.inputs import load_splits, tokenize
 from training.memory import peak_rss_mb
 from training.metrics import constant_prediction_warnings, describe_test
 from training.references import baseline_scores, compare_with_baseline, save_predictions, teacher_report
 from training.rundir import RunError, finished, start_run
-from training.strategy import chief_from_env, is_chief, make_strategy
+from training.strategy import is_chief, make_strategy
 from training.trainer import Trainer, TrainingError, evaluator, finish_backup, schedule_warnings
 
 log = logging.getLogger(__name__)
@@ -145,7 +147,7 @@ def validate(cfg):
 
 def run_dir_path(cfg):
     """`--out DIR` or `runs/<task>/<stamp>`, refused when it holds a finished run (before any work)."""
-    if not chief_from_env(cfg.train):
+    if not chief_from_env(cfg.train.strategy):
         if not cfg.out:
             raise RunError("train.strategy=multiworker: give every worker the same --out (the chief's run "
                            "directory, where the others find the resume checkpoints)")
@@ -160,7 +162,7 @@ def prepare_run_dir(cfg, given=None):
     """Record the run in `cfg.out` (see run_dir_path). A multi-worker run's other workers write nothing
     there: they only read the chief's backup."""
     out = Path(cfg.out)
-    if chief_from_env(cfg.train):
+    if chief_from_env(cfg.train.strategy):
         start_run(cfg, out, given)  # a resume must be of a run with this config and data, and keeps its config.yaml
     return out
 
@@ -185,7 +187,7 @@ def train(task, run_dir, splits, metric, report, data=None):
                                 f"embeddings of model.init={cfg.model.init}")
         t0 = time.time()
         chief = is_chief(strategy)  # the other workers of a multi-worker run write nothing, not even the cache
-        tokens = cache_dir(run_dir, "tokens")
+        tokens = cache_dir(cfg.train.cache_dir, run_dir, "tokens")
         train_split = tokenize(model, tokenizer, splits.train, splits.label_names, max_len, "train", tokens, chief)
         train_split.features.update(task.train_features(train_split))
         valid = tokenize(model, tokenizer, splits.valid, splits.label_names, max_len, "valid", tokens, chief)
@@ -269,10 +271,3 @@ def format_scores(block):
     ci = block.get("ci95", {})
     return ", ".join(f"{k} {v:.4f}" + (f" [{ci[k][0]:.4f}, {ci[k][1]:.4f}]" if k in ci else "")
                      for k, v in block.items() if isinstance(v, float))
-
-
-def write_json(path, obj):
-    """Write `obj` as JSON under a temporary name, then rename: never a half-written file."""
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=float), encoding="utf-8")
-    tmp.replace(path)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 
 import tensorflow as tf
 
-from training.rundir import chief_from_env, chief_task  # noqa: F401  (chief_from_env: no TensorFlow needed)
+from common.cluster import chief_task, tf_config
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +47,9 @@ def make_strategy(train_cfg):
 
 
 def _multiworker():
-    if "TF_CONFIG" not in os.environ:
+    cluster = tf_config()
+    if cluster is None:
         raise RuntimeError("train.strategy=multiworker needs the TF_CONFIG environment variable")
-    cluster = json.loads(os.environ["TF_CONFIG"])
     log.info("MultiWorkerMirroredStrategy, task %s", cluster.get("task"))
     return tf.distribute.MultiWorkerMirroredStrategy()
 
@@ -63,7 +61,8 @@ def in_cluster(strategy=None):
 
 
 def is_chief(strategy):
-    """Only the chief writes outputs; other workers write to throw-away dirs."""
+    """Only the chief writes outputs; other workers write to throw-away dirs. The rule is
+    common.cluster's; TensorFlow's part is reading the task from the strategy's resolver."""
     if not in_cluster(strategy):
         return True
     resolver = strategy.cluster_resolver

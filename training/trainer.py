@@ -26,6 +26,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from common.files import write_json
 from runtime.progress import progress_bar
 from training.metrics import (better, best_threshold, classification_metrics, cosine_metrics, same_meaning,
                               with_uncertainty)
@@ -338,9 +339,8 @@ class _Backup:
     def save(self, state):
         self.manager.save(checkpoint_number=_value(self.optimizer.iterations))
         if self.chief:
-            tmp = self.state_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps(state))
-            tmp.replace(self.state_file)  # never a half-written state next to a good checkpoint
+            # never a half-written state next to a good checkpoint
+            write_json(self.state_file, state, indent=None, ensure_ascii=True, default=None)
 
 
 def _check_finite(loss, step, epoch, restore_dir):
